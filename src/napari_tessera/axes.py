@@ -1,0 +1,117 @@
+"""Axis strings ("YX", "ZYX", "CYX", "ZCYX", "TZCYX", "YXC", ...) and the slice view of an image."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InputError
+
+KNOWN_AXES = "TZCYX"
+
+
+@dataclass(frozen=True)
+class SliceLayout:
+    """How an image with given axes maps onto 2D slices with channels.
+
+    ``slice_view(image, s)`` gives slice ``s`` shaped ``(C, Y, X)``. ``lead_axes``/``lead_shape`` are the non-channel axes before Y and X, in input
+    order; predictions come back shaped ``(n_classes, *lead_shape, Y, X)``.
+    """
+
+    axes: str
+    shape: tuple[int, ...]
+    lead_axes: str
+    lead_shape: tuple[int, ...]
+    channels: int
+
+    @property
+    def n_slices(self) -> int:
+        return int(np.prod(self.lead_shape, dtype=np.int64)) if self.lead_shape else 1
+
+    @property
+    def yx(self) -> tuple[int, int]:
+        return self.shape[self.axes.index("Y")], self.shape[self.axes.index("X")]
+
+    @property
+    def out_axes(self) -> str:
+        return self.lead_axes + "YX"
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        return (*self.lead_shape, *self.yx)
+
+    def slice_index(self, s: int) -> tuple:
+        """Index into the image (in its own axis order) selecting slice number ``s``."""
+        lead = np.unravel_index(s, self.lead_shape) if self.lead_shape else ()
+        pos = dict(zip(self.lead_axes, (int(i) for i in lead)))
+        return tuple(pos.get(a, slice(None)) for a in self.axes)
+
+    def slice_view(self, image, s: int):
+        """Slice ``s`` as ``(C, Y, X)``: a view for numpy; reads only that slice otherwise."""
+        sub = image[self.slice_index(s)]
+        rest = [a for a in self.axes if a in "CYX"]
+        if "C" not in rest:
+            return sub[None]
+        order = [rest.index("C"), rest.index("Y"), rest.index("X")]
+        if order == [0, 1, 2]:
+            return sub
+        return sub.transpose(order) if hasattr(sub, "transpose") else np.transpose(sub, order)
+
+
+def normalize_axes(axes: str) -> str:
+    """Upper-case an axes string and map TIFF's sample axis "S" to "C"."""
+    if not isinstance(axes, str):
+        raise InputError(f"axes must be a string such as 'YX' or 'ZYX', got {axes!r}")
+    return axes.upper().replace("S", "C")
+
+
+def layout(shape: Sequence[int], axes: str) -> SliceLayout:
+    """Check ``axes`` against ``shape`` and describe the slice layout."""
+    axes = normalize_axes(axes)
+    shape = tuple(int(s) for s in shape)
+    bad = sorted(set(axes) - set(KNOWN_AXES))
+    if bad:
+        raise InputError(f"unknown axis {bad[0]!r} in {axes!r}; use letters from {KNOWN_AXES}")
+    if len(set(axes)) != len(axes):
+        raise InputError(f"axes {axes!r} name an axis twice")
+    if "Y" not in axes or "X" not in axes:
+        raise InputError(f"axes {axes!r} must contain Y and X")
+    if len(axes) != len(shape):
+        raise InputError(
+            f"axes {axes!r} name {len(axes)} axes but the image has {len(shape)} "
+            f"(shape {shape})"
+        )
+    if any(s == 0 for s in shape):
+        raise InputError(f"image is empty (shape {shape})")
+    lead = "".join(a for a in axes if a not in "CYX")
+    return SliceLayout(
+        axes=axes,
+        shape=shape,
+        lead_axes=lead,
+        lead_shape=tuple(shape[axes.index(a)] for a in lead),
+        channels=shape[axes.index("C")] if "C" in axes else 1,
+    )
+
+
+def guess_axes(shape: Sequence[int], in_channels: int = 1) -> str:
+    """A best guess of the axes of an image from its shape alone (state it to the user)."""
+    shape = tuple(shape)
+    if len(shape) == 2:
+        return "YX"
+    if len(shape) == 3:
+        if shape[-1] in (3, 4) and shape[0] > 4:
+            return "YXC"
+        if in_channels > 1 and shape[0] == in_channels:
+            return "CYX"
+        return "ZYX"
+    if len(shape) == 4:
+        if shape[-1] in (3, 4) and shape[1] > 4:
+            return "ZYXC"
+        if shape[1] <= 8 and shape[0] > shape[1]:
+            return "ZCYX"
+        return "TZYX"
+    if len(shape) == 5:
+        return "TZCYX"
+    raise InputError(f"cannot guess the axes of a {len(shape)}-dimensional image; pass axes")

@@ -1,0 +1,392 @@
+"""Mirrored overlap-tile inference over every 2D slice of an image.
+
+The work is a generator (:func:`iter_slice_predictions`) that yields :class:`Progress` events
+and one :class:`SliceResult` per finished slice, so the CLI can draw a progress bar, napari can
+run it in a worker thread and stop it between batches, and :func:`segment` can turn each slice
+into labels while only one or two slices of probabilities are in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .axes import SliceLayout, layout
+from .errors import InputError
+from .normalize import check_dtype, normalize_slice
+from .tiling import TilePlan, plan_tiles, round_up
+
+DEFAULT_CORE = 512  # pixels kept per tile side when no tile size is given
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Progress:
+    """``done`` of ``total`` tiles are through the network."""
+
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
+class SliceResult:
+    """Class probabilities ``(n_classes, Y, X)`` of slice ``index`` (flat over the lead axes)."""
+
+    index: int
+    probabilities: np.ndarray
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    tile_shape: tuple[int, int]
+    halo: int
+    plan: TilePlan
+    device: torch.device
+    dtype: torch.dtype
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """"auto" picks CUDA, then Apple MPS, then the CPU; an unavailable device is an error."""
+    if isinstance(device, torch.device):
+        return device
+    name = str(device).lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as err:
+        raise InputError(f"unknown device {device!r}; use auto, cpu, cuda or mps") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("device 'cuda' asked for, but no CUDA GPU is available")
+    if dev.type == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise InputError("device 'mps' asked for, but Apple MPS is not available")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise InputError(f"unsupported device {device!r}; use auto, cpu, cuda or mps")
+    return dev
+
+
+def resolve_halo(model, halo: str | int) -> int:
+    """Halo in pixels: "exact" = the receptive field on the pooling grid; ints as given."""
+    if model.config.padding == "valid":
+        return 0  # a valid-padding network carries its own margin and is exact by construction
+    if isinstance(halo, str):
+        if halo.lower() != "exact":
+            raise InputError(f"halo must be 'exact' or a number of pixels, got {halo!r}")
+        return model.exact_halo()
+    if isinstance(halo, bool) or not isinstance(halo, (int, np.integer)) or halo < 0:
+        raise InputError(f"halo must be 'exact' or a non-negative number of pixels, got {halo!r}")
+    return round_up(int(halo), model.size_multiple)
+
+
+def _autocast(device: torch.device, dtype: torch.dtype):
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _probabilities(logits: torch.Tensor) -> torch.Tensor:
+    logits = logits.float()
+    if logits.shape[1] == 1:
+        return torch.sigmoid(logits)
+    return torch.softmax(logits, dim=1)
+
+
+def _gaussian_weight(shape: tuple[int, int], sigma_scale: float = 0.125) -> np.ndarray:
+    """Separable Gaussian importance map over a tile (as in MONAI's "gaussian" blending)."""
+    axes = []
+    for n in shape:
+        c = (n - 1) / 2
+        sigma = max(n * sigma_scale, 1e-3)
+        axes.append(np.exp(-0.5 * ((np.arange(n) - c) / sigma) ** 2))
+    w = np.outer(*axes).astype(np.float32)
+    return np.maximum(w, 1e-3 * w.max())
+
+
+def prepare(
+    model,
+    lay: SliceLayout,
+    *,
+    tile_size: int | tuple[int, int] | None,
+    halo: str | int,
+    device: str | torch.device,
+    precision: str,
+) -> InferenceSettings:
+    """Check the settings against the model and image; plan the tiles."""
+    if lay.channels != model.config.in_channels:
+        raise InputError(
+            f"the model reads {model.config.in_channels} channel(s) but the image has "
+            f"{lay.channels} (axes {lay.axes}, shape {lay.shape})"
+        )
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    dev = resolve_device(device)
+    dtype = PRECISIONS[precision]
+    if dtype == torch.float16 and dev.type == "cpu":
+        raise InputError("fp16 is not supported on the CPU; use fp32 or bf16")
+    h = resolve_halo(model, halo)
+    if tile_size is None:
+        tile_size = DEFAULT_CORE + 2 * h if model.config.padding == "same" else 572
+    plan = plan_tiles(lay.yx, tile_size, multiple=model.size_multiple, halo=h, model=model)
+    return InferenceSettings(plan.tile_shape, h, plan, dev, dtype)
+
+
+def iter_slice_predictions(
+    model,
+    image,
+    *,
+    axes: str = "YX",
+    tile_size: int | tuple[int, int] | None = None,
+    halo: str | int = "exact",
+    blend: str = "crop",
+    batch_size: int = 1,
+    device: str | torch.device = "auto",
+    precision: str = "fp32",
+    slices: list[int] | None = None,
+) -> Generator[Progress | SliceResult, None, None]:
+    """Yield :class:`Progress` after every batch and a :class:`SliceResult` per finished slice.
+
+    See :func:`predict_tiled` for the arguments; ``slices`` restricts the work to some flat
+    slice indices (e.g. the slice on screen). Stop early by closing the generator.
+    """
+    lay = layout(np.shape(image), axes)
+    check_dtype(image.dtype)
+    if blend not in ("crop", "gaussian"):
+        raise InputError(f"blend must be 'crop' or 'gaussian', got {blend!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise InputError(f"batch size must be a positive integer, got {batch_size!r}")
+    st = prepare(model, lay, tile_size=tile_size, halo=halo, device=device, precision=precision)
+    plan = st.plan
+    todo = list(range(lay.n_slices)) if slices is None else list(slices)
+    n_classes = model.config.n_classes
+    norm = model.config.normalization
+    H, W = lay.yx
+    weight = _gaussian_weight(plan.tile_shape) if blend == "gaussian" else None
+
+    def tiles() -> Iterator[tuple[int, object, np.ndarray]]:
+        for s in todo:
+            where = f"slice {s}" if lay.n_slices > 1 else "image"
+            data = normalize_slice(lay.slice_view(image, s), norm, where=where)
+            for t in plan.tiles():
+                yield s, t, plan.read(data, t)
+
+    was_training = model.training
+    model.eval().to(st.device)
+    total = len(todo) * plan.n_tiles
+    done = 0
+    acc: dict[int, list] = {}  # slice -> [sum, weight sum or None, tiles left]
+    batch: list[tuple[int, object, np.ndarray]] = []
+    stream = tiles()
+    try:
+        while True:
+            batch.clear()
+            for item in stream:
+                batch.append(item)
+                if len(batch) == batch_size:
+                    break
+            if not batch:
+                break
+            x = torch.from_numpy(np.stack([b[2] for b in batch])).to(st.device)
+            with torch.inference_mode(), _autocast(st.device, st.dtype):
+                probs = _probabilities(model(x)).cpu().numpy()
+            for (s, t, _), p in zip(batch, probs):
+                if s not in acc:
+                    out = np.zeros((n_classes, H, W), np.float32)
+                    wsum = np.zeros((H, W), np.float32) if weight is not None else None
+                    acc[s] = [out, wsum, plan.n_tiles]
+                entry = acc[s]
+                if weight is None:
+                    entry[0][(slice(None), *t.dst)] = p[(slice(None), *t.src)]
+                else:
+                    _blend_tile(entry[0], entry[1], p, weight, plan, t)
+                entry[2] -= 1
+                if entry[2] == 0:
+                    out, wsum, _ = acc.pop(s)
+                    if wsum is not None:
+                        out /= wsum
+                    yield SliceResult(s, out)
+            done += len(batch)
+            yield Progress(done, total)
+    finally:
+        stream.close()
+        model.train(was_training)
+
+
+def _blend_tile(out, wsum, p, weight, plan: TilePlan, t) -> None:
+    """Add a tile's whole output (clipped to the image), Gaussian-weighted."""
+    oy = t.in_y + plan.y.out_offset
+    ox = t.in_x + plan.x.out_offset
+    h, w = p.shape[-2:]
+    H, W = out.shape[-2:]
+    y0, y1 = max(oy, 0), min(oy + h, H)
+    x0, x1 = max(ox, 0), min(ox + w, W)
+    src = (slice(y0 - oy, y1 - oy), slice(x0 - ox, x1 - ox))
+    wt = weight[src]
+    out[:, y0:y1, x0:x1] += p[(slice(None), *src)] * wt
+    wsum[y0:y1, x0:x1] += wt
+
+
+def iter_predict_tiled(model, image, *, axes: str = "YX", **kwargs):
+    """Generator form of :func:`predict_tiled`: yields :class:`Progress`, returns the array."""
+    lay = layout(np.shape(image), axes)
+    out = np.empty((model.config.n_classes, lay.n_slices, *lay.yx), np.float32)
+    for event in iter_slice_predictions(model, image, axes=axes, **kwargs):
+        if isinstance(event, SliceResult):
+            out[:, event.index] = event.probabilities
+        else:
+            yield event
+    return out.reshape((model.config.n_classes, *lay.out_shape))
+
+
+def drain(gen):
+    """Run a generator to its end and return its return value."""
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+def predict_tiled(
+    model,
+    image,
+    *,
+    axes: str = "YX",
+    tile_size: int | tuple[int, int] | None = None,
+    halo: str | int = "exact",
+    blend: str = "crop",
+    batch_size: int = 1,
+    device: str | torch.device = "auto",
+    precision: str = "fp32",
+) -> np.ndarray:
+    """Class probabilities of every pixel by mirrored overlap-tile inference.
+
+    image: array-like with ``axes`` (letters from T, Z, C, Y, X; "S" is read as C), e.g.
+        "YX", "ZYX", "CYX", "ZCYX", "YXC". Every 2D slice is done on its own.
+    tile_size: network input per tile (int or (ty, tx)); default: 512 kept pixels plus halos.
+        Tiles shrink to fit small images.
+    halo: "exact" (the network's receptive field: the result does not depend on the tile size
+        and equals one whole-image pass) or a number of pixels (faster, approximate near tile
+        seams). Rounded up to the 2**depth grid. Ignored by "valid"-padding networks, which are
+        exact by construction.
+    blend: "crop" keeps each tile's centre (the paper); "gaussian" averages overlapping tile
+        outputs with Gaussian weights (not exact).
+    batch_size: tiles per forward pass; the device holds one batch at a time.
+    device: "auto", "cpu", "cuda", "cuda:N" or "mps".
+    precision: "fp32", "bf16" or "fp16" (autocast; fp16 on GPUs only).
+
+    Returns float32 ``(n_classes, *non-channel axes)``, e.g. ``(n_classes, Z, Y, X)`` for "ZCYX".
+    A 1-class network gives sigmoid probabilities, others softmax.
+    """
+    return drain(
+        iter_predict_tiled(
+            model,
+            image,
+            axes=axes,
+            tile_size=tile_size,
+            halo=halo,
+            blend=blend,
+            batch_size=batch_size,
+            device=device,
+            precision=precision,
+        )
+    )
+
+
+def predict_whole(model, image2d: np.ndarray, *, pad: int | None = None) -> np.ndarray:
+    """Reference: the network applied once to a whole ``(C, Y, X)`` (or ``(Y, X)``) slice.
+
+    The slice is normalised, reflect-padded by ``pad`` (default: the exact halo) plus whatever
+    makes each side a valid input, run in one forward pass on the CPU, and cropped back.
+    """
+    arr = np.asarray(image2d)
+    if arr.ndim == 2:
+        arr = arr[None]
+    data = normalize_slice(arr, model.config.normalization)
+    m = model.size_multiple
+    pad = model.exact_halo() if pad is None else round_up(pad, m)
+    H, W = data.shape[-2:]
+    if model.config.padding == "valid":
+        from .tiling import mirror_indices
+
+        k = model.margin + (-model.margin) % m
+        sy = model.valid_input_size(round_up(H, m) + 4)
+        sx = model.valid_input_size(round_up(W, m) + 4)
+        iy = mirror_indices(-k, -k + sy, H)
+        ix = mirror_indices(-k, -k + sx, W)
+        x = data[:, iy][:, :, ix]
+        off = k - model.margin
+    else:
+        ph = (pad, pad + round_up(H, m) - H)
+        pw = (pad, pad + round_up(W, m) - W)
+        x = np.pad(data, ((0, 0), ph, pw), mode="reflect") if pad or ph[1] or pw[1] else data
+        off = pad
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            dev = next(model.parameters()).device
+            p = _probabilities(model(torch.from_numpy(np.ascontiguousarray(x))[None].to(dev)))
+    finally:
+        model.train(was_training)
+    return p[0, :, off : off + H, off : off + W].cpu().numpy()
+
+
+def iter_segment(
+    model,
+    image,
+    *,
+    axes: str = "YX",
+    instances: bool = False,
+    min_size: int = 8,
+    probabilities_out: np.ndarray | None = None,
+    **kwargs,
+):
+    """Generator form of :func:`segment`: yields :class:`Progress`, returns the labels.
+
+    ``probabilities_out``, if given, is filled with the class probabilities
+    ``(n_classes, *lead, Y, X)`` as slices finish (e.g. a memory map or zarr array).
+    """
+    from .postprocess import classes_from_probabilities, labels_dtype, split_instances
+
+    lay = layout(np.shape(image), axes)
+    labels = np.zeros((lay.n_slices, *lay.yx), np.uint32 if instances else np.uint8)
+    next_id = 1
+    for event in iter_slice_predictions(model, image, axes=axes, **kwargs):
+        if isinstance(event, Progress):
+            yield event
+            continue
+        prob = event.probabilities
+        if probabilities_out is not None:
+            idx = np.unravel_index(event.index, lay.lead_shape) if lay.lead_shape else ()
+            probabilities_out[(slice(None), *idx)] = prob
+        classes = classes_from_probabilities(prob)
+        if instances:
+            labels[event.index], next_id = split_instances(
+                classes > 0, min_size=min_size, start=next_id
+            )
+        else:
+            labels[event.index] = classes
+    labels = labels.reshape(lay.out_shape)
+    dt = labels_dtype(int(labels.max()) if labels.size else 0)
+    return labels.astype(dt, copy=False)
+
+
+def segment(image, model, *, axes: str = "YX", instances: bool = False, **kwargs) -> np.ndarray:
+    """Labels for every pixel: the class (0 = background) or, with ``instances=True``, one id
+    per object (touching objects split by a distance-transform watershed, ids unique across the
+    stack). Shaped like the image without its channel axis. Keyword arguments as in
+    :func:`predict_tiled`, plus ``min_size`` (smallest object kept, in pixels).
+
+    Stacks go slice by slice: at most two slices of probabilities are in memory at a time.
+    """
+    return drain(iter_segment(model, image, axes=axes, instances=instances, **kwargs))

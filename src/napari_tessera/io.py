@@ -1,0 +1,205 @@
+"""Model files (safetensors + JSON, never pickle) and image files, written atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import struct
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .axes import normalize_axes
+from .config import UNetConfig
+from .errors import ConfigError, InputError, ModelFileError
+
+FORMAT = "napari-tessera"
+FORMAT_VERSION = "1"
+_MAX_HEADER = 16 * 1024 * 1024  # a safetensors JSON header larger than this is not ours
+_PICKLE_HINT = (
+    "Tessera never unpickles model files because unpickling can run arbitrary code; "
+    "it reads .safetensors files written by `tessera train` or `napari_tessera.save_model`"
+)
+
+
+# -- atomic writes ------------------------------------------------------------------------------
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it onto ``path``.
+
+    On any error or interruption (Ctrl-C included) the temporary file is removed and ``path``
+    is left as it was: never a half-written file under the final name.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise InputError(f"output folder does not exist: {path.parent}")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+# -- model files --------------------------------------------------------------------------------
+def save_model(model, path: str | os.PathLike, *, half: bool = False) -> Path:
+    """Write weights and config (architecture, normalisation, class names, provenance).
+
+    The file is a safetensors file whose metadata holds the JSON config; it cannot carry code.
+    ``half=True`` stores weights as float16 (half the size; loaded back as float32).
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tensors = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().cpu()
+        if half and v.is_floating_point():
+            v = v.half()
+        tensors[k] = v.contiguous()
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": json.dumps(model.config.to_dict()),
+        "metadata": json.dumps(getattr(model, "metadata", {}) or {}),
+    }
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return path
+
+
+def _read_header(path: Path) -> dict[str, Any]:
+    """Parse a safetensors header without reading tensors; refuse pickles and garbage."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            size = path.stat().st_size
+            if head[:2] == b"PK" or head[:1] == b"\x80":
+                raise ModelFileError(f"refusing {path.name}: it is a pickle-based file. {_PICKLE_HINT}")
+            if len(head) < 8:
+                raise ModelFileError(f"{path.name} is not a model file (too short)")
+            (n,) = struct.unpack("<Q", head)
+            if n > _MAX_HEADER or n + 8 > size:
+                raise ModelFileError(f"{path.name} is not a valid safetensors model file (corrupt or truncated)")
+            raw = f.read(n)
+    except OSError as err:
+        raise ModelFileError(f"cannot read model file {path}: {err.strerror}") from err
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelFileError(f"{path.name} is not a valid safetensors model file (bad header)") from err
+    if not isinstance(header, dict):
+        raise ModelFileError(f"{path.name} is not a valid safetensors model file (bad header)")
+    return header
+
+
+def read_model_info(path: str | os.PathLike) -> tuple[UNetConfig, dict[str, Any]]:
+    """Config and metadata of a model file, validated, without loading weights."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"model file not found: {path}")
+    header = _read_header(path)
+    meta = header.get("__metadata__") or {}
+    if meta.get("format") != FORMAT:
+        raise ModelFileError(f"{path.name} is a safetensors file but not a Tessera model (no config)")
+    try:
+        config = UNetConfig.from_dict(json.loads(meta.get("config", "")))
+        metadata = json.loads(meta.get("metadata", "{}"))
+    except json.JSONDecodeError as err:
+        raise ModelFileError(f"{path.name}: model config is not valid JSON") from err
+    except (ConfigError, TypeError) as err:
+        raise ModelFileError(f"{path.name}: invalid model config: {err}") from err
+    if not isinstance(metadata, dict):
+        raise ModelFileError(f"{path.name}: model metadata must be a JSON object")
+    return config, metadata
+
+
+def load_model(path: str | os.PathLike, *, device: str = "cpu"):
+    """Load a model written by :func:`save_model`. Never unpickles anything.
+
+    The config is validated (types and sizes) before the network is built, and every tensor's
+    name and shape is checked against the network before weights are read.
+    """
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .model import UNet
+
+    path = Path(path)
+    config, metadata = read_model_info(path)
+    header = _read_header(path)
+    model = UNet(config, metadata=metadata)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    stored = {k: tuple(v.get("shape", ())) for k, v in header.items() if k != "__metadata__"}
+    if stored.keys() != expected.keys():
+        missing = sorted(expected.keys() - stored.keys())
+        extra = sorted(stored.keys() - expected.keys())
+        what = f"missing {missing[0]}" if missing else f"unexpected {extra[0]}"
+        raise ModelFileError(f"{path.name}: weights do not match the model config ({what})")
+    for k, shape in expected.items():
+        if stored[k] != shape:
+            raise ModelFileError(
+                f"{path.name}: weight {k} has shape {stored[k]}, the config needs {shape}"
+            )
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ModelFileError(f"{path.name} is corrupt: {err}") from err
+    sd = model.state_dict()
+    tensors = {k: v.to(sd[k].dtype) for k, v in tensors.items()}
+    model.load_state_dict(tensors, strict=True)
+    return model.to(torch.device(device)).eval()
+
+
+# -- images -------------------------------------------------------------------------------------
+def read_image(path: str | os.PathLike) -> tuple[np.ndarray, str | None]:
+    """Read a TIFF (or .npy) image; returns ``(array, axes or None)``.
+
+    Axes come from the TIFF's ImageJ/OME/shaped metadata when it names only axes Tessera knows
+    (T, Z, C, Y, X; S = samples is read as C); otherwise None and the caller guesses.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"input file not found: {path}")
+    if path.is_dir():
+        raise InputError(f"input is a folder, not an image file: {path}")
+    if path.suffix.lower() == ".npy":
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (ValueError, OSError) as err:
+            raise InputError(f"{path.name} is not a readable .npy image: {err}") from err
+        return arr, None
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            arr = series.asarray()
+            axes = series.axes.upper()
+    except (tifffile.TiffFileError, ValueError, IndexError, OSError, struct.error) as err:
+        raise InputError(f"{path.name} is not a readable TIFF image ({err})") from err
+    axes = normalize_axes(axes)
+    if len(axes) != arr.ndim or set(axes) - set("TZCYX"):
+        # drop length-1 axes tifffile adds, then give up on unknown letters
+        axes = None
+    return arr, axes
+
+
+def write_tiff(path: str | os.PathLike, data: np.ndarray, *, axes: str | None = None) -> Path:
+    """Write a (zlib-compressed) TIFF atomically: temp file, then rename."""
+    import tifffile
+
+    path = Path(path)
+    meta = {"axes": axes} if axes else {}
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, data, metadata=meta, compression="zlib")
+    return path
