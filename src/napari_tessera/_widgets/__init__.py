@@ -1,0 +1,1 @@
+"""The napari side of Tessera: the only code that imports napari or Qt."""

@@ -1,0 +1,404 @@
+"""The training loop: a generator that yields progress and returns the best model.
+
+``iter_train`` is what the CLI and the napari Train widget both drive. It yields a small
+:class:`TrainUpdate` after every step (with validation numbers after each validation and, if
+asked, a preview probability map), checks a stop request between steps, and returns a
+:class:`TrainResult` holding the model restored to its best validation state.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..axes import layout
+from ..config import UNetConfig
+from ..errors import InputError
+from ..inference import predict_whole, resolve_device
+from ..model import UNet
+from ..normalize import normalize_slice
+from .checkpoint import load_checkpoint, save_checkpoint
+from .labels import check_labels, make_targets
+from .losses import annotated_iou, segmentation_loss
+from .sampling import PatchSampler
+from .weights import border_weights
+
+DEFAULT_STEPS = 500
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of a training run; ``None`` means "pick from the data and the device".
+
+    mode: "sparse" (painted: 0 = not annotated, 1 = background, 2+ = objects) or "dense"
+        (0 = background, distinct values = distinct objects).
+    steps / time_limit: stop after this many optimiser steps and/or seconds (default 500 steps).
+    base_channels / depth: size of a network trained from scratch.
+    val_fraction: share of annotated blocks (or slices) held out for validation.
+    patience: stop after this many validations without improvement (None: never).
+    """
+
+    mode: str = "sparse"
+    steps: int | None = None
+    time_limit: float | None = None
+    batch_size: int | None = None
+    patch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float = 1e-4
+    val_fraction: float = 0.2
+    val_every: int | None = None
+    patience: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    base_channels: int = 16
+    depth: int = 4
+    dice: float = 1.0
+    w0: float = 10.0
+    sigma: float = 5.0
+    elastic: bool = True
+    preview_every: float = 0.0
+    preview_slice: int = 0
+    checkpoint: str | None = None
+    checkpoint_every: float = 30.0
+
+    def __post_init__(self):
+        if self.mode not in ("sparse", "dense"):
+            raise InputError(f"label mode must be 'sparse' or 'dense', got {self.mode!r}")
+        if self.steps is not None and self.steps < 1:
+            raise InputError(f"steps must be positive, got {self.steps}")
+        if self.time_limit is not None and self.time_limit <= 0:
+            raise InputError(f"time limit must be positive, got {self.time_limit}")
+        if not 0 <= self.val_fraction < 1:
+            raise InputError(f"validation fraction must be in [0, 1), got {self.val_fraction}")
+        for name in ("batch_size", "patch_size", "val_every", "patience"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise InputError(f"{name.replace('_', ' ')} must be positive, got {v}")
+
+
+@dataclass(frozen=True)
+class TrainUpdate:
+    """Progress of a training run (one per step)."""
+
+    step: int
+    total_steps: int | None
+    elapsed: float
+    time_limit: float | None
+    loss: float
+    lr: float
+    val_loss: float | None = None
+    val_iou: float | None = None
+    best: bool = False
+    preview: np.ndarray | None = None  # foreground probability of the preview slice
+    preview_slice: int | None = None
+
+    @property
+    def fraction(self) -> float:
+        """How far the run is, 0..1, by steps or time, whichever is further."""
+        f = 0.0
+        if self.total_steps:
+            f = max(f, self.step / self.total_steps)
+        if self.time_limit:
+            f = max(f, self.elapsed / self.time_limit)
+        return min(f, 1.0)
+
+
+@dataclass
+class TrainResult:
+    model: UNet
+    best_step: int
+    best_val_iou: float | None
+    steps: int
+    elapsed: float
+    stopped: str  # "steps", "time", "early", "requested"
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _auto(cfg: TrainConfig, yx: tuple[int, int], device: torch.device, fine_tune: bool):
+    side = min(yx)
+    patch = cfg.patch_size or (128 if device.type == "cpu" else 256)
+    patch = max(32, min(patch, (side // 16) * 16 if side >= 32 else 32))
+    batch = cfg.batch_size or (8 if device.type == "cpu" else 16)
+    lr = cfg.lr or (3e-4 if fine_tune else 2e-3)
+    steps = cfg.steps if (cfg.steps or cfg.time_limit) else DEFAULT_STEPS
+    val_every = cfg.val_every or 25
+    return patch, batch, lr, steps, val_every
+
+
+def _lr_at(base: float, step: int, steps: int | None, elapsed: float, limit: float | None):
+    """Linear warm-up over 20 steps, then cosine decay to 5% over the run (steps or time)."""
+    warm = min(1.0, (step + 1) / 20)
+    frac = 0.0
+    if steps:
+        frac = max(frac, step / steps)
+    if limit:
+        frac = max(frac, elapsed / limit)
+    return base * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+
+
+def iter_train(
+    image,
+    labels,
+    *,
+    axes: str = "YX",
+    config: TrainConfig | None = None,
+    model: UNet | None = None,
+    resume: str | Path | None = None,
+    stop: threading.Event | None = None,
+):
+    """Train (or fine-tune ``model``) on painted labels; yields :class:`TrainUpdate`.
+
+    image: array with ``axes`` (2D, stacks, channels as in :func:`predict_tiled`).
+    labels: integer array shaped like the image without its channel axis.
+    resume: a checkpoint written by an earlier run (``config.checkpoint``) to continue from.
+    stop: set it to end training cleanly after the current step; the best model is kept.
+    Returns a :class:`TrainResult` (the generator's return value).
+    """
+    cfg = config or TrainConfig()
+    lay = layout(np.shape(image), axes)
+    lab = check_labels(labels, lay.out_shape, cfg.mode)
+    lab = lab.reshape((lay.n_slices, *lay.yx))
+    targets = make_targets(
+        lab, cfg.mode, n_classes=model.config.n_classes if model is not None else None
+    )
+    device = resolve_device(cfg.device)
+    state = load_checkpoint(resume) if resume is not None else None
+    if state is not None:
+        model = state.model
+    fine_tune = model is not None
+    if model is None:
+        model = UNet(
+            UNetConfig(
+                in_channels=lay.channels,
+                n_classes=targets.n_classes,
+                base_channels=cfg.base_channels,
+                depth=cfg.depth,
+            )
+        )
+    elif model.config.in_channels != lay.channels:
+        raise InputError(
+            f"the model reads {model.config.in_channels} channel(s) but the image has {lay.channels}"
+        )
+    if model.config.padding != "same":
+        raise InputError("training supports 'same'-padding networks")
+    patch, batch, base_lr, steps, val_every = _auto(cfg, lay.yx, device, fine_tune)
+    if max(lay.yx) < 16:
+        raise InputError(f"image is too small to train on ({lay.yx[0]}x{lay.yx[1]} px)")
+    patch = min(patch, max(32, (min(lay.yx) // 16) * 16))
+    rng = np.random.default_rng(cfg.seed)
+    torch.manual_seed(cfg.seed)
+
+    norm = model.config.normalization
+    images, classes, weights = [], [], [] if cfg.mode == "dense" else None
+    for s in targets.slices:
+        images.append(normalize_slice(lay.slice_view(image, s), norm, where=f"slice {s}"))
+        classes.append(targets.classes[s])
+        if weights is not None:
+            weights.append(border_weights(targets.instances[s], w0=cfg.w0, sigma=cfg.sigma))
+    sampler = PatchSampler(
+        images, classes, weights, patch=patch, val_fraction=cfg.val_fraction, rng=rng,
+        elastic=cfg.elastic,
+    )
+    if not sampler.train_pixels_available():
+        sampler = PatchSampler(
+            images, classes, weights, patch=patch, val_fraction=0.0, rng=rng, elastic=cfg.elastic
+        )
+
+    model.to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=base_lr, weight_decay=cfg.weight_decay)
+    amp_dtype = None
+    scaler = None
+    if device.type == "cuda":
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if amp_dtype == torch.float16:
+            scaler = torch.amp.GradScaler("cuda")
+    step, elapsed_before = 0, 0.0
+    best_state = copy.deepcopy(model.state_dict())
+    best_score: tuple[float, float] | None = None
+    best_step, best_iou = 0, None
+    history: list[dict[str, Any]] = []
+    if state is not None:
+        opt.load_state_dict(state.optimizer)
+        step, elapsed_before = state.step, state.elapsed
+        best_state = state.best_state
+        best_step, best_iou = state.best_step, state.best_val_iou
+        best_score = state.best_score
+        history = state.history
+        rng.bit_generator.state = state.rng_state
+        sampler.rng = rng
+    bad_validations = 0
+    t0 = time.perf_counter() - elapsed_before
+    last_preview = -math.inf
+    last_ckpt = time.perf_counter()
+    stopped = "steps"
+
+    def elapsed() -> float:
+        return time.perf_counter() - t0
+
+    def run_config() -> dict[str, Any]:
+        return {
+            **asdict(cfg),
+            "patch_size": patch,
+            "batch_size": batch,
+            "lr": base_lr,
+            "steps": steps,
+        }
+
+    while True:
+        if stop is not None and stop.is_set():
+            stopped = "requested"
+            break
+        if steps and step >= steps:
+            stopped = "steps"
+            break
+        if cfg.time_limit and elapsed() >= cfg.time_limit:
+            stopped = "time"
+            break
+        lr = _lr_at(base_lr, step, steps, elapsed(), cfg.time_limit)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        x, y, w = sampler.sample(batch)
+        xt = torch.from_numpy(x).to(device)
+        yt = torch.from_numpy(y).to(device)
+        wt = torch.from_numpy(w).to(device) if w is not None else None
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(xt)
+        loss = segmentation_loss(logits.float(), yt, wt, dice=cfg.dice)
+        opt.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+        step += 1
+        record: dict[str, Any] = {"step": step, "elapsed": elapsed(), "loss": float(loss.detach()), "lr": lr}
+        val_loss = val_iou = None
+        is_best = False
+        if sampler.val_regions and (step % val_every == 0 or step == steps):
+            val_loss, val_iou = _validate(model, sampler, batch, device, cfg.dice)
+            record.update(val_loss=val_loss, val_iou=val_iou)
+            score = (val_iou, -val_loss)
+            if best_score is None or score > best_score:
+                best_score, best_step, best_iou = score, step, val_iou
+                best_state = copy.deepcopy(model.state_dict())
+                bad_validations = 0
+                is_best = True
+            else:
+                bad_validations += 1
+        elif not sampler.val_regions:
+            best_state, best_step = None, step  # no validation: the latest model is the best
+        history.append(record)
+        preview = None
+        if cfg.preview_every > 0 and time.perf_counter() - last_preview >= cfg.preview_every:
+            last_preview = time.perf_counter()
+            preview = _preview(model, image, lay, cfg.preview_slice)
+        yield TrainUpdate(
+            step=step,
+            total_steps=steps,
+            elapsed=elapsed(),
+            time_limit=cfg.time_limit,
+            loss=float(loss.detach()),
+            lr=lr,
+            val_loss=val_loss,
+            val_iou=val_iou,
+            best=is_best,
+            preview=preview,
+            preview_slice=cfg.preview_slice if preview is not None else None,
+        )
+        if cfg.checkpoint and time.perf_counter() - last_ckpt >= cfg.checkpoint_every:
+            last_ckpt = time.perf_counter()
+            save_checkpoint(
+                cfg.checkpoint, model, opt, step=step, elapsed=elapsed(),
+                best_state=best_state if best_state is not None else model.state_dict(),
+                best_step=best_step, best_val_iou=best_iou, best_score=best_score,
+                history=history, rng_state=rng.bit_generator.state, run_config=run_config(),
+            )
+        if cfg.patience and bad_validations >= cfg.patience:
+            stopped = "early"
+            break
+
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    model.metadata = {
+        **model.metadata,
+        "class_names": _class_names(targets.n_classes, cfg.mode),
+        "provenance": {
+            "software": f"napari-tessera {__version__}",
+            "trained_from": "fine-tuned" if fine_tune else "scratch",
+            "base_model": (model.metadata.get("provenance") or {}).get("name")
+            if fine_tune
+            else None,
+            "label_mode": cfg.mode,
+            "steps": step,
+            "best_step": best_step,
+            "best_val_iou": best_iou,
+            "stopped": stopped,
+            "seed": cfg.seed,
+            "config": run_config(),
+        },
+    }
+    if cfg.checkpoint:
+        save_checkpoint(
+            cfg.checkpoint, model, opt, step=step, elapsed=elapsed(),
+            best_state=model.state_dict(), best_step=best_step, best_val_iou=best_iou,
+            best_score=best_score, history=history, rng_state=rng.bit_generator.state,
+            run_config=run_config(),
+        )
+    return TrainResult(model, best_step, best_iou, step, elapsed(), stopped, history)
+
+
+def _class_names(n: int, mode: str) -> list[str]:
+    if mode == "dense" or n == 2:
+        return ["background", "object"]
+    return ["background"] + [f"class {k}" for k in range(1, n)]
+
+
+@torch.no_grad()
+def _validate(model, sampler: PatchSampler, batch: int, device, dice: float):
+    was = model.training
+    model.eval()
+    total_loss, n, inter, union = 0.0, 0, 0.0, 0.0
+    try:
+        for x, y, w in sampler.validation_batches(batch):
+            logits = model(torch.from_numpy(x).to(device)).float()
+            yt = torch.from_numpy(y).to(device)
+            wt = torch.from_numpy(w).to(device) if w is not None else None
+            total_loss += float(segmentation_loss(logits, yt, wt, dice=dice)) * len(x)
+            n += len(x)
+            i, u = annotated_iou(logits, yt)
+            inter += i
+            union += u
+    finally:
+        model.train(was)
+    return total_loss / max(n, 1), (inter / union if union else 1.0)
+
+
+@torch.no_grad()
+def _preview(model, image, lay, s: int) -> np.ndarray:
+    """Foreground probability (1 - background) of slice ``s`` with the current weights."""
+    s = min(max(s, 0), lay.n_slices - 1)
+    sl = np.asarray(lay.slice_view(image, s))
+    prob = predict_whole(model, sl, pad=model.size_multiple)
+    return (1.0 - prob[0]) if prob.shape[0] > 1 else prob[0]
+
+
+def train(image, labels, **kwargs) -> TrainResult:
+    """Run :func:`iter_train` to the end and return its :class:`TrainResult`."""
+    from ..inference import drain
+
+    return drain(iter_train(image, labels, **kwargs))
+
+
+__all__ = ["TrainConfig", "TrainResult", "TrainUpdate", "iter_train", "train"]
