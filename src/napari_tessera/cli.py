@@ -67,14 +67,17 @@ class _Progress:
 
     def __init__(self, quiet: bool, desc: str, unit: str):
         self.bar = None
-        if not quiet:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=0, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True)
+        self.quiet, self.desc, self.unit = quiet, desc, unit
 
     def update(self, done: int, total: int, **postfix) -> None:
-        if self.bar is None:
+        if self.quiet:
             return
+        if self.bar is None:  # created on the first update: errors before it stay one line
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=total, desc=self.desc, unit=self.unit, file=sys.stderr, dynamic_ncols=True
+            )
         self.bar.total = total
         self.bar.n = done
         if postfix:
@@ -189,6 +192,93 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    import threading
+
+    from .errors import InputError
+    from .io import load_model, read_image, save_model
+    from .models import default_model_path
+    from .training import TrainConfig, TrainUpdate, iter_train
+
+    inp, lab_path, out = Path(args.image), Path(args.labels_file), Path(args.output)
+    _check_output(out, inp, lab_path)
+    ckpt = Path(args.checkpoint) if args.checkpoint else out.with_name(out.stem + ".ckpt.safetensors")
+    _check_output(ckpt, inp, lab_path)
+    if args.steps is None and args.time_limit is None and args.resume is None:
+        args.steps = 500
+    cfg = TrainConfig(
+        mode=args.labels,
+        steps=args.steps,
+        time_limit=args.time_limit,
+        batch_size=args.batch_size,
+        patch_size=args.patch_size,
+        lr=args.lr,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        device=args.device,
+        base_channels=args.base_channels,
+        depth=args.depth,
+        checkpoint=str(ckpt),
+    )
+    model = None
+    if args.from_model:
+        src = default_model_path() if args.from_model == "default" else args.from_model
+        if src is None:
+            raise InputError("no default model is installed to fine-tune")
+        model = load_model(src)
+    image, image_axes = read_image(inp)
+    labels, _ = read_image(lab_path)
+    axes = _resolve_axes(
+        image, args.axes, image_axes, model.config.in_channels if model is not None else 1
+    )
+    if image.dtype.kind == "f" and not np.isfinite(image).all():
+        raise InputError(f"{inp.name} contains NaN or infinite pixels")
+    stop = threading.Event()
+
+    def request_stop(signum, frame):  # first Ctrl-C: finish the step, keep the best model
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        _warn("stopping after this step (press Ctrl-C again to abort without saving)")
+
+    old_int = signal.signal(signal.SIGINT, request_stop)
+    old_term = signal.signal(signal.SIGTERM, request_stop)
+    unit = "step" if cfg.steps else "s"
+    bar = _Progress(args.quiet, "train", unit)
+    gen = iter_train(image, labels, axes=axes, config=cfg, model=model, resume=args.resume, stop=stop)
+    last_val = None
+    try:
+        while True:
+            try:
+                u: TrainUpdate = next(gen)
+            except StopIteration as done:
+                result = done.value
+                break
+            if u.val_iou is not None:
+                last_val = u.val_iou
+            post = {"loss": f"{u.loss:.3f}"}
+            if last_val is not None:
+                post["val IoU"] = f"{last_val:.3f}"
+            if cfg.steps:
+                bar.update(u.step, cfg.steps, **post)
+            else:
+                bar.update(int(u.elapsed), int(cfg.time_limit), **post)
+    finally:
+        bar.close()
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+    save_model(result.model, out)
+    if not args.quiet:
+        iou = f", best validation IoU {result.best_val_iou:.3f} at step {result.best_step}" if (
+            result.best_val_iou is not None
+        ) else " (no validation: too few annotated regions)"
+        _warn(
+            f"wrote {out} after {result.steps} steps in {result.elapsed:.0f} s "
+            f"(stopped: {result.stopped}){iou}; resume with --resume {ckpt}"
+        )
+    return 0
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     from .io import write_tiff
     from .synthetic import nuclei_2d, nuclei_stack
@@ -253,6 +343,45 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--probabilities", metavar="PATH", help="also write class probabilities (TIFF)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     s.set_defaults(func=cmd_segment)
+
+    from .training.labels import CONVENTION
+
+    t = sub.add_parser(
+        "train",
+        help="train a U-Net from painted (sparse) or complete (dense) labels",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Train a U-Net on an image and its labels and write a model file for "
+            "`tessera segment --model`.\n\nLabel conventions:\n"
+            f"  sparse (default): {CONVENTION['sparse']}\n"
+            f"  dense:            {CONVENTION['dense']}\n"
+            "Slices of a stack with nothing painted are skipped. Ctrl-C stops after the "
+            "current step and keeps the best model; --resume continues from the checkpoint."
+        ),
+    )
+    t.add_argument("image", help="image file (.tif/.tiff or .npy)")
+    t.add_argument("labels_file", metavar="LABELS", help="labels file, same shape as the image")
+    t.add_argument("-o", "--output", required=True, help="model file to write (.safetensors)")
+    t.add_argument("--labels", choices=["sparse", "dense"], default="sparse", help="convention")
+    t.add_argument("--axes", help="axes of the image (default: from the TIFF, else guessed)")
+    t.add_argument("--time-limit", type=float, metavar="S", help="stop after S seconds")
+    t.add_argument("--steps", type=_positive_int, help="stop after N steps (default 500)")
+    t.add_argument(
+        "--from", dest="from_model", metavar="MODEL",
+        help="fine-tune this model file, or 'default' for the built-in nuclei model",
+    )
+    t.add_argument("--resume", metavar="CHECKPOINT", help="continue an interrupted run")
+    t.add_argument("--checkpoint", help="checkpoint path (default: OUTPUT stem + .ckpt.safetensors)")
+    t.add_argument("--base-channels", type=_positive_int, default=16, help="width (from scratch)")
+    t.add_argument("--depth", type=_positive_int, default=4, help="poolings (from scratch)")
+    t.add_argument("--val-fraction", type=float, default=0.2, help="share held out (default 0.2)")
+    t.add_argument("--batch-size", type=_positive_int, help="patches per step (default: auto)")
+    t.add_argument("--patch-size", type=_positive_int, help="patch side (default: auto)")
+    t.add_argument("--lr", type=float, help="peak learning rate (default: auto)")
+    t.add_argument("--seed", type=int, default=0, help="random seed (CPU runs repeat exactly)")
+    t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    t.add_argument("-q", "--quiet", action="store_true")
+    t.set_defaults(func=cmd_train)
 
     m = sub.add_parser(
         "sample",

@@ -53,7 +53,7 @@ def save_checkpoint(
     for k, v in model.state_dict().items():
         tensors[f"model.{k}"] = v.detach().cpu().contiguous()
     for k, v in best_state.items():
-        tensors[f"best.{k}"] = v.detach().cpu().contiguous()
+        tensors[f"best.{k}"] = v.detach().cpu().clone().contiguous()
     opt = optimizer.state_dict()
     opt_scalars: dict[str, dict[str, Any]] = {}
     for idx, st in opt["state"].items():

@@ -191,6 +191,8 @@ def iter_train(
     if model.config.padding != "same":
         raise InputError("training supports 'same'-padding networks")
     patch, batch, base_lr, steps, val_every = _auto(cfg, lay.yx, device, fine_tune)
+    if state is not None and not (cfg.steps or cfg.time_limit):
+        steps = int(state.run_config.get("steps") or steps)  # finish the interrupted run
     if max(lay.yx) < 16:
         raise InputError(f"image is too small to train on ({lay.yx[0]}x{lay.yx[1]} px)")
     patch = min(patch, max(32, (min(lay.yx) // 16) * 16))
