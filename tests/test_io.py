@@ -24,7 +24,10 @@ from napari_tessera.io import (
     write_tiff,
 )
 
-META = {"class_names": ["background", "nucleus", "membrane"], "provenance": {"trained_on": "x", "epochs": 3, "nested": [1, 2]}}
+META = {
+    "class_names": ["background", "nucleus", "membrane"],
+    "provenance": {"trained_on": "x", "epochs": 3, "nested": [1, 2]},
+}
 
 
 @pytest.fixture
@@ -140,6 +143,16 @@ def test_pickle_files_are_refused_without_unpickling(tmp_path, kind):
     renamed = path.rename(tmp_path / "model.safetensors")
     with pytest.raises(ModelFileError, match="pickle"):
         load_model(renamed)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [0, 1, 2, pickle.HIGHEST_PROTOCOL])
+def test_pickles_of_any_protocol_are_never_unpickled(tmp_path, protocol):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(pickle.dumps({"evil": _Payload(marker)}, protocol=protocol))
+    with pytest.raises(ModelFileError):
+        load_model(path)
     assert not marker.exists()
 
 
@@ -268,13 +281,77 @@ def test_weights_with_wrong_names_are_refused(tmp_path, change):
 def test_loaded_weights_are_exactly_the_stored_ones(tmp_path):
     """A file crafted by hand (not by save_model) with the right names and shapes loads."""
     cfg = UNetConfig(depth=1, base_channels=2, n_classes=3)
-    sd = {k: torch.randn(v.shape) if v.is_floating_point() else v for k, v in UNet(cfg).state_dict().items()}
-    path = _craft(tmp_path / "hand.safetensors", json.dumps(cfg.to_dict()), tensors=sd,
-                  metadata=json.dumps({"class_names": ["a", "b", "c"]}))
+    sd = {
+        k: torch.randn(v.shape) if v.is_floating_point() else v
+        for k, v in UNet(cfg).state_dict().items()
+    }
+    path = _craft(
+        tmp_path / "hand.safetensors",
+        json.dumps(cfg.to_dict()),
+        tensors=sd,
+        metadata=json.dumps({"class_names": ["a", "b", "c"]}),
+    )
     m = load_model(path)
     assert m.metadata == {"class_names": ["a", "b", "c"]}
     for k, v in sd.items():
         assert torch.equal(m.state_dict()[k], v)
+
+
+def _raw_header_file(path, header: dict, body: bytes = b"") -> None:
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + body)
+
+
+def _valid_header(cfg):
+    """A correct safetensors header (and body) for an initialised ``UNet(cfg)``."""
+    header = {
+        "__metadata__": {
+            "format": "napari-tessera",
+            "format_version": "1",
+            "config": json.dumps(cfg.to_dict()),
+            "metadata": "{}",
+        }
+    }
+    body, off = b"", 0
+    for k, v in UNet(cfg).state_dict().items():
+        data = v.numpy().tobytes()
+        dtype = {torch.float32: "F32", torch.int64: "I64"}[v.dtype]
+        header[k] = {"dtype": dtype, "shape": list(v.shape), "data_offsets": [off, off + len(data)]}
+        body += data
+        off += len(data)
+    return header, body
+
+
+HOSTILE_HEADERS = {
+    "offset past the end": lambda h: h["outc.weight"].update(data_offsets=[0, 10**9]),
+    "overlapping offsets": lambda h: h["outc.bias"].update(data_offsets=[0, 8]),
+    "unknown dtype": lambda h: h["outc.weight"].update(dtype="XYZ"),
+    "dtype size mismatch": lambda h: h["outc.weight"].update(dtype="F64"),
+    "shape is a string": lambda h: h["outc.weight"].update(shape="abc"),
+    "config is an object": lambda h: h["__metadata__"].update(config={"depth": 1}),
+}
+HOSTILE_HEADERS_MALFORMED = {
+    "tensor entry is a number": lambda h: h.update({"outc.weight": 5}),
+    "shape is a number": lambda h: h["outc.weight"].update(shape=5),
+    "__metadata__ is a list": lambda h: h.update({"__metadata__": [1]}),
+    "__metadata__ is a string": lambda h: h.update({"__metadata__": "abc"}),
+}
+
+
+@pytest.mark.parametrize(
+    "case",
+    list(HOSTILE_HEADERS) + list(HOSTILE_HEADERS_MALFORMED),
+)
+def test_hostile_headers_are_refused(tmp_path, case):
+    cfg = UNetConfig(depth=1, base_channels=2)
+    header, body = _valid_header(cfg)
+    path = tmp_path / "hostile.safetensors"
+    _raw_header_file(path, header, body)
+    assert load_model(path).config == cfg  # the unmodified hand-made file loads
+    {**HOSTILE_HEADERS, **HOSTILE_HEADERS_MALFORMED}[case](header)
+    _raw_header_file(path, header, body)
+    with pytest.raises(ModelFileError):
+        load_model(path)
 
 
 # -- atomic writes -----------------------------------------------------------------------------
@@ -313,12 +390,6 @@ def test_atomic_path_missing_folder(tmp_path):
             pass
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: atomic_path uses tempfile.mkstemp, which creates the file with mode 0600, and "
-    "os.replace keeps it, so every TIFF/model written by Tessera is private to its owner "
-    "regardless of the umask",
-)
 def test_written_files_respect_umask(tmp_path):
     old = os.umask(0o022)
     try:

@@ -39,9 +39,7 @@ def test_mirror_indices_property(n, before, after, crop):
     # any sub-window of the padded line is the same sub-window of mirror_indices
     lo = crop.draw(st.integers(-before, n + after))
     hi = crop.draw(st.integers(lo, n + after))
-    np.testing.assert_array_equal(
-        mirror_indices(lo, hi, n), expected[lo + before : hi + before]
-    )
+    np.testing.assert_array_equal(mirror_indices(lo, hi, n), expected[lo + before : hi + before])
 
 
 def test_mirror_indices_inside_is_identity_and_in_range():
@@ -218,9 +216,7 @@ def test_plan_property_any_tile_size_either_works_or_raises_input_error(h, w, ti
     _check_plan(plan, (h, w), multiple=8, same=True)
 
 
-VALID_MODELS = {
-    d: UNet(UNetConfig(depth=d, base_channels=1, padding="valid")) for d in (1, 2, 3)
-}
+VALID_MODELS = {d: UNet(UNetConfig(depth=d, base_channels=1, padding="valid")) for d in (1, 2, 3)}
 
 
 @settings(max_examples=60, deadline=None)

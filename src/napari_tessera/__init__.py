@@ -5,6 +5,8 @@ The core (model, tiling, inference, training, I/O, CLI) imports neither Qt nor n
 
 from .config import Normalization, UNetConfig
 from .errors import ConfigError, InputError, ModelFileError, TesseraError
+from .inference import predict_tiled, segment
+from .io import load_model, save_model
 from .model import UNet
 
 __version__ = "0.1.0"
@@ -18,4 +20,8 @@ __all__ = [
     "UNet",
     "UNetConfig",
     "__version__",
+    "load_model",
+    "predict_tiled",
+    "save_model",
+    "segment",
 ]

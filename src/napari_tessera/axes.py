@@ -16,7 +16,8 @@ KNOWN_AXES = "TZCYX"
 class SliceLayout:
     """How an image with given axes maps onto 2D slices with channels.
 
-    ``slice_view(image, s)`` gives slice ``s`` shaped ``(C, Y, X)``. ``lead_axes``/``lead_shape`` are the non-channel axes before Y and X, in input
+    ``slice_view(image, s)`` gives slice ``s`` shaped ``(C, Y, X)``. ``lead_axes`` and
+    ``lead_shape`` are the non-channel axes before Y and X, in input
     order; predictions come back shaped ``(n_classes, *lead_shape, Y, X)``.
     """
 
@@ -80,8 +81,7 @@ def layout(shape: Sequence[int], axes: str) -> SliceLayout:
         raise InputError(f"axes {axes!r} must contain Y and X")
     if len(axes) != len(shape):
         raise InputError(
-            f"axes {axes!r} name {len(axes)} axes but the image has {len(shape)} "
-            f"(shape {shape})"
+            f"axes {axes!r} name {len(axes)} axes but the image has {len(shape)} (shape {shape})"
         )
     if any(s == 0 for s in shape):
         raise InputError(f"image is empty (shape {shape})")

@@ -101,7 +101,9 @@ def _check_output(path: Path, *inputs: Path) -> None:
             raise InputError(f"output {path} would overwrite an input")
 
 
-def _resolve_axes(arr: np.ndarray, axes: str | None, from_file: str | None, in_channels: int) -> str:
+def _resolve_axes(
+    arr: np.ndarray, axes: str | None, from_file: str | None, in_channels: int
+) -> str:
     from .axes import guess_axes, layout
 
     if axes:
@@ -202,7 +204,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     inp, lab_path, out = Path(args.image), Path(args.labels_file), Path(args.output)
     _check_output(out, inp, lab_path)
-    ckpt = Path(args.checkpoint) if args.checkpoint else out.with_name(out.stem + ".ckpt.safetensors")
+    ckpt = (
+        Path(args.checkpoint) if args.checkpoint else out.with_name(out.stem + ".ckpt.safetensors")
+    )
     _check_output(ckpt, inp, lab_path)
     if args.steps is None and args.time_limit is None and args.resume is None:
         args.steps = 500
@@ -245,7 +249,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     old_term = signal.signal(signal.SIGTERM, request_stop)
     unit = "step" if cfg.steps else "s"
     bar = _Progress(args.quiet, "train", unit)
-    gen = iter_train(image, labels, axes=axes, config=cfg, model=model, resume=args.resume, stop=stop)
+    gen = iter_train(
+        image, labels, axes=axes, config=cfg, model=model, resume=args.resume, stop=stop
+    )
     last_val = None
     try:
         while True:
@@ -269,9 +275,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, old_term)
     save_model(result.model, out)
     if not args.quiet:
-        iou = f", best validation IoU {result.best_val_iou:.3f} at step {result.best_step}" if (
-            result.best_val_iou is not None
-        ) else " (no validation: too few annotated regions)"
+        iou = (
+            f", best validation IoU {result.best_val_iou:.3f} at step {result.best_step}"
+            if (result.best_val_iou is not None)
+            else " (no validation: too few annotated regions)"
+        )
         _warn(
             f"wrote {out} after {result.steps} steps in {result.elapsed:.0f} s "
             f"(stopped: {result.stopped}){iou}; resume with --resume {ckpt}"
@@ -297,7 +305,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
         _check_output(lab)
         write_tiff(lab, s.labels, axes=axes)
     if not args.quiet:
-        _warn(f"wrote {out} ({'x'.join(map(str, s.image.shape))} {axes}, {int(s.labels.max())} nuclei)")
+        _warn(
+            f"wrote {out} ({'x'.join(map(str, s.image.shape))} {axes}, "
+            f"{int(s.labels.max())} nuclei)"
+        )
     return 0
 
 
@@ -320,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", help="model file (.safetensors); default: the built-in nuclei model")
     s.add_argument(
         "--axes",
-        help="axes of the image, e.g. YX, ZYX, CYX, ZCYX, YXC (default: from the TIFF, else guessed)",
+        help="axes of the image, e.g. YX, ZYX, CYX, ZCYX, YXC (default: TIFF metadata or a guess)",
     )
     s.add_argument(
         "--tile-size",
@@ -332,11 +343,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--halo",
         type=_halo,
         default="exact",
-        help="'exact' (receptive field; identical to one whole-image pass) or pixels (default: exact)",
+        help="'exact' (receptive field: same as one whole-image pass) or pixels (default: exact)",
     )
     s.add_argument("--blend", choices=["crop", "gaussian"], default="crop", help="tile merging")
     s.add_argument("--batch-size", type=_positive_int, default=1, help="tiles per forward pass")
-    s.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    s.add_argument(
+        "--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)"
+    )
     s.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     s.add_argument("--instances", action="store_true", help="one id per object instead of classes")
     s.add_argument("--min-size", type=_positive_int, default=8, help="smallest object kept (px)")
@@ -367,11 +380,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--time-limit", type=float, metavar="S", help="stop after S seconds")
     t.add_argument("--steps", type=_positive_int, help="stop after N steps (default 500)")
     t.add_argument(
-        "--from", dest="from_model", metavar="MODEL",
+        "--from",
+        dest="from_model",
+        metavar="MODEL",
         help="fine-tune this model file, or 'default' for the built-in nuclei model",
     )
     t.add_argument("--resume", metavar="CHECKPOINT", help="continue an interrupted run")
-    t.add_argument("--checkpoint", help="checkpoint path (default: OUTPUT stem + .ckpt.safetensors)")
+    t.add_argument(
+        "--checkpoint", help="checkpoint path (default: OUTPUT stem + .ckpt.safetensors)"
+    )
     t.add_argument("--base-channels", type=_positive_int, default=16, help="width (from scratch)")
     t.add_argument("--depth", type=_positive_int, default=4, help="poolings (from scratch)")
     t.add_argument("--val-fraction", type=float, default=0.2, help="share held out (default 0.2)")
@@ -422,7 +439,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tessera {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print(f"tessera {args.command}: interrupted; no partial output left behind", file=sys.stderr)
+        print(
+            f"tessera {args.command}: interrupted; no partial output left behind", file=sys.stderr
+        )
         return EXIT_INTERRUPTED
     finally:
         if previous is not None:

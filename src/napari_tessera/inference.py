@@ -50,7 +50,7 @@ class InferenceSettings:
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" picks CUDA, then Apple MPS, then the CPU; an unavailable device is an error."""
+    """ "auto" picks CUDA, then Apple MPS, then the CPU; an unavailable device is an error."""
     if isinstance(device, torch.device):
         return device
     name = str(device).lower()
@@ -76,9 +76,13 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def resolve_halo(model, halo: str | int) -> int:
-    """Halo in pixels: "exact" = the receptive field on the pooling grid; ints as given."""
-    if model.config.padding == "valid":
-        return 0  # a valid-padding network carries its own margin and is exact by construction
+    """Halo in pixels: "exact" = the receptive field on the pooling grid; ints as given.
+
+    A "valid"-padding network with transposed convolutions needs none (no padding inside it);
+    with bilinear upsampling it does, because interpolation clamps at feature-map edges.
+    """
+    if model.config.padding == "valid" and model.config.upsampling == "transpose":
+        return 0  # no padding anywhere inside: exact by construction, whatever the tile
     if isinstance(halo, str):
         if halo.lower() != "exact":
             raise InputError(f"halo must be 'exact' or a number of pixels, got {halo!r}")
@@ -162,7 +166,11 @@ def iter_slice_predictions(
     check_dtype(image.dtype)
     if blend not in ("crop", "gaussian"):
         raise InputError(f"blend must be 'crop' or 'gaussian', got {blend!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, (int, np.integer))
+        or batch_size < 1
+    ):
         raise InputError(f"batch size must be a positive integer, got {batch_size!r}")
     st = prepare(model, lay, tile_size=tile_size, halo=halo, device=device, precision=precision)
     plan = st.plan
@@ -318,13 +326,14 @@ def predict_whole(model, image2d: np.ndarray, *, pad: int | None = None) -> np.n
     if model.config.padding == "valid":
         from .tiling import mirror_indices
 
-        k = model.margin + (-model.margin) % m
-        sy = model.valid_input_size(round_up(H, m) + 4)
-        sx = model.valid_input_size(round_up(W, m) + 4)
+        extra = resolve_halo(model, "exact")
+        k = model.margin + extra + (-(model.margin + extra)) % m
+        off = k - model.margin
+        sy = model.valid_input_size(round_up(H, m) + off + extra)
+        sx = model.valid_input_size(round_up(W, m) + off + extra)
         iy = mirror_indices(-k, -k + sy, H)
         ix = mirror_indices(-k, -k + sx, W)
         x = data[:, iy][:, :, ix]
-        off = k - model.margin
     else:
         ph = (pad, pad + round_up(H, m) - H)
         pw = (pad, pad + round_up(W, m) - W)

@@ -40,6 +40,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -47,6 +48,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 # -- model files --------------------------------------------------------------------------------
@@ -83,20 +90,38 @@ def _read_header(path: Path) -> dict[str, Any]:
             head = f.read(8)
             size = path.stat().st_size
             if head[:2] == b"PK" or head[:1] == b"\x80":
-                raise ModelFileError(f"refusing {path.name}: it is a pickle-based file. {_PICKLE_HINT}")
+                raise ModelFileError(
+                    f"refusing {path.name}: it is a pickle-based file. {_PICKLE_HINT}"
+                )
             if len(head) < 8:
                 raise ModelFileError(f"{path.name} is not a model file (too short)")
             (n,) = struct.unpack("<Q", head)
             if n > _MAX_HEADER or n + 8 > size:
-                raise ModelFileError(f"{path.name} is not a valid safetensors model file (corrupt or truncated)")
+                raise ModelFileError(
+                    f"{path.name} is not a valid safetensors model file (corrupt or truncated; "
+                    "pickle-based .pt/.pth files are never loaded)"
+                )
             raw = f.read(n)
     except OSError as err:
         raise ModelFileError(f"cannot read model file {path}: {err.strerror}") from err
     try:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelFileError(f"{path.name} is not a valid safetensors model file (bad header)") from err
-    if not isinstance(header, dict):
+        raise ModelFileError(
+            f"{path.name} is not a valid safetensors model file (bad header)"
+        ) from err
+    bad = not isinstance(header, dict) or not isinstance(header.get("__metadata__", {}), dict)
+    if not bad:
+        for k, v in header.items():
+            if k == "__metadata__":
+                continue
+            shape = v.get("shape") if isinstance(v, dict) else None
+            if not isinstance(shape, list) or not all(
+                isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+            ):
+                bad = True
+                break
+    if bad:
         raise ModelFileError(f"{path.name} is not a valid safetensors model file (bad header)")
     return header
 
@@ -108,8 +133,10 @@ def read_model_info(path: str | os.PathLike) -> tuple[UNetConfig, dict[str, Any]
         raise ModelFileError(f"model file not found: {path}")
     header = _read_header(path)
     meta = header.get("__metadata__") or {}
-    if meta.get("format") != FORMAT:
-        raise ModelFileError(f"{path.name} is a safetensors file but not a Tessera model (no config)")
+    if meta.get("format") != FORMAT or not isinstance(meta.get("config"), str):
+        raise ModelFileError(
+            f"{path.name} is a safetensors file but not a Tessera model (no config)"
+        )
     try:
         config = UNetConfig.from_dict(json.loads(meta.get("config", "")))
         metadata = json.loads(meta.get("metadata", "{}"))
@@ -201,5 +228,5 @@ def write_tiff(path: str | os.PathLike, data: np.ndarray, *, axes: str | None = 
     path = Path(path)
     meta = {"axes": axes} if axes else {}
     with atomic_path(path) as tmp:
-        tifffile.imwrite(tmp, data, metadata=meta, compression="zlib")
+        tifffile.imwrite(tmp, data, metadata=meta, compression="zlib", photometric="minisblack")
     return path

@@ -42,9 +42,7 @@ def split_instances(
     dist = ndi.distance_transform_edt(fg)
     if smooth > 0:
         dist = ndi.gaussian_filter(dist, smooth)
-    peaks = peak_local_max(
-        dist, min_distance=min_distance, labels=components, exclude_border=False
-    )
+    peaks = peak_local_max(dist, min_distance=min_distance, labels=components, exclude_border=False)
     markers = np.zeros(fg.shape, np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
     # every component gets at least one seed

@@ -138,21 +138,20 @@ def _axis_plan(size: int, tile: int, *, multiple: int, context: int, geometry) -
     in_size = max(tile, 1)
     out_offset, out_size = geometry(in_size)
     keep_offset = context + (-(out_offset + context)) % multiple
-    max_core = (out_size - 2 * keep_offset if out_offset == 0 else out_size - keep_offset)
-    max_core = (max_core // multiple) * multiple
+    max_core = ((out_size - keep_offset - context) // multiple) * multiple
     if max_core < multiple:
         raise InputError(
             f"tile size {tile} leaves no room inside a halo of {context} px; "
-            f"use a tile size of at least {2 * keep_offset + multiple + 2 * out_offset}"
+            f"use a tile size of at least {keep_offset + context + multiple + 2 * out_offset}"
         )
     # Spread the image evenly over as few tiles as possible.
     n_tiles = math.ceil(size / max_core)
     core = round_up(math.ceil(size / n_tiles), multiple)
     # Shrink the tile to what this core needs.
     if out_offset == 0:
-        in_size = core + 2 * keep_offset
+        in_size = core + keep_offset + context
     else:
-        in_size = geometry.input_for(core + keep_offset)
+        in_size = geometry.input_for(core + keep_offset + context)
         out_offset, out_size = geometry(in_size)
     return AxisPlan(size, core, n_tiles, in_size, out_offset, keep_offset)
 
@@ -194,7 +193,8 @@ def plan_tiles(
     tile_size: network input size per tile (int or ``(ty, tx)``); tiles shrink to fit small images.
     multiple: the pooling grid, ``2**depth``.
     halo: context kept around each core, rounded up so tile origins stay on the pooling grid.
-    model: a "valid"-padding :class:`~napari_tessera.UNet` (its own margin is the halo then).
+    model: a "valid"-padding :class:`~napari_tessera.UNet`: its own margin comes on top of
+        ``halo`` (which such a network only needs with bilinear upsampling).
     """
     ty, tx = (tile_size, tile_size) if np.isscalar(tile_size) else tile_size
     if min(int(ty), int(tx)) <= 0:
@@ -203,10 +203,9 @@ def plan_tiles(
         raise InputError(f"halo must not be negative, got {halo}")
     if model is not None and model.config.padding == "valid":
         geometry = _ModelGeometry(model.output_size, model.valid_input_size)
-        context = 0
     else:
         geometry = _SameGeometry()
-        context = round_up(int(halo), multiple)
+    context = round_up(int(halo), multiple)
     y = _axis_plan(int(shape[0]), int(ty), multiple=multiple, context=context, geometry=geometry)
     x = _axis_plan(int(shape[1]), int(tx), multiple=multiple, context=context, geometry=geometry)
     return TilePlan(y, x, multiple)

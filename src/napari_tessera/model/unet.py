@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -17,8 +18,8 @@ from .blocks import DoubleConv, Down, OutConv, Up
 class UNet(nn.Module):
     """U-Net with ``config.depth`` poolings; returns class logits ``(N, n_classes, H', W')``.
 
-    In "same" mode ``H' == H`` for any input size (sizes that are multiples of
-    :attr:`size_multiple` avoid padding inside the network). In "valid" mode the output is the
+    In "same" mode ``H' == H`` for any input side of at least :attr:`size_multiple` (sizes that
+    are multiples of it avoid padding inside the network). In "valid" mode the output is the
     centre of the input, ``margin`` pixels smaller on each side (572 -> 388 for depth 4); use
     :meth:`output_size` / :meth:`valid_input_size` to pick sizes.
 
@@ -46,7 +47,12 @@ class UNet(nn.Module):
     # -- forward -------------------------------------------------------------------------------
     def _run(self, block: nn.Module, *args: torch.Tensor) -> torch.Tensor:
         if self.config.checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(block, *args, use_reentrant=False)
+            return checkpoint(
+                block,
+                *args,
+                use_reentrant=False,
+                context_fn=lambda: (contextlib.nullcontext(), _FrozenBatchNormStats(block)),
+            )
         return block(*args)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -75,13 +81,17 @@ class UNet(nn.Module):
         for _ in range(self.config.depth):
             s -= 4
             if s <= 0 or s % 2:
-                raise InputError(f"{size} px is not a valid input size for this valid-padding U-Net")
+                raise InputError(
+                    f"{size} px is not a valid input size for this valid-padding U-Net"
+                )
             s //= 2
         s -= 4
+        for _ in range(self.config.depth):
+            if s <= 0:
+                break
+            s = 2 * s - 4
         if s <= 0:
             raise InputError(f"{size} px is too small for this valid-padding U-Net")
-        for _ in range(self.config.depth):
-            s = 2 * s - 4
         return s
 
     def valid_input_size(self, min_output: int = 1) -> int:
@@ -159,3 +169,28 @@ class UNet(nn.Module):
             f"in_channels={c.in_channels}, n_classes={c.n_classes}, base={c.base_channels}, "
             f"depth={c.depth}, upsampling={c.upsampling}, padding={c.padding}"
         )
+
+
+class _FrozenBatchNormStats:
+    """While checkpointed blocks are recomputed in the backward pass, BatchNorm must normalise
+    exactly as in the forward pass (batch statistics) but must not update its running
+    statistics a second time: momentum is set to 0 and the batch counter restored."""
+
+    def __init__(self, block: nn.Module):
+        self.bns = [m for m in block.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    def __enter__(self):
+        self.saved = [
+            (m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
+            for m in self.bns
+        ]
+        for m in self.bns:
+            m.momentum = 0.0
+        return self
+
+    def __exit__(self, *exc):
+        for m, (momentum, tracked) in zip(self.bns, self.saved):
+            m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
+        return False

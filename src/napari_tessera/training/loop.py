@@ -186,7 +186,8 @@ def iter_train(
         )
     elif model.config.in_channels != lay.channels:
         raise InputError(
-            f"the model reads {model.config.in_channels} channel(s) but the image has {lay.channels}"
+            f"the model reads {model.config.in_channels} channel(s) "
+            f"but the image has {lay.channels}"
         )
     if model.config.padding != "same":
         raise InputError("training supports 'same'-padding networks")
@@ -207,7 +208,12 @@ def iter_train(
         if weights is not None:
             weights.append(border_weights(targets.instances[s], w0=cfg.w0, sigma=cfg.sigma))
     sampler = PatchSampler(
-        images, classes, weights, patch=patch, val_fraction=cfg.val_fraction, rng=rng,
+        images,
+        classes,
+        weights,
+        patch=patch,
+        val_fraction=cfg.val_fraction,
+        rng=rng,
         elastic=cfg.elastic,
     )
     if not sampler.train_pixels_available():
@@ -284,7 +290,12 @@ def iter_train(
             loss.backward()
             opt.step()
         step += 1
-        record: dict[str, Any] = {"step": step, "elapsed": elapsed(), "loss": float(loss.detach()), "lr": lr}
+        record: dict[str, Any] = {
+            "step": step,
+            "elapsed": elapsed(),
+            "loss": float(loss.detach()),
+            "lr": lr,
+        }
         val_loss = val_iou = None
         is_best = False
         if sampler.val_regions and (step % val_every == 0 or step == steps):
@@ -321,10 +332,18 @@ def iter_train(
         if cfg.checkpoint and time.perf_counter() - last_ckpt >= cfg.checkpoint_every:
             last_ckpt = time.perf_counter()
             save_checkpoint(
-                cfg.checkpoint, model, opt, step=step, elapsed=elapsed(),
+                cfg.checkpoint,
+                model,
+                opt,
+                step=step,
+                elapsed=elapsed(),
                 best_state=best_state if best_state is not None else model.state_dict(),
-                best_step=best_step, best_val_iou=best_iou, best_score=best_score,
-                history=history, rng_state=rng.bit_generator.state, run_config=run_config(),
+                best_step=best_step,
+                best_val_iou=best_iou,
+                best_score=best_score,
+                history=history,
+                rng_state=rng.bit_generator.state,
+                run_config=run_config(),
             )
         if cfg.patience and bad_validations >= cfg.patience:
             stopped = "early"
@@ -353,9 +372,17 @@ def iter_train(
     }
     if cfg.checkpoint:
         save_checkpoint(
-            cfg.checkpoint, model, opt, step=step, elapsed=elapsed(),
-            best_state=model.state_dict(), best_step=best_step, best_val_iou=best_iou,
-            best_score=best_score, history=history, rng_state=rng.bit_generator.state,
+            cfg.checkpoint,
+            model,
+            opt,
+            step=step,
+            elapsed=elapsed(),
+            best_state=model.state_dict(),
+            best_step=best_step,
+            best_val_iou=best_iou,
+            best_score=best_score,
+            history=history,
+            rng_state=rng.bit_generator.state,
             run_config=run_config(),
         )
     return TrainResult(model, best_step, best_iou, step, elapsed(), stopped, history)

@@ -32,9 +32,7 @@ def segmentation_loss(
     w = mask.float() if weight is None else weight * mask
     safe = target.clamp_min(0)
     if logits.shape[1] == 1:
-        pix = F.binary_cross_entropy_with_logits(
-            logits[:, 0], safe.float(), reduction="none"
-        )
+        pix = F.binary_cross_entropy_with_logits(logits[:, 0], safe.float(), reduction="none")
         prob_fg = torch.sigmoid(logits[:, 0])[:, None]
         onehot_fg = safe.float()[:, None]
     else:

@@ -232,9 +232,7 @@ def augment(img, tgt, wt, rng: np.random.Generator, *, elastic: bool = True):
         disp = [ndi.zoom(c, (h / 3, w / 3), order=3, mode="nearest")[:h, :w] for c in coarse]
         yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
         coords = [yy + disp[0], xx + disp[1]]
-        img = np.stack(
-            [ndi.map_coordinates(ch, coords, order=1, mode="mirror") for ch in img]
-        )
+        img = np.stack([ndi.map_coordinates(ch, coords, order=1, mode="mirror") for ch in img])
         tgt = ndi.map_coordinates(tgt, coords, order=0, mode="mirror")
         if wt is not None:
             wt = ndi.map_coordinates(wt, coords, order=1, mode="mirror")
@@ -242,6 +240,8 @@ def augment(img, tgt, wt, rng: np.random.Generator, *, elastic: bool = True):
     sigma = rng.uniform(0, 0.05)
     if sigma > 0:
         img = img + rng.normal(0, sigma, size=img.shape)
-    return np.ascontiguousarray(img), np.ascontiguousarray(tgt), (
-        None if wt is None else np.ascontiguousarray(wt)
+    return (
+        np.ascontiguousarray(img),
+        np.ascontiguousarray(tgt),
+        (None if wt is None else np.ascontiguousarray(wt)),
     )
