@@ -1,0 +1,314 @@
+"""Shared helpers of the Tessera widgets: image layers -> core arrays, workers, notifications.
+
+Nothing here computes anything heavy in the main thread: image conversions (RGB to grayscale,
+dask to numpy) are returned as callables that the worker thread runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_info, show_warning
+from superqt.utils import GeneratorWorker
+
+from ..axes import SliceLayout, layout
+from ..errors import InputError, TesseraError
+
+log = logging.getLogger("napari_tessera")
+
+LUMINANCE = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R BT.601 weights
+
+
+# -- notifications ------------------------------------------------------------------------------
+def notify_error(message: str) -> None:
+    show_error(message)
+
+
+def notify_warning(message: str) -> None:
+    show_warning(message)
+
+
+def notify_info(message: str) -> None:
+    show_info(message)
+
+
+class WorkerFailure(Exception):
+    """Carries an exception out of a worker thread.
+
+    superqt's GeneratorWorker treats a ``RuntimeError`` raised by the generator as "the worker
+    was deleted" and swallows it (no ``errored`` signal). PyTorch raises RuntimeErrors (and
+    ``torch.cuda.OutOfMemoryError`` is one), so the jobs wrap every error in this class.
+    """
+
+    def __init__(self, error: BaseException):
+        super().__init__(str(error))
+        self.error = error
+
+
+def plain_message(err: BaseException) -> str | None:
+    """A plain-words message for an expected error, or None for a bug."""
+    if isinstance(err, WorkerFailure):
+        err = err.error
+    if isinstance(err, torch.cuda.OutOfMemoryError):
+        return (
+            "the GPU ran out of memory: use a smaller tile size or batch size "
+            "(or a smaller model), or run on the CPU"
+        )
+    if isinstance(err, TesseraError):
+        return str(err)
+    if isinstance(err, MemoryError):
+        return "out of memory: try a smaller image, tile size or batch size"
+    if isinstance(err, OSError) and getattr(err, "strerror", None):
+        name = getattr(err, "filename", None)
+        return f"{err.strerror}: {name}" if name else str(err.strerror)
+    return None
+
+
+def report_error(what: str, err: BaseException) -> None:
+    """Expected errors: one notification in plain words. Bugs: napari's error notification
+    (with the traceback behind its button) and the log."""
+    msg = plain_message(err)
+    if msg is not None:
+        notify_error(f"{what}: {msg}")
+        return
+    inner = err.error if isinstance(err, WorkerFailure) else err
+    log.error("%s failed", what, exc_info=(type(inner), inner, inner.__traceback__))
+    from napari.utils.notifications import notification_manager
+
+    notification_manager.receive_error(type(inner), inner, inner.__traceback__)
+
+
+def guarded(gen_func: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a generator function so every error leaves it as a :class:`WorkerFailure`."""
+
+    def job(*args, **kwargs):
+        try:
+            return (yield from gen_func(*args, **kwargs))
+        except GeneratorExit:
+            raise
+        except Exception as err:  # noqa: BLE001 - relayed to the main thread, see WorkerFailure
+            raise WorkerFailure(err) from err
+
+    job.__name__ = getattr(gen_func, "__name__", "job")
+    job.__qualname__ = getattr(gen_func, "__qualname__", "job")
+    return job
+
+
+def make_worker(gen_func: Callable[..., Any], *args, **kwargs) -> GeneratorWorker:
+    """A napari worker (not yet started) around a generator function.
+
+    superqt's plain GeneratorWorker class is used so napari does not turn expected errors into
+    traceback notifications; the widgets report errors themselves (:func:`report_error`).
+    Connect the signals, then call ``worker.start()``.
+    """
+    return create_worker(
+        guarded(gen_func),
+        *args,
+        _start_thread=False,
+        _ignore_errors=True,
+        _worker_class=GeneratorWorker,
+        **kwargs,
+    )
+
+
+class JobHandle:
+    """The running worker of a widget (no reference to the widget or the viewer), so the
+    widget's ``destroyed`` signal can end the run when napari closes."""
+
+    def __init__(self) -> None:
+        self.worker = None
+        self.stop = None  # threading.Event of a training run
+
+    def abort(self, *_) -> None:
+        if self.stop is not None:
+            self.stop.set()
+        worker = self.worker
+        if worker is not None:
+            try:
+                worker.quit()
+            except RuntimeError:  # the Qt object is already gone
+                pass
+
+
+# -- devices ------------------------------------------------------------------------------------
+def available_devices() -> list[str]:
+    """ "auto" plus the devices actually present."""
+    devices = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+# -- image layers -------------------------------------------------------------------------------
+def _guess_axes(shape: tuple[int, ...], in_channels: int | None) -> str:
+    """Axes of a (non-RGB) layer's data; a channel axis only where the model asks for one."""
+    n = len(shape)
+    k = in_channels or 1
+    if n == 2:
+        return "YX"
+    if n == 3:
+        return "CYX" if k > 1 and shape[0] == k else "ZYX"
+    if n == 4:
+        if k > 1 and shape[1] == k:
+            return "ZCYX"
+        if k > 1 and shape[0] == k:
+            return "CZYX"
+        return "TZYX"
+    if n == 5:
+        return "TZCYX"
+    raise InputError(f"cannot guess the axes of a {n}-dimensional image; type them in (e.g. TZCYX)")
+
+
+@dataclass
+class ImageInput:
+    """An image layer read for the core: what to run and how the result maps back.
+
+    axes: axes of the array :meth:`load` returns.
+    dims: axes of the layer's napari dimensions (RGB layers have no channel dimension).
+    lay: the core's slice layout of the loaded array.
+    scale, translate: for the non-channel axes (``lay.out_axes``): what output layers get.
+    note: a message for the user about a conversion (e.g. RGB to grayscale), or None.
+    """
+
+    name: str
+    raw: Any
+    axes: str
+    dims: str
+    lay: SliceLayout
+    scale: tuple[float, ...]
+    translate: tuple[float, ...]
+    to_gray: bool = False
+    drop_alpha: bool = False
+    note: str | None = None
+
+    def load(self) -> Any:
+        """The array to run on (call it in the worker thread: it may read or convert a lot)."""
+        data = self.raw
+        if self.to_gray:
+            arr = np.asarray(data)[..., :3].astype(np.float32)
+            return arr @ LUMINANCE
+        if self.drop_alpha:
+            return np.asarray(data)[..., :3]
+        return data
+
+    def lead_index(self, layer, world_point) -> int:
+        """Flat slice number (over the lead axes) shown at ``world_point`` in the viewer."""
+        if not self.lay.lead_shape:
+            return 0
+        try:
+            pos = np.asarray(layer.world_to_data(world_point), dtype=float)
+        except Exception:  # noqa: BLE001 - fall back to the first slice
+            return 0
+        idx = []
+        for axis, size in zip(self.lay.lead_axes, self.lay.lead_shape):
+            d = self.dims.index(axis)
+            i = int(np.round(pos[d])) if d < len(pos) and np.isfinite(pos[d]) else 0
+            idx.append(min(max(i, 0), size - 1))
+        return int(np.ravel_multi_index(idx, self.lay.lead_shape))
+
+    def lead_tuple(self, s: int) -> tuple[int, ...]:
+        """Index into an output (``lay.out_shape``) array for flat slice ``s``."""
+        if not self.lay.lead_shape:
+            return ()
+        return tuple(int(i) for i in np.unravel_index(s, self.lay.lead_shape))
+
+
+def image_input(layer, in_channels: int | None, axes_text: str = "auto") -> ImageInput:
+    """Read an Image layer for a model with ``in_channels`` (None: a new model from scratch).
+
+    RGB(A) layers: a 1-channel model gets grayscale (with a note), a 3-channel model RGB (alpha
+    dropped), a 4-channel model RGBA; a new model reads RGB. Other channel counts are an error.
+    """
+    if layer is None:
+        raise InputError("no image layer selected: open an image and pick it in the widget")
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    shape = tuple(int(s) for s in data.shape)
+    axes_text = (axes_text or "auto").strip().upper()
+    to_gray = drop_alpha = False
+    note = None
+    if getattr(layer, "rgb", False):
+        n_rgb = shape[-1]
+        lead = {2: "", 3: "Z", 4: "TZ"}.get(len(shape) - 1)
+        if lead is None:
+            raise InputError(f"{layer.name}: RGB images with {len(shape)} dimensions are not handled")
+        dims = lead + "YX"
+        k = 3 if in_channels is None else in_channels
+        if k == 1:
+            to_gray = True
+            axes = dims
+            note = (
+                f"{layer.name} is RGB but the model reads one channel: "
+                "it was converted to grayscale (luminance)"
+            )
+        elif k == 3:
+            drop_alpha = n_rgb == 4
+            axes = dims + "C"
+        elif k == 4 and n_rgb == 4:
+            axes = dims + "C"
+        else:
+            raise InputError(
+                f"{layer.name} is an RGB{'A' if n_rgb == 4 else ''} image but the model reads "
+                f"{k} channels; pick a model for 1 or 3 channels"
+            )
+        out_shape = shape[:-1] if to_gray else (*shape[:-1], 3 if drop_alpha else n_rgb)
+        lay = layout(out_shape, axes)
+    else:
+        axes = _guess_axes(shape, in_channels) if axes_text in ("", "AUTO") else axes_text
+        lay = layout(shape, axes)
+        dims = lay.axes
+        if in_channels is not None and lay.channels != in_channels:
+            raise InputError(
+                f"the model reads {in_channels} channel(s) but {layer.name} has {lay.channels} "
+                f"(shape {shape}, axes {lay.axes}); set the axes, e.g. CYX for channels first"
+            )
+    keep = [i for i, a in enumerate(dims) if a != "C"]
+    scale = tuple(float(layer.scale[i]) for i in keep)
+    translate = tuple(float(layer.translate[i]) for i in keep)
+    return ImageInput(
+        name=layer.name,
+        raw=data,
+        axes=lay.axes,
+        dims=dims,
+        lay=lay,
+        scale=scale,
+        translate=translate,
+        to_gray=to_gray,
+        drop_alpha=drop_alpha,
+        note=note,
+    )
+
+
+def describe(inp: ImageInput) -> str:
+    """One line about how an image will be read, e.g. "512 x 512, axes YX, 1 channel"."""
+    lay = inp.lay
+    size = " x ".join(str(s) for s in lay.out_shape)
+    ch = f"{lay.channels} channel{'s' if lay.channels != 1 else ''}"
+    extra = ", RGB -> gray" if inp.to_gray else ""
+    return f"{size} ({lay.out_axes}), {ch}{extra}"
+
+
+def find_layer(viewer, name: str, kind: type):
+    """The layer called ``name`` if it is of type ``kind``, else None."""
+    if name in viewer.layers:
+        layer = viewer.layers[name]
+        if isinstance(layer, kind):
+            return layer
+    return None
+
+
+def unique_name(viewer, name: str) -> str:
+    if name not in viewer.layers:
+        return name
+    k = 2
+    while f"{name} [{k}]" in viewer.layers:
+        k += 1
+    return f"{name} [{k}]"

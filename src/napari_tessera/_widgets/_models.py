@@ -1,0 +1,106 @@
+"""Which model a widget runs: the built-in one, the last one trained here, or a file."""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from ..io import load_model, read_model_info
+from ..models import default_model_path
+from ._session import session
+
+BUILTIN = "builtin"
+SESSION = "session"
+FILE = "file"
+SCRATCH = "scratch"
+
+_cache: dict[tuple[str, int, int], Any] = {}
+_cache_lock = threading.Lock()
+
+
+@dataclass
+class ModelSpec:
+    """What the widget knows in the main thread; ``load`` runs in the worker thread."""
+
+    label: str
+    in_channels: int | None  # None: a new network (training from scratch)
+    n_classes: int | None
+    load: Callable[[], Any] | None  # None: train from scratch
+
+
+def path_is_set(value) -> bool:
+    return value is not None and str(value) not in ("", ".")
+
+
+def _cached_loader(path: Path) -> Callable[[], Any]:
+    st = path.stat()
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+
+    def load():
+        with _cache_lock:
+            model = _cache.get(key)
+        if model is None:
+            model = load_model(path)
+            with _cache_lock:
+                if len(_cache) >= 3:
+                    _cache.pop(next(iter(_cache)))
+                _cache[key] = model
+        return model
+
+    return load
+
+
+def file_spec(path) -> ModelSpec:
+    if not path_is_set(path):
+        raise InputError("no model file chosen: pick a .safetensors model file")
+    path = Path(path)
+    config, _ = read_model_info(path)  # header only: fast, validates the file
+    return ModelSpec(path.name, config.in_channels, config.n_classes, _cached_loader(path))
+
+
+def resolve(source: str, path=None, *, for_training: bool = False) -> ModelSpec:
+    """The model behind a widget's choice. Training gets a copy it may change."""
+    if source == BUILTIN:
+        p = default_model_path()
+        if p is None:
+            raise InputError("no built-in model is installed; choose a model file")
+        spec = file_spec(p)
+        spec.label = "built-in nuclei model"
+    elif source == SESSION:
+        model = session.last_trained_model
+        if model is None:
+            raise InputError("no model has been trained in this session yet")
+        spec = ModelSpec(
+            "last trained model", model.config.in_channels, model.config.n_classes, lambda: model
+        )
+    elif source == FILE:
+        spec = file_spec(path)
+    elif source == SCRATCH:
+        return ModelSpec("new network", None, None, None)
+    else:
+        raise InputError(f"unknown model choice {source!r}")
+    if for_training and spec.load is not None:
+        load = spec.load
+
+        def fresh():  # never train the cached or session model in place
+            return copy.deepcopy(load())
+
+        spec.load = fresh
+    return spec
+
+
+def choices(*, training: bool) -> list[tuple[str, str]]:
+    out = []
+    if default_model_path() is not None:
+        out.append(("built-in nuclei model", BUILTIN))
+    if session.last_trained_model is not None:
+        out.append(("last trained (this session)", SESSION))
+    if training:
+        out.append(("new network (scratch)", SCRATCH))
+    out.append(("model file ...", FILE))
+    return out

@@ -1,0 +1,386 @@
+"""The Segment widget: run a U-Net over an image layer in a worker thread."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    Label,
+    LineEdit,
+    ProgressBar,
+    PushButton,
+    RadioButtons,
+    SpinBox,
+)
+from napari.layers import Image, Labels
+
+from ..axes import layout
+from ..errors import TesseraError
+from ..inference import PRECISIONS, iter_segment, resolve_device
+from . import _models
+from ._common import (
+    ImageInput,
+    JobHandle,
+    available_devices,
+    describe,
+    find_layer,
+    image_input,
+    make_worker,
+    notify_info,
+    report_error,
+)
+from ._session import session
+
+if TYPE_CHECKING:
+    import napari
+
+
+@dataclass
+class SegmentResult:
+    labels: np.ndarray
+    foreground: np.ndarray | None  # foreground probability, shaped like labels
+    slice_index: int | None  # None: the whole image
+    seconds: float
+
+
+def segment_job(inp: ImageInput, spec, slice_index, instances, min_size, want_prob, kwargs):
+    """Runs in the worker thread: yields Progress, returns a :class:`SegmentResult`."""
+    t0 = time.perf_counter()
+    model = spec.load()
+    image = inp.load()
+    axes = inp.axes
+    if slice_index is not None:
+        image = inp.lay.slice_view(image, slice_index)  # (C, Y, X)
+        axes = "CYX"
+    lay = layout(np.shape(image), axes)
+    probs = None
+    if want_prob:
+        probs = np.zeros((model.config.n_classes, *lay.out_shape), np.float32)
+    labels = yield from iter_segment(
+        model,
+        image,
+        axes=axes,
+        instances=instances,
+        min_size=min_size,
+        probabilities_out=probs,
+        **kwargs,
+    )
+    fg = None
+    if probs is not None:
+        fg = probs[0] if probs.shape[0] == 1 else 1.0 - probs[0]
+    return SegmentResult(labels, fg, slice_index, time.perf_counter() - t0)
+
+
+def layer_choices(viewer, kind):
+    def get(_widget=None):
+        return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, kind)]
+
+    return get
+
+
+class SegmentWidget(Container):
+    """Segment an image layer with the built-in model, the last trained model, or a file."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer):
+        super().__init__(labels=True)
+        self._viewer = napari_viewer
+        self._worker = None
+        self._input: ImageInput | None = None
+        self._instances = False
+        self._jobs = JobHandle()
+        self.last_result: SegmentResult | None = None
+        self.labels_layer: Labels | None = None
+
+        self.image = ComboBox(
+            label="image", choices=layer_choices(napari_viewer, Image), tooltip="image to segment"
+        )
+        self.axes = LineEdit(
+            label="axes",
+            value="auto",
+            tooltip="axes of the image data, e.g. YX, ZYX, CYX (channels first), ZCYX; "
+            "'auto' guesses from the shape and the model (RGB layers are handled for you)",
+        )
+        self.model_source = ComboBox(
+            label="model", choices=lambda _w=None: _models.choices(training=False)
+        )
+        self.model_file = FileEdit(label="model file", mode="r", filter="*.safetensors")
+        self.tile_size = SpinBox(
+            label="tile size",
+            min=0,
+            max=8192,
+            step=16,
+            value=0,
+            tooltip="network input per tile in pixels (auto = 512 kept pixels plus the halo)",
+        )
+        self.halo = ComboBox(
+            label="halo",
+            choices=[("exact (tile-independent)", "exact"), ("fast (pixels below)", "fast")],
+            value="exact",
+            tooltip="exact: results equal one whole-image pass; fast: a smaller halo, "
+            "approximate near tile seams",
+        )
+        self.halo_px = SpinBox(label="fast halo (px)", min=0, max=1024, value=32)
+        self.batch_size = SpinBox(label="batch size", min=1, max=256, value=1)
+        self.device = ComboBox(label="device", choices=available_devices(), value="auto")
+        self.precision = ComboBox(label="precision", choices=list(PRECISIONS), value="fp32")
+        self.output = RadioButtons(
+            label="output",
+            choices=[("classes", "classes"), ("instances", "instances")],
+            value="classes",
+            orientation="horizontal",
+        )
+        self.min_size = SpinBox(label="min object (px)", min=1, max=10**6, value=8)
+        self.probabilities = CheckBox(text="add a probability layer", value=False)
+        self.scope = RadioButtons(
+            label="run on",
+            choices=[("whole stack", "stack"), ("current slice", "slice")],
+            value="stack",
+            orientation="horizontal",
+        )
+        self.info = Label(label="")
+        self.run_button = PushButton(text="Segment")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(label="progress", min=0, max=1, value=0)
+        self.status = Label(label="status", value="ready")
+        buttons = Container(
+            widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False
+        )
+        buttons.margins = (0, 0, 0, 0)
+        self.extend(
+            [
+                self.image,
+                self.axes,
+                self.model_source,
+                self.model_file,
+                self.tile_size,
+                self.halo,
+                self.halo_px,
+                self.batch_size,
+                self.device,
+                self.precision,
+                self.output,
+                self.min_size,
+                self.probabilities,
+                self.scope,
+                self.info,
+                buttons,
+                self.progress,
+                self.status,
+            ]
+        )
+        self.tile_size.native.setSpecialValueText("auto")
+        self.status.native.setWordWrap(True)
+        self.info.native.setWordWrap(True)
+
+        self.model_source.changed.connect(self._update_visibility)
+        self.model_source.changed.connect(self._update_info)
+        self.model_file.changed.connect(self._update_info)
+        self.halo.changed.connect(self._update_visibility)
+        self.output.changed.connect(self._update_visibility)
+        self.image.changed.connect(self._update_info)
+        self.axes.changed.connect(self._update_info)
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        session.changed.connect(self._on_session_model)
+        self.native.destroyed.connect(self._jobs.abort)  # closing napari cancels the run
+        self._update_visibility()
+        self._update_info()
+
+    # -- state --------------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._worker is not None
+
+    def _update_visibility(self, *_):
+        self.model_file.visible = self.model_source.value == _models.FILE
+        self.halo_px.visible = self.halo.value == "fast"
+        self.min_size.visible = self.output.value == "instances"
+
+    def _update_info(self, *_):
+        """Say how the image will be read; errors here are shown inline, not as pop-ups."""
+        layer = self.image.value
+        if layer is None:
+            self.info.value = "open an image layer to segment"
+            self.scope.enabled = False
+            return
+        try:
+            spec = self._spec(quiet=True)
+            inp = image_input(layer, spec.in_channels if spec else None, self.axes.value)
+        except TesseraError as err:
+            self.info.value = f"⚠ {err}"
+            return
+        self.info.value = describe(inp)
+        self.scope.enabled = bool(inp.lay.lead_shape)
+        if not inp.lay.lead_shape:
+            self.scope.value = "stack"
+
+    def _spec(self, quiet: bool = False):
+        try:
+            return _models.resolve(self.model_source.value, self.model_file.value)
+        except TesseraError:
+            if quiet:
+                return None
+            raise
+
+    def _on_session_model(self):
+        self.model_source.reset_choices()
+        if session.last_trained_model is not None:
+            self.model_source.value = _models.SESSION
+        self._update_info()
+
+    def _set_running(self, running: bool) -> None:
+        self.run_button.enabled = not running
+        self.cancel_button.enabled = running
+
+    # -- actions ------------------------------------------------------------------------------
+    def run(self, *_) -> None:
+        """Start segmenting in a worker thread (returns at once)."""
+        if self.running:
+            return
+        try:
+            layer = self.image.value
+            spec = self._spec()
+            inp = image_input(layer, spec.in_channels, self.axes.value)
+            slice_index = None
+            if self.scope.value == "slice" and inp.lay.lead_shape:
+                slice_index = inp.lead_index(layer, self._viewer.dims.point)
+            resolve_device(self.device.value)  # unavailable device: an error now, not later
+            kwargs = {
+                "tile_size": self.tile_size.value or None,
+                "halo": "exact" if self.halo.value == "exact" else int(self.halo_px.value),
+                "batch_size": int(self.batch_size.value),
+                "device": self.device.value,
+                "precision": self.precision.value,
+            }
+        except TesseraError as err:
+            report_error("Segment", err)
+            return
+        if inp.note:
+            notify_info(inp.note)
+        self._input = inp
+        self._instances = self.output.value == "instances"
+        worker = make_worker(
+            segment_job,
+            inp,
+            spec,
+            slice_index,
+            self._instances,
+            int(self.min_size.value),
+            bool(self.probabilities.value),
+            kwargs,
+        )
+        # connect everything before the worker starts
+        worker.yielded.connect(self._on_progress)
+        worker.returned.connect(self._on_returned)
+        worker.errored.connect(self._on_errored)
+        worker.aborted.connect(self._on_aborted)
+        worker.finished.connect(self._on_finished)
+        self._worker = self._jobs.worker = worker
+        self._set_running(True)
+        self.progress.value = 0
+        where = f"slice {slice_index}" if slice_index is not None else inp.name
+        self.status.value = f"segmenting {where} with the {spec.label} ..."
+        worker.start()
+
+    def cancel(self, *_) -> None:
+        if self._worker is not None:
+            self._worker.quit()
+            self.status.value = "cancelling ..."
+            self.cancel_button.enabled = False
+
+    # -- worker signals (main thread) ---------------------------------------------------------
+    def _on_progress(self, event) -> None:
+        if self.progress.max != event.total:
+            self.progress.max = max(int(event.total), 1)
+        self.progress.value = int(event.done)
+        self.status.value = f"tile {event.done} of {event.total}"
+
+    def _on_returned(self, result: SegmentResult) -> None:
+        inp = self._input
+        self.last_result = result
+        if result.foreground is not None:
+            self._show_probability(inp, result)
+        self.labels_layer = self._show_labels(inp, result)
+        lab = result.labels
+        if self._instances:
+            what = f"{len(np.unique(lab[lab > 0]))} objects"
+        else:
+            what = f"{int((lab > 0).sum())} foreground pixels"
+        self.status.value = f"done in {result.seconds:.1f} s: {what}"
+
+    def _on_errored(self, err: Exception) -> None:
+        report_error("Segment", err)
+        self.status.value = "failed (see the notification)"
+
+    def _on_aborted(self) -> None:
+        self.status.value = "cancelled"
+
+    def _on_finished(self) -> None:
+        self._worker = self._jobs.worker = None
+        self._set_running(False)
+
+    # -- output layers ------------------------------------------------------------------------
+    def _write(self, existing, inp: ImageInput, result: SegmentResult, values, dtype):
+        """The full-size array for a result: whole image, or one slice written into the stack."""
+        if result.slice_index is None:
+            return values
+        full = inp.lay.out_shape
+        if existing is not None and tuple(existing.data.shape) == full:
+            data = np.asarray(existing.data)
+        else:
+            data = np.zeros(full, dtype)
+        data = data.astype(np.promote_types(data.dtype, values.dtype), copy=False)
+        data[inp.lead_tuple(result.slice_index)] = values
+        return data
+
+    def _show_labels(self, inp: ImageInput, result: SegmentResult) -> Labels:
+        name = f"{inp.name} labels"
+        existing = find_layer(self._viewer, name, Labels)
+        values = result.labels
+        if result.slice_index is not None and self._instances and values.any():
+            # ids unique across the stack: continue after the ids of the other slices
+            offset = 0
+            if existing is not None and tuple(existing.data.shape) == inp.lay.out_shape:
+                other = np.asarray(existing.data).copy()
+                other[inp.lead_tuple(result.slice_index)] = 0
+                offset = int(other.max())
+            top = offset + int(values.max())
+            dt = np.uint8 if top < 256 else np.uint16 if top < 65536 else np.uint32
+            values = np.where(values > 0, values.astype(dt) + dt(offset), 0).astype(dt)
+        data = self._write(existing, inp, result, values, values.dtype)
+        if existing is not None:
+            existing.data = data
+            existing.scale = inp.scale
+            existing.translate = inp.translate
+            existing.refresh()
+            return existing
+        return self._viewer.add_labels(
+            data, name=name, scale=inp.scale, translate=inp.translate, opacity=0.6
+        )
+
+    def _show_probability(self, inp: ImageInput, result: SegmentResult) -> Image:
+        name = f"{inp.name} probability"
+        existing = find_layer(self._viewer, name, Image)
+        data = self._write(existing, inp, result, result.foreground, np.float32)
+        if existing is not None:
+            existing.data = data
+            existing.scale = inp.scale
+            existing.translate = inp.translate
+            existing.contrast_limits = (0.0, 1.0)
+            return existing
+        return self._viewer.add_image(
+            data,
+            name=name,
+            scale=inp.scale,
+            translate=inp.translate,
+            colormap="magma",
+            contrast_limits=(0.0, 1.0),
+            blending="additive",
+        )

@@ -1,0 +1,422 @@
+"""The Train widget: paint a few objects, train a U-Net in a worker thread, watch it learn."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    Label,
+    LineEdit,
+    ProgressBar,
+    PushButton,
+    RadioButtons,
+    SpinBox,
+)
+from napari.layers import Image, Labels
+
+from ..errors import InputError, TesseraError
+from ..inference import resolve_device
+from ..io import save_model, write_tiff
+from ..training.labels import CONVENTION
+from ..training.loop import TrainConfig, TrainResult, TrainUpdate, iter_train
+from . import _models
+from ._common import (
+    ImageInput,
+    JobHandle,
+    available_devices,
+    describe,
+    find_layer,
+    image_input,
+    make_worker,
+    notify_info,
+    report_error,
+)
+from ._loss_plot import LossCurve
+from ._segment import layer_choices
+from ._session import session
+
+if TYPE_CHECKING:
+    import napari
+
+PREVIEW_EVERY = 2.0  # seconds between live previews
+
+HELP = {
+    "sparse": "Paint 2 on some objects and 1 on some background; unpainted (0) pixels are "
+    "not annotated and ignored.",
+    "dense": "Every pixel is annotated: 0 = background, each object its own value.",
+}
+
+
+def train_job(inp: ImageInput, labels: np.ndarray, config: TrainConfig, spec, stop):
+    """Runs in the worker thread: yields TrainUpdate, returns the TrainResult."""
+    model = spec.load() if spec.load is not None else None
+    image = np.asarray(inp.load())
+    return (
+        yield from iter_train(image, labels, axes=inp.axes, config=config, model=model, stop=stop)
+    )
+
+
+@dataclass
+class _Run:
+    inp: ImageInput
+    annotations: Labels
+    labels: np.ndarray  # the painted labels the run trains on (a copy)
+    preview_index: tuple[int, ...]
+    stop: threading.Event
+
+
+class TrainWidget(Container):
+    """Train (or fine-tune) a U-Net on painted annotations; the result goes to Segment."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer):
+        super().__init__(labels=True)
+        self._viewer = napari_viewer
+        self._worker = None
+        self._run: _Run | None = None
+        self._jobs = JobHandle()
+        self.result: TrainResult | None = None
+        self.model = None
+        self.preview_layer: Labels | None = None
+        self._trained_on: _Run | None = None
+
+        self.image = ComboBox(label="image", choices=layer_choices(napari_viewer, Image))
+        self.axes = LineEdit(
+            label="axes",
+            value="auto",
+            tooltip="axes of the image data, e.g. YX, ZYX, CYX; 'auto' guesses",
+        )
+        self.annotations = ComboBox(
+            label="annotations", choices=layer_choices(napari_viewer, Labels)
+        )
+        self.new_annotations = PushButton(text="New annotation layer")
+        self.mode = RadioButtons(
+            label="labels",
+            choices=[("sparse (painted)", "sparse"), ("dense (complete)", "dense")],
+            value="sparse",
+            orientation="horizontal",
+        )
+        self.convention = Label(label="")
+        self.start_from = ComboBox(
+            label="start from", choices=lambda _w=None: _models.choices(training=True)
+        )
+        self.start_file = FileEdit(label="model file", mode="r", filter="*.safetensors")
+        self.limit_by = ComboBox(
+            label="stop after",
+            choices=[("time limit", "time"), ("number of steps", "steps")],
+            value="time",
+        )
+        self.time_limit = SpinBox(label="time limit (s)", min=5, max=7 * 24 * 3600, value=60)
+        self.steps = SpinBox(label="steps", min=1, max=10**7, value=200)
+        self.base_channels = SpinBox(label="base channels", min=1, max=256, value=16)
+        self.depth = SpinBox(label="depth", min=1, max=7, value=4)
+        self.device = ComboBox(label="device", choices=available_devices(), value="auto")
+        self.live_preview = CheckBox(text="live preview of the current slice", value=True)
+        self.train_button = PushButton(text="Train")
+        self.stop_button = PushButton(text="Stop", enabled=False)
+        self.progress = ProgressBar(label="progress", min=0, max=1000, value=0)
+        self.status = Label(label="status", value="ready")
+        self.save_path = FileEdit(label="save model as", mode="w", filter="*.safetensors")
+        self.save_button = PushButton(text="Save model and annotations", enabled=False)
+        buttons = Container(
+            widgets=[self.train_button, self.stop_button], layout="horizontal", labels=False
+        )
+        buttons.margins = (0, 0, 0, 0)
+        self.extend(
+            [
+                self.image,
+                self.axes,
+                self.annotations,
+                self.new_annotations,
+                self.mode,
+                self.convention,
+                self.start_from,
+                self.start_file,
+                self.limit_by,
+                self.time_limit,
+                self.steps,
+                self.base_channels,
+                self.depth,
+                self.device,
+                self.live_preview,
+                buttons,
+                self.progress,
+                self.status,
+                self.save_path,
+                self.save_button,
+            ]
+        )
+        self.loss_curve = LossCurve()
+        # the curve sits right under the status line
+        self.native.layout().insertWidget(self.index(self.status) + 1, self.loss_curve)
+        self.convention.native.setWordWrap(True)
+        self.status.native.setWordWrap(True)
+
+        self.mode.changed.connect(self._update_convention)
+        self.start_from.changed.connect(self._update_visibility)
+        self.limit_by.changed.connect(self._update_visibility)
+        self.new_annotations.changed.connect(self.create_annotations)
+        self.train_button.changed.connect(self.train)
+        self.stop_button.changed.connect(self.stop)
+        self.save_button.changed.connect(self.save)
+        self.native.destroyed.connect(self._jobs.abort)  # closing napari ends the run
+        self._update_convention()
+        self._update_visibility()
+
+    # -- state --------------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._worker is not None
+
+    def _update_convention(self, *_):
+        mode = self.mode.value
+        self.convention.value = f"{CONVENTION[mode]}.\n{HELP[mode]}"
+
+    def _update_visibility(self, *_):
+        self.start_file.visible = self.start_from.value == _models.FILE
+        scratch = self.start_from.value == _models.SCRATCH
+        self.base_channels.enabled = scratch
+        self.depth.enabled = scratch
+        by_time = self.limit_by.value == "time"
+        self.time_limit.visible = by_time
+        self.steps.visible = not by_time
+
+    def _set_running(self, running: bool) -> None:
+        self.train_button.enabled = not running
+        self.stop_button.enabled = running
+        self.new_annotations.enabled = not running
+        self.save_button.enabled = not running and self.model is not None
+
+    def _spec(self):
+        return _models.resolve(self.start_from.value, self.start_file.value, for_training=True)
+
+    # -- annotations --------------------------------------------------------------------------
+    def create_annotations(self, *_) -> Labels | None:
+        """Add an empty annotation layer matching the image (no channels; same scale)."""
+        try:
+            layer = self.image.value
+            try:
+                in_channels = self._spec().in_channels
+            except TesseraError:
+                in_channels = None
+            inp = image_input(layer, in_channels, self.axes.value)
+        except TesseraError as err:
+            report_error("New annotation layer", err)
+            return None
+        name = f"{inp.name} annotations"
+        existing = find_layer(self._viewer, name, Labels)
+        if existing is not None and tuple(existing.data.shape) == inp.lay.out_shape:
+            ann = existing  # never throw away painting
+        else:
+            if existing is not None:
+                name = f"{name} {'x'.join(map(str, inp.lay.out_shape))}"
+            ann = self._viewer.add_labels(
+                np.zeros(inp.lay.out_shape, np.uint8),
+                name=name,
+                scale=inp.scale,
+                translate=inp.translate,
+                opacity=0.7,
+            )
+        self.annotations.reset_choices()
+        self.annotations.value = ann
+        self._viewer.layers.selection.active = ann
+        ann.selected_label = 2 if self.mode.value == "sparse" else 1
+        ann.brush_size = 5
+        ann.mode = "paint"
+        notify_info(f"Annotations ({self.mode.value}): {CONVENTION[self.mode.value]}")
+        return ann
+
+    # -- training -----------------------------------------------------------------------------
+    def _prepare(self):
+        layer = self.image.value
+        spec = self._spec()
+        inp = image_input(layer, spec.in_channels, self.axes.value)
+        ann = self.annotations.value
+        if ann is None:
+            raise InputError(
+                "no annotation layer: click 'New annotation layer', then paint objects (2) "
+                "and background (1)"
+            )
+        labels = np.array(ann.data)  # a copy: painting may go on while the model trains
+        if labels.shape != inp.lay.out_shape:
+            raise InputError(
+                f"the annotations '{ann.name}' have shape {labels.shape} but the image "
+                f"'{inp.name}' is {inp.lay.out_shape} (without channels); use 'New annotation "
+                "layer' to make a matching one"
+            )
+        if labels.dtype.kind not in "biu":
+            raise InputError(f"annotations must be integer labels, got {labels.dtype}")
+        if not labels.any():
+            raise InputError(
+                "nothing is painted: paint some objects (label 2) and some background (label 1)"
+                if self.mode.value == "sparse"
+                else "the annotations contain no objects"
+            )
+        device = self.device.value
+        resolve_device(device)
+        by_time = self.limit_by.value == "time"
+        lead = inp.lead_index(layer, self._viewer.dims.point)
+        config = TrainConfig(
+            mode=self.mode.value,
+            steps=None if by_time else int(self.steps.value),
+            time_limit=float(self.time_limit.value) if by_time else None,
+            base_channels=int(self.base_channels.value),
+            depth=int(self.depth.value),
+            device=device,
+            preview_every=PREVIEW_EVERY if self.live_preview.value else 0.0,
+            preview_slice=lead,
+        )
+        run = _Run(inp, ann, labels, inp.lead_tuple(lead), threading.Event())
+        return spec, config, run
+
+    def train(self, *_) -> None:
+        """Start training in a worker thread (returns at once)."""
+        if self.running:
+            return
+        try:
+            spec, config, run = self._prepare()
+        except TesseraError as err:
+            report_error("Train", err)
+            return
+        if run.inp.note:
+            notify_info(run.inp.note)
+        self._run = run
+        worker = make_worker(train_job, run.inp, run.labels, config, spec, run.stop)
+        # connect everything before the worker starts
+        worker.yielded.connect(self._on_update)
+        worker.returned.connect(self._on_returned)
+        worker.errored.connect(self._on_errored)
+        worker.aborted.connect(self._on_aborted)
+        worker.finished.connect(self._on_finished)
+        self._worker = self._jobs.worker = worker
+        self._jobs.stop = run.stop
+        self.loss_curve.clear(config.steps)
+        self.progress.value = 0
+        self._set_running(True)
+        self.status.value = f"training from the {spec.label} on {run.inp.name} ..."
+        worker.start()
+
+    def stop(self, *_) -> None:
+        """End training after the current step; the best model so far is kept."""
+        if self._run is not None and self.running:
+            self._run.stop.set()
+            self.stop_button.enabled = False
+            self.status.value = "stopping after this step ..."
+
+    # -- worker signals (main thread) ---------------------------------------------------------
+    def _on_update(self, u: TrainUpdate) -> None:
+        self.progress.value = int(round(1000 * u.fraction))
+        self.loss_curve.add(u.step, u.loss, u.val_loss)
+        if self._run is not None and not self._run.stop.is_set():
+            total = f"/{u.total_steps}" if u.total_steps else ""
+            limit = f"/{u.time_limit:.0f}" if u.time_limit else ""
+            text = f"step {u.step}{total}, {u.elapsed:.0f}{limit} s, loss {u.loss:.3f}"
+            if self.loss_curve.val:
+                text += f", val loss {self.loss_curve.val[-1][1]:.3f}"
+            self.status.value = text
+        if u.preview is not None and self._run is not None:
+            self._show_preview(self._run, u.preview)
+
+    def _show_preview(self, run: _Run, preview: np.ndarray) -> None:
+        inp = run.inp
+        name = f"{inp.name} preview"
+        mask = (preview > 0.5).astype(np.uint8)
+        layer = find_layer(self._viewer, name, Labels)
+        if layer is None or tuple(layer.data.shape) != inp.lay.out_shape:
+            if layer is not None:
+                self._viewer.layers.remove(layer)
+            data = np.zeros(inp.lay.out_shape, np.uint8)
+            data[run.preview_index] = mask
+            layer = self._viewer.add_labels(
+                data, name=name, scale=inp.scale, translate=inp.translate, opacity=0.45
+            )
+            # keep the annotations on top and selected for painting
+            if run.annotations in self._viewer.layers:
+                self._viewer.layers.selection.active = run.annotations
+        else:
+            layer.data[run.preview_index] = mask
+            layer.refresh()
+        self.preview_layer = layer
+
+    def _on_returned(self, result: TrainResult) -> None:
+        self.result = result
+        self.model = result.model
+        self._trained_on = self._run
+        name = self._run.inp.name if self._run is not None else "the image"
+        iou = (
+            f", best validation IoU {result.best_val_iou:.3f} (step {result.best_step})"
+            if result.best_val_iou is not None
+            else ""
+        )
+        self.status.value = (
+            f"done: {result.steps} steps in {result.elapsed:.0f} s "
+            f"(stopped: {result.stopped}){iou}. The model is selected in Segment."
+        )
+        self.progress.value = 1000
+        session.set_trained_model(result.model, f"trained on {name}, {result.steps} steps")
+        notify_info(
+            f"Training finished after {result.steps} steps{iou}; the model is ready in the "
+            "Segment widget (Save keeps it)."
+        )
+
+    def _on_errored(self, err: Exception) -> None:
+        report_error("Train", err)
+        self.status.value = "failed (see the notification)"
+
+    def _on_aborted(self) -> None:
+        self.status.value = "aborted"
+
+    def _on_finished(self) -> None:
+        self._worker = self._jobs.worker = None
+        self._jobs.stop = None
+        self._set_running(False)
+
+    # -- saving -------------------------------------------------------------------------------
+    def save(self, *_, path: str | Path | None = None) -> Path | None:
+        """Write the trained model and, beside it, the painted annotations (TIFF)."""
+        if self.model is None:
+            report_error("Save", InputError("no trained model yet: train first"))
+            return None
+        if path is None:
+            path = self.save_path.value if _models.path_is_set(self.save_path.value) else None
+        if path is None:
+            path = self._ask_path()
+            if path is None:
+                return None
+        path = Path(path)
+        if path.suffix.lower() != ".safetensors":
+            path = path.with_name(path.name + ".safetensors")
+        ann_path = path.with_name(path.stem + ".annotations.tif")
+        try:
+            save_model(self.model, path)
+            run = self._trained_on
+            if run is not None:
+                data = run.labels
+                if run.annotations in self._viewer.layers:  # include painting done since
+                    current = np.asarray(run.annotations.data)
+                    if current.shape == run.labels.shape:
+                        data = current
+                write_tiff(ann_path, data, axes=run.inp.lay.out_axes)
+        except (TesseraError, OSError) as err:
+            report_error("Save", err)
+            return None
+        self.save_path.value = path
+        what = f"{path.name} and {ann_path.name}" if run is not None else path.name
+        self.status.value = f"saved {what} in {path.parent}"
+        notify_info(f"Saved {what} in {path.parent}")
+        return path
+
+    def _ask_path(self) -> str | None:
+        from qtpy.QtWidgets import QFileDialog
+
+        path, _ = QFileDialog.getSaveFileName(
+            self.native, "Save model", "model.safetensors", "Tessera model (*.safetensors)"
+        )
+        return path or None

@@ -1,0 +1,349 @@
+"""The napari widgets, docked through the npe2 manifest, driven as a user would.
+
+Run under Xvfb (napari's canvas needs OpenGL):
+    xvfb-run -a -s "-screen 0 1600x1200x24" .venv/bin/python -m pytest tests/test_widgets.py
+Networks are tiny (base_channels 4, depth 2) and images at most 128 px.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+from napari.layers import Image, Labels  # noqa: E402
+from qtpy.QtCore import QTimer  # noqa: E402
+
+from napari_tessera import UNet, UNetConfig, load_model, save_model  # noqa: E402
+from napari_tessera._sample_data import sparse_annotations  # noqa: E402
+from napari_tessera._widgets import SegmentWidget, TrainWidget, session  # noqa: E402
+from napari_tessera._widgets import _common  # noqa: E402
+from napari_tessera.io import read_image  # noqa: E402
+from napari_tessera.synthetic import nuclei_2d  # noqa: E402
+
+pytestmark = pytest.mark.gui
+
+PLUGIN = "napari-tessera"
+WAIT = 60_000  # ms; generous: other jobs may share the CPU
+
+
+@pytest.fixture(autouse=True)
+def _fresh_session():
+    session.clear()
+    yield
+    session.clear()
+
+
+@pytest.fixture
+def tiny_model_path(tmp_path):
+    import torch
+
+    torch.manual_seed(0)
+    path = tmp_path / "tiny.safetensors"
+    save_model(UNet(UNetConfig(base_channels=4, depth=2)), path)
+    return path
+
+
+@pytest.fixture
+def nuclei():
+    return nuclei_2d((128, 128), seed=3)
+
+
+@pytest.fixture
+def errors(monkeypatch):
+    """Messages the widgets show with napari's show_error."""
+    shown: list[str] = []
+    monkeypatch.setattr(_common, "show_error", lambda msg: shown.append(str(msg)))
+    return shown
+
+
+@pytest.fixture
+def infos(monkeypatch):
+    shown: list[str] = []
+    monkeypatch.setattr(_common, "show_info", lambda msg: shown.append(str(msg)))
+    return shown
+
+
+def dock(viewer, name):
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    return widget
+
+
+def wait_idle(qtbot, widget, timeout=WAIT):
+    qtbot.waitUntil(lambda: not widget.running, timeout=timeout)
+
+
+def use_file_model(seg: SegmentWidget, path) -> None:
+    seg.model_source.value = "file"
+    seg.model_file.value = path
+
+
+def tiny_training(tr: TrainWidget, steps: int | None = 5, seconds: int | None = None) -> None:
+    tr.start_from.value = "scratch"
+    tr.base_channels.value = 4
+    tr.depth.value = 2
+    tr.device.value = "cpu"
+    if seconds is None:
+        tr.limit_by.value = "steps"
+        tr.steps.value = steps
+    else:
+        tr.limit_by.value = "time"
+        tr.time_limit.value = seconds
+
+
+def segment(qtbot, seg: SegmentWidget) -> None:
+    with qtbot.waitSignal(seg.run_button.native.clicked, timeout=1000):
+        seg.run_button.native.click()
+    assert seg.running or seg.last_result is not None
+    wait_idle(qtbot, seg)
+
+
+# -- docking ------------------------------------------------------------------------------------
+def test_widgets_dock_through_manifest(make_napari_viewer, qtbot, nuclei):
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(nuclei.image, name="cells")
+    seg = dock(viewer, "Segment")
+    tr = dock(viewer, "Train")
+    assert isinstance(seg, SegmentWidget)
+    assert isinstance(tr, TrainWidget)
+    assert seg.image.value is layer
+    assert tr.image.value is layer
+    # layer lists follow the viewer
+    ann = viewer.add_labels(np.zeros((128, 128), np.uint8), name="paint")
+    assert tr.annotations.value is ann
+    assert "1 = background" in tr.convention.value
+
+
+def test_sample_data_is_partial_sparse_annotation():
+    from napari_tessera._sample_data import nuclei_2d_annotated_sample
+
+    (image, _, kind_i), (ann, meta, kind_a) = nuclei_2d_annotated_sample()
+    assert (kind_i, kind_a) == ("image", "labels")
+    assert ann.shape == image.shape
+    assert set(np.unique(ann)) == {0, 1, 2}
+    assert (ann == 0).mean() > 0.9  # mostly not annotated
+    from scipy import ndimage as ndi
+
+    assert 8 <= ndi.label(ann == 2)[1] <= 16
+
+
+# -- segmenting ---------------------------------------------------------------------------------
+def test_segment_with_model_file_updates_in_place(
+    make_napari_viewer, qtbot, nuclei, tiny_model_path
+):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(nuclei.image, name="cells", scale=(0.5, 0.25), translate=(3, 4))
+    seg = dock(viewer, "Segment")
+    use_file_model(seg, tiny_model_path)
+    seg.tile_size.value = 64
+    seg.device.value = "cpu"
+    seg.probabilities.value = True
+    segment(qtbot, seg)
+
+    labels = viewer.layers["cells labels"]
+    assert isinstance(labels, Labels)
+    assert labels.data.shape == image.data.shape
+    assert np.issubdtype(labels.data.dtype, np.integer)
+    np.testing.assert_allclose(labels.scale, image.scale)
+    np.testing.assert_allclose(labels.translate, image.translate)
+    prob = viewer.layers["cells probability"]
+    assert isinstance(prob, Image) and prob.data.shape == image.data.shape
+    assert 0.0 <= prob.data.min() and prob.data.max() <= 1.0
+    assert seg.progress.value == seg.progress.max
+    n_layers = len(viewer.layers)
+
+    # re-run (instances, fast halo): the same layers are updated, none added
+    seg.output.value = "instances"
+    seg.halo.value = "fast"
+    seg.halo_px.value = 8
+    segment(qtbot, seg)
+    assert len(viewer.layers) == n_layers
+    assert viewer.layers["cells labels"] is labels
+    assert labels.data.dtype.kind == "u"
+    assert seg.run_button.enabled and not seg.cancel_button.enabled
+
+
+def test_segment_current_slice_of_stack(make_napari_viewer, qtbot, tiny_model_path):
+    viewer = make_napari_viewer()
+    stack = np.stack([nuclei_2d((64, 64), seed=s).image for s in range(3)])
+    viewer.add_image(stack, name="stack", scale=(2.0, 0.5, 0.5))
+    seg = dock(viewer, "Segment")
+    use_file_model(seg, tiny_model_path)
+    assert seg.scope.enabled
+    seg.scope.value = "slice"
+    seg.output.value = "instances"
+    viewer.dims.set_point(0, 2.0)  # world z = 2.0 -> slice 1
+    segment(qtbot, seg)
+    labels = viewer.layers["stack labels"].data
+    assert labels.shape == stack.shape
+    assert not labels[0].any() and not labels[2].any()
+    assert seg.last_result.slice_index == 1
+
+
+def test_segment_rgb_layer_with_gray_model(make_napari_viewer, qtbot, tiny_model_path, infos):
+    viewer = make_napari_viewer()
+    gray = nuclei_2d((64, 64), seed=1).image
+    rgb = np.stack([gray, gray // 2, gray // 3], axis=-1).astype(np.uint16)
+    rgb = (rgb / rgb.max() * 255).astype(np.uint8)
+    viewer.add_image(rgb, name="colour", rgb=True)
+    seg = dock(viewer, "Segment")
+    use_file_model(seg, tiny_model_path)
+    assert "gray" in seg.info.value
+    segment(qtbot, seg)
+    assert viewer.layers["colour labels"].data.shape == (64, 64)
+    assert any("grayscale" in m for m in infos)
+
+
+def test_segment_cancel(make_napari_viewer, qtbot, tiny_model_path):
+    viewer = make_napari_viewer()
+    stack = np.stack([nuclei_2d((64, 64), seed=s).image for s in range(6)])
+    viewer.add_image(stack, name="stack")
+    seg = dock(viewer, "Segment")
+    use_file_model(seg, tiny_model_path)
+    seg.tile_size.value = 32  # many tiles: time to cancel
+    seg.halo.value = "fast"
+    seg.halo_px.value = 0
+    seg.run()
+    assert seg.running and seg.cancel_button.enabled
+    seg.cancel()
+    wait_idle(qtbot, seg)
+    assert seg.run_button.enabled
+    assert seg.status.value in ("cancelled", "done") or seg.status.value.startswith("done")
+
+
+# -- training -----------------------------------------------------------------------------------
+def test_train_then_segment_with_the_result(make_napari_viewer, qtbot, nuclei, tmp_path):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(nuclei.image, name="cells", scale=(0.5, 0.5))
+    tr = dock(viewer, "Train")
+    seg = dock(viewer, "Segment")
+    ann = tr.create_annotations()
+    assert isinstance(ann, Labels) and ann.name == "cells annotations"
+    assert ann.data.shape == image.data.shape and not ann.data.any()
+    np.testing.assert_allclose(ann.scale, image.scale)
+    ann.data = sparse_annotations(nuclei.labels, n_objects=6, n_strokes=3, seed=1)
+    tiny_training(tr, steps=5)
+    with qtbot.waitSignal(session.changed, timeout=WAIT):
+        tr.train_button.native.click()
+    wait_idle(qtbot, tr)
+    assert tr.result is not None and tr.result.steps == 5
+    assert len(tr.loss_curve.train) == 5  # one point per step
+    assert tr.preview_layer is not None and tr.preview_layer.data.shape == image.data.shape
+    assert tr.save_button.enabled
+
+    # offered to the Segment widget at once
+    assert session.last_trained_model is tr.model
+    assert seg.model_source.value == "session"
+    segment(qtbot, seg)
+    assert viewer.layers["cells labels"].data.shape == image.data.shape
+
+    # saving keeps the model and the painting
+    path = tr.save(path=tmp_path / "mine.safetensors")
+    assert path == tmp_path / "mine.safetensors"
+    assert load_model(path).config.base_channels == 4
+    painted, _ = read_image(tmp_path / "mine.annotations.tif")
+    np.testing.assert_array_equal(painted, ann.data)
+
+
+def test_stop_ends_training_and_keeps_a_model(make_napari_viewer, qtbot, nuclei):
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei.image, name="cells")
+    viewer.add_labels(sparse_annotations(nuclei.labels, n_objects=6, seed=2), name="paint")
+    tr = dock(viewer, "Train")
+    tiny_training(tr, seconds=120)
+    tr.train()
+    qtbot.waitUntil(lambda: len(tr.loss_curve.train) >= 2, timeout=WAIT)
+    t0 = time.perf_counter()
+    tr.stop_button.native.click()
+    wait_idle(qtbot, tr, timeout=10_000)
+    assert time.perf_counter() - t0 < 5.0
+    assert tr.result.stopped == "requested"
+    assert tr.model is not None and session.last_trained_model is tr.model
+    assert tr.train_button.enabled and not tr.stop_button.enabled
+
+
+def test_gui_stays_responsive_while_training(make_napari_viewer, qtbot, nuclei):
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei.image, name="cells")
+    viewer.add_labels(sparse_annotations(nuclei.labels, n_objects=6, seed=2), name="paint")
+    tr = dock(viewer, "Train")
+    tiny_training(tr, seconds=3)
+    ticks: list[float] = []
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    tr.train()
+    assert tr.running
+    timer.start()
+    wait_idle(qtbot, tr)
+    timer.stop()
+    assert tr.result is not None and tr.result.steps >= 2
+    gaps = np.diff(ticks)
+    assert len(gaps) > 100, "the event loop hardly turned"
+    print(f"timer gaps while training: max {gaps.max() * 1e3:.0f} ms, n={len(gaps)}")
+    assert gaps.max() < 0.100
+
+
+# -- errors -------------------------------------------------------------------------------------
+def test_error_no_image_layer(make_napari_viewer, qtbot, errors):
+    viewer = make_napari_viewer()
+    tr = dock(viewer, "Train")
+    seg = dock(viewer, "Segment")
+    tr.train_button.native.click()
+    assert errors and "no image layer" in errors[-1]
+    assert tr.train_button.enabled and not tr.running
+    seg.model_source.value = "file"
+    seg.run_button.native.click()
+    assert len(errors) == 2
+    assert seg.run_button.enabled and not seg.running
+
+
+def test_error_annotations_of_another_shape(make_napari_viewer, qtbot, nuclei, errors):
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei.image, name="cells")
+    viewer.add_labels(np.ones((64, 64), np.uint8), name="wrong")
+    tr = dock(viewer, "Train")
+    tiny_training(tr)
+    tr.train_button.native.click()
+    assert errors and "shape" in errors[-1] and "(64, 64)" in errors[-1]
+    assert tr.train_button.enabled and not tr.running
+
+
+def test_error_nothing_painted(make_napari_viewer, qtbot, nuclei, errors):
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei.image, name="cells")
+    tr = dock(viewer, "Train")
+    tr.create_annotations()
+    tiny_training(tr)
+    tr.train_button.native.click()
+    assert errors and "nothing is painted" in errors[-1]
+    assert tr.train_button.enabled and not tr.running
+
+
+def test_error_in_the_worker_is_a_notification(
+    make_napari_viewer, qtbot, nuclei, errors, tiny_model_path
+):
+    """Errors found by the core in the worker thread come back through ``errored``."""
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei.image, name="cells")
+    only_objects = (sparse_annotations(nuclei.labels, seed=0) == 2).astype(np.uint8) * 2
+    viewer.add_labels(only_objects, name="paint")
+    tr = dock(viewer, "Train")
+    tiny_training(tr)
+    tr.train()
+    wait_idle(qtbot, tr)
+    assert errors and "background" in errors[-1]
+    assert tr.train_button.enabled and tr.model is None
+
+    seg = dock(viewer, "Segment")
+    use_file_model(seg, tiny_model_path)
+    seg.device.value = "cpu"
+    seg.precision.value = "fp16"  # refused by the core, in the worker
+    seg.run()
+    wait_idle(qtbot, seg)
+    assert "fp16" in errors[-1]
+    assert seg.run_button.enabled and "cells labels" not in viewer.layers
