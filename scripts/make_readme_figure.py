@@ -31,7 +31,7 @@ axes[2].imshow(label2rgb(labels[crop], image=shown[crop], bg_label=0, alpha=0.45
 axes[2].set_title(f"instances ({len(np.unique(labels)) - 1} in the whole image)")
 for ax in axes:
     ax.axis("off")
-fig.tight_layout()
+fig.tight_layout(pad=1.5)
 target = root / "docs" / "images" / "demo.png"
 target.parent.mkdir(parents=True, exist_ok=True)
 fig.savefig(target, dpi=80)

@@ -95,13 +95,20 @@ def header_hits_pickle_check(path: Path) -> bool:
     return head[:1] == b"\x80" or head[:2] == b"PK"
 
 
-def xfail_if_header_bug(path: Path) -> None:
-    if header_hits_pickle_check(path):
-        pytest.xfail(
-            "BUG: io._read_header refuses safetensors files whose header length starts with "
-            "byte 0x80 (or 'PK') as pickles; this checkpoint's length happened to (see "
-            "test_model_file_with_any_header_length_loads)"
-        )
+def with_readable_checkpoint(run, folder: Path, stem: str = "run"):
+    """Call ``run(path)`` (which writes a checkpoint at ``path``) until it can be read back.
+
+    About 1 in 32 checkpoint headers trips the pickle check (a known bug, see
+    test_model_file_with_any_header_length_loads). The header stores the checkpoint path, so a
+    longer name on a retry shifts its length; the test's own assertions stay as strict.
+    Returns ``(path, run's result)``.
+    """
+    for attempt in range(5):
+        path = folder / f"{stem}{'_' * 8 * attempt}.ckpt.safetensors"
+        out = run(path)
+        if not header_hits_pickle_check(path):
+            return path, out
+    pytest.xfail("BUG: io._read_header refuses this checkpoint as a pickle (header length)")
 
 
 def foreground_iou(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -203,7 +210,7 @@ def test_loss_of_nothing_annotated_is_zero_with_a_gradient():
     logits = torch.randn(1, 2, 8, 8, requires_grad=True)
     target = torch.full((1, 8, 8), IGNORE)
     loss = segmentation_loss(logits, target)
-    assert float(loss) == 0.0
+    assert loss.item() == 0.0
     loss.backward()
     assert logits.grad is not None and float(logits.grad.abs().sum()) == 0.0
 
@@ -282,7 +289,9 @@ def record_places(sampler: PatchSampler, monkeypatch) -> list[tuple[int, int, in
 
 def sentinel_images(sampler: PatchSampler, n: int) -> list[np.ndarray]:
     """Images that are 0 except 1e6 on validation pixels: a leak shows up in any patch."""
-    return [np.where(sampler.validation_mask(s), 1e6, 0.0)[None].astype(np.float32) for s in range(n)]
+    return [
+        np.where(sampler.validation_mask(s), 1e6, 0.0)[None].astype(np.float32) for s in range(n)
+    ]
 
 
 def test_validation_blocks_never_overlap_training_windows(monkeypatch):
@@ -387,7 +396,9 @@ def test_stop_keeps_the_best_model(dense_data):
             stop.set()
 
     cfg = small_config(steps=100, val_fraction=0.3, val_every=5, lr=2e-3)
-    updates, result = drive(iter_train(image, labels, config=cfg, model=model, stop=stop), on_update)
+    updates, result = drive(
+        iter_train(image, labels, config=cfg, model=model, stop=stop), on_update
+    )
 
     assert result.stopped == "requested"
     assert result.steps == n_stop
@@ -414,29 +425,29 @@ def test_stop_before_the_first_step():
     stop = threading.Event()
     stop.set()
     torch.manual_seed(0)
-    updates, result = drive(
-        iter_train(image.image, image.labels, config=small_config(), stop=stop)
-    )
+    updates, result = drive(iter_train(image.image, image.labels, config=small_config(), stop=stop))
     assert updates == []
     assert result.stopped == "requested" and result.steps == 0
 
 
 def test_resume_continues_step_count(dense_data, tmp_path):
     image, labels = dense_data
-    ckpt = tmp_path / "run.ckpt.safetensors"
-    torch.manual_seed(0)
-    first, r1 = drive(
-        iter_train(
-            image,
-            labels,
-            config=small_config(steps=20, checkpoint=str(ckpt), checkpoint_every=0),
+
+    def first_run(ckpt):
+        torch.manual_seed(0)
+        return drive(
+            iter_train(
+                image,
+                labels,
+                config=small_config(steps=20, checkpoint=str(ckpt), checkpoint_every=0),
+            )
         )
-    )
+
+    ckpt, (first, r1) = with_readable_checkpoint(first_run, tmp_path)
     assert r1.steps == 20 and r1.stopped == "steps"
     assert [u.step for u in first] == list(range(1, 21))
     assert ckpt.is_file()
     assert not list(tmp_path.glob("*.part"))
-    xfail_if_header_bug(ckpt)
     state = load_checkpoint(ckpt)
     assert state.step == 20 and len(state.history) == 20
 
@@ -451,29 +462,34 @@ def test_resume_continues_step_count(dense_data, tmp_path):
     assert r2.elapsed >= r1.elapsed
 
 
-def interrupted_then_resumed(image, labels, cfg, ckpt, *, stop_at, model=None):
+def interrupted_then_resumed(image, labels, cfg, folder, *, stop_at, model=None):
     """Run ``cfg`` with a checkpoint after every step, stop after ``stop_at`` steps, resume.
 
-    Returns (updates before the stop, the step-``stop_at`` weights, resumed updates, result).
+    ``model``: a network to train (copied); None builds one from scratch under torch seed 0.
+    Returns (checkpoint path, updates before the stop, the step-``stop_at`` weights, resumed
+    updates, result).
     """
-    stop = threading.Event()
-    at_stop = {}
-    run_model = copy.deepcopy(model) if model is not None else None
+    at_stop: dict[str, torch.Tensor] = {}
 
-    def on_update(u):
-        if u.step == stop_at:
-            stop.set()
-            if run_model is not None:
-                at_stop.update(state_copy(run_model))
+    def first_run(ckpt):
+        cfg1 = dataclasses.replace(cfg, checkpoint=str(ckpt), checkpoint_every=0.0)
+        stop = threading.Event()
+        run_model = copy.deepcopy(model) if model is not None else None
+        if model is None:
+            torch.manual_seed(0)
 
-    cfg1 = dataclasses.replace(cfg, checkpoint=str(ckpt), checkpoint_every=0.0)
-    first, r1 = drive(
-        iter_train(image, labels, config=cfg1, model=run_model, stop=stop), on_update
-    )
+        def on_update(u):
+            if u.step == stop_at:
+                stop.set()
+                if run_model is not None:
+                    at_stop.update(state_copy(run_model))
+
+        return drive(iter_train(image, labels, config=cfg1, model=run_model, stop=stop), on_update)
+
+    ckpt, (first, r1) = with_readable_checkpoint(first_run, folder)
     assert r1.stopped == "requested" and r1.steps == stop_at
-    xfail_if_header_bug(ckpt)
     second, r2 = drive(iter_train(image, labels, config=cfg, resume=ckpt))
-    return first, at_stop, second, r2
+    return ckpt, first, at_stop, second, r2
 
 
 def test_resume_after_stop_equals_uninterrupted_run(dense_data, tmp_path):
@@ -484,8 +500,8 @@ def test_resume_after_stop_equals_uninterrupted_run(dense_data, tmp_path):
     init = UNet(UNetConfig(base_channels=4, depth=2))
     cfg = small_config(steps=30, val_fraction=0.0)
     full_updates, full = drive(iter_train(image, labels, config=cfg, model=copy.deepcopy(init)))
-    first, _, second, resumed = interrupted_then_resumed(
-        image, labels, cfg, tmp_path / "c.safetensors", stop_at=20, model=init
+    _, first, _, second, resumed = interrupted_then_resumed(
+        image, labels, cfg, tmp_path, stop_at=20, model=init
     )
     assert [u.step for u in second] == list(range(21, 31))
     assert [u.loss for u in first + second] == [u.loss for u in full_updates]
@@ -507,9 +523,8 @@ def test_resume_from_scratch_run_keeps_its_learning_rate(dense_data, tmp_path):
     cfg = small_config(steps=30, val_fraction=0.0)
     torch.manual_seed(0)
     full_updates, full = drive(iter_train(image, labels, config=cfg))
-    torch.manual_seed(0)
-    first, _, second, resumed = interrupted_then_resumed(
-        image, labels, cfg, tmp_path / "c.safetensors", stop_at=20
+    _, first, _, second, resumed = interrupted_then_resumed(
+        image, labels, cfg, tmp_path, stop_at=20
     )
     assert [u.loss for u in first] == [u.loss for u in full_updates[:20]]  # same start
     assert [u.lr for u in second] == [u.lr for u in full_updates[20:]]
@@ -531,9 +546,8 @@ def test_resume_after_stop_with_validation_equals_uninterrupted_run(dense_data, 
     # validations at 7 and 14 (and 30): at the stop (step 20) the best state is an earlier one
     cfg = small_config(steps=30, val_fraction=0.3, val_every=7)
     _, full = drive(iter_train(image, labels, config=cfg, model=copy.deepcopy(init)))
-    ckpt = tmp_path / "c.safetensors"
-    _, at_stop, second, resumed = interrupted_then_resumed(
-        image, labels, cfg, ckpt, stop_at=20, model=init
+    ckpt, _, at_stop, second, resumed = interrupted_then_resumed(
+        image, labels, cfg, tmp_path, stop_at=20, model=init
     )
     assert [u.step for u in second] == list(range(21, 31))
     saved = {k: v for k, v in load_checkpoint(ckpt).model.state_dict().items()}
@@ -577,9 +591,7 @@ def test_time_limit_stops_by_time(dense_data):
     limit = 2.0
     torch.manual_seed(0)
     updates, result = drive(
-        iter_train(
-            image, labels, config=small_config(steps=None, time_limit=limit, val_every=10)
-        )
+        iter_train(image, labels, config=small_config(steps=None, time_limit=limit, val_every=10))
     )
     assert result.stopped == "time"
     assert result.steps == len(updates) > 3
@@ -625,17 +637,19 @@ def test_sparse_training_end_to_end(nuclei):
     painted = paint_sparse(train_img.labels.astype(np.int64))
     assert 0 < (painted > 0).mean() < 0.3  # genuinely sparse
     assert len(np.unique(ndi.label(painted == 2)[0])) - 1 >= 6
-    cfg = small_config(
-        mode="sparse", steps=60, base_channels=8, batch_size=4, val_every=10, seed=0
-    )
+    cfg = small_config(mode="sparse", steps=60, base_channels=8, batch_size=4, val_every=10, seed=0)
     torch.manual_seed(0)
     untrained = UNet(UNetConfig(base_channels=8, depth=2)).eval()
     torch.manual_seed(0)
     result = train(train_img.image, painted, config=cfg)
     assert result.model.config.n_classes == 2
     assert result.model.metadata["provenance"]["label_mode"] == "sparse"
-    iou_trained = foreground_iou(segment(test_img.image, result.model, device="cpu"), test_img.labels)
-    iou_untrained = foreground_iou(segment(test_img.image, untrained, device="cpu"), test_img.labels)
+    iou_trained = foreground_iou(
+        segment(test_img.image, result.model, device="cpu"), test_img.labels
+    )
+    iou_untrained = foreground_iou(
+        segment(test_img.image, untrained, device="cpu"), test_img.labels
+    )
     assert iou_trained > 0.6, iou_trained
     assert iou_trained > iou_untrained + 0.3, (iou_trained, iou_untrained)
 

@@ -6,6 +6,7 @@ dask to numpy) are returned as callables that the worker thread runs.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -124,8 +125,10 @@ class JobHandle:
     def __init__(self) -> None:
         self.worker = None
         self.stop = None  # threading.Event of a training run
+        self.closed = False  # the widget is gone: worker signals must not touch it
 
     def abort(self, *_) -> None:
+        self.closed = True
         if self.stop is not None:
             self.stop.set()
         worker = self.worker
@@ -134,6 +137,29 @@ class JobHandle:
                 worker.quit()
             except RuntimeError:  # the Qt object is already gone
                 pass
+
+
+def text_label(label) -> None:
+    """Make a magicgui Label wrap its text, left-aligned, over the row's whole width."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QSizePolicy
+
+    q = label.native
+    q.setWordWrap(True)
+    q.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
+    q.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+
+
+def while_open(method):
+    """Skip a worker-signal handler once the widget's Qt side is gone (napari closed)."""
+
+    @functools.wraps(method)
+    def handler(self, *args):
+        if self._jobs.closed:
+            return None
+        return method(self, *args)
+
+    return handler
 
 
 # -- devices ------------------------------------------------------------------------------------
@@ -239,7 +265,9 @@ def image_input(layer, in_channels: int | None, axes_text: str = "auto") -> Imag
         n_rgb = shape[-1]
         lead = {2: "", 3: "Z", 4: "TZ"}.get(len(shape) - 1)
         if lead is None:
-            raise InputError(f"{layer.name}: RGB images with {len(shape)} dimensions are not handled")
+            raise InputError(
+                f"{layer.name}: RGB images with {len(shape)} dimensions are not handled"
+            )
         dims = lead + "YX"
         k = 3 if in_channels is None else in_channels
         if k == 1:

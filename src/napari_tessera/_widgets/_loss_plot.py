@@ -53,7 +53,7 @@ class LossCurve(QWidget):
         dim = QColor(fg)
         dim.setAlpha(110)
         fm = p.fontMetrics()
-        left = fm.horizontalAdvance("0.000") + 8
+        left = fm.horizontalAdvance("0.0001") + 8
         plot = QRectF(left, 6, max(self.width() - left - 8, 10), max(self.height() - 30, 10))
         p.setPen(QPen(dim, 1))
         p.drawRect(plot)
@@ -65,15 +65,19 @@ class LossCurve(QWidget):
             return
         values = [v for _, v in self.train] + [v for _, v in self.val]
         lo, hi = min(values), max(values)
-        if hi - lo < 1e-6:
-            hi = lo + 1e-3
+        # losses fall over decades: a log axis once they span more than one
+        log = lo > 0 and hi / lo > 10
+        f = math.log10 if log else (lambda v: v)
+        flo, fhi = f(lo), f(hi)
+        if fhi - flo < 1e-6:
+            fhi = flo + 1e-3
         last = max([s for s, _ in self.train] + [s for s, _ in self.val] + [1])
         x_max = max(self.total_steps or 0, last) if self.total_steps else last
         x_max = max(x_max, 1)
 
         def to_xy(step: float, v: float) -> QPointF:
             x = plot.left() + plot.width() * (step / x_max)
-            y = plot.bottom() - plot.height() * ((v - lo) / (hi - lo))
+            y = plot.bottom() - plot.height() * ((f(max(v, lo)) - flo) / (fhi - flo))
             return QPointF(x, y)
 
         # raw training loss, faint; smoothed, solid
@@ -88,8 +92,10 @@ class LossCurve(QWidget):
             p.drawEllipse(q, 2.5, 2.5)
         # axes labels
         p.setPen(fg)
-        p.drawText(QPointF(2, plot.top() + fm.ascent()), f"{hi:.3f}")
-        p.drawText(QPointF(2, plot.bottom()), f"{lo:.3f}")
+        p.drawText(QPointF(2, plot.top() + fm.ascent()), _fmt(hi))
+        p.drawText(QPointF(2, plot.bottom()), _fmt(lo))
+        if log:
+            p.drawText(QPointF(2, plot.center().y() + fm.ascent() / 2), "log")
         base = plot.bottom() + fm.ascent() + 4
         p.drawText(QPointF(plot.left(), base), "0")
         end = f"step {x_max}"
@@ -114,3 +120,7 @@ class LossCurve(QWidget):
         p.setPen(QPen(color, width))
         p.setBrush(Qt.BrushStyle.NoBrush)
         p.drawPath(path)
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.3f}" if v >= 0.01 else f"{v:.1e}"

@@ -35,6 +35,8 @@ from ._common import (
     make_worker,
     notify_info,
     report_error,
+    text_label,
+    while_open,
 )
 from ._session import session
 
@@ -112,7 +114,7 @@ class SegmentWidget(Container):
         )
         self.model_file = FileEdit(label="model file", mode="r", filter="*.safetensors")
         self.tile_size = SpinBox(
-            label="tile size",
+            label="tile size (0 = auto)",
             min=0,
             max=8192,
             step=16,
@@ -175,9 +177,8 @@ class SegmentWidget(Container):
                 self.status,
             ]
         )
-        self.tile_size.native.setSpecialValueText("auto")
-        self.status.native.setWordWrap(True)
-        self.info.native.setWordWrap(True)
+        text_label(self.status)
+        text_label(self.info)
 
         self.model_source.changed.connect(self._update_visibility)
         self.model_source.changed.connect(self._update_info)
@@ -190,6 +191,7 @@ class SegmentWidget(Container):
         self.cancel_button.changed.connect(self.cancel)
         session.changed.connect(self._on_session_model)
         self.native.destroyed.connect(self._jobs.abort)  # closing napari cancels the run
+        self.native.destroyed.connect(self._forget_session)
         self._update_visibility()
         self._update_info()
 
@@ -230,10 +232,17 @@ class SegmentWidget(Container):
             raise
 
     def _on_session_model(self):
-        self.model_source.reset_choices()
+        try:
+            self.model_source.reset_choices()
+        except RuntimeError:  # the Qt widget is gone (napari closed): stop listening
+            session.changed.disconnect(self._on_session_model)
+            return
         if session.last_trained_model is not None:
             self.model_source.value = _models.SESSION
         self._update_info()
+
+    def _forget_session(self, *_):
+        session.changed.disconnect(self._on_session_model)
 
     def _set_running(self, running: bool) -> None:
         self.run_button.enabled = not running
@@ -296,12 +305,14 @@ class SegmentWidget(Container):
             self.cancel_button.enabled = False
 
     # -- worker signals (main thread) ---------------------------------------------------------
+    @while_open
     def _on_progress(self, event) -> None:
         if self.progress.max != event.total:
             self.progress.max = max(int(event.total), 1)
         self.progress.value = int(event.done)
         self.status.value = f"tile {event.done} of {event.total}"
 
+    @while_open
     def _on_returned(self, result: SegmentResult) -> None:
         inp = self._input
         self.last_result = result
@@ -315,13 +326,16 @@ class SegmentWidget(Container):
             what = f"{int((lab > 0).sum())} foreground pixels"
         self.status.value = f"done in {result.seconds:.1f} s: {what}"
 
+    @while_open
     def _on_errored(self, err: Exception) -> None:
         report_error("Segment", err)
         self.status.value = "failed (see the notification)"
 
+    @while_open
     def _on_aborted(self) -> None:
         self.status.value = "cancelled"
 
+    @while_open
     def _on_finished(self) -> None:
         self._worker = self._jobs.worker = None
         self._set_running(False)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +21,7 @@ from magicgui.widgets import (
     SpinBox,
 )
 from napari.layers import Image, Labels
+from napari.utils.colormaps import DirectLabelColormap
 
 from ..errors import InputError, TesseraError
 from ..inference import resolve_device
@@ -32,12 +33,14 @@ from ._common import (
     ImageInput,
     JobHandle,
     available_devices,
-    describe,
     find_layer,
     image_input,
     make_worker,
     notify_info,
+    notify_warning,
     report_error,
+    text_label,
+    while_open,
 )
 from ._loss_plot import LossCurve
 from ._segment import layer_choices
@@ -47,6 +50,7 @@ if TYPE_CHECKING:
     import napari
 
 PREVIEW_EVERY = 2.0  # seconds between live previews
+PREVIEW_COLOR = "yellow"  # unlike the annotation colours (1 = background, 2 = objects)
 
 HELP = {
     "sparse": "Paint 2 on some objects and 1 on some background; unpainted (0) pixels are "
@@ -55,13 +59,78 @@ HELP = {
 }
 
 
+NO_PATCH = "no training patch fits"  # the core sampler's RuntimeError on small images
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A message from the worker for the user (shown in the main thread)."""
+
+    text: str
+
+
 def train_job(inp: ImageInput, labels: np.ndarray, config: TrainConfig, spec, stop):
-    """Runs in the worker thread: yields TrainUpdate, returns the TrainResult."""
+    """Runs in the worker thread: yields TrainUpdate (or a Notice), returns the TrainResult."""
     model = spec.load() if spec.load is not None else None
     image = np.asarray(inp.load())
-    return (
-        yield from iter_train(image, labels, axes=inp.axes, config=config, model=model, stop=stop)
+    started = False
+    try:
+        gen = iter_train(image, labels, axes=inp.axes, config=config, model=model, stop=stop)
+        while True:
+            try:
+                update = next(gen)
+            except StopIteration as done:
+                return done.value
+            started = True
+            yield update
+    except RuntimeError as err:
+        # Small images: the core's sampler may find no training window that avoids the
+        # validation blocks. Before the first step, train again without validation.
+        if NO_PATCH not in str(err) or started or config.val_fraction == 0:
+            raise
+    yield Notice(
+        "the annotations are too few (or the image too small) to hold some out for "
+        "validation: training on all of them, without validation"
     )
+    if spec.load is not None:
+        model = spec.load()
+    return (
+        yield from iter_train(
+            image,
+            labels,
+            axes=inp.axes,
+            config=replace(config, val_fraction=0.0),
+            model=model,
+            stop=stop,
+        )
+    )
+
+
+_warm = threading.Event()
+warmed_up = threading.Event()  # set when the warm-up imports are done
+
+
+def _warm_up() -> None:
+    """Import what PyTorch loads lazily on the first optimiser (torch._dynamo: ~800 modules).
+
+    Done once in a background thread when the widget opens, so the first training run does
+    not hold the interpreter in imports for a second while the GUI waits.
+    """
+    if _warm.is_set():
+        return
+    _warm.set()
+
+    def work():
+        import torch
+
+        try:
+            torch.optim.AdamW([torch.zeros(1, requires_grad=True)])
+        except Exception:  # noqa: BLE001 - only a warm-up
+            pass
+        finally:
+            warmed_up.set()
+
+    threading.Thread(target=work, name="tessera-warm-up", daemon=True).start()
 
 
 @dataclass
@@ -113,10 +182,19 @@ class TrainWidget(Container):
             choices=[("time limit", "time"), ("number of steps", "steps")],
             value="time",
         )
-        self.time_limit = SpinBox(label="time limit (s)", min=5, max=7 * 24 * 3600, value=60)
+        self.time_limit = SpinBox(label="time limit (s)", min=1, max=7 * 24 * 3600, value=60)
         self.steps = SpinBox(label="steps", min=1, max=10**7, value=200)
         self.base_channels = SpinBox(label="base channels", min=1, max=256, value=16)
         self.depth = SpinBox(label="depth", min=1, max=7, value=4)
+        self.patch_size = SpinBox(
+            label="patch size (0 = auto)",
+            min=0,
+            max=1024,
+            step=16,
+            value=0,
+            tooltip="side of the training patches (auto: 128 on the CPU, 256 on a GPU, never "
+            "larger than the image); use a smaller one for small images",
+        )
         self.device = ComboBox(label="device", choices=available_devices(), value="auto")
         self.live_preview = CheckBox(text="live preview of the current slice", value=True)
         self.train_button = PushButton(text="Train")
@@ -144,6 +222,7 @@ class TrainWidget(Container):
                 self.steps,
                 self.base_channels,
                 self.depth,
+                self.patch_size,
                 self.device,
                 self.live_preview,
                 buttons,
@@ -156,8 +235,8 @@ class TrainWidget(Container):
         self.loss_curve = LossCurve()
         # the curve sits right under the status line
         self.native.layout().insertWidget(self.index(self.status) + 1, self.loss_curve)
-        self.convention.native.setWordWrap(True)
-        self.status.native.setWordWrap(True)
+        text_label(self.convention)
+        text_label(self.status)
 
         self.mode.changed.connect(self._update_convention)
         self.start_from.changed.connect(self._update_visibility)
@@ -169,6 +248,7 @@ class TrainWidget(Container):
         self.native.destroyed.connect(self._jobs.abort)  # closing napari ends the run
         self._update_convention()
         self._update_visibility()
+        _warm_up()
 
     # -- state --------------------------------------------------------------------------------
     @property
@@ -269,6 +349,7 @@ class TrainWidget(Container):
             time_limit=float(self.time_limit.value) if by_time else None,
             base_channels=int(self.base_channels.value),
             depth=int(self.depth.value),
+            patch_size=int(self.patch_size.value) or None,
             device=device,
             preview_every=PREVIEW_EVERY if self.live_preview.value else 0.0,
             preview_slice=lead,
@@ -297,6 +378,8 @@ class TrainWidget(Container):
         worker.finished.connect(self._on_finished)
         self._worker = self._jobs.worker = worker
         self._jobs.stop = run.stop
+        if config.preview_every > 0:
+            self._preview_layer(run)  # created now: adding a layer mid-run would stall the GUI
         self.loss_curve.clear(config.steps)
         self.progress.value = 0
         self._set_running(True)
@@ -311,7 +394,11 @@ class TrainWidget(Container):
             self.status.value = "stopping after this step ..."
 
     # -- worker signals (main thread) ---------------------------------------------------------
-    def _on_update(self, u: TrainUpdate) -> None:
+    @while_open
+    def _on_update(self, u: TrainUpdate | Notice) -> None:
+        if isinstance(u, Notice):
+            notify_warning(u.text)
+            return
         self.progress.value = int(round(1000 * u.fraction))
         self.loss_curve.add(u.step, u.loss, u.val_loss)
         if self._run is not None and not self._run.stop.is_set():
@@ -324,27 +411,37 @@ class TrainWidget(Container):
         if u.preview is not None and self._run is not None:
             self._show_preview(self._run, u.preview)
 
-    def _show_preview(self, run: _Run, preview: np.ndarray) -> None:
+    def _preview_layer(self, run: _Run) -> Labels:
+        """The live preview layer of a run's image (made or reused, shaped like the labels)."""
         inp = run.inp
         name = f"{inp.name} preview"
-        mask = (preview > 0.5).astype(np.uint8)
         layer = find_layer(self._viewer, name, Labels)
-        if layer is None or tuple(layer.data.shape) != inp.lay.out_shape:
-            if layer is not None:
-                self._viewer.layers.remove(layer)
-            data = np.zeros(inp.lay.out_shape, np.uint8)
-            data[run.preview_index] = mask
+        if layer is not None and tuple(layer.data.shape) != inp.lay.out_shape:
+            self._viewer.layers.remove(layer)
+            layer = None
+        if layer is None:
             layer = self._viewer.add_labels(
-                data, name=name, scale=inp.scale, translate=inp.translate, opacity=0.45
+                np.zeros(inp.lay.out_shape, np.uint8),
+                name=name,
+                scale=inp.scale,
+                translate=inp.translate,
+                opacity=0.5,
+                colormap=DirectLabelColormap(color_dict={None: "transparent", 1: PREVIEW_COLOR}),
             )
             # keep the annotations on top and selected for painting
             if run.annotations in self._viewer.layers:
-                self._viewer.layers.selection.active = run.annotations
-        else:
-            layer.data[run.preview_index] = mask
-            layer.refresh()
+                layers = self._viewer.layers
+                layers.move(layers.index(layer), layers.index(run.annotations))
+                layers.selection.active = run.annotations
         self.preview_layer = layer
+        return layer
 
+    def _show_preview(self, run: _Run, preview: np.ndarray) -> None:
+        layer = self._preview_layer(run)
+        layer.data[run.preview_index] = (preview > 0.5).astype(np.uint8)
+        layer.refresh()
+
+    @while_open
     def _on_returned(self, result: TrainResult) -> None:
         self.result = result
         self.model = result.model
@@ -366,13 +463,24 @@ class TrainWidget(Container):
             "Segment widget (Save keeps it)."
         )
 
+    @while_open
     def _on_errored(self, err: Exception) -> None:
+        inner = getattr(err, "error", err)
+        if isinstance(inner, RuntimeError) and "no training patch fits" in str(inner):
+            # the core's sampler on images not much larger than a patch
+            err = InputError(
+                "no training patch fits beside the blocks held out for validation (the image "
+                "is small for this patch size): set a smaller patch size, or annotate a larger "
+                "area or more slices"
+            )
         report_error("Train", err)
         self.status.value = "failed (see the notification)"
 
+    @while_open
     def _on_aborted(self) -> None:
         self.status.value = "aborted"
 
+    @while_open
     def _on_finished(self) -> None:
         self._worker = self._jobs.worker = None
         self._jobs.stop = None

@@ -1,0 +1,303 @@
+"""``tessera train`` in-process: training, the model it writes, resuming, and bad inputs.
+
+Runs are tiny (base channels 4, depth 2, 32-pixel patches, batches of 2, 10-15 steps on a
+128x128 image). ``--patch-size 32`` is always passed: without it a 128x128 image crashes (see
+``test_default_patch_size_on_a_small_image_does_not_crash``, a known bug).
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from scipy import ndimage as ndi
+
+from napari_tessera import cli
+from napari_tessera.io import load_model, read_model_info
+from napari_tessera.synthetic import nuclei_2d
+
+SIDE = 128
+TINY = ["--base-channels", "4", "--depth", "2", "--patch-size", "32", "--batch-size", "2"]
+TINY += ["--device", "cpu"]
+
+
+def run(argv, capsys):
+    """``main(argv)`` -> (exit code, stdout, stderr); argparse exits via SystemExit."""
+    try:
+        code = cli.main([str(a) for a in argv])
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def nonempty_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if ".part" in p.name)
+
+
+def header_hits_pickle_check(path: Path) -> bool:
+    """Whether io._read_header wrongly takes ``path`` for a pickle (known bug, see
+    test_training.py::test_model_file_with_any_header_length_loads)."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    return head[:1] == b"\x80" or head[:2] == b"PK"
+
+
+def checkpoint_history(path: Path) -> list[dict]:
+    """The per-step history stored in a checkpoint (read with safetensors directly)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads(f.metadata()["state"])["history"]
+
+
+@pytest.fixture(autouse=True)
+def _pinned_torch_seed():
+    # the network's initial weights come from torch's global RNG, not from --seed (a known
+    # bug, see test_training.py::test_seed_alone_repeats_a_run): pin it so runs repeat
+    torch.manual_seed(0)
+
+
+def paint_sparse(truth: np.ndarray, n_objects: int = 8) -> np.ndarray:
+    lab = np.zeros(truth.shape, np.uint8)
+    ids = [int(i) for i in np.unique(truth) if i]
+    for i in ids[:: max(1, len(ids) // n_objects)][:n_objects]:
+        lab[truth == i] = 2
+    strokes = np.zeros(truth.shape, bool)
+    strokes[::16, :] = True
+    strokes[:, ::16] = True
+    lab[ndi.binary_erosion(truth == 0, iterations=3) & strokes] = 1
+    return lab
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("traindata")
+    s = nuclei_2d((SIDE, SIDE), seed=1)
+    paths = {
+        "image": folder / "img.tif",
+        "sparse": folder / "painted.tif",
+        "dense": folder / "truth.tif",
+    }
+    tifffile.imwrite(paths["image"], s.image)
+    tifffile.imwrite(paths["sparse"], paint_sparse(s.labels.astype(np.int64)))
+    tifffile.imwrite(paths["dense"], s.labels)
+    return paths
+
+
+def test_train_then_segment(files, tmp_path, capsys):
+    model = tmp_path / "model.safetensors"
+    code, out, err = run(
+        ["train", files["image"], files["sparse"], "-o", model, "--steps", "10", *TINY], capsys
+    )
+    assert code == 0, err
+    assert "Traceback" not in err
+    assert model.is_file()
+    ckpt = tmp_path / "model.ckpt.safetensors"
+    assert ckpt.is_file()
+    assert leftovers(tmp_path) == []
+    assert f"wrote {model}" in err and "after 10 steps" in err
+
+    config, meta = read_model_info(model)
+    assert config.base_channels == 4 and config.depth == 2
+    assert config.in_channels == 1 and config.n_classes == 2
+    prov = meta["provenance"]
+    assert prov["steps"] == 10
+    assert prov["label_mode"] == "sparse"
+    assert prov["trained_from"] == "scratch"
+    assert prov["stopped"] == "steps"
+    assert meta["class_names"] == ["background", "object"]
+    assert isinstance(load_model(model), torch.nn.Module)
+
+    seg = tmp_path / "out.tif"
+    code, _, err = run(["segment", files["image"], "-o", seg, "--model", model, "-q"], capsys)
+    assert code == 0, err
+    out_arr = tifffile.imread(seg)
+    assert out_arr.shape == (SIDE, SIDE)
+    assert set(np.unique(out_arr)) <= {0, 1}
+
+
+def test_train_dense_instance_labels(files, tmp_path, capsys):
+    model = tmp_path / "dense.safetensors"
+    code, _, err = run(
+        ["train", files["image"], files["dense"], "--labels", "dense", "-o", model]
+        + ["--steps", "10", "-q", *TINY],
+        capsys,
+    )
+    assert code == 0, err
+    assert err == ""  # --quiet
+    _, meta = read_model_info(model)
+    assert meta["provenance"]["label_mode"] == "dense"
+    assert meta["provenance"]["steps"] == 10
+
+
+def test_instance_labels_read_as_sparse_become_classes(files, tmp_path, capsys):
+    # instance ids 1..N read with the sparse convention become N-1 object classes
+    model = tmp_path / "many.safetensors"
+    code, _, err = run(
+        ["train", files["image"], files["dense"], "-o", model, "--steps", "1", "-q", *TINY],
+        capsys,
+    )
+    assert code == 0, err
+    config, _ = read_model_info(model)
+    n_ids = int(tifffile.imread(files["dense"]).max())
+    assert config.n_classes == n_ids
+
+
+def train_until_readable_checkpoint(folder: Path, args: list, capsys, *, name="model"):
+    """Train with ``-o folder/NAME.safetensors`` until the checkpoint can be read back.
+
+    About 1 in 32 checkpoint headers trips the pickle check (a known bug, see
+    test_training.py::test_model_file_with_any_header_length_loads); the header stores the
+    checkpoint path, so a longer output name shifts its length. Returns (model, checkpoint).
+    """
+    for attempt in range(5):
+        model = folder / f"{name}{'_' * 8 * attempt}.safetensors"
+        code, _, err = run([*args, "-o", model], capsys)
+        assert code == 0, err
+        ckpt = model.with_name(model.stem + ".ckpt.safetensors")  # the default checkpoint
+        assert ckpt.is_file()
+        if not header_hits_pickle_check(ckpt):
+            return model, ckpt
+    pytest.xfail("BUG: io._read_header refuses this checkpoint as a pickle")
+
+
+def test_resume_continues(files, tmp_path, capsys):
+    args = ["train", files["image"], files["sparse"], "-q", *TINY]
+    model, ckpt = train_until_readable_checkpoint(tmp_path, [*args, "--steps", "10"], capsys)
+    before = checkpoint_history(ckpt)
+    assert [h["step"] for h in before] == list(range(1, 11))
+
+    code, _, err = run([*args, "-o", model, "--steps", "15", "--resume", ckpt], capsys)
+    assert code == 0, err
+    assert "Traceback" not in err
+    _, meta = read_model_info(model)
+    assert meta["provenance"]["steps"] == 15
+    after = checkpoint_history(ckpt)
+    assert [h["step"] for h in after] == list(range(1, 16))
+    assert after[:10] == before  # continued the first run, not a new one
+    assert leftovers(tmp_path) == []
+
+
+def test_resume_without_steps_finishes_the_run(files, tmp_path, capsys):
+    args = ["train", files["image"], files["sparse"], "-q", *TINY]
+    model, ckpt = train_until_readable_checkpoint(tmp_path, [*args, "--steps", "6"], capsys)
+    before = checkpoint_history(ckpt)
+    code, _, err = run([*args, "-o", model, "--resume", ckpt], capsys)
+    assert code == 0, err
+    _, meta = read_model_info(model)
+    assert meta["provenance"]["steps"] == 6  # already finished: nothing more to do, no 500
+    assert checkpoint_history(ckpt) == before
+
+
+# -- bad inputs ---------------------------------------------------------------------------------
+BAD_CASES = [
+    "labels_shape",
+    "nothing_painted",
+    "one_class",
+    "float_labels",
+    "negative_labels",
+    "nan_image",
+    "missing_labels",
+    "pickle_from",
+]
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory, files):
+    folder = tmp_path_factory.mktemp("bad")
+    good_lab = tifffile.imread(files["sparse"])
+    cases: dict[str, tuple[list, str]] = {}
+
+    def lab_file(name, arr):
+        path = folder / f"{name}.tif"
+        tifffile.imwrite(path, arr)
+        return path
+
+    img, lab = files["image"], files["sparse"]
+    cases["labels_shape"] = ([img, lab_file("small", good_lab[:64])], "shape")
+    cases["nothing_painted"] = ([img, lab_file("zeros", np.zeros_like(good_lab))], "nothing")
+    cases["one_class"] = ([img, lab_file("bg_only", np.where(good_lab == 2, 0, good_lab))], "only")
+    cases["float_labels"] = ([img, lab_file("float", good_lab.astype(np.float32))], "integer")
+    neg = good_lab.astype(np.int16)
+    neg[0, 0] = -1
+    cases["negative_labels"] = ([img, lab_file("neg", neg)], "negative")
+    nan_img = tifffile.imread(img).astype(np.float32)
+    nan_img[10, 10] = np.nan
+    nan_path = folder / "nan.tif"
+    tifffile.imwrite(nan_path, nan_img)
+    cases["nan_image"] = ([nan_path, lab], "NaN")
+    cases["missing_labels"] = ([img, folder / "nope.tif"], "not found")
+    pkl = folder / "model.pt"
+    pkl.write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
+    cases["pickle_from"] = ([img, lab, "--from", pkl], "pickle")
+    return cases
+
+
+def test_bad_cases_are_all_listed(bad_inputs):
+    assert sorted(bad_inputs) == sorted(BAD_CASES)
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_input_exits_2_with_one_line_and_no_model(case, bad_inputs, tmp_path, capsys):
+    args, needle = bad_inputs[case]
+    model = tmp_path / "model.safetensors"
+    code, out, err = run(["train", *args, "-o", model, "--steps", "2", *TINY], capsys)
+    assert code == 2, err
+    lines = nonempty_lines(err)
+    assert len(lines) == 1, err
+    assert lines[0].startswith("tessera train: error: ")
+    assert needle.lower() in lines[0].lower()
+    assert "Traceback" not in err
+    assert out == ""
+    assert not model.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no checkpoint, no .part either
+
+
+def test_help_mentions_the_label_conventions(capsys):
+    code, out, _ = run(["train", "--help"], capsys)
+    assert code == 0
+    text = " ".join(out.split())
+    assert "not annotated" in text
+    assert "1 = background" in text
+    assert "sparse" in text and "dense" in text
+    assert "--resume" in text
+
+
+def test_bad_numbers_are_usage_errors(files, tmp_path, capsys):
+    model = tmp_path / "m.safetensors"
+    for extra in (["--steps", "0"], ["--time-limit", "-1"], ["--val-fraction", "1.5"]):
+        code, _, err = run(
+            ["train", files["image"], files["sparse"], "-o", model, *extra, *TINY], capsys
+        )
+        assert code == 2, (extra, err)
+        assert len(nonempty_lines(err)) == 1, (extra, err)
+        assert "Traceback" not in err
+        assert not model.exists()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: without --patch-size the automatic patch (128 px on the CPU) plus the elastic "
+    "margin covers a 128x128 image, every training window touches a validation block, and "
+    "PatchSampler raises RuntimeError: `tessera train` crashes with a traceback (exit 1)",
+)
+def test_default_patch_size_on_a_small_image_does_not_crash(files, tmp_path, capsys):
+    model = tmp_path / "m.safetensors"
+    args = ["train", files["image"], files["dense"], "--labels", "dense", "-o", model]
+    args += ["--steps", "2", "--base-channels", "4", "--depth", "2", "--device", "cpu", "-q"]
+    code, _, err = run(args, capsys)  # a RuntimeError escaping main() fails the test here
+    assert code in (0, 2)
+    if code == 2:
+        assert len(nonempty_lines(err)) == 1
+    else:
+        assert model.is_file()
