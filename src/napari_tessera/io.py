@@ -87,12 +87,17 @@ def _read_header(path: Path) -> dict[str, Any]:
     """Parse a safetensors header without reading tensors; refuse pickles and garbage."""
     try:
         with open(path, "rb") as f:
-            head = f.read(8)
+            head = f.read(9)
             size = path.stat().st_size
-            if head[:2] == b"PK" or head[:1] == b"\x80":
+            # A safetensors file: 8-byte header length, then a JSON object ("{"). The length
+            # bytes may be anything, so a pickle is recognised only when that JSON is absent.
+            looks_safetensors = len(head) == 9 and head[8:9] == b"{"
+            if not looks_safetensors and (head[:2] == b"PK" or head[:1] == b"\x80"):
                 raise ModelFileError(
                     f"refusing {path.name}: it is a pickle-based file. {_PICKLE_HINT}"
                 )
+            head = head[:8]
+            f.seek(8)
             if len(head) < 8:
                 raise ModelFileError(f"{path.name} is not a model file (too short)")
             (n,) = struct.unpack("<Q", head)

@@ -174,7 +174,10 @@ def iter_train(
     state = load_checkpoint(resume) if resume is not None else None
     if state is not None:
         model = state.model
-    fine_tune = model is not None
+        fine_tune = bool(state.run_config.get("fine_tune", False))
+    else:
+        fine_tune = model is not None
+    torch.manual_seed(cfg.seed)  # before the network is built: the seed fixes its initial weights
     if model is None:
         model = UNet(
             UNetConfig(
@@ -192,13 +195,18 @@ def iter_train(
     if model.config.padding != "same":
         raise InputError("training supports 'same'-padding networks")
     patch, batch, base_lr, steps, val_every = _auto(cfg, lay.yx, device, fine_tune)
-    if state is not None and not (cfg.steps or cfg.time_limit):
-        steps = int(state.run_config.get("steps") or steps)  # finish the interrupted run
+    if state is not None:
+        base_lr = cfg.lr or float(state.run_config.get("lr") or base_lr)  # same schedule
+        if not (cfg.steps or cfg.time_limit):
+            steps = int(state.run_config.get("steps") or steps)  # finish the interrupted run
     if max(lay.yx) < 16:
         raise InputError(f"image is too small to train on ({lay.yx[0]}x{lay.yx[1]} px)")
+    if cfg.patch_size is None and len(targets.slices) < 3 and cfg.val_fraction > 0:
+        # one image shares its area between training and validation: keep patches small
+        # enough that windows fit beside the validation blocks
+        patch = min(patch, max(32, (min(lay.yx) // 2 // 16) * 16))
     patch = min(patch, max(32, (min(lay.yx) // 16) * 16))
     rng = np.random.default_rng(cfg.seed)
-    torch.manual_seed(cfg.seed)
 
     norm = model.config.normalization
     images, classes, weights = [], [], [] if cfg.mode == "dense" else None
@@ -216,7 +224,8 @@ def iter_train(
         rng=rng,
         elastic=cfg.elastic,
     )
-    if not sampler.train_pixels_available():
+    if sampler.val_regions and not sampler.can_place():
+        # the image is too small to hold validation blocks apart from training patches
         sampler = PatchSampler(
             images, classes, weights, patch=patch, val_fraction=0.0, rng=rng, elastic=cfg.elastic
         )
@@ -259,6 +268,8 @@ def iter_train(
             "batch_size": batch,
             "lr": base_lr,
             "steps": steps,
+            "fine_tune": fine_tune,
+            "validation_regions": len(sampler.val_regions),
         }
 
     while True:
@@ -349,6 +360,21 @@ def iter_train(
             stopped = "early"
             break
 
+    if cfg.checkpoint:  # the latest weights and optimiser state, to resume exactly from here
+        save_checkpoint(
+            cfg.checkpoint,
+            model,
+            opt,
+            step=step,
+            elapsed=elapsed(),
+            best_state=best_state if best_state is not None else model.state_dict(),
+            best_step=best_step,
+            best_val_iou=best_iou,
+            best_score=best_score,
+            history=history,
+            rng_state=rng.bit_generator.state,
+            run_config=run_config(),
+        )
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
@@ -370,21 +396,6 @@ def iter_train(
             "config": run_config(),
         },
     }
-    if cfg.checkpoint:
-        save_checkpoint(
-            cfg.checkpoint,
-            model,
-            opt,
-            step=step,
-            elapsed=elapsed(),
-            best_state=model.state_dict(),
-            best_step=best_step,
-            best_val_iou=best_iou,
-            best_score=best_score,
-            history=history,
-            rng_state=rng.bit_generator.state,
-            run_config=run_config(),
-        )
     return TrainResult(model, best_step, best_iou, step, elapsed(), stopped, history)
 
 

@@ -19,6 +19,10 @@ from .labels import IGNORE
 ELASTIC_MARGIN = 16  # extra pixels read around a patch so the deformation has real content
 
 
+class _NoRoom(RuntimeError):
+    """No training window avoids the validation blocks."""
+
+
 @dataclass(frozen=True)
 class Region:
     """A validation block: slice ``s``, rows ``y0:y0+size``, columns ``x0:x0+size``."""
@@ -134,6 +138,20 @@ class PatchSampler:
         bg, fg = self._candidates
         return any(len(b) for _, b in bg) and any(len(f) for _, f in fg)
 
+    def can_place(self) -> bool:
+        """Whether training windows of both classes fit beside the validation blocks."""
+        if not self.train_pixels_available():
+            return False
+        state = self.rng.bit_generator.state  # probing must not change the run's randomness
+        try:
+            for pool in self._candidates:
+                self._place(pool)
+            return True
+        except _NoRoom:
+            return False
+        finally:
+            self.rng.bit_generator.state = state
+
     def _draw_centre(self, pool) -> tuple[int, int, int]:
         sizes = np.array([len(ix) for _, ix in pool], float)
         s_i = self.rng.choice(len(pool), p=sizes / sizes.sum())
@@ -159,7 +177,7 @@ class PatchSampler:
                 x0 = cx - int(self.rng.integers(lo, hi))
                 if not vm.any() or not _window(vm, y0, x0, size).any():
                     return s, y0, x0
-        raise RuntimeError("no training patch fits beside the validation blocks")
+        raise _NoRoom("no training patch fits beside the validation blocks")
 
     def sample(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """``n`` augmented patches: images ``(n, C, P, P)``, targets ``(n, P, P)``, weights."""
