@@ -377,7 +377,7 @@ def test_stop_keeps_the_best_model(dense_data):
     torch.manual_seed(0)
     model = UNet(UNetConfig(base_channels=4, depth=2))
     stop = threading.Event()
-    n_stop = 12  # not a validation step (5, 10): the best state is an earlier one
+    n_stop = 12  # not a validation step (5, 10): the stop validates step 12 as well
     states: dict[int, dict[str, torch.Tensor]] = {}
 
     def on_update(u):
@@ -395,19 +395,40 @@ def test_stop_keeps_the_best_model(dense_data):
     assert [u.step for u in updates] == list(range(1, n_stop + 1))
     assert len(result.history) == n_stop
     assert result.model is model
-    validated = [u for u in updates if u.val_iou is not None]
-    assert [u.step for u in validated] == [5, 10]
-    bests = [u for u in updates if u.best]
-    assert bests and bests[0].step == 5
-    assert result.best_step == bests[-1].step
-    assert result.best_val_iou == bests[-1].val_iou
-    assert result.best_val_iou == max(u.val_iou for u in validated)
-    assert result.best_step < n_stop
+    assert [u.step for u in updates if u.val_iou is not None] == [5, 10]
+    validated = {h["step"]: h["val_iou"] for h in result.history if "val_iou" in h}
+    assert sorted(validated) == [5, 10, 12]  # the stopped state is validated too
+    assert result.best_val_iou == max(validated.values())
+    assert validated[result.best_step] == result.best_val_iou
     final = state_copy(result.model)
     assert same_state(final, states[result.best_step])
-    assert not same_state(final, states[n_stop])  # the latest weights were replaced
+    for step in validated:
+        if validated[step] < result.best_val_iou:
+            assert not same_state(final, states[step])
     assert not result.model.training
     assert result.model.metadata["provenance"]["stopped"] == "requested"
+
+
+def test_stop_before_the_first_validation_keeps_the_trained_weights(dense_data):
+    image, labels = dense_data
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(base_channels=4, depth=2))
+    initial = state_copy(model)
+    stop = threading.Event()
+    states = {}
+
+    def on_update(u):
+        states[u.step] = state_copy(model)
+        if u.step == 3:
+            stop.set()
+
+    cfg = small_config(steps=100, val_fraction=0.3, val_every=25, lr=2e-3)
+    _, result = drive(iter_train(image, labels, config=cfg, model=model, stop=stop), on_update)
+    assert result.steps == 3 and result.best_step == 3
+    assert result.best_val_iou is not None
+    final = state_copy(result.model)
+    assert same_state(final, states[3])
+    assert not same_state(final, initial)
 
 
 def test_stop_before_the_first_step():

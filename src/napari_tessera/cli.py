@@ -38,6 +38,28 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (0 < value < math.inf):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
+    return value
+
+
 def _tile_size(text: str) -> int | tuple[int, int]:
     parts = text.lower().split("x") if "x" in text.lower() else [text]
     if len(parts) > 2:
@@ -102,18 +124,24 @@ def _check_output(path: Path, *inputs: Path) -> None:
 
 
 def _resolve_axes(
-    arr: np.ndarray, axes: str | None, from_file: str | None, in_channels: int
-) -> str:
+    arr: np.ndarray, axes: str | None, from_file: str | None, in_channels: int, quiet: bool
+) -> tuple[str, str | None]:
+    """The axes to use and a note saying where they came from (None: nothing to say).
+
+    The note is printed once the work has started, so an error stays a single line (error
+    messages about the layout name the axes themselves).
+    """
     from .axes import guess_axes, layout
 
     if axes:
         layout(arr.shape, axes)  # validates
-        return axes.upper()
+        return axes.upper(), None
     if from_file:
-        return from_file
+        note = f"axes {from_file} (from the TIFF metadata); pass --axes to override"
+        return from_file, None if quiet else note
     guessed = guess_axes(arr.shape, in_channels)
-    _warn(f"axes guessed as {guessed} from shape {arr.shape}; pass --axes to override")
-    return guessed
+    # a guess is always stated, --quiet or not: it may be wrong
+    return guessed, f"axes guessed as {guessed} from shape {arr.shape}; pass --axes to override"
 
 
 def _load_model_arg(path: str | None, device: str):
@@ -137,9 +165,13 @@ def cmd_segment(args: argparse.Namespace) -> int:
     prob_path = Path(args.probabilities) if args.probabilities else None
     if prob_path is not None:
         _check_output(prob_path, inp)
+        if prob_path.resolve() == out.resolve():
+            from .errors import InputError
+
+            raise InputError("--probabilities must name another file than -o")
     model = _load_model_arg(args.model, args.device)
     arr, file_axes = read_image(inp)
-    axes = _resolve_axes(arr, args.axes, file_axes, model.config.in_channels)
+    axes, note = _resolve_axes(arr, args.axes, file_axes, model.config.in_channels, args.quiet)
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         from .errors import InputError
 
@@ -173,10 +205,15 @@ def cmd_segment(args: argparse.Namespace) -> int:
             except StopIteration as stop:
                 labels = stop.value
                 break
+            if note:
+                _warn(note)
+                note = None
             if isinstance(event, Progress):
                 bar.update(event.done, event.total)
     finally:
         bar.close()
+    if note:
+        _warn(note)
     out_axes = lay.out_axes
     write_tiff(out, labels, axes=out_axes)
     if prob_path is not None:
@@ -232,8 +269,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         model = load_model(src)
     image, image_axes = read_image(inp)
     labels, _ = read_image(lab_path)
-    axes = _resolve_axes(
-        image, args.axes, image_axes, model.config.in_channels if model is not None else 1
+    axes, note = _resolve_axes(
+        image,
+        args.axes,
+        image_axes,
+        model.config.in_channels if model is not None else 1,
+        args.quiet,
     )
     if image.dtype.kind == "f" and not np.isfinite(image).all():
         raise InputError(f"{inp.name} contains NaN or infinite pixels")
@@ -247,7 +288,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     old_int = signal.signal(signal.SIGINT, request_stop)
     old_term = signal.signal(signal.SIGTERM, request_stop)
-    unit = "step" if cfg.steps else "s"
+    unit = "s" if cfg.time_limit and not cfg.steps else "step"
     bar = _Progress(args.quiet, "train", unit)
     gen = iter_train(
         image, labels, axes=axes, config=cfg, model=model, resume=args.resume, stop=stop
@@ -260,19 +301,24 @@ def cmd_train(args: argparse.Namespace) -> int:
             except StopIteration as done:
                 result = done.value
                 break
+            if note:
+                _warn(note)
+                note = None
             if u.val_iou is not None:
                 last_val = u.val_iou
             post = {"loss": f"{u.loss:.3f}"}
             if last_val is not None:
                 post["val IoU"] = f"{last_val:.3f}"
-            if cfg.steps:
-                bar.update(u.step, cfg.steps, **post)
-            else:
-                bar.update(int(u.elapsed), int(cfg.time_limit), **post)
+            if u.total_steps:
+                bar.update(u.step, u.total_steps, **post)
+            elif u.time_limit:
+                bar.update(int(u.elapsed), int(u.time_limit), **post)
     finally:
         bar.close()
         signal.signal(signal.SIGINT, old_int)
         signal.signal(signal.SIGTERM, old_term)
+    if note:
+        _warn(note)
     save_model(result.model, out)
     if not args.quiet:
         iou = (
@@ -377,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("-o", "--output", required=True, help="model file to write (.safetensors)")
     t.add_argument("--labels", choices=["sparse", "dense"], default="sparse", help="convention")
     t.add_argument("--axes", help="axes of the image (default: from the TIFF, else guessed)")
-    t.add_argument("--time-limit", type=float, metavar="S", help="stop after S seconds")
+    t.add_argument("--time-limit", type=_positive_float, metavar="S", help="stop after S seconds")
     t.add_argument("--steps", type=_positive_int, help="stop after N steps (default 500)")
     t.add_argument(
         "--from",
@@ -394,8 +440,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--val-fraction", type=float, default=0.2, help="share held out (default 0.2)")
     t.add_argument("--batch-size", type=_positive_int, help="patches per step (default: auto)")
     t.add_argument("--patch-size", type=_positive_int, help="patch side (default: auto)")
-    t.add_argument("--lr", type=float, help="peak learning rate (default: auto)")
-    t.add_argument("--seed", type=int, default=0, help="random seed (CPU runs repeat exactly)")
+    t.add_argument("--lr", type=_positive_float, help="peak learning rate (default: auto)")
+    t.add_argument(
+        "--seed", type=_non_negative_int, default=0, help="random seed (CPU runs repeat exactly)"
+    )
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     t.add_argument("-q", "--quiet", action="store_true")
     t.set_defaults(func=cmd_train)

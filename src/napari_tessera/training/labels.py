@@ -93,9 +93,9 @@ def make_targets(labels: np.ndarray, mode: str, *, n_classes: int | None = None)
             )
         classes = labels - 1  # 0 (not annotated) -> -1 = IGNORE
         return Targets(classes, None, n, painted)
-    # dense
-    painted = list(range(labels.shape[0]))
-    if not (labels > 0).any():
+    # dense: slices with no object at all count as not annotated and are skipped
+    painted = [s for s in range(labels.shape[0]) if labels[s].any()]
+    if not painted:
         raise InputError("dense labels contain no objects (all 0 = background)")
     n = n_classes if n_classes is not None else 2
     if n != 2:

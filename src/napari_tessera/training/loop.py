@@ -12,7 +12,7 @@ import copy
 import math
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from ..errors import InputError
 from ..inference import predict_whole, resolve_device
 from ..model import UNet
 from ..normalize import normalize_slice
+from ..tiling import round_up
 from .checkpoint import load_checkpoint, save_checkpoint
 from .labels import check_labels, make_targets
 from .losses import annotated_iou, segmentation_loss
@@ -75,8 +76,14 @@ class TrainConfig:
             raise InputError(f"label mode must be 'sparse' or 'dense', got {self.mode!r}")
         if self.steps is not None and self.steps < 1:
             raise InputError(f"steps must be positive, got {self.steps}")
-        if self.time_limit is not None and self.time_limit <= 0:
-            raise InputError(f"time limit must be positive, got {self.time_limit}")
+        if self.time_limit is not None and not (0 < self.time_limit < math.inf):
+            raise InputError(
+                f"time limit must be positive (seconds), got {self.time_limit}"
+            )
+        if self.lr is not None and not (0 < self.lr < math.inf):
+            raise InputError(f"learning rate must be positive, got {self.lr}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise InputError(f"seed must be a non-negative integer, got {self.seed!r}")
         if not 0 <= self.val_fraction < 1:
             raise InputError(f"validation fraction must be in [0, 1), got {self.val_fraction}")
         for name in ("batch_size", "patch_size", "val_every", "patience"):
@@ -175,6 +182,16 @@ def iter_train(
     if state is not None:
         model = state.model
         fine_tune = bool(state.run_config.get("fine_tune", False))
+        rc = state.run_config
+        if rc.get("mode", cfg.mode) != cfg.mode:
+            raise InputError(f"the checkpoint was trained with {rc['mode']} labels, not {cfg.mode}")
+        # the same seed, validation share and patch size rebuild the same validation split
+        cfg = replace(
+            cfg,
+            seed=int(rc.get("seed", cfg.seed)),
+            val_fraction=float(rc.get("val_fraction", cfg.val_fraction)),
+            patch_size=cfg.patch_size or rc.get("patch_size"),
+        )
     else:
         fine_tune = model is not None
     torch.manual_seed(cfg.seed)  # before the network is built: the seed fixes its initial weights
@@ -206,6 +223,8 @@ def iter_train(
         # enough that windows fit beside the validation blocks
         patch = min(patch, max(32, (min(lay.yx) // 2 // 16) * 16))
     patch = min(patch, max(32, (min(lay.yx) // 16) * 16))
+    m = model.size_multiple  # a patch must pool down to at least 2x2 at the deepest level
+    patch = max(round_up(patch, m), 2 * m)
     rng = np.random.default_rng(cfg.seed)
 
     norm = model.config.normalization
@@ -239,14 +258,14 @@ def iter_train(
         if amp_dtype == torch.float16:
             scaler = torch.amp.GradScaler("cuda")
     step, elapsed_before = 0, 0.0
-    best_state = copy.deepcopy(model.state_dict())
+    best_state: dict[str, Any] | None = None  # None: the latest weights are the result
     best_score: tuple[float, float] | None = None
     best_step, best_iou = 0, None
     history: list[dict[str, Any]] = []
     if state is not None:
         opt.load_state_dict(state.optimizer)
         step, elapsed_before = state.step, state.elapsed
-        best_state = state.best_state
+        best_state = state.best_state if state.best_score is not None else None
         best_step, best_iou = state.best_step, state.best_val_iou
         best_score = state.best_score
         history = state.history
@@ -260,6 +279,20 @@ def iter_train(
 
     def elapsed() -> float:
         return time.perf_counter() - t0
+
+    last_validated = -1
+
+    def validate_and_keep() -> tuple[float, float, bool]:
+        """Validate the current weights; keep them if they are the best so far."""
+        nonlocal best_score, best_step, best_iou, best_state, last_validated
+        v_loss, v_iou = _validate(model, sampler, batch, device, cfg.dice)
+        last_validated = step
+        score = (v_iou, -v_loss)
+        if best_score is None or score > best_score:
+            best_score, best_step, best_iou = score, step, v_iou
+            best_state = copy.deepcopy(model.state_dict())
+            return v_loss, v_iou, True
+        return v_loss, v_iou, False
 
     def run_config() -> dict[str, Any]:
         return {
@@ -310,16 +343,9 @@ def iter_train(
         val_loss = val_iou = None
         is_best = False
         if sampler.val_regions and (step % val_every == 0 or step == steps):
-            val_loss, val_iou = _validate(model, sampler, batch, device, cfg.dice)
+            val_loss, val_iou, is_best = validate_and_keep()
             record.update(val_loss=val_loss, val_iou=val_iou)
-            score = (val_iou, -val_loss)
-            if best_score is None or score > best_score:
-                best_score, best_step, best_iou = score, step, val_iou
-                best_state = copy.deepcopy(model.state_dict())
-                bad_validations = 0
-                is_best = True
-            else:
-                bad_validations += 1
+            bad_validations = 0 if is_best else bad_validations + 1
         elif not sampler.val_regions:
             best_state, best_step = None, step  # no validation: the latest model is the best
         history.append(record)
@@ -360,6 +386,10 @@ def iter_train(
             stopped = "early"
             break
 
+    if sampler.val_regions and step > 0 and last_validated != step:
+        # the steps since the last validation (a stop, a time limit) get their chance too
+        v_loss, v_iou, _ = validate_and_keep()
+        history[-1].update(val_loss=v_loss, val_iou=v_iou)
     if cfg.checkpoint:  # the latest weights and optimiser state, to resume exactly from here
         save_checkpoint(
             cfg.checkpoint,
