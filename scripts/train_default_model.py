@@ -48,12 +48,13 @@ def training_stack(n_images: int, size: int, seed: int):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("-o", "--output", default=str(OUT))
-    ap.add_argument("--steps", type=int, default=2500)
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads (fixed for repeatability)")
     ap.add_argument("--images", type=int, default=24)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--seed", type=int, default=7)
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(args.threads)
     image, labels, params = training_stack(args.images, args.size, args.seed)
     cfg = TrainConfig(
         mode="dense",
@@ -95,7 +96,7 @@ def main() -> None:
         },
         "software": f"napari-tessera {__version__}, torch {torch.__version__}",
         "command": f"python scripts/train_default_model.py --steps {args.steps} "
-        f"--images {args.images} --size {args.size} --seed {args.seed}",
+        f"--images {args.images} --size {args.size} --seed {args.seed} --threads {args.threads}",
     }
     save_model(model, args.output, half=True)
     print(

@@ -396,6 +396,7 @@ def segment(image, model, *, axes: str = "YX", instances: bool = False, **kwargs
     stack). Shaped like the image without its channel axis. Keyword arguments as in
     :func:`predict_tiled`, plus ``min_size`` (smallest object kept, in pixels).
 
-    Stacks go slice by slice: at most two slices of probabilities are in memory at a time.
+    Stacks go slice by slice: only the slices the current batch touches have probabilities in
+    memory (one or two unless a batch holds more tiles than a slice has).
     """
     return drain(iter_segment(model, image, axes=axes, instances=instances, **kwargs))
