@@ -157,7 +157,7 @@ def _load_model_arg(path: str | None, device: str):
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from .inference import Progress, iter_segment
+    from .inference import Notice, Progress, iter_segment
     from .io import read_image, write_tiff
 
     inp, out = Path(args.input), Path(args.output)
@@ -210,6 +210,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
                 note = None
             if isinstance(event, Progress):
                 bar.update(event.done, event.total)
+            elif isinstance(event, Notice):
+                _warn(event.message)
     finally:
         bar.close()
     if note:
@@ -304,6 +306,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             if note:
                 _warn(note)
                 note = None
+            if u.notice:
+                _warn(u.notice)
             if u.val_iou is not None:
                 last_val = u.val_iou
             post = {"loss": f"{u.loss:.3f}"}
@@ -354,6 +358,29 @@ def cmd_sample(args: argparse.Namespace) -> int:
         _warn(
             f"wrote {out} ({'x'.join(map(str, s.image.shape))} {axes}, "
             f"{int(s.labels.max())} nuclei)"
+        )
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .convert import convert_weights
+    from .io import read_model_info
+
+    src, out = Path(args.input), Path(args.output)
+    _check_output(out, src)
+    convert_weights(
+        src,
+        out,
+        padding=args.padding,
+        normalization=tuple(args.normalization) if args.normalization else None,
+        class_names=args.class_names,
+    )
+    if not args.quiet:
+        cfg, meta = read_model_info(out)
+        _warn(
+            f"wrote {out}: U-Net depth {cfg.depth}, width {cfg.base_channels}, "
+            f"{cfg.in_channels} channel(s) in, {cfg.n_classes} classes, {cfg.upsampling} "
+            f"upsampling, {cfg.padding} padding ({meta['provenance']['layout']} layout)"
         )
     return 0
 
@@ -447,6 +474,33 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     t.add_argument("-q", "--quiet", action="store_true")
     t.set_defaults(func=cmd_train)
+
+    c = sub.add_parser(
+        "convert-weights",
+        help="convert a trusted PyTorch .pt/.pth U-Net state_dict to a .safetensors model",
+        description=(
+            "Convert a PyTorch state_dict of a U-Net (Tessera's layout or the PyTorch-UNet "
+            "layout) into a Tessera model file. The input is read with "
+            "torch.load(weights_only=True): only tensors and plain containers are rebuilt and "
+            "any other Python object is refused, so a whole pickled model is rejected, not run. "
+            "This still trusts PyTorch's restricted unpickler: convert only files from a source "
+            "you trust. The architecture is read from the tensor shapes; give what shapes "
+            "cannot tell (padding, normalisation, class names)."
+        ),
+    )
+    c.add_argument("input", help="trusted .pt/.pth file holding a state_dict")
+    c.add_argument("-o", "--output", required=True, help="model file to write (.safetensors)")
+    c.add_argument("--padding", choices=["same", "valid"], default="same")
+    c.add_argument(
+        "--normalization",
+        nargs=2,
+        type=float,
+        metavar=("LOW", "HIGH"),
+        help="percentiles the network's inputs are scaled between (default 1 99.8)",
+    )
+    c.add_argument("--class-names", nargs="+", metavar="NAME", help="one name per output class")
+    c.add_argument("-q", "--quiet", action="store_true")
+    c.set_defaults(func=cmd_convert)
 
     m = sub.add_parser(
         "sample",

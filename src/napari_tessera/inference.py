@@ -33,6 +33,13 @@ class Progress:
 
 
 @dataclass(frozen=True)
+class Notice:
+    """Something the user should be told while the work goes on (e.g. an out-of-memory retry)."""
+
+    message: str
+
+
+@dataclass(frozen=True)
 class SliceResult:
     """Class probabilities ``(n_classes, Y, X)`` of slice ``index`` (flat over the lead axes)."""
 
@@ -144,6 +151,69 @@ def prepare(
     return InferenceSettings(plan.tile_shape, h, plan, dev, dtype)
 
 
+def is_out_of_memory(err: BaseException) -> bool:
+    """True for a device (or host) allocation failure that a smaller job may avoid."""
+    oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+    if isinstance(err, oom):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and (
+        "out of memory" in text.lower() or "can't allocate memory" in text
+    )
+
+
+def release_device_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()
+
+
+MIN_FALLBACK_CORE = 64  # kept pixels per tile side below which smaller tiles stop helping
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    batch_size: int
+    plan: TilePlan
+    device: torch.device
+    dtype: torch.dtype
+
+
+def next_fallback(attempt: _Attempt, *, lay, model, halo: int) -> tuple[_Attempt, str] | None:
+    """The next, smaller way to run after an out-of-memory error, and what to tell the user.
+
+    Order: halve the batch; then halve the tiles (exact halos keep the result the same); then
+    the CPU in fp32. None when nothing smaller is left.
+    """
+    if attempt.batch_size > 1:
+        b = attempt.batch_size // 2
+        return _replace(attempt, batch_size=b), f"retrying with batch size {b}"
+    cores = (attempt.plan.y.core, attempt.plan.x.core)
+    if max(cores) > MIN_FALLBACK_CORE:
+        tile = tuple(
+            t - c + max(round_up(c // 2, model.size_multiple), min(c, MIN_FALLBACK_CORE))
+            for t, c in zip(attempt.plan.tile_shape, cores)
+        )
+        try:
+            plan = plan_tiles(lay.yx, tile, multiple=model.size_multiple, halo=halo, model=model)
+        except InputError:
+            plan = None
+        if plan is not None and plan.n_tiles > attempt.plan.n_tiles:
+            ty, tx = plan.tile_shape
+            return _replace(attempt, plan=plan), f"retrying with {ty}x{tx} tiles"
+    if attempt.device.type != "cpu":
+        cpu = torch.device("cpu")
+        return _replace(attempt, device=cpu, dtype=torch.float32), "retrying on the CPU (fp32)"
+    return None
+
+
+def _replace(attempt: _Attempt, **changes) -> _Attempt:
+    from dataclasses import replace
+
+    return replace(attempt, **changes)
+
+
 def iter_slice_predictions(
     model,
     image,
@@ -156,11 +226,16 @@ def iter_slice_predictions(
     device: str | torch.device = "auto",
     precision: str = "fp32",
     slices: list[int] | None = None,
-) -> Generator[Progress | SliceResult, None, None]:
+    out_of_memory_fallback: bool = True,
+) -> Generator[Progress | SliceResult | Notice, None, None]:
     """Yield :class:`Progress` after every batch and a :class:`SliceResult` per finished slice.
 
     See :func:`predict_tiled` for the arguments; ``slices`` restricts the work to some flat
     slice indices (e.g. the slice on screen). Stop early by closing the generator.
+
+    When the device runs out of memory the unfinished slices are redone with a smaller batch,
+    then smaller tiles, then on the CPU (see :func:`next_fallback`); each step is announced by
+    a :class:`Notice`. With an exact halo the result is the same as an unconstrained run.
     """
     lay = layout(np.shape(image), axes)
     check_dtype(image.dtype)
@@ -173,24 +248,58 @@ def iter_slice_predictions(
     ):
         raise InputError(f"batch size must be a positive integer, got {batch_size!r}")
     st = prepare(model, lay, tile_size=tile_size, halo=halo, device=device, precision=precision)
-    plan = st.plan
-    todo = list(range(lay.n_slices)) if slices is None else list(slices)
+    attempt = _Attempt(int(batch_size), st.plan, st.device, st.dtype)
+    remaining = list(range(lay.n_slices)) if slices is None else list(slices)
+    finished_tiles = 0  # tiles of slices already handed out
+    was_training = model.training
+    try:
+        while True:
+            failed = None
+            run = _run_slices(model, image, lay, remaining, attempt, blend, finished_tiles)
+            try:
+                for event in run:
+                    if isinstance(event, SliceResult):
+                        remaining.remove(event.index)
+                        finished_tiles += attempt.plan.n_tiles
+                    yield event
+                return
+            except Exception as err:
+                if not (out_of_memory_fallback and is_out_of_memory(err)):
+                    raise
+                failed = attempt.device
+            finally:
+                run.close()
+            del run
+            release_device_memory(failed)
+            step = next_fallback(attempt, lay=lay, model=model, halo=st.halo)
+            if step is None:
+                raise InputError(
+                    "out of memory even with batch size 1, the smallest tiles and the CPU"
+                )
+            attempt, what = step
+            yield Notice(f"{failed.type.upper()} out of memory: {what}")
+    finally:
+        model.train(was_training)
+
+
+def _run_slices(model, image, lay, todo, attempt: _Attempt, blend, finished_tiles):
+    """One pass over the slices ``todo`` with fixed settings (see iter_slice_predictions)."""
+    plan = attempt.plan
     n_classes = model.config.n_classes
     norm = model.config.normalization
     H, W = lay.yx
     weight = _gaussian_weight(plan.tile_shape) if blend == "gaussian" else None
 
     def tiles() -> Iterator[tuple[int, object, np.ndarray]]:
-        for s in todo:
+        for s in list(todo):
             where = f"slice {s}" if lay.n_slices > 1 else "image"
             data = normalize_slice(lay.slice_view(image, s), norm, where=where)
             for t in plan.tiles():
                 yield s, t, plan.read(data, t)
 
-    was_training = model.training
-    model.eval().to(st.device)
-    total = len(todo) * plan.n_tiles
-    done = 0
+    model.eval().to(attempt.device)
+    total = finished_tiles + len(todo) * plan.n_tiles
+    done = finished_tiles
     acc: dict[int, list] = {}  # slice -> [sum, weight sum or None, tiles left]
     batch: list[tuple[int, object, np.ndarray]] = []
     stream = tiles()
@@ -199,13 +308,14 @@ def iter_slice_predictions(
             batch.clear()
             for item in stream:
                 batch.append(item)
-                if len(batch) == batch_size:
+                if len(batch) == attempt.batch_size:
                     break
             if not batch:
                 break
-            x = torch.from_numpy(np.stack([b[2] for b in batch])).to(st.device)
-            with torch.inference_mode(), _autocast(st.device, st.dtype):
+            x = torch.from_numpy(np.stack([b[2] for b in batch])).to(attempt.device)
+            with torch.inference_mode(), _autocast(attempt.device, attempt.dtype):
                 probs = _probabilities(model(x)).cpu().numpy()
+            del x
             for (s, t, _), p in zip(batch, probs):
                 if s not in acc:
                     out = np.zeros((n_classes, H, W), np.float32)
@@ -226,7 +336,6 @@ def iter_slice_predictions(
             yield Progress(done, total)
     finally:
         stream.close()
-        model.train(was_training)
 
 
 def _blend_tile(out, wsum, p, weight, plan: TilePlan, t) -> None:
@@ -256,12 +365,16 @@ def iter_predict_tiled(model, image, *, axes: str = "YX", **kwargs):
 
 
 def drain(gen):
-    """Run a generator to its end and return its return value."""
+    """Run a generator to its end and return its return value; notices become warnings."""
+    import warnings
+
     while True:
         try:
-            next(gen)
+            event = next(gen)
         except StopIteration as stop:
             return stop.value
+        if isinstance(event, Notice):
+            warnings.warn(event.message, RuntimeWarning, stacklevel=2)
 
 
 def predict_tiled(
@@ -360,7 +473,8 @@ def iter_segment(
     probabilities_out: np.ndarray | None = None,
     **kwargs,
 ):
-    """Generator form of :func:`segment`: yields :class:`Progress`, returns the labels.
+    """Generator form of :func:`segment`: yields :class:`Progress` (and :class:`Notice`),
+    returns the labels.
 
     ``probabilities_out``, if given, is filled with the class probabilities
     ``(n_classes, *lead, Y, X)`` as slices finish (e.g. a memory map or zarr array).
@@ -371,7 +485,7 @@ def iter_segment(
     labels = np.zeros((lay.n_slices, *lay.yx), np.uint32 if instances else np.uint8)
     next_id = 1
     for event in iter_slice_predictions(model, image, axes=axes, **kwargs):
-        if isinstance(event, Progress):
+        if not isinstance(event, SliceResult):
             yield event
             continue
         prob = event.probabilities

@@ -21,8 +21,9 @@ FORMAT = "napari-tessera"
 FORMAT_VERSION = "1"
 _MAX_HEADER = 16 * 1024 * 1024  # a safetensors JSON header larger than this is not ours
 _PICKLE_HINT = (
-    "Tessera never unpickles model files because unpickling can run arbitrary code; "
-    "it reads .safetensors files written by `tessera train` or `napari_tessera.save_model`"
+    "Tessera never unpickles model files because unpickling can run arbitrary code. "
+    "If you trust the file and it holds a U-Net state_dict, convert it once with "
+    "`tessera convert-weights FILE.pt -o MODEL.safetensors` (tensors only, weights_only=True)"
 )
 
 

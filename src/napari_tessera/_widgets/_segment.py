@@ -23,7 +23,7 @@ from napari.layers import Image, Labels
 
 from ..axes import layout
 from ..errors import TesseraError
-from ..inference import PRECISIONS, iter_segment, resolve_device
+from ..inference import PRECISIONS, Notice, iter_segment, resolve_device
 from . import _models
 from ._common import (
     ImageInput,
@@ -34,6 +34,7 @@ from ._common import (
     image_input,
     make_worker,
     notify_info,
+    notify_warning,
     report_error,
     text_label,
     while_open,
@@ -307,6 +308,9 @@ class SegmentWidget(Container):
     # -- worker signals (main thread) ---------------------------------------------------------
     @while_open
     def _on_progress(self, event) -> None:
+        if isinstance(event, Notice):
+            notify_warning(event.message)
+            return
         if self.progress.max != event.total:
             self.progress.max = max(int(event.total), 1)
         self.progress.value = int(event.done)

@@ -24,7 +24,7 @@ from napari.layers import Image, Labels
 from napari.utils.colormaps import DirectLabelColormap
 
 from ..errors import InputError, TesseraError
-from ..inference import resolve_device
+from ..inference import Notice, resolve_device
 from ..io import save_model, write_tiff
 from ..training.labels import CONVENTION
 from ..training.loop import TrainConfig, TrainResult, TrainUpdate, iter_train
@@ -60,13 +60,6 @@ HELP = {
 
 
 NO_PATCH = "no training patch fits"  # the core sampler's RuntimeError on small images
-
-
-@dataclass(frozen=True)
-class Notice:
-    """A message from the worker for the user (shown in the main thread)."""
-
-    text: str
 
 
 def train_job(inp: ImageInput, labels: np.ndarray, config: TrainConfig, spec, stop):
@@ -397,8 +390,10 @@ class TrainWidget(Container):
     @while_open
     def _on_update(self, u: TrainUpdate | Notice) -> None:
         if isinstance(u, Notice):
-            notify_warning(u.text)
+            notify_warning(u.message)
             return
+        if u.notice:
+            notify_warning(u.notice)
         self.progress.value = int(round(1000 * u.fraction))
         self.loss_curve.add(u.step, u.loss, u.val_loss)
         if self._run is not None and not self._run.stop.is_set():

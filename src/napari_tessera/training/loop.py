@@ -23,7 +23,7 @@ from .. import __version__
 from ..axes import layout
 from ..config import UNetConfig
 from ..errors import InputError
-from ..inference import predict_whole, resolve_device
+from ..inference import is_out_of_memory, predict_whole, release_device_memory, resolve_device
 from ..model import UNet
 from ..normalize import normalize_slice
 from ..tiling import round_up
@@ -77,9 +77,7 @@ class TrainConfig:
         if self.steps is not None and self.steps < 1:
             raise InputError(f"steps must be positive, got {self.steps}")
         if self.time_limit is not None and not (0 < self.time_limit < math.inf):
-            raise InputError(
-                f"time limit must be positive (seconds), got {self.time_limit}"
-            )
+            raise InputError(f"time limit must be positive (seconds), got {self.time_limit}")
         if self.lr is not None and not (0 < self.lr < math.inf):
             raise InputError(f"learning rate must be positive, got {self.lr}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
@@ -107,6 +105,7 @@ class TrainUpdate:
     best: bool = False
     preview: np.ndarray | None = None  # foreground probability of the preview slice
     preview_slice: int | None = None
+    notice: str | None = None  # something to tell the user (e.g. an out-of-memory fallback)
 
     @property
     def fraction(self) -> float:
@@ -272,6 +271,7 @@ def iter_train(
         rng.bit_generator.state = state.rng_state
         sampler.rng = rng
     bad_validations = 0
+    chunks = 1  # pieces each batch is split into (more after an out-of-memory error)
     t0 = time.perf_counter() - elapsed_before
     last_preview = -math.inf
     last_ckpt = time.perf_counter()
@@ -285,7 +285,7 @@ def iter_train(
     def validate_and_keep() -> tuple[float, float, bool]:
         """Validate the current weights; keep them if they are the best so far."""
         nonlocal best_score, best_step, best_iou, best_state, last_validated
-        v_loss, v_iou = _validate(model, sampler, batch, device, cfg.dice)
+        v_loss, v_iou = _validate(model, sampler, -(-batch // chunks), device, cfg.dice)
         last_validated = step
         score = (v_iou, -v_loss)
         if best_score is None or score > best_score:
@@ -319,25 +319,42 @@ def iter_train(
         for g in opt.param_groups:
             g["lr"] = lr
         x, y, w = sampler.sample(batch)
-        xt = torch.from_numpy(x).to(device)
-        yt = torch.from_numpy(y).to(device)
-        wt = torch.from_numpy(w).to(device) if w is not None else None
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(xt)
-        loss = segmentation_loss(logits.float(), yt, wt, dice=cfg.dice)
-        opt.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-        else:
-            loss.backward()
-            opt.step()
+        notices: list[str] = []
+        while True:
+            try:
+                loss_value = _train_step(
+                    model, opt, scaler, x, y, w, chunks, device, amp_dtype, cfg.dice
+                )
+                break
+            except Exception as err:  # only out-of-memory errors are handled
+                if not is_out_of_memory(err):
+                    raise
+            # out of memory: same batch in smaller pieces (gradients accumulated), then the CPU
+            opt.zero_grad(set_to_none=True)
+            release_device_memory(device)
+            if chunks < batch:
+                chunks = min(batch, chunks * 2)
+                notices.append(
+                    f"{device.type.upper()} out of memory: retrying with "
+                    f"{-(-batch // chunks)} patches per pass (gradients accumulated, "
+                    f"same batch of {batch})"
+                )
+            elif device.type != "cpu":
+                notices.append(f"{device.type.upper()} out of memory: training on the CPU")
+                device = torch.device("cpu")
+                model.to(device)
+                _optimizer_to(opt, device)
+                amp_dtype, scaler = None, None
+            else:
+                raise InputError(
+                    "out of memory even one patch at a time on the CPU; "
+                    "use a smaller patch size or model"
+                )
         step += 1
         record: dict[str, Any] = {
             "step": step,
             "elapsed": elapsed(),
-            "loss": float(loss.detach()),
+            "loss": loss_value,
             "lr": lr,
         }
         val_loss = val_iou = None
@@ -352,19 +369,27 @@ def iter_train(
         preview = None
         if cfg.preview_every > 0 and time.perf_counter() - last_preview >= cfg.preview_every:
             last_preview = time.perf_counter()
-            preview = _preview(model, image, lay, cfg.preview_slice)
+            try:
+                preview = _preview(model, image, lay, cfg.preview_slice)
+            except Exception as err:  # only out-of-memory errors are handled
+                if not is_out_of_memory(err):
+                    raise
+                release_device_memory(device)
+                cfg = replace(cfg, preview_every=0.0)
+                notices.append(f"{device.type.upper()} out of memory: live preview turned off")
         yield TrainUpdate(
             step=step,
             total_steps=steps,
             elapsed=elapsed(),
             time_limit=cfg.time_limit,
-            loss=float(loss.detach()),
+            loss=loss_value,
             lr=lr,
             val_loss=val_loss,
             val_iou=val_iou,
             best=is_best,
             preview=preview,
             preview_slice=cfg.preview_slice if preview is not None else None,
+            notice="; ".join(notices) or None,
         )
         if cfg.checkpoint and time.perf_counter() - last_ckpt >= cfg.checkpoint_every:
             last_ckpt = time.perf_counter()
@@ -427,6 +452,43 @@ def iter_train(
         },
     }
     return TrainResult(model, best_step, best_iou, step, elapsed(), stopped, history)
+
+
+def _train_step(model, opt, scaler, x, y, w, chunks, device, amp_dtype, dice) -> float:
+    """One optimiser step on a batch, run in ``chunks`` pieces whose gradients add up.
+
+    Each piece's loss is weighted by its share of the batch, so the gradient matches the
+    whole-batch one up to the Dice term (computed per piece) and BatchNorm batch statistics.
+    """
+    opt.zero_grad(set_to_none=True)
+    n = len(x)
+    size = -(-n // chunks)
+    total = 0.0
+    for a in range(0, n, size):
+        xt = torch.from_numpy(x[a : a + size]).to(device)
+        yt = torch.from_numpy(y[a : a + size]).to(device)
+        wt = torch.from_numpy(w[a : a + size]).to(device) if w is not None else None
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(xt)
+        loss = segmentation_loss(logits.float(), yt, wt, dice=dice) * (len(xt) / n)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+        else:
+            loss.backward()
+        total += float(loss.detach())
+    if scaler is not None:
+        scaler.step(opt)
+        scaler.update()
+    else:
+        opt.step()
+    return total
+
+
+def _optimizer_to(opt: torch.optim.Optimizer, device: torch.device) -> None:
+    for st in opt.state.values():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                st[k] = v.to(device)
 
 
 def _class_names(n: int, mode: str) -> list[str]:
