@@ -108,6 +108,68 @@ def test_batch_size_does_not_change_results(deep_unet):
     np.testing.assert_allclose(one, three, atol=1e-6, rtol=0)
 
 
+def _random_batchnorm(model, seed=0):
+    """Give every BatchNorm non-trivial running stats and affine parameters."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                n = mod.num_features
+                mod.running_mean.copy_(torch.randn(n, generator=g) * 0.3)
+                mod.running_var.copy_(torch.rand(n, generator=g) * 2 + 0.2)
+                mod.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                mod.bias.copy_(torch.randn(n, generator=g) * 0.2)
+    return model
+
+
+@pytest.mark.parametrize("upsampling", ["transpose", "bilinear"])
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_fast_path_computes_the_plain_result(deep_unet, upsampling, batch_size):
+    """Folded BatchNorm + channels-last gives the plain model's result and leaves it untouched."""
+    model = _random_batchnorm(
+        deep_unet(UNetConfig(depth=3, base_channels=4, n_classes=3, upsampling=upsampling))
+    )
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    img = np.random.default_rng(4).random((90, 110)).astype(np.float32)
+    tile = model.exact_halo() * 2 + 16
+    fast = _tiled(model, img, tile_size=tile, batch_size=batch_size)
+    assert model.training  # the model passed in keeps its mode ...
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # ... weights
+    model.eval()
+    plain = _tiled(model, img, tile_size=tile, batch_size=batch_size, fast=False)
+    np.testing.assert_allclose(fast, plain, atol=2e-5, rtol=0)
+    np.testing.assert_allclose(fast, predict_whole(model, img), atol=2e-5, rtol=0)
+    # the BatchNorm parameters matter here: the result differs without them
+    ident = deep_unet(UNetConfig(depth=3, base_channels=4, n_classes=3, upsampling=upsampling))
+    assert np.abs(_tiled(ident, img, tile_size=tile) - plain).max() > 1e-2
+
+
+def test_inference_copy_has_no_batchnorm_and_is_channels_last(deep_unet):
+    from napari_tessera.model.fast import inference_copy
+
+    model = _random_batchnorm(deep_unet(UNetConfig(depth=2, base_channels=4)))
+    fast = inference_copy(model, torch.device("cpu"))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert fast.inc[0].weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            fast(x.contiguous(memory_format=torch.channels_last)), model(x), atol=1e-5, rtol=0
+        )
+
+
+def test_bf16_fast_path_is_close_to_fp32_plain(deep_unet):
+    model = _random_batchnorm(deep_unet(UNetConfig(depth=2, base_channels=4, n_classes=2)))
+    img = np.random.default_rng(8).random((64, 64)).astype(np.float32)
+    p32 = _tiled(model, img, fast=False)
+    p16 = _tiled(model, img, precision="bf16")
+    _assert_probabilities(p16, 2)
+    assert np.abs(p16 - p32).mean() < 0.05
+    assert (p16.argmax(0) == p32.argmax(0)).mean() > 0.95
+
+
 # -- axes --------------------------------------------------------------------------------------
 def test_zyx_stack_equals_per_slice_results(deep_unet):
     model = deep_unet(UNetConfig(depth=2, base_channels=4, n_classes=3))
@@ -363,15 +425,17 @@ def test_progress_events_and_slice_results(deep_unet):
     np.testing.assert_allclose(only[0].probabilities, results[1].probabilities, atol=1e-6)
 
 
+@pytest.mark.parametrize("fast", [True, False])
 @pytest.mark.parametrize("training", [True, False])
-def test_generator_closed_early_restores_training_state(deep_unet, training):
+def test_generator_closed_early_restores_training_state(deep_unet, training, fast):
     model = deep_unet(UNetConfig(depth=2, base_channels=4, n_classes=2))
     model.train(training)
     stack = np.random.default_rng(12).random((3, 40, 40)).astype(np.float32)
-    gen = iter_slice_predictions(model, stack, axes="ZYX", tile_size=64, device="cpu")
+    gen = iter_slice_predictions(model, stack, axes="ZYX", tile_size=64, device="cpu", fast=fast)
     first = next(gen)
     assert isinstance(first, Progress) and first.done == 1 and first.total > 1
-    assert not model.training  # inference runs in eval mode
+    # the plain path runs the model itself in eval mode; the fast path runs a copy of it
+    assert model.training is (training and fast)
     gen.close()
     assert model.training is training
     with pytest.raises(StopIteration):
