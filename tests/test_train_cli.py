@@ -1,8 +1,7 @@
 """``tessera train`` in-process: training, the model it writes, resuming, and bad inputs.
 
 Runs are tiny (base channels 4, depth 2, 32-pixel patches, batches of 2, 10-15 steps on a
-128x128 image). ``--patch-size 32`` is always passed: without it a 128x128 image crashes (see
-``test_default_patch_size_on_a_small_image_does_not_crash``, a known bug).
+128x128 image).
 """
 
 from __future__ import annotations
@@ -50,13 +49,6 @@ def checkpoint_history(path: Path) -> list[dict]:
 
     with safe_open(str(path), framework="pt") as f:
         return json.loads(f.metadata()["state"])["history"]
-
-
-@pytest.fixture(autouse=True)
-def _pinned_torch_seed():
-    # the network's initial weights come from torch's global RNG, not from --seed (a known
-    # bug, see test_training.py::test_seed_alone_repeats_a_run): pin it so runs repeat
-    torch.manual_seed(0)
 
 
 def paint_sparse(truth: np.ndarray, n_objects: int = 8) -> np.ndarray:
@@ -145,13 +137,8 @@ def test_instance_labels_read_as_sparse_become_classes(files, tmp_path, capsys):
     assert config.n_classes == n_ids
 
 
-def train_until_readable_checkpoint(folder: Path, args: list, capsys, *, name="model"):
-    """Train with ``-o folder/NAME.safetensors`` until the checkpoint can be read back.
-
-    About 1 in 32 checkpoint headers trips the pickle check (a known bug, see
-    test_training.py::test_model_file_with_any_header_length_loads); the header stores the
-    checkpoint path, so a longer output name shifts its length. Returns (model, checkpoint).
-    """
+def train_with_checkpoint(folder: Path, args: list, capsys, *, name="model"):
+    """Train with ``-o folder/NAME.safetensors``; returns (model, checkpoint) paths."""
     model = folder / f"{name}.safetensors"
     code, _, err = run([*args, "-o", model], capsys)
     assert code == 0, err
@@ -162,7 +149,7 @@ def train_until_readable_checkpoint(folder: Path, args: list, capsys, *, name="m
 
 def test_resume_continues(files, tmp_path, capsys):
     args = ["train", files["image"], files["sparse"], "-q", *TINY]
-    model, ckpt = train_until_readable_checkpoint(tmp_path, [*args, "--steps", "10"], capsys)
+    model, ckpt = train_with_checkpoint(tmp_path, [*args, "--steps", "10"], capsys)
     before = checkpoint_history(ckpt)
     assert [h["step"] for h in before] == list(range(1, 11))
 
@@ -179,7 +166,7 @@ def test_resume_continues(files, tmp_path, capsys):
 
 def test_resume_without_steps_finishes_the_run(files, tmp_path, capsys):
     args = ["train", files["image"], files["sparse"], "-q", *TINY]
-    model, ckpt = train_until_readable_checkpoint(tmp_path, [*args, "--steps", "6"], capsys)
+    model, ckpt = train_with_checkpoint(tmp_path, [*args, "--steps", "6"], capsys)
     before = checkpoint_history(ckpt)
     code, _, err = run([*args, "-o", model, "--resume", ckpt], capsys)
     assert code == 0, err
