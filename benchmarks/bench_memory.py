@@ -70,18 +70,31 @@ def main() -> None:
     args = ap.parse_args()
     rows = []
     for size in args.sizes:
-        r = {"case": f"2D {size}x{size}", "size": size, "depth": 1,
-             **run(size, 1, args.width, args.batch_size, args.threads)}
+        r = {
+            "case": f"2D {size}x{size}",
+            "size": size,
+            "depth": 1,
+            **run(size, 1, args.width, args.batch_size, args.threads),
+        }
         rows.append(r)
         print(json.dumps(r), flush=True)
     for depth in args.depths:
         s = args.stack_size
-        r = {"case": f"ZYX {depth}x{s}x{s}", "size": s, "depth": depth,
-             **run(s, depth, args.width, args.batch_size, args.threads)}
+        r = {
+            "case": f"ZYX {depth}x{s}x{s}",
+            "size": s,
+            "depth": depth,
+            **run(s, depth, args.width, args.batch_size, args.threads),
+        }
         rows.append(r)
         print(json.dumps(r), flush=True)
-    env = {"python": platform.python_version(), "machine": platform.machine(),
-           "threads": args.threads, "width": args.width, "batch_size": args.batch_size}
+    env = {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "threads": args.threads,
+        "width": args.width,
+        "batch_size": args.batch_size,
+    }
     print("env", json.dumps(env))
     if args.json:
         with open(args.json, "w") as f:

@@ -14,8 +14,14 @@ settings on every repeat (best of --repeats kept, so background load hits all al
       monai.inferers.sliding_window_inference (roi 512, overlap 0.25, gaussian blending,
       reflect padding, sw_batch_size 1 and 4) on the same network, with the same percentile
       normalisation and softmax inside the timing.
+      Also: the previous default tile (512-pixel cores), a 32-px halo (approximate) and bf16
+      autocast (approximate; fast where the CPU has bf16 units, e.g. AMX).
   B3  end to end: segment() on the uint16 image (normalise, tile, infer, argmax) -> labels.
   B6  agreement: share of pixels whose label (argmax) equals one whole-image pass.
+
+Random weights make the deep levels nearly silent, so a small halo agrees with the whole-image
+pass almost perfectly on them; ``--widths builtin`` runs the trained built-in model, whose
+agreement numbers are the ones that mean something for approximate settings.
 
 Megapixels per second count image pixels (not tile pixels). Ratios are against MONAI's better
 setting. Example:
@@ -102,10 +108,16 @@ def forward_only(model, image: np.ndarray, batch_size: int):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--size", type=int, default=2048)
-    ap.add_argument("--widths", type=int, nargs="+", default=[16, 64])
+    ap.add_argument(
+        "--widths",
+        nargs="+",
+        default=["16", "64"],
+        help="base widths of random networks, or 'builtin' for the trained model",
+    )
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--fast-halo", type=int, default=32)
     ap.add_argument("--skip-whole", action="store_true", help="no whole-image pass (B1)")
     ap.add_argument("--json")
     args = ap.parse_args()
@@ -114,7 +126,13 @@ def main() -> None:
     mp = image.size / 1e6
     rows = []
     for width in args.widths:
-        model = make_network(width, args.depth)
+        if width == "builtin":  # trained weights: what halo agreement means in practice
+            from napari_tessera.io import load_model
+            from napari_tessera.models import default_model_path
+
+            model = load_model(default_model_path())
+        else:
+            model = make_network(int(width), args.depth)
         b0, b0_mp, tile, plan = forward_only(model, image, batch_size=1)
         runs = {
             "B0 forward only (1 tile)": b0,
@@ -128,6 +146,15 @@ def main() -> None:
             "B2 monai sliding_window sw_batch 4": monai_runner(model, image, 4),
             "B3 tessera segment (uint16 -> labels)": lambda m=model: segment(
                 image, m, device="cpu"
+            ),
+            "B2 tessera core 512 (previous default)": lambda m=model, h=plan: predict_tiled(
+                m, image, device="cpu", tile_size=512 + 2 * h.y.keep_offset
+            ),
+            f"B2 tessera halo {args.fast_halo} (approximate)": lambda m=model: predict_tiled(
+                m, image, device="cpu", halo=args.fast_halo
+            ),
+            "B2 tessera bf16 autocast": lambda m=model: predict_tiled(
+                m, image, device="cpu", precision="bf16"
             ),
         }
         if not args.skip_whole:
