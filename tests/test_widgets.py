@@ -229,6 +229,29 @@ def test_segment_cancel(make_napari_viewer, qtbot, tiny_model_path):
     assert "stack labels" not in viewer.layers
 
 
+def test_closing_napari_ends_a_running_segmentation(make_napari_viewer, qtbot, tiny_model_path):
+    viewer = make_napari_viewer()
+    stack = np.stack([nuclei_2d((128, 128), seed=s).image for s in range(24)])
+    viewer.add_image(stack, name="stack")
+    seg = dock(viewer, "Segment")
+    use_file_model(seg, tiny_model_path)
+    seg.device.value = "cpu"
+    seg.tile_size.value = 32  # 384 tiles: still running when napari closes
+    seg.halo.value = "fast"
+    seg.halo_px.value = 0
+    seg.run()
+    worker = seg._worker
+    ended: list[bool] = []
+    returned: list[object] = []
+    worker.finished.connect(lambda: ended.append(True))
+    worker.returned.connect(returned.append)
+    qtbot.waitUntil(lambda: seg.progress.value >= 1, timeout=WAIT)
+    viewer.close()
+    qtbot.waitUntil(lambda: bool(ended), timeout=10_000)  # no hang, no error from a dead widget
+    assert not returned  # stopped at a tile, not run to the end
+    assert seg.last_result is None
+
+
 # -- training -----------------------------------------------------------------------------------
 def test_train_then_segment_with_the_result(make_napari_viewer, qtbot, nuclei, tmp_path):
     viewer = make_napari_viewer()

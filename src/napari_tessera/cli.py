@@ -177,8 +177,16 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
         raise InputError(f"{inp.name} contains NaN or infinite pixels")
     from .axes import layout
+    from .normalize import check_dtype
 
     lay = layout(arr.shape, axes)
+    check_dtype(arr.dtype)
+    notes = [note] if note else []
+    if arr.min() == arr.max():  # said even with --quiet: the labels carry no information
+        notes.append(
+            f"{inp.name} is constant (every pixel is {arr.flat[0]}): with no contrast, every "
+            "pixel gets the same label"
+        )
     probs = None
     if prob_path is not None:
         probs = np.zeros((model.config.n_classes, *lay.out_shape), np.float32)
@@ -205,17 +213,17 @@ def cmd_segment(args: argparse.Namespace) -> int:
             except StopIteration as stop:
                 labels = stop.value
                 break
-            if note:
-                _warn(note)
-                note = None
+            for text in notes:  # once the work has started, so an error stays one line
+                _warn(text)
+            notes = []
             if isinstance(event, Progress):
                 bar.update(event.done, event.total)
             elif isinstance(event, Notice):
                 _warn(event.message)
     finally:
         bar.close()
-    if note:
-        _warn(note)
+    for text in notes:
+        _warn(text)
     out_axes = lay.out_axes
     write_tiff(out, labels, axes=out_axes)
     if prob_path is not None:
@@ -410,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--tile-size",
         type=_tile_size,
         default=None,
-        help="network input per tile, N or NxM pixels (default: 512 kept pixels plus the halo)",
+        help="network input per tile, N or NxM pixels (default: 1024 kept pixels plus the halo)",
     )
     s.add_argument(
         "--halo",

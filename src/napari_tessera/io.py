@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import struct
 import tempfile
@@ -155,11 +156,70 @@ def read_model_info(path: str | os.PathLike) -> tuple[UNetConfig, dict[str, Any]
     return config, metadata
 
 
+def expected_shapes(config: UNetConfig) -> dict[str, tuple[int, ...]]:
+    """Name and shape of every tensor of ``UNet(config)``, without allocating its weights.
+
+    The network is built on PyTorch's "meta" device, so a config that is valid but enormous
+    (depth 7 with 256 base channels: about 60 GB of weights) costs nothing to inspect.
+    """
+    import torch
+
+    from .model import UNet
+
+    with torch.device("meta"):
+        net = UNet(config)
+    return {k: tuple(v.shape) for k, v in net.state_dict().items()}
+
+
+def check_weight_shapes(
+    name: str, expected: dict[str, tuple[int, ...]], stored: dict[str, tuple[int, ...]]
+) -> None:
+    """Refuse stored tensors whose names or shapes differ from what the config needs."""
+    if stored.keys() != expected.keys():
+        missing = sorted(expected.keys() - stored.keys())
+        extra = sorted(stored.keys() - expected.keys())
+        what = f"missing {missing[0]}" if missing else f"unexpected {extra[0]}"
+        raise ModelFileError(f"{name}: weights do not match the model config ({what})")
+    for k, shape in expected.items():
+        if stored[k] != shape:
+            raise ModelFileError(
+                f"{name}: weight {k} has shape {stored[k]}, the config needs {shape}"
+            )
+
+
+def _check_data_fits(path: Path, header: dict[str, Any]) -> None:
+    """Every tensor's bytes lie inside the file, at least one byte per element.
+
+    So the network built from a file that passes is never much larger than the file itself,
+    whatever its header claims.
+    """
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+    body = path.stat().st_size - 8 - n
+    for k, v in header.items():
+        if k == "__metadata__":
+            continue
+        offsets = v.get("data_offsets")
+        ok = (
+            isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+        )
+        if ok:
+            begin, end = offsets
+            ok = 0 <= begin <= end <= body and end - begin >= math.prod(v["shape"])
+        if not ok:
+            raise ModelFileError(
+                f"{path.name} is corrupt or truncated: the data of weight {k} is not in the file"
+            )
+
+
 def load_model(path: str | os.PathLike, *, device: str = "cpu"):
     """Load a model written by :func:`save_model`. Never unpickles anything.
 
-    The config is validated (types and sizes) before the network is built, and every tensor's
-    name and shape is checked against the network before weights are read.
+    The config is validated (types and sizes) before anything is built; every tensor's name
+    and shape is checked against the network's (built on the "meta" device, no memory) and its
+    data against the file's size before the network is allocated and weights are read.
     """
     import torch
     from safetensors import SafetensorError
@@ -170,23 +230,14 @@ def load_model(path: str | os.PathLike, *, device: str = "cpu"):
     path = Path(path)
     config, metadata = read_model_info(path)
     header = _read_header(path)
-    model = UNet(config, metadata=metadata)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     stored = {k: tuple(v.get("shape", ())) for k, v in header.items() if k != "__metadata__"}
-    if stored.keys() != expected.keys():
-        missing = sorted(expected.keys() - stored.keys())
-        extra = sorted(stored.keys() - expected.keys())
-        what = f"missing {missing[0]}" if missing else f"unexpected {extra[0]}"
-        raise ModelFileError(f"{path.name}: weights do not match the model config ({what})")
-    for k, shape in expected.items():
-        if stored[k] != shape:
-            raise ModelFileError(
-                f"{path.name}: weight {k} has shape {stored[k]}, the config needs {shape}"
-            )
+    check_weight_shapes(path.name, expected_shapes(config), stored)
+    _check_data_fits(path, header)
     try:
         tensors = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as err:
         raise ModelFileError(f"{path.name} is corrupt: {err}") from err
+    model = UNet(config, metadata=metadata)
     sd = model.state_dict()
     tensors = {k: v.to(sd[k].dtype) for k, v in tensors.items()}
     model.load_state_dict(tensors, strict=True)

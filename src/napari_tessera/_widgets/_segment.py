@@ -120,7 +120,7 @@ class SegmentWidget(Container):
             max=8192,
             step=16,
             value=0,
-            tooltip="network input per tile in pixels (auto = 512 kept pixels plus the halo)",
+            tooltip="network input per tile in pixels (auto = 1024 kept pixels plus the halo)",
         )
         self.halo = ComboBox(
             label="halo",

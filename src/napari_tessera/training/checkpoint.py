@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from ..errors import ModelFileError
-from ..io import FORMAT, atomic_path, read_model_info
+from ..io import FORMAT, atomic_path, check_weight_shapes, expected_shapes, read_model_info
 
 CHECKPOINT_FORMAT = "napari-tessera-checkpoint"
 
@@ -108,30 +108,43 @@ def load_checkpoint(path: str | os.PathLike) -> CheckpointState:
         raise
     except Exception as err:  # safetensors raises its own error types
         raise ModelFileError(f"{path.name} is not a readable checkpoint: {err}") from err
+    if not isinstance(state, dict):
+        raise ModelFileError(f"{path.name} is not a readable checkpoint (bad state)")
+    weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+    # names and shapes first (no memory used): the network is only allocated for a file that
+    # really holds its weights
+    check_weight_shapes(
+        path.name, expected_shapes(config), {k: tuple(v.shape) for k, v in weights.items()}
+    )
     model = UNet(config, metadata=metadata)
     try:
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        model.load_state_dict(weights)
     except RuntimeError as err:
         raise ModelFileError(f"{path.name}: weights do not match the config") from err
-    best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
-    opt_state: dict[int, dict[str, Any]] = {}
-    for k, v in tensors.items():
-        if k.startswith("opt."):
-            _, idx, name = k.split(".", 2)
-            opt_state.setdefault(int(idx), {})[name] = v
-    for idx, values in state.get("opt_scalars", {}).items():
-        opt_state.setdefault(int(idx), {}).update(values)
-    score = state.get("best_score")
-    return CheckpointState(
-        model=model,
-        optimizer={"state": opt_state, "param_groups": state["param_groups"]},
-        step=int(state["step"]),
-        elapsed=float(state["elapsed"]),
-        best_state=best,
-        best_step=int(state["best_step"]),
-        best_val_iou=state.get("best_val_iou"),
-        best_score=tuple(score) if score is not None else None,
-        history=list(state.get("history", [])),
-        rng_state=state["rng_state"],
-        run_config=dict(state.get("run_config", {})),
-    )
+    try:
+        best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+        opt_state: dict[int, dict[str, Any]] = {}
+        for k, v in tensors.items():
+            if k.startswith("opt."):
+                _, idx, name = k.split(".", 2)
+                opt_state.setdefault(int(idx), {})[name] = v
+        for idx, values in state.get("opt_scalars", {}).items():
+            opt_state.setdefault(int(idx), {}).update(values)
+        score = state.get("best_score")
+        return CheckpointState(
+            model=model,
+            optimizer={"state": opt_state, "param_groups": state["param_groups"]},
+            step=int(state["step"]),
+            elapsed=float(state["elapsed"]),
+            best_state=best,
+            best_step=int(state["best_step"]),
+            best_val_iou=state.get("best_val_iou"),
+            best_score=tuple(score) if score is not None else None,
+            history=list(state.get("history", [])),
+            rng_state=state["rng_state"],
+            run_config=dict(state.get("run_config", {})),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise ModelFileError(
+            f"{path.name} is not a readable checkpoint (bad state: {err!r})"
+        ) from err
