@@ -246,7 +246,7 @@ def load_model(path: str | os.PathLike, *, device: str = "cpu"):
 
 # -- images -------------------------------------------------------------------------------------
 def read_image(path: str | os.PathLike) -> tuple[np.ndarray, str | None]:
-    """Read a TIFF (or .npy) image; returns ``(array, axes or None)``.
+    """Read a TIFF, .npy or zarr image into memory; returns ``(array, axes or None)``.
 
     Axes come from the TIFF's ImageJ/OME/shaped metadata when it names only axes Tessera knows
     (T, Z, C, Y, X; S = samples is read as C); otherwise None and the caller guesses.
@@ -254,6 +254,11 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, str | None]:
     path = Path(path)
     if not path.exists():
         raise InputError(f"input file not found: {path}")
+    if path.suffix.lower() == ".zarr":
+        from .chunked import open_image
+
+        lazy, axes = open_image(path)
+        return np.asarray(lazy[...]), axes
     if path.is_dir():
         raise InputError(f"input is a folder, not an image file: {path}")
     if path.suffix.lower() == ".npy":

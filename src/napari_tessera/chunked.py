@@ -1,0 +1,451 @@
+"""Images larger than memory: lazy inputs, zarr labels written slice by slice, resumable runs,
+and the same work spread over a dask.distributed cluster.
+
+The unit of work is one 2D slice (``(C, Y, X)`` of a stack or time series): a slice is read,
+predicted with the overlap-tile engine of :mod:`napari_tessera.inference` and written as one
+chunk-aligned region of the output, so memory is bounded by one slice, whatever the depth of
+the stack. The output is built under ``OUT.partial`` and renamed to ``OUT`` only when every slice
+is done; a run that is interrupted leaves ``OUT.partial`` with a record of the finished slices,
+and the next run with the same settings skips them.
+
+With instances, ids must be unique across the stack. Each slice is labelled on its own (ids from
+1) and its object count recorded; when all slices are done a last pass adds to each slice the
+count of the slices before it, which gives exactly the ids of the in-memory
+:func:`napari_tessera.segment` (and the same ids whatever order the slices finished in).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .axes import SliceLayout, layout, normalize_axes
+from .errors import InputError
+from .inference import Notice, Progress, SliceResult, iter_slice_predictions, prepare
+from .normalize import check_dtype
+from .postprocess import classes_from_probabilities, split_instances
+
+PARTIAL = ".partial"
+_STATE = ".tessera-run.json"  # settings of the run that made a partial output
+_DONE = ".tessera-done"  # one small file per finished slice: its object count
+PREDICT_KEYS = ("tile_size", "halo", "blend", "batch_size", "device", "precision", "fast")
+
+
+# -- lazy inputs --------------------------------------------------------------------------------
+def is_zarr(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() == ".zarr"
+
+
+def open_image(path: str | os.PathLike) -> tuple[Any, str | None]:
+    """Open an image without reading its pixels: ``(array-like, axes or None)``.
+
+    zarr arrays and OME-Zarr images (their full-resolution level) are opened as zarr arrays,
+    TIFFs through tifffile's zarr interface (pages, strips or tiles read on demand), ``.npy``
+    memory-mapped. Slicing the result reads only what the slice needs.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"input file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".zarr":
+        return _open_zarr(path)
+    if path.is_dir():
+        raise InputError(f"input is a folder, not an image file: {path}")
+    if suffix == ".npy":
+        try:
+            return np.load(path, mmap_mode="r", allow_pickle=False), None
+        except (ValueError, OSError) as err:
+            raise InputError(f"{path.name} is not a readable .npy image: {err}") from err
+    return _open_tiff(path)
+
+
+def _letters(names: list[str]) -> str | None:
+    axes = "".join(str(n) for n in names).upper()
+    if len(axes) != len(names) or set(axes) - set("TZCYX") or len(set(axes)) != len(axes):
+        return None
+    return axes
+
+
+def _open_zarr(path: Path) -> tuple[Any, str | None]:
+    import zarr
+
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception as err:  # zarr raises several types for a store it cannot read
+        raise InputError(f"{path.name} is not a readable zarr store ({err})") from err
+    if isinstance(node, zarr.Array):
+        names = node.attrs.get("axes") or node.attrs.get("_ARRAY_DIMENSIONS")
+        axes = _letters(list(names)) if names else None
+        return node, axes
+    attrs = dict(node.attrs)
+    multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
+    if not multiscales:
+        raise InputError(
+            f"{path.name} is a zarr group without OME-Zarr 'multiscales'; "
+            "give the path of its image array"
+        )
+    ms = multiscales[0]
+    try:
+        array = node[ms["datasets"][0]["path"]]
+    except (KeyError, IndexError) as err:
+        raise InputError(f"{path.name}: its OME-Zarr metadata names no readable level") from err
+    names = [a["name"] if isinstance(a, dict) else a for a in ms.get("axes", [])]
+    axes = _letters(names) if len(names) == array.ndim else None
+    return array, axes
+
+
+def _open_tiff(path: Path) -> tuple[Any, str | None]:
+    import struct
+
+    import tifffile
+    import zarr
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            axes = normalize_axes(series.axes.upper())
+            shape = series.shape
+        store = tifffile.imread(path, aszarr=True)
+        array = zarr.open(store, mode="r")
+    except (tifffile.TiffFileError, ValueError, IndexError, OSError, struct.error) as err:
+        raise InputError(f"{path.name} is not a readable TIFF image ({err})") from err
+    if not isinstance(array, zarr.Array):  # a pyramid: level 0
+        array = array["0"]
+    if len(axes) != len(shape) or set(axes) - set("TZCYX"):
+        axes = None
+    return array, axes
+
+
+# -- the output store ---------------------------------------------------------------------------
+def _model_digest(model) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps(model.config.to_dict(), sort_keys=True).encode())
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _run_state(model, lay: SliceLayout, instances: bool, min_size: int, kw: dict) -> dict:
+    """What must be equal for a partial output to be continued."""
+    return {
+        "model": _model_digest(model),
+        "axes": lay.axes,
+        "shape": list(lay.shape),
+        "instances": bool(instances),
+        "min_size": int(min_size),
+        "tile_size": kw.get("tile_size"),
+        "halo": kw.get("halo", "exact"),
+        "blend": kw.get("blend", "crop"),
+        "precision": kw.get("precision", "fp32"),
+    }
+
+
+def _chunks(lay: SliceLayout) -> tuple[int, ...]:
+    y, x = lay.yx
+    return (*(1 for _ in lay.lead_shape), min(y, 2048), min(x, 2048))
+
+
+def _labels_dtype(model, instances: bool):
+    if instances:
+        return np.uint32
+    return np.uint8 if model.config.n_classes <= 256 else np.uint16
+
+
+class ZarrOutput:
+    """``OUT.partial`` while the work goes on: the labels array plus a record of done slices."""
+
+    def __init__(self, final: Path, lay: SliceLayout, dtype, state: dict, *, resume: bool):
+        import zarr
+
+        self.final, self.lay = final, lay
+        self.partial = final.with_name(final.name + PARTIAL)
+        self.done_dir = self.partial / _DONE
+        self.resumed = 0
+        self.restarted = False
+        state_file = self.partial / _STATE
+        if self.partial.exists():
+            old = None
+            with contextlib.suppress(OSError, ValueError):
+                old = json.loads(state_file.read_text())
+            if resume and old == state:
+                self.array = zarr.open_array(str(self.partial), mode="r+")
+                self.resumed = len(self.done())
+                return
+            self.restarted = True
+            shutil.rmtree(self.partial)
+        self.array = zarr.open_array(
+            str(self.partial),
+            mode="w",
+            shape=lay.out_shape,
+            chunks=_chunks(lay),
+            dtype=dtype,
+            fill_value=0,
+        )
+        self.array.attrs["axes"] = lay.out_axes
+        self.done_dir.mkdir()
+        _write_atomic(state_file, json.dumps(state))
+
+    def done(self) -> dict[int, int]:
+        """Finished slices and their object counts."""
+        out = {}
+        for f in self.done_dir.iterdir():
+            if f.name.isdigit():
+                out[int(f.name)] = int(f.read_text())
+        return out
+
+    def mark_done(self, s: int, count: int) -> None:
+        _write_atomic(self.done_dir / str(s), str(int(count)))
+
+    def finish(self, instances: bool) -> Path:
+        """Make instance ids unique across slices, then move the labels to the final name."""
+        done = self.done()
+        missing = set(range(self.lay.n_slices)) - done.keys()
+        if missing:
+            raise RuntimeError(f"slices not done: {sorted(missing)[:5]}")
+        if instances:
+            offset = 0
+            for s in range(self.lay.n_slices):
+                if offset and done[s]:
+                    idx = _out_index(self.lay, s)
+                    block = np.asarray(self.array[idx])
+                    block[block > 0] += np.uint32(offset)
+                    self.array[idx] = block
+                offset += done[s]
+            self.array.attrs["max_id"] = int(offset)
+        shutil.rmtree(self.done_dir)
+        (self.partial / _STATE).unlink()
+        if self.final.exists():  # replaced only now, when the new labels are complete
+            old = self.final.with_name(f".{self.final.name}.old-{os.getpid()}")
+            os.replace(self.final, old)
+            os.replace(self.partial, self.final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(self.partial, self.final)
+        return self.final
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _out_index(lay: SliceLayout, s: int) -> tuple:
+    lead = np.unravel_index(s, lay.lead_shape) if lay.lead_shape else ()
+    return (*(int(i) for i in lead), slice(None), slice(None))
+
+
+def slice_labels(prob: np.ndarray, instances: bool, min_size: int) -> tuple[np.ndarray, int]:
+    """Labels of one slice from its probabilities, and its object count (ids from 1)."""
+    classes = classes_from_probabilities(prob)
+    if not instances:
+        return classes, 0
+    labels, nxt = split_instances(classes > 0, min_size=min_size, start=1)
+    return labels.astype(np.uint32), nxt - 1
+
+
+# -- the work -----------------------------------------------------------------------------------
+def iter_segment_to_zarr(
+    model,
+    image,
+    output: str | os.PathLike,
+    *,
+    axes: str = "YX",
+    instances: bool = False,
+    min_size: int = 8,
+    resume: bool = True,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    **kwargs,
+) -> Generator[Progress | Notice, None, Path]:
+    """Segment ``image`` slice by slice into the zarr array ``output``; yields progress.
+
+    ``image``: a numpy, zarr or dask array, or the path of a TIFF, zarr/OME-Zarr or .npy file
+    (opened lazily; on a cluster the workers open it themselves, so it must be on a file
+    system they share). ``scheduler``: None (this process), ``"local"`` (a dask LocalCluster
+    of ``workers`` processes bound to 127.0.0.1) or the address of a running dask scheduler.
+    Other keyword arguments as in :func:`napari_tessera.predict_tiled`. Returns the output path.
+    Results are the same in every mode and equal to :func:`napari_tessera.segment`.
+    """
+    output = Path(output)
+    if not is_zarr(output):
+        raise InputError(f"the output must be a .zarr folder, got {output.name}")
+    if not output.parent.is_dir():
+        raise InputError(f"output folder does not exist: {output.parent}")
+    if output.exists() and not output.is_dir():
+        raise InputError(f"output {output} exists and is not a zarr folder")
+    source = None
+    if isinstance(image, (str, os.PathLike)):
+        source = str(Path(image).resolve())
+        if is_zarr(output) and Path(source) == output.resolve():
+            raise InputError(f"output {output} would overwrite the input")
+        image, file_axes = open_image(image)
+        if axes is None:
+            axes = file_axes
+    if axes is None:
+        raise InputError("pass axes (e.g. 'ZYX') for this image")
+    lay = layout(np.shape(image), axes)
+    check_dtype(image.dtype)
+    bad = set(kwargs) - set(PREDICT_KEYS)
+    if bad:
+        raise TypeError(f"unexpected keyword argument {sorted(bad)[0]!r}")
+    if lay.channels != model.config.in_channels:
+        raise InputError(
+            f"the model reads {model.config.in_channels} channel(s) but the image has "
+            f"{lay.channels} (axes {lay.axes}, shape {lay.shape})"
+        )
+    # settings are checked here (tile size against halo, device) before anything is written
+    prepare(
+        model,
+        lay,
+        tile_size=kwargs.get("tile_size"),
+        halo=kwargs.get("halo", "exact"),
+        device=kwargs.get("device", "auto") if scheduler is None else "cpu",
+        precision=kwargs.get("precision", "fp32"),
+    )
+    state = _run_state(model, lay, instances, min_size, kwargs)
+    out = ZarrOutput(output, lay, _labels_dtype(model, instances), state, resume=resume)
+    if out.restarted:
+        yield Notice(f"{out.partial.name} was made with other settings: starting over")
+    elif out.resumed:
+        yield Notice(f"resuming: {out.resumed} of {lay.n_slices} slices already done")
+    todo = sorted(set(range(lay.n_slices)) - out.done().keys())
+    if scheduler is None:
+        yield from _run_here(model, image, lay, out, todo, instances, min_size, kwargs)
+    else:
+        spec = source if source is not None else None
+        yield from _run_on_cluster(
+            model, image, spec, lay, out, todo, instances, min_size, kwargs, scheduler, workers
+        )
+    return out.finish(instances)
+
+
+def _run_here(model, image, lay, out: ZarrOutput, todo, instances, min_size, kwargs):
+    if not todo:
+        return
+    for event in iter_slice_predictions(model, image, axes=lay.axes, slices=todo, **kwargs):
+        if isinstance(event, SliceResult):
+            labels, count = slice_labels(event.probabilities, instances, min_size)
+            out.array[_out_index(lay, event.index)] = labels
+            out.mark_done(event.index, count)
+        else:
+            yield event
+
+
+def segment_to_zarr(model, image, output, **kwargs) -> Path:
+    """Non-generator form of :func:`iter_segment_to_zarr`."""
+    from .inference import drain
+
+    return drain(iter_segment_to_zarr(model, image, output, **kwargs))
+
+
+# -- dask.distributed ---------------------------------------------------------------------------
+
+
+def _model_bytes(model) -> bytes:
+    from .io import save_model
+
+    with tempfile.TemporaryDirectory() as d:
+        path = save_model(model, Path(d) / "model.safetensors")
+        return path.read_bytes()
+
+
+def open_client(scheduler: str, workers: int | None = None):
+    """``(client, cluster or None, torch threads per worker or None)``.
+
+    ``"local"``: a LocalCluster of ``workers`` single-threaded processes on this machine,
+    listening on 127.0.0.1 only (no dashboard). Anything else: the address of a running
+    scheduler (e.g. ``tcp://10.0.0.5:8786``), which the user names and so chooses to expose.
+    """
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as err:  # pragma: no cover - distributed is a dependency
+        raise InputError("--scheduler needs dask.distributed: pip install distributed") from err
+    if scheduler == "local":
+        cores = os.cpu_count() or 1
+        n = workers or max(1, min(cores, 4))
+        cluster = LocalCluster(
+            n_workers=n,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            silence_logs=40,
+        )
+        return Client(cluster), cluster, max(1, cores // n)
+    try:
+        client = Client(scheduler, timeout="20s")
+    except (OSError, TimeoutError, ValueError) as err:
+        raise InputError(f"cannot reach the dask scheduler at {scheduler} ({err})") from err
+    if workers:
+        client.wait_for_workers(workers, timeout=300)
+    return client, None, None
+
+
+def _run_on_cluster(
+    model, image, source, lay, out: ZarrOutput, todo, instances, min_size, kwargs, scheduler, n
+):
+    from distributed import as_completed
+
+    from . import _dask_worker
+
+    if not todo:
+        return
+    kw = dict(kwargs)
+    kw.setdefault("device", "auto")
+    settings = {"instances": instances, "min_size": min_size, "kw": kw}
+    digest = _model_digest(model)
+    client, cluster, threads = open_client(scheduler, n)
+    pending = iter(todo)
+    futures: list = []
+    try:
+        client.register_plugin(
+            _dask_worker.ModelPlugin(_model_bytes(model), digest, threads), name=_dask_worker.PLUGIN
+        )
+        n_workers = len(client.scheduler_info()["workers"])
+        yield Notice(f"dask: {n_workers} worker(s) at {client.scheduler.address}")
+        out_path = str(out.partial)
+
+        def submit():
+            s = next(pending, None)
+            if s is None:
+                return None
+            if source is not None:
+                data = source
+            else:  # an array in this process: send only this slice
+                data = np.ascontiguousarray(lay.slice_view(image, s))
+            fut = client.submit(
+                _dask_worker.slice_task, s, digest, data, lay, out_path, settings, pure=False
+            )
+            futures.append(fut)
+            return fut
+
+        # at most two slices per worker in flight: the client never holds the whole stack
+        queue = as_completed([f for f in (submit() for _ in range(2 * max(n_workers, 1))) if f])
+        total = len(todo)
+        for k, fut in enumerate(queue, 1):
+            s, count, notices = fut.result()
+            out.mark_done(s, count)
+            nxt = submit()
+            if nxt is not None:
+                queue.add(nxt)
+            for text in notices:
+                yield Notice(f"slice {s}: {text}")
+            yield Progress(k, total)
+    finally:
+        for fut in futures:
+            fut.cancel()
+        client.close()
+        if cluster is not None:
+            cluster.close()
