@@ -161,6 +161,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from .io import read_image, write_tiff
 
     inp, out = Path(args.input), Path(args.output)
+    from .chunked import is_zarr
+
+    if is_zarr(out) or args.scheduler:
+        return _segment_chunked(args, inp, out)
     _check_output(out, inp)
     prob_path = Path(args.probabilities) if args.probabilities else None
     if prob_path is not None:
@@ -238,6 +242,65 @@ def cmd_segment(args: argparse.Namespace) -> int:
             f"wrote {out} ({'x'.join(map(str, labels.shape))} {out_axes}, {labels.dtype}, {n}) "
             f"in {time.perf_counter() - t0:.1f} s"
         )
+    return 0
+
+
+def _segment_chunked(args: argparse.Namespace, inp: Path, out: Path) -> int:
+    """``tessera segment`` into a zarr array, slice by slice, here or on a dask cluster."""
+    from .chunked import is_zarr, iter_segment_to_zarr, open_image
+    from .errors import InputError
+    from .inference import Notice, Progress
+
+    if not is_zarr(out):
+        raise InputError("--scheduler writes zarr: give an output ending in .zarr")
+    if args.probabilities:
+        raise InputError("--probabilities needs a TIFF output; with .zarr output leave it out")
+    if not out.parent.is_dir():
+        raise InputError(f"output folder does not exist: {out.parent}")
+    if out.exists() and inp.exists() and out.resolve() == inp.resolve():
+        raise InputError(f"output {out} would overwrite an input")
+    model = _load_model_arg(args.model, args.device)
+    arr, file_axes = open_image(inp)
+    axes, note = _resolve_axes(arr, args.axes, file_axes, model.config.in_channels, args.quiet)
+    t0 = time.perf_counter()
+    bar = _Progress(args.quiet, "segment", "slice" if args.scheduler else "tile")
+    gen = iter_segment_to_zarr(
+        model,
+        str(inp) if args.scheduler else arr,
+        out,
+        axes=axes,
+        instances=args.instances,
+        min_size=args.min_size,
+        resume=not args.restart,
+        scheduler=args.scheduler,
+        workers=args.workers,
+        tile_size=args.tile_size,
+        halo=args.halo,
+        blend=args.blend,
+        batch_size=args.batch_size,
+        device=args.device,
+        precision=args.precision,
+    )
+    notes = [note] if note else []
+    try:
+        while True:
+            try:
+                event = next(gen)
+            except StopIteration as stop:
+                path = stop.value
+                break
+            for text in notes:
+                _warn(text)
+            notes = []
+            if isinstance(event, Progress):
+                bar.update(event.done, event.total)
+            elif isinstance(event, Notice):
+                _warn(event.message)
+    finally:
+        bar.close()
+    if not args.quiet:
+        shape = "x".join(map(str, arr.shape))
+        _warn(f"wrote {path} (labels of a {shape} image) in {time.perf_counter() - t0:.1f} s")
     return 0
 
 
@@ -403,12 +466,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="segment an image (TIFF or .npy) with a U-Net",
         description=(
             "Segment every 2D slice of an image with mirrored overlap-tile inference and write "
-            "the labels as a TIFF: per-pixel classes (0 = background) or, with --instances, one "
-            "id per object."
+            "the labels as a TIFF or a zarr array: per-pixel classes (0 = background) or, with "
+            "--instances, one id per object. A .zarr output is written slice by slice, so the "
+            "image need not fit in memory; an interrupted run resumes where it stopped."
         ),
     )
-    s.add_argument("input", help="image file (.tif/.tiff or .npy)")
-    s.add_argument("-o", "--output", required=True, help="labels TIFF to write")
+    s.add_argument("input", help="image: .tif/.tiff, .npy, or a zarr / OME-Zarr folder (.zarr)")
+    s.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="labels to write: a TIFF, or a .zarr folder written slice by slice (larger than "
+        "memory; an interrupted run resumes)",
+    )
     s.add_argument("--model", help="model file (.safetensors); default: the built-in nuclei model")
     s.add_argument(
         "--axes",
@@ -435,6 +505,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--instances", action="store_true", help="one id per object instead of classes")
     s.add_argument("--min-size", type=_positive_int, default=8, help="smallest object kept (px)")
     s.add_argument("--probabilities", metavar="PATH", help="also write class probabilities (TIFF)")
+    s.add_argument(
+        "--scheduler",
+        metavar="local|ADDRESS",
+        help="run slices as dask tasks: 'local' (a cluster on this machine, 127.0.0.1 only) or "
+        "a dask scheduler's address; needs a .zarr output",
+    )
+    s.add_argument(
+        "--workers", type=_positive_int, help="dask worker processes (local) or workers to wait for"
+    )
+    s.add_argument(
+        "--restart",
+        action="store_true",
+        help="with .zarr output: ignore the finished slices of an interrupted run",
+    )
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     s.set_defaults(func=cmd_segment)
 
