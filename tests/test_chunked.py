@@ -1,0 +1,310 @@
+"""Large data: lazy inputs, zarr output written slice by slice, resume, and dask.distributed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from napari_tessera import chunked, cli, segment
+from napari_tessera.axes import layout
+from napari_tessera.chunked import iter_segment_to_zarr, open_image, segment_to_zarr
+from napari_tessera.errors import InputError
+from napari_tessera.inference import Notice, Progress, prepare
+from napari_tessera.io import save_model
+from napari_tessera.synthetic import nuclei_stack
+
+SETTINGS = dict(tile_size=64, device="cpu")  # several tiles per slice
+
+
+@pytest.fixture(scope="module")
+def stack():
+    return nuclei_stack((6, 96, 80), seed=3).image
+
+
+@pytest.fixture
+def model(threshold_unet):
+    return threshold_unet()
+
+
+class Recorder:
+    """An array that records every read: proves a pipeline reads one slice at a time."""
+
+    def __init__(self, data):
+        self.data, self.reads = data, []
+        self.shape, self.dtype, self.ndim = data.shape, data.dtype, data.ndim
+
+    def __getitem__(self, key):
+        out = self.data[key]
+        self.reads.append(np.shape(out))
+        return out
+
+    def __array__(self, dtype=None, copy=None):  # a whole read is recorded as one
+        self.reads.append(self.shape)
+        return np.asarray(self.data, dtype=dtype)
+
+
+def read_zarr(path):
+    return np.asarray(zarr.open_array(str(path), mode="r")[...])
+
+
+@pytest.mark.parametrize("instances", [False, True])
+def test_zarr_output_equals_in_memory_segmentation(model, stack, tmp_path, instances):
+    ref = segment(stack, model, axes="ZYX", instances=instances, **SETTINGS)
+    assert ref.max() > (10 if instances else 0)  # objects in several slices
+    src = Recorder(stack)
+    out = segment_to_zarr(
+        model, src, tmp_path / "l.zarr", axes="ZYX", instances=instances, **SETTINGS
+    )
+    got = zarr.open_array(str(out), mode="r")
+    np.testing.assert_array_equal(np.asarray(got[...]), ref)  # ids too, unique across slices
+    assert got.chunks[0] == 1 and got.attrs["axes"] == "ZYX"
+    assert src.reads and all(r == (96, 80) for r in src.reads)  # one slice per read
+    assert not (tmp_path / "l.zarr.partial").exists()
+
+
+def test_lazy_inputs_tiff_zarr_ome_zarr_npy(model, stack, tmp_path):
+    ref = segment(stack, model, axes="ZYX", **SETTINGS)
+    tifffile.imwrite(tmp_path / "s.tif", stack, metadata={"axes": "ZYX"})
+    z = zarr.open_array(
+        str(tmp_path / "s.zarr"), mode="w", shape=stack.shape, chunks=(1, 48, 40), dtype=stack.dtype
+    )
+    z[...] = stack
+    z.attrs["axes"] = "ZYX"
+    g = zarr.open_group(str(tmp_path / "ome.zarr"), mode="w")
+    g.attrs["multiscales"] = [
+        {
+            "version": "0.4",
+            "axes": [{"name": "z"}, {"name": "y"}, {"name": "x"}],
+            "datasets": [{"path": "0"}, {"path": "1"}],
+        }
+    ]
+    g.create_array("0", shape=stack.shape, dtype=stack.dtype, chunks=(1, 96, 80))[...] = stack
+    g.create_array("1", shape=(6, 48, 40), dtype=stack.dtype, chunks=(1, 48, 40))
+    np.save(tmp_path / "s.npy", stack)
+    for name in ("s.tif", "s.zarr", "ome.zarr", "s.npy"):
+        arr, axes = open_image(tmp_path / name)
+        assert not isinstance(arr, np.ndarray) or isinstance(arr, np.memmap), name
+        assert arr.shape == stack.shape, name
+        assert axes == (None if name == "s.npy" else "ZYX"), name
+        out = segment_to_zarr(
+            model, tmp_path / name, tmp_path / f"{name}.out.zarr", axes="ZYX", **SETTINGS
+        )
+        np.testing.assert_array_equal(read_zarr(out), ref, err_msg=name)
+
+
+def test_unreadable_inputs_are_one_line_errors(tmp_path):
+    (tmp_path / "g.zarr").mkdir()
+    zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
+    with pytest.raises(InputError, match="without OME-Zarr"):
+        open_image(tmp_path / "g.zarr")
+    (tmp_path / "t.tif").write_text("not a tiff")
+    with pytest.raises(InputError, match="not a readable TIFF"):
+        open_image(tmp_path / "t.tif")
+    with pytest.raises(InputError, match="not found"):
+        open_image(tmp_path / "nope.zarr")
+
+
+def tiles_per_slice(model, shape=(6, 96, 80)) -> int:
+    lay = layout(shape, "ZYX")
+    n = prepare(model, lay, tile_size=64, halo="exact", device="cpu", precision="fp32").plan.n_tiles
+    assert n > 1
+    return n
+
+
+def _interrupt_after(gen, n_slices: int, tiles: int):
+    """Run ``gen`` until ``n_slices`` slices are through, then close it (like Ctrl-C)."""
+    for event in gen:
+        if isinstance(event, Progress) and event.done > n_slices * tiles:  # next slice started
+            break
+    gen.close()
+
+
+def test_interrupted_run_resumes_and_skips_finished_slices(model, stack, tmp_path, monkeypatch):
+    out = tmp_path / "l.zarr"
+    ref = segment(stack, model, axes="ZYX", instances=True, **SETTINGS)
+    tiles = tiles_per_slice(model)
+    gen = iter_segment_to_zarr(model, stack, out, axes="ZYX", instances=True, **SETTINGS)
+    _interrupt_after(gen, 2, tiles)
+    assert not out.exists()  # nothing under the final name
+    partial = tmp_path / "l.zarr.partial"
+    assert partial.is_dir()
+    done = sorted(int(f.name) for f in (partial / chunked._DONE).iterdir() if f.name.isdigit())
+    assert 2 <= len(done) < 6
+    predicted: list[int] = []
+    real = chunked.iter_slice_predictions
+
+    def spy(*args, slices=None, **kwargs):
+        predicted.extend(slices)
+        return real(*args, slices=slices, **kwargs)
+
+    monkeypatch.setattr(chunked, "iter_slice_predictions", spy)
+    gen = iter_segment_to_zarr(model, stack, out, axes="ZYX", instances=True, **SETTINGS)
+    notices = [e.message for e in _events(gen) if isinstance(e, Notice)]
+    assert any(f"{len(done)} of 6 slices already done" in n for n in notices)
+    assert sorted(predicted) == sorted(set(range(6)) - set(done))  # finished slices skipped
+    np.testing.assert_array_equal(read_zarr(out), ref)
+    assert not partial.exists()
+
+
+def _events(gen):
+    events = []
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration:
+            return events
+
+
+def test_other_settings_start_over(model, stack, tmp_path):
+    out = tmp_path / "l.zarr"
+    _interrupt_after(
+        iter_segment_to_zarr(model, stack, out, axes="ZYX", **SETTINGS), 2, tiles_per_slice(model)
+    )
+    gen = iter_segment_to_zarr(model, stack, out, axes="ZYX", instances=True, **SETTINGS)
+    notices = [e.message for e in _events(gen) if isinstance(e, Notice)]
+    assert any("other settings: starting over" in n for n in notices)
+    np.testing.assert_array_equal(
+        read_zarr(out), segment(stack, model, axes="ZYX", instances=True, **SETTINGS)
+    )
+
+
+def test_an_existing_output_is_replaced_only_when_complete(model, stack, tmp_path):
+    out = tmp_path / "l.zarr"
+    old = zarr.open_array(str(out), mode="w", shape=(2, 2), dtype="u1")
+    old[...] = 7
+    _interrupt_after(
+        iter_segment_to_zarr(model, stack, out, axes="ZYX", **SETTINGS), 1, tiles_per_slice(model)
+    )
+    np.testing.assert_array_equal(read_zarr(out), np.full((2, 2), 7))  # old labels intact
+    segment_to_zarr(model, stack, out, axes="ZYX", **SETTINGS)
+    assert read_zarr(out).shape == stack.shape
+
+
+# -- command line --------------------------------------------------------------------------------
+def run(argv, capsys):
+    try:
+        code = cli.main([str(a) for a in argv])
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_segment_tiff_to_zarr_and_zarr_to_tiff(model, stack, tmp_path, capsys):
+    mpath = save_model(model, tmp_path / "m.safetensors")
+    tifffile.imwrite(tmp_path / "s.tif", stack, metadata={"axes": "ZYX"})
+    args = ["--model", mpath, "--tile-size", "64", "--device", "cpu", "--instances"]
+    code, _, err = run(["segment", tmp_path / "s.tif", "-o", tmp_path / "l.zarr", *args], capsys)
+    assert code == 0, err
+    ref = segment(stack, model, axes="ZYX", instances=True, **SETTINGS)
+    np.testing.assert_array_equal(read_zarr(tmp_path / "l.zarr"), ref)
+    # a zarr input with a TIFF output goes through memory like any TIFF
+    code, _, err = run(
+        ["segment", tmp_path / "l.zarr", "-o", tmp_path / "back.tif", "--model", mpath, "-q"],
+        capsys,
+    )
+    assert code == 0, err
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["-o", "{d}/l.tif", "--scheduler", "local"], "--scheduler writes zarr"),
+        (["-o", "{d}/l.zarr", "--probabilities", "{d}/p.tif"], "--probabilities needs a TIFF"),
+        (["-o", "{d}/nofolder/l.zarr"], "output folder does not exist"),
+        (["-o", "{d}/l.zarr", "--axes", "YX"], "axes 'YX' name 2 axes"),
+    ],
+)
+def test_cli_zarr_bad_input_is_one_line(model, stack, tmp_path, capsys, extra, needle):
+    mpath = save_model(model, tmp_path / "m.safetensors")
+    np.save(tmp_path / "s.npy", stack)
+    extra = [a.format(d=tmp_path) for a in extra]
+    code, _, err = run(["segment", tmp_path / "s.npy", "--model", mpath, "-q", *extra], capsys)
+    assert code == 2
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and needle in lines[0], err
+    assert not list(tmp_path.glob("l.*"))
+
+
+# -- dask.distributed ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cluster():
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        silence_logs=40,
+    ) as c:
+        yield c
+
+
+@pytest.mark.parametrize("instances", [False, True])
+def test_cluster_run_equals_single_process(model, stack, tmp_path, cluster, instances):
+    from distributed import Client
+
+    tifffile.imwrite(tmp_path / "s.tif", stack, metadata={"axes": "ZYX"})
+    here = segment_to_zarr(
+        model,
+        tmp_path / "s.tif",
+        tmp_path / "here.zarr",
+        axes="ZYX",
+        instances=instances,
+        **SETTINGS,
+    )
+    there = segment_to_zarr(
+        model,
+        tmp_path / "s.tif",  # workers open the file themselves
+        tmp_path / "there.zarr",
+        axes="ZYX",
+        instances=instances,
+        scheduler=cluster.scheduler_address,
+        **SETTINGS,
+    )
+    np.testing.assert_array_equal(read_zarr(there), read_zarr(here))
+    with Client(cluster) as client:  # each worker loaded the model once for its 3+ slices
+        loads = client.run(lambda dask_worker: dask_worker.plugins["napari-tessera-model"].loads)
+    assert sorted(loads.values()) == [1, 1]
+
+
+def test_cluster_run_from_an_array_in_memory(model, stack, tmp_path, cluster):
+    out = segment_to_zarr(
+        model,
+        stack,
+        tmp_path / "l.zarr",
+        axes="ZYX",
+        scheduler=cluster.scheduler_address,
+        **SETTINGS,
+    )
+    np.testing.assert_array_equal(read_zarr(out), segment(stack, model, axes="ZYX", **SETTINGS))
+
+
+def test_cluster_errors_reach_the_caller_as_one_line(model, stack, tmp_path, cluster):
+    bad = stack.astype(np.float32)
+    bad[4, 10, 10] = np.nan
+    with pytest.raises(InputError, match="contains NaN"):
+        segment_to_zarr(
+            model,
+            bad,
+            tmp_path / "l.zarr",
+            axes="ZYX",
+            scheduler=cluster.scheduler_address,
+            **SETTINGS,
+        )
+    assert not (tmp_path / "l.zarr").exists()
+
+
+def test_local_cluster_listens_on_localhost_only():
+    client, cluster, threads = chunked.open_client("local", 1)
+    try:
+        assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
+        workers = client.scheduler_info()["workers"]
+        assert len(workers) == 1 and all(a.startswith("tcp://127.0.0.1:") for a in workers)
+        assert threads >= 1
+    finally:
+        client.close()
+        cluster.close()
