@@ -197,6 +197,50 @@ def test_segment_current_slice_of_stack(make_napari_viewer, qtbot, tiny_model_pa
     assert seg.last_result.slice_index == 1
 
 
+class _Reads:
+    """An array-like that records the shape of every read."""
+
+    def __init__(self, data):
+        self.data, self.reads = data, []
+        self.shape, self.dtype, self.ndim = data.shape, data.dtype, data.ndim
+
+    def __getitem__(self, key):
+        out = self.data[key]
+        self.reads.append(np.shape(out))
+        return out
+
+
+def test_lazy_stack_is_segmented_into_a_zarr_backed_layer(
+    make_napari_viewer, qtbot, tiny_model_path, tmp_path
+):
+    import dask.array as da
+    import zarr
+
+    from napari_tessera import segment as core_segment
+
+    stack = np.stack([nuclei_2d((64, 64), seed=s).image for s in range(4)])
+    src = _Reads(stack)
+    lazy = da.from_array(src, chunks=(1, 64, 64), asarray=False)
+    viewer = make_napari_viewer()
+    viewer.add_image(lazy, name="big", scale=(2.0, 0.5, 0.5))
+    seg = dock(viewer, "Segment")
+    use_file_model(seg, tiny_model_path)
+    assert "lazy" in seg.info.value
+    seg.zarr_folder.value = tmp_path
+    seg.output.value = "instances"
+    seg.device.value = "cpu"
+    src.reads.clear()  # napari itself reads what it shows
+    segment(qtbot, seg)
+    layer = viewer.layers["big labels"]
+    assert isinstance(layer.data, zarr.Array)  # backed by the output, not loaded into memory
+    assert seg.last_result.path == tmp_path / "big_labels.zarr"
+    assert all(r[0] <= 1 or len(r) < 3 for r in src.reads), src.reads  # a slice per read
+    expected = core_segment(stack, load_model(tiny_model_path), axes="ZYX", instances=True)
+    np.testing.assert_array_equal(np.asarray(layer.data[...]), expected)
+    np.testing.assert_allclose(layer.scale, (2.0, 0.5, 0.5))
+    assert "labels in" in seg.status.value
+
+
 def test_segment_rgb_layer_with_gray_model(make_napari_viewer, qtbot, tiny_model_path, infos):
     viewer = make_napari_viewer()
     gray = nuclei_2d((64, 64), seed=1).image

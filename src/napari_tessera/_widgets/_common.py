@@ -216,9 +216,24 @@ class ImageInput:
     drop_alpha: bool = False
     note: str | None = None
 
+    @property
+    def lazy(self) -> bool:
+        """The layer holds a lazy array (dask, zarr, ...): read it a slice at a time."""
+        return not isinstance(self.raw, np.ndarray)
+
     def load(self) -> Any:
-        """The array to run on (call it in the worker thread: it may read or convert a lot)."""
+        """The array to run on (call it in the worker thread: it may read or convert a lot).
+
+        Lazy data stays lazy: conversions become dask operations, read a slice at a time.
+        """
         data = self.raw
+        if self.lazy and (self.to_gray or self.drop_alpha):
+            import dask.array as da
+
+            data = da.asarray(data)
+            if self.to_gray:
+                return data[..., :3].astype(np.float32) @ LUMINANCE
+            return data[..., :3]
         if self.to_gray:
             arr = np.asarray(data)[..., :3].astype(np.float32)
             return arr @ LUMINANCE
@@ -321,7 +336,8 @@ def describe(inp: ImageInput) -> str:
     size = " x ".join(str(s) for s in lay.out_shape)
     ch = f"{lay.channels} channel{'s' if lay.channels != 1 else ''}"
     extra = ", RGB -> gray" if inp.to_gray else ""
-    return f"{size} ({lay.out_axes}), {ch}{extra}"
+    lazy = ", lazy: read slice by slice, labels written to zarr" if inp.lazy else ""
+    return f"{size} ({lay.out_axes}), {ch}{extra}{lazy}"
 
 
 def find_layer(viewer, name: str, kind: type):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import (
@@ -47,18 +49,46 @@ if TYPE_CHECKING:
 
 @dataclass
 class SegmentResult:
-    labels: np.ndarray
+    labels: Any  # numpy, or a zarr array (lazy input) backed by ``path``
     foreground: np.ndarray | None  # foreground probability, shaped like labels
     slice_index: int | None  # None: the whole image
     seconds: float
+    path: Path | None = None  # the zarr output of a lazy image
 
 
-def segment_job(inp: ImageInput, spec, slice_index, instances, min_size, want_prob, kwargs):
-    """Runs in the worker thread: yields Progress, returns a :class:`SegmentResult`."""
+def lazy_output_path(folder: str | Path, name: str) -> Path:
+    """A new ``NAME_labels.zarr`` in ``folder`` (numbered if the name is taken)."""
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "image"
+    path = Path(folder) / f"{stem}_labels.zarr"
+    k = 1
+    while path.exists() or path.with_name(path.name + ".partial").exists():
+        k += 1
+        path = Path(folder) / f"{stem}_labels-{k}.zarr"
+    return path
+
+
+def segment_job(
+    inp: ImageInput, spec, slice_index, instances, min_size, want_prob, kwargs, out_path=None
+):
+    """Runs in the worker thread: yields Progress, returns a :class:`SegmentResult`.
+
+    With ``out_path`` (a lazy image, whole stack) the labels go slice by slice into that zarr
+    array and the result holds it opened read-only: nothing is materialised.
+    """
     t0 = time.perf_counter()
     model = spec.load()
     image = inp.load()
     axes = inp.axes
+    if out_path is not None and slice_index is None:
+        import zarr
+
+        from ..chunked import iter_segment_to_zarr
+
+        path = yield from iter_segment_to_zarr(
+            model, image, out_path, axes=axes, instances=instances, min_size=min_size, **kwargs
+        )
+        labels = zarr.open_array(str(path), mode="r")
+        return SegmentResult(labels, None, None, time.perf_counter() - t0, Path(path))
     if slice_index is not None:
         image = inp.lay.slice_view(image, slice_index)  # (C, Y, X)
         axes = "CYX"
@@ -141,6 +171,12 @@ class SegmentWidget(Container):
         )
         self.min_size = SpinBox(label="min object (px)", min=1, max=10**6, value=8)
         self.probabilities = CheckBox(text="add a probability layer", value=False)
+        self.zarr_folder = FileEdit(
+            label="zarr folder",
+            mode="d",
+            value=tempfile.gettempdir(),
+            tooltip="where the labels of a lazy (dask/zarr) image are written, slice by slice",
+        )
         self.scope = RadioButtons(
             label="run on",
             choices=[("whole stack", "stack"), ("current slice", "slice")],
@@ -171,6 +207,7 @@ class SegmentWidget(Container):
                 self.output,
                 self.min_size,
                 self.probabilities,
+                self.zarr_folder,
                 self.scope,
                 self.info,
                 buttons,
@@ -220,6 +257,7 @@ class SegmentWidget(Container):
             self.info.value = f"⚠ {err}"
             return
         self.info.value = describe(inp)
+        self.zarr_folder.visible = inp.lazy
         self.scope.enabled = bool(inp.lay.lead_shape)
         if not inp.lay.lead_shape:
             self.scope.value = "stack"
@@ -272,6 +310,15 @@ class SegmentWidget(Container):
         except TesseraError as err:
             report_error("Segment", err)
             return
+        out_path = None
+        if inp.lazy and slice_index is None:
+            folder = Path(self.zarr_folder.value)
+            if not folder.is_dir():
+                report_error("Segment", TesseraError(f"zarr folder does not exist: {folder}"))
+                return
+            out_path = lazy_output_path(folder, layer.name)
+            if self.probabilities.value:
+                notify_info("a lazy image gets no probability layer (labels only)")
         if inp.note:
             notify_info(inp.note)
         self._input = inp
@@ -283,8 +330,9 @@ class SegmentWidget(Container):
             slice_index,
             self._instances,
             int(self.min_size.value),
-            bool(self.probabilities.value),
+            bool(self.probabilities.value) and out_path is None,
             kwargs,
+            out_path,
         )
         # connect everything before the worker starts
         worker.yielded.connect(self._on_progress)
@@ -324,6 +372,11 @@ class SegmentWidget(Container):
             self._show_probability(inp, result)
         self.labels_layer = self._show_labels(inp, result)
         lab = result.labels
+        if result.path is not None:  # lazy: say where, without reading the labels back
+            n = lab.attrs.get("max_id") if self._instances else None
+            what = f"{n} objects, " if n is not None else ""
+            self.status.value = f"done in {result.seconds:.1f} s: {what}labels in {result.path}"
+            return
         if self._instances:
             what = f"{len(np.unique(lab[lab > 0]))} objects"
         else:
@@ -362,6 +415,15 @@ class SegmentWidget(Container):
         name = f"{inp.name} labels"
         existing = find_layer(self._viewer, name, Labels)
         values = result.labels
+        if result.path is not None:  # a zarr array: the layer reads it lazily
+            if existing is not None:
+                existing.data = values
+                existing.scale = inp.scale
+                existing.translate = inp.translate
+                return existing
+            return self._viewer.add_labels(
+                values, name=name, scale=inp.scale, translate=inp.translate, opacity=0.6
+            )
         if result.slice_index is not None and self._instances and values.any():
             # ids unique across the stack: continue after the ids of the other slices
             offset = 0
