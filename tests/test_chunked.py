@@ -308,3 +308,36 @@ def test_local_cluster_listens_on_localhost_only():
     finally:
         client.close()
         cluster.close()
+
+
+def test_cli_ctrl_c_keeps_finished_slices_and_the_same_command_resumes(
+    model, stack, tmp_path, capsys, monkeypatch
+):
+    from napari_tessera import UNet
+
+    mpath = save_model(model, tmp_path / "m.safetensors")
+    np.save(tmp_path / "s.npy", stack)
+    out = tmp_path / "l.zarr"
+    argv = ["segment", tmp_path / "s.npy", "-o", out, "--model", mpath, "--axes", "ZYX"]
+    argv += ["--tile-size", "64", "--device", "cpu", "--instances", "-q"]
+    calls = {"n": 0}
+    plain = UNet.forward
+    limit = 2 * tiles_per_slice(model) + 1  # Ctrl-C in the third slice
+
+    def forward(self, x):
+        calls["n"] += 1
+        if calls["n"] == limit:
+            raise KeyboardInterrupt
+        return plain(self, x)
+
+    monkeypatch.setattr(UNet, "forward", forward)
+    code, _, err = run(argv, capsys)
+    assert code == 130 and "Traceback" not in err
+    assert "finished slices kept in" in err and "run the same command to resume" in err
+    assert not out.exists()
+    monkeypatch.setattr(UNet, "forward", plain)
+    code, _, err = run([a for a in argv if a != "-q"], capsys)
+    assert code == 0, err
+    assert "resuming: 2 of 6 slices already done" in err
+    ref = segment(stack, model, axes="ZYX", instances=True, **SETTINGS)
+    np.testing.assert_array_equal(read_zarr(out), ref)

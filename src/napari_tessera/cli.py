@@ -633,9 +633,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tessera {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print(
-            f"tessera {args.command}: interrupted; no partial output left behind", file=sys.stderr
-        )
+        out = getattr(args, "output", None)
+        partial = Path(f"{out}.partial") if out else None
+        if partial is not None and partial.is_dir():  # zarr output: finished slices are kept
+            what = f"finished slices kept in {partial}; run the same command to resume"
+        else:
+            what = "no partial output left behind"
+        print(f"tessera {args.command}: interrupted; {what}", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
         if previous is not None:
