@@ -167,7 +167,7 @@ class ZarrOutput:
     def __init__(self, final: Path, lay: SliceLayout, dtype, state: dict, *, resume: bool):
         import zarr
 
-        self.final, self.lay = final, lay
+        self.final, self.lay, self.state = final, lay, state
         self.partial = final.with_name(final.name + PARTIAL)
         self.done_dir = self.partial / _DONE
         self.resumed = 0
@@ -288,7 +288,7 @@ def iter_segment_to_zarr(
     source = None
     if isinstance(image, (str, os.PathLike)):
         source = str(Path(image).resolve())
-        if is_zarr(output) and Path(source) == output.resolve():
+        if Path(source) == output.resolve():
             raise InputError(f"output {output} would overwrite the input")
         image, file_axes = open_image(image)
         if axes is None:
@@ -324,9 +324,8 @@ def iter_segment_to_zarr(
     if scheduler is None:
         yield from _run_here(model, image, lay, out, todo, instances, min_size, kwargs)
     else:
-        spec = source if source is not None else None
         yield from _run_on_cluster(
-            model, image, spec, lay, out, todo, instances, min_size, kwargs, scheduler, workers
+            model, image, source, lay, out, todo, instances, min_size, kwargs, scheduler, workers
         )
     return out.finish(instances)
 
@@ -405,7 +404,7 @@ def _run_on_cluster(
     kw = dict(kwargs)
     kw.setdefault("device", "auto")
     settings = {"instances": instances, "min_size": min_size, "kw": kw}
-    digest = _model_digest(model)
+    digest = out.state["model"]
     client, cluster, threads = open_client(scheduler, n)
     pending = iter(todo)
     futures: list = []
