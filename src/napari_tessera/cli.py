@@ -305,6 +305,20 @@ def _segment_chunked(args: argparse.Namespace, inp: Path, out: Path) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """``tessera train``; under torchrun, one of several processes (rank 0 writes)."""
+    from .training import distributed as ddp
+
+    ctx = ddp.from_env()
+    if ctx is not None and not ctx.is_main:
+        args.quiet = True
+    try:
+        return _train(args, ctx)
+    finally:
+        if ctx is not None:
+            ddp.teardown()
+
+
+def _train(args: argparse.Namespace, ctx) -> int:
     import threading
 
     from .errors import InputError
@@ -349,6 +363,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         model.config.in_channels if model is not None else 1,
         args.quiet,
     )
+    if ctx is not None and not ctx.is_main:
+        note = None  # said once, by rank 0
     if image.dtype.kind == "f" and not np.isfinite(image).all():
         raise InputError(f"{inp.name} contains NaN or infinite pixels")
     stop = threading.Event()
@@ -364,7 +380,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     unit = "s" if cfg.time_limit and not cfg.steps else "step"
     bar = _Progress(args.quiet, "train", unit)
     gen = iter_train(
-        image, labels, axes=axes, config=cfg, model=model, resume=args.resume, stop=stop
+        image,
+        labels,
+        axes=axes,
+        config=cfg,
+        model=model,
+        resume=args.resume,
+        stop=stop,
+        dist_ctx=ctx,
     )
     last_val = None
     try:
@@ -394,6 +417,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, old_term)
     if note:
         _warn(note)
+    if ctx is not None and not ctx.is_main:
+        return 0  # rank 0 writes the model
     save_model(result.model, out)
     if not args.quiet:
         iou = (
@@ -557,7 +582,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--base-channels", type=_positive_int, default=16, help="width (from scratch)")
     t.add_argument("--depth", type=_positive_int, default=4, help="poolings (from scratch)")
     t.add_argument("--val-fraction", type=float, default=0.2, help="share held out (default 0.2)")
-    t.add_argument("--batch-size", type=_positive_int, help="patches per step (default: auto)")
+    t.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        help="patches per step; under torchrun the global batch, shared by the processes (default: auto)",
+    )
     t.add_argument("--patch-size", type=_positive_int, help="patch side (default: auto)")
     t.add_argument("--lr", type=_positive_float, help="peak learning rate (default: auto)")
     t.add_argument(

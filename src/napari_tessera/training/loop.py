@@ -27,7 +27,9 @@ from ..inference import is_out_of_memory, predict_whole, release_device_memory, 
 from ..model import UNet
 from ..normalize import normalize_slice
 from ..tiling import round_up
+from . import distributed as ddp
 from .checkpoint import load_checkpoint, save_checkpoint
+from .distributed import DistContext
 from .labels import check_labels, make_targets
 from .losses import annotated_iou, segmentation_loss
 from .sampling import PatchSampler
@@ -160,6 +162,7 @@ def iter_train(
     model: UNet | None = None,
     resume: str | Path | None = None,
     stop: threading.Event | None = None,
+    dist_ctx: DistContext | None = None,
 ):
     """Train (or fine-tune ``model``) on painted labels; yields :class:`TrainUpdate`.
 
@@ -167,6 +170,9 @@ def iter_train(
     labels: integer array shaped like the image without its channel axis.
     resume: a checkpoint written by an earlier run (``config.checkpoint``) to continue from.
     stop: set it to end training cleanly after the current step; the best model is kept.
+    dist_ctx: this process's place in a multi-process run (see
+    :mod:`napari_tessera.training.distributed`; ``from_env()`` under torchrun): the global
+    batch is shared between the processes, only rank 0 writes checkpoints and previews.
     Returns a :class:`TrainResult` (the generator's return value).
     """
     cfg = config or TrainConfig()
@@ -177,6 +183,9 @@ def iter_train(
         lab, cfg.mode, n_classes=model.config.n_classes if model is not None else None
     )
     device = resolve_device(cfg.device)
+    if dist_ctx is not None:
+        device = ddp.setup(dist_ctx, device)
+    main_rank = dist_ctx is None or dist_ctx.is_main
     state = load_checkpoint(resume) if resume is not None else None
     if state is not None:
         model = state.model
@@ -249,6 +258,11 @@ def iter_train(
         )
 
     model.to(device).train()
+    net = model  # what the training step runs: the model, or its DDP wrapper
+    part = slice(None)  # this process's share of each batch
+    if dist_ctx is not None:
+        part = ddp.share(batch, dist_ctx)
+        net = ddp.wrap(model, device)
     opt = torch.optim.AdamW(model.parameters(), lr=base_lr, weight_decay=cfg.weight_decay)
     amp_dtype = None
     scaler = None
@@ -286,6 +300,8 @@ def iter_train(
         """Validate the current weights; keep them if they are the best so far."""
         nonlocal best_score, best_step, best_iou, best_state, last_validated
         v_loss, v_iou = _validate(model, sampler, -(-batch // chunks), device, cfg.dice)
+        if dist_ctx is not None:  # rank 0's numbers decide for every rank
+            v_loss, v_iou = ddp.from_rank0((v_loss, v_iou), device)
         last_validated = step
         score = (v_iou, -v_loss)
         if best_score is None or score > best_score:
@@ -306,24 +322,29 @@ def iter_train(
         }
 
     while True:
+        reason = None
         if stop is not None and stop.is_set():
-            stopped = "requested"
-            break
-        if steps and step >= steps:
-            stopped = "steps"
-            break
-        if cfg.time_limit and elapsed() >= cfg.time_limit:
-            stopped = "time"
+            reason = "requested"
+        elif steps and step >= steps:
+            reason = "steps"
+        elif cfg.time_limit and elapsed() >= cfg.time_limit:
+            reason = "time"
+        if dist_ctx is not None and ddp.any_rank(reason is not None, device):
+            reason = reason or "requested"  # another process stopped: all stop together
+        if reason is not None:
+            stopped = reason
             break
         lr = _lr_at(base_lr, step, steps, elapsed(), cfg.time_limit)
         for g in opt.param_groups:
             g["lr"] = lr
-        x, y, w = sampler.sample(batch)
+        x, y, w = sampler.sample(batch)  # the global batch (the same on every process)
+        if dist_ctx is not None:
+            x, y, w = x[part], y[part], (w[part] if w is not None else None)
         notices: list[str] = []
         while True:
             try:
                 loss_value = _train_step(
-                    model, opt, scaler, x, y, w, chunks, device, amp_dtype, cfg.dice
+                    net, opt, scaler, x, y, w, chunks, device, amp_dtype, cfg.dice
                 )
                 break
             except Exception as err:  # only out-of-memory errors are handled
@@ -332,12 +353,17 @@ def iter_train(
             # out of memory: same batch in smaller pieces (gradients accumulated), then the CPU
             opt.zero_grad(set_to_none=True)
             release_device_memory(device)
-            if chunks < batch:
-                chunks = min(batch, chunks * 2)
+            if chunks < len(x):
+                chunks = min(len(x), chunks * 2)
                 notices.append(
                     f"{device.type.upper()} out of memory: retrying with "
-                    f"{-(-batch // chunks)} patches per pass (gradients accumulated, "
-                    f"same batch of {batch})"
+                    f"{-(-len(x) // chunks)} patches per pass (gradients accumulated, "
+                    f"same batch of {len(x)})"
+                )
+            elif device.type != "cpu" and dist_ctx is not None:
+                raise InputError(
+                    f"{device.type.upper()} out of memory even one patch at a time; "
+                    "use a smaller --patch-size or model"
                 )
             elif device.type != "cpu":
                 notices.append(f"{device.type.upper()} out of memory: training on the CPU")
@@ -351,6 +377,8 @@ def iter_train(
                     "use a smaller patch size or model"
                 )
         step += 1
+        if dist_ctx is not None:
+            loss_value = ddp.mean(loss_value, device)
         record: dict[str, Any] = {
             "step": step,
             "elapsed": elapsed(),
@@ -367,7 +395,11 @@ def iter_train(
             best_state, best_step = None, step  # no validation: the latest model is the best
         history.append(record)
         preview = None
-        if cfg.preview_every > 0 and time.perf_counter() - last_preview >= cfg.preview_every:
+        if (
+            main_rank
+            and cfg.preview_every > 0
+            and time.perf_counter() - last_preview >= cfg.preview_every
+        ):
             last_preview = time.perf_counter()
             try:
                 preview = _preview(model, image, lay, cfg.preview_slice)
@@ -391,7 +423,7 @@ def iter_train(
             preview_slice=cfg.preview_slice if preview is not None else None,
             notice="; ".join(notices) or None,
         )
-        if cfg.checkpoint and time.perf_counter() - last_ckpt >= cfg.checkpoint_every:
+        if main_rank and cfg.checkpoint and time.perf_counter() - last_ckpt >= cfg.checkpoint_every:
             last_ckpt = time.perf_counter()
             save_checkpoint(
                 cfg.checkpoint,
@@ -415,7 +447,7 @@ def iter_train(
         # the steps since the last validation (a stop, a time limit) get their chance too
         v_loss, v_iou, _ = validate_and_keep()
         history[-1].update(val_loss=v_loss, val_iou=v_iou)
-    if cfg.checkpoint:  # the latest weights and optimiser state, to resume exactly from here
+    if cfg.checkpoint and main_rank:  # the latest weights and optimiser state, to resume from
         save_checkpoint(
             cfg.checkpoint,
             model,
@@ -432,6 +464,10 @@ def iter_train(
         )
     if best_state is not None:
         model.load_state_dict(best_state)
+    if net is not model and any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules()):
+        plain = UNet(model.config, metadata=model.metadata)  # plain BatchNorm again
+        plain.load_state_dict(model.state_dict())
+        model = plain.to(device)
     model.eval()
     model.metadata = {
         **model.metadata,
@@ -448,6 +484,7 @@ def iter_train(
             "best_val_iou": best_iou,
             "stopped": stopped,
             "seed": cfg.seed,
+            "processes": dist_ctx.world_size if dist_ctx is not None else 1,
             "config": run_config(),
         },
     }

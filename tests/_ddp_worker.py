@@ -1,0 +1,91 @@
+"""A training run for tests/test_distributed_training.py, alone or as one torchrun process.
+
+    python tests/_ddp_worker.py OUT_DIR [--duplicate-halves] [--steps N] [--batch N]
+    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/_ddp_worker.py ...
+
+Trains a tiny network on a synthetic image with `iter_train` and writes, per rank,
+``OUT_DIR/rank{R}.safetensors`` (final parameters) and ``OUT_DIR/rank{R}.json`` (losses and a
+fingerprint of every batch share this rank trained on). With ``--duplicate-halves`` every
+global batch is made of two equal halves, so each process of a 2-process run sees exactly the
+statistics a single process sees: the runs must then agree to float precision.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from napari_tessera.synthetic import nuclei_2d
+from napari_tessera.training import TrainConfig, iter_train, loop
+from napari_tessera.training import distributed as ddp
+from napari_tessera.training.sampling import PatchSampler
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out")
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--duplicate-halves", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    ctx = ddp.from_env()
+    rank = ctx.rank if ctx else 0
+    seen: list[float] = []
+
+    if args.duplicate_halves:
+        plain_sample = PatchSampler.sample
+
+        def sample(self, n):
+            x, y, w = plain_sample(self, n)
+            h = n // 2
+            x[h:], y[h:] = x[:h], y[:h]
+            if w is not None:
+                w[h:] = w[:h]
+            return x, y, w
+
+        PatchSampler.sample = sample
+
+    plain_step = loop._train_step
+
+    def step(net, opt, scaler, x, y, w, *rest):
+        seen.append(float(np.asarray(x, dtype=np.float64).sum()))
+        return plain_step(net, opt, scaler, x, y, w, *rest)
+
+    loop._train_step = step
+    s = nuclei_2d((128, 128), seed=5)
+    labels = np.where(s.labels > 0, 2, 1).astype(np.uint8)
+    cfg = TrainConfig(
+        steps=args.steps,
+        batch_size=args.batch,
+        patch_size=32,
+        base_channels=4,
+        depth=2,
+        val_fraction=0.0,
+        seed=0,
+        device="cpu",
+        preview_every=0.0,
+    )
+    losses = []
+    gen = iter_train(s.image, labels, config=cfg, dist_ctx=ctx)
+    while True:
+        try:
+            losses.append(next(gen).loss)
+        except StopIteration as done:
+            result = done.value
+            break
+    out = Path(args.out)
+    params = {k: v.detach().contiguous() for k, v in result.model.named_parameters()}
+    save_file(params, str(out / f"rank{rank}.safetensors"))
+    (out / f"rank{rank}.json").write_text(json.dumps({"losses": losses, "seen": seen}))
+    if ctx is not None:
+        ddp.teardown()
+
+
+if __name__ == "__main__":
+    main()

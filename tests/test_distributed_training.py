@@ -1,0 +1,170 @@
+"""Training on two processes (torchrun, gloo on the CPU) against one process.
+
+The tests start the processes themselves: ``python -m torch.distributed.run --standalone``
+(a rendezvous on a free localhost port) with 2 processes, each running the worker script or
+``tessera train``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from napari_tessera import load_model, segment
+from napari_tessera.io import read_model_info
+from napari_tessera.synthetic import nuclei_2d
+from napari_tessera.training.checkpoint import load_checkpoint
+
+WORKER = Path(__file__).with_name("_ddp_worker.py")
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node"]
+TIMEOUT = 240  # s; a hang (a rank left waiting in a collective) fails the test
+
+
+def _run(cmd, **kw):
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, **kw)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res
+
+
+def worker_run(out: Path, processes: int, *extra: str) -> list[dict]:
+    out.mkdir()
+    if processes == 1:
+        _run([sys.executable, str(WORKER), str(out), *extra])
+    else:
+        _run([*TORCHRUN, str(processes), str(WORKER), str(out), *extra])
+    runs = []
+    for r in range(processes):
+        info = json.loads((out / f"rank{r}.json").read_text())
+        info["params"] = load_file(str(out / f"rank{r}.safetensors"))
+        runs.append(info)
+    return runs
+
+
+def max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
+    # every global batch is two equal halves: each process then sees the statistics (BatchNorm,
+    # loss) one process sees, and the runs must agree to float precision
+    one = worker_run(tmp_path / "one", 1, "--duplicate-halves")[0]
+    two = worker_run(tmp_path / "two", 2, "--duplicate-halves")
+    assert max_diff(two[0]["params"], two[1]["params"]) == 0.0  # the ranks stay in step
+    assert max_diff(two[0]["params"], one["params"]) < 1e-4
+    # the runs really trained: the weights moved far more than the tolerance
+    start = load_file(str(tmp_path / "one" / "rank0.safetensors"))
+    moved = worker_run(tmp_path / "short", 1, "--duplicate-halves", "--steps", "2")[0]
+    assert max_diff(moved["params"], start) > 1e-3
+    np.testing.assert_allclose(two[0]["losses"], one["losses"], rtol=1e-3)
+
+
+def test_each_process_trains_on_its_share_of_the_global_batch(tmp_path):
+    one = worker_run(tmp_path / "one", 1)[0]
+    two = worker_run(tmp_path / "two", 2)
+    steps = len(one["seen"])
+    assert steps == 12 and len(two[0]["seen"]) == len(two[1]["seen"]) == steps
+    # rank 0 and rank 1 train on different patches that together make the 1-process batch
+    assert all(a != b for a, b in zip(two[0]["seen"], two[1]["seen"]))
+    np.testing.assert_allclose(
+        np.add(two[0]["seen"], two[1]["seen"]), one["seen"], rtol=1e-12, atol=1e-6
+    )
+    # gradients are averaged: both ranks end with the same weights although their data differ
+    assert max_diff(two[0]["params"], two[1]["params"]) == 0.0
+    # BatchNorm statistics are per process on the CPU: close to the 1-process run, not equal
+    update = max(float(v.abs().max()) for v in one["params"].values())
+    assert max_diff(two[0]["params"], one["params"]) < 0.5 * update
+
+
+# -- tessera train under torchrun -------------------------------------------------------------
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ddp_cli")
+    s = nuclei_2d((128, 128), seed=5)
+    np.save(d / "img.npy", s.image)
+    np.save(d / "lab.npy", np.where(s.labels > 0, 2, 1).astype(np.uint8))
+    return d, s.image
+
+
+TINY = ["--base-channels", "4", "--depth", "2", "--patch-size", "32", "--batch-size", "4"]
+TINY += ["--seed", "0", "--device", "cpu", "--val-fraction", "0", "--axes", "YX"]
+
+
+def train_cmd(d: Path, out: str, *extra: str) -> list[str]:
+    return [*TORCHRUN, "2", "-m", "napari_tessera.cli", "train", str(d / "img.npy"),
+            str(d / "lab.npy"), "-o", str(d / out), *TINY, *extra]  # fmt: skip
+
+
+def test_tessera_train_under_torchrun_trains_writes_once_and_resumes(files, tmp_path):
+    d, image = files
+    res = _run(train_cmd(d, "m.safetensors", "--steps", "40"))
+    assert res.stderr.count("tessera: wrote") == 1  # rank 0 writes and reports; rank 1 is quiet
+    model = load_model(d / "m.safetensors")
+    prov = read_model_info(d / "m.safetensors")[1]["provenance"]
+    assert prov["processes"] == 2 and prov["steps"] == 40
+    labels = segment(image, model, device="cpu")
+    assert labels.shape == image.shape
+    ckpt = load_checkpoint(d / "m.ckpt.safetensors")
+    losses = [h["loss"] for h in ckpt.history]
+    assert len(losses) == 40 and np.mean(losses[-5:]) < 0.9 * np.mean(losses[:5])  # it learns
+    _run(train_cmd(d, "m.safetensors", "--resume", str(d / "m.ckpt.safetensors"), "--steps", "50"))
+    assert load_checkpoint(d / "m.ckpt.safetensors").step == 50
+
+
+def test_a_batch_not_shared_evenly_is_refused(files):
+    d, _ = files
+    res = subprocess.run(
+        train_cmd(d, "odd.safetensors", "--steps", "5", "--batch-size", "3"),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert res.returncode != 0
+    ours = [ln for ln in res.stderr.splitlines() if ln.startswith("tessera train: error:")]
+    assert ours and all("must be a multiple of the number of processes (2)" in ln for ln in ours)
+    assert not (d / "odd.safetensors").exists()
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return sorted(int(p) for p in path.read_text().split()) if path.exists() else []
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs /proc to find the ranks")
+def test_ctrl_c_on_one_process_stops_both_and_rank_0_saves(files):
+    d, _ = files
+    proc = subprocess.Popen(
+        train_cmd(d, "stop.safetensors", "--steps", "1000000"),
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+    )
+    err: list[bytes] = []
+    reader = threading.Thread(target=lambda: err.extend(iter(lambda: proc.stderr.read1(), b"")))
+    reader.start()
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while b"loss=" not in b"".join(err):  # training has started
+            assert proc.poll() is None and time.monotonic() < deadline, b"".join(err)[-2000:]
+            time.sleep(0.2)
+        ranks = _children(proc.pid)
+        assert len(ranks) == 2
+        os.kill(ranks[-1], signal.SIGINT)  # one of the two, whichever rank it is
+        code = proc.wait(timeout=60)  # no hang: the other rank stops too
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        reader.join(timeout=10)
+    text = b"".join(err).decode(errors="replace")
+    assert code == 0, text[-2000:]
+    prov = read_model_info(d / "stop.safetensors")[1]["provenance"]
+    assert prov["stopped"] == "requested" and 0 < prov["steps"] < 1000000
