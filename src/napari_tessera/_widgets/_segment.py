@@ -130,6 +130,7 @@ class SegmentWidget(Container):
         self._jobs = JobHandle()
         self.last_result: SegmentResult | None = None
         self.labels_layer: Labels | None = None
+        self._slice_stores: dict[str, Any] = {}  # layer name -> zarr array (lazy stacks)
 
         self.image = ComboBox(
             label="image", choices=layer_choices(napari_viewer, Image), tooltip="image to segment"
@@ -311,14 +312,15 @@ class SegmentWidget(Container):
             report_error("Segment", err)
             return
         out_path = None
-        if inp.lazy and slice_index is None:
+        if inp.lazy:
             folder = Path(self.zarr_folder.value)
             if not folder.is_dir():
                 report_error("Segment", TesseraError(f"zarr folder does not exist: {folder}"))
                 return
+        if inp.lazy and slice_index is None:
             out_path = lazy_output_path(folder, layer.name)
-            if self.probabilities.value:
-                notify_info("a lazy image gets no probability layer (labels only)")
+        if inp.lazy and self.probabilities.value:
+            notify_info("a lazy image gets no probability layer (labels only)")
         if inp.note:
             notify_info(inp.note)
         self._input = inp
@@ -330,7 +332,7 @@ class SegmentWidget(Container):
             slice_index,
             self._instances,
             int(self.min_size.value),
-            bool(self.probabilities.value) and out_path is None,
+            bool(self.probabilities.value) and not inp.lazy,
             kwargs,
             out_path,
         )
@@ -415,6 +417,8 @@ class SegmentWidget(Container):
         name = f"{inp.name} labels"
         existing = find_layer(self._viewer, name, Labels)
         values = result.labels
+        if inp.lazy and result.slice_index is not None:
+            return self._show_lazy_slice(inp, result, existing, name)
         if result.path is not None:  # a zarr array: the layer reads it lazily
             if existing is not None:
                 existing.data = values
@@ -443,6 +447,50 @@ class SegmentWidget(Container):
             return existing
         return self._viewer.add_labels(
             data, name=name, scale=inp.scale, translate=inp.translate, opacity=0.6
+        )
+
+    def _show_lazy_slice(self, inp: ImageInput, result: SegmentResult, existing, name: str):
+        """One slice of a lazy stack goes into a zarr array in the zarr folder (a full-size
+        array in memory might not fit); further slices go into the same array."""
+        import zarr
+
+        full = inp.lay.out_shape
+        dtype = np.dtype(np.uint32 if self._instances else np.uint8)
+        store = self._slice_stores.get(name)
+        fresh = (
+            store is None
+            or existing is None
+            or existing.data is not store
+            or tuple(store.shape) != full
+            or store.dtype != dtype
+        )
+        if fresh:
+            path = lazy_output_path(self.zarr_folder.value, inp.name)
+            y, x = inp.lay.yx
+            store = zarr.open_array(
+                str(path),
+                mode="w",
+                shape=full,
+                chunks=(*(1 for _ in inp.lay.lead_shape), min(y, 2048), min(x, 2048)),
+                dtype=dtype,
+                fill_value=0,
+            )
+            store.attrs["axes"] = inp.lay.out_axes
+            self._slice_stores[name] = store
+        values = result.labels
+        if self._instances:  # ids continue after those of the slices done before
+            offset = int(store.attrs.get("max_id", 0))
+            values = np.where(values > 0, values.astype(np.uint32) + np.uint32(offset), 0)
+            store.attrs["max_id"] = offset + int(result.labels.max())
+        store[inp.lead_tuple(result.slice_index)] = values.astype(dtype)
+        if existing is not None:
+            existing.data = store
+            existing.scale = inp.scale
+            existing.translate = inp.translate
+            existing.refresh()
+            return existing
+        return self._viewer.add_labels(
+            store, name=name, scale=inp.scale, translate=inp.translate, opacity=0.6
         )
 
     def _show_probability(self, inp: ImageInput, result: SegmentResult) -> Image:
