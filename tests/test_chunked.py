@@ -341,3 +341,17 @@ def test_cli_ctrl_c_keeps_finished_slices_and_the_same_command_resumes(
     assert "resuming: 2 of 6 slices already done" in err
     ref = segment(stack, model, axes="ZYX", instances=True, **SETTINGS)
     np.testing.assert_array_equal(read_zarr(out), ref)
+
+
+@pytest.mark.parametrize("kind", ["file", "folder"])
+def test_an_output_that_is_not_a_zarr_array_is_never_replaced(model, stack, tmp_path, kind):
+    out = tmp_path / "precious.zarr"
+    if kind == "file":
+        out.write_text("keep me")
+    else:
+        out.mkdir()
+        (out / "notes.txt").write_text("keep me")
+    with pytest.raises(InputError, match="exists and is not a zarr array"):
+        segment_to_zarr(model, stack, out, axes="ZYX", **SETTINGS)
+    kept = out if kind == "file" else out / "notes.txt"
+    assert kept.read_text() == "keep me"

@@ -283,8 +283,10 @@ def iter_segment_to_zarr(
         raise InputError(f"the output must be a .zarr folder, got {output.name}")
     if not output.parent.is_dir():
         raise InputError(f"output folder does not exist: {output.parent}")
-    if output.exists() and not output.is_dir():
-        raise InputError(f"output {output} exists and is not a zarr folder")
+    if output.exists() and not (
+        output.is_dir() and ((output / "zarr.json").is_file() or (output / ".zarray").is_file())
+    ):  # replaced at the end: never a file or a folder that is not a zarr array
+        raise InputError(f"output {output} exists and is not a zarr array; choose another name")
     source = None
     if isinstance(image, (str, os.PathLike)):
         source = str(Path(image).resolve())
