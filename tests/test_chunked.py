@@ -355,3 +355,58 @@ def test_an_output_that_is_not_a_zarr_array_is_never_replaced(model, stack, tmp_
         segment_to_zarr(model, stack, out, axes="ZYX", **SETTINGS)
     kept = out if kind == "file" else out / "notes.txt"
     assert kept.read_text() == "keep me"
+
+
+# -- blocks of large planes ---------------------------------------------------------------------
+@pytest.fixture
+def loud(deep_unet):
+    from napari_tessera import UNetConfig
+
+    return deep_unet(UNetConfig(depth=2, base_channels=4, n_classes=3), seed=4)
+
+
+def test_blocks_give_the_labels_of_whole_slices_and_read_only_their_region(loud, tmp_path):
+    img = nuclei_stack((2, 150, 130), seed=8).image
+    ref = segment(img, loud, axes="ZYX", **SETTINGS)
+    assert len(np.unique(ref)) == 3  # all classes present: a strict comparison
+    margin = chunked.block_margin(loud, "exact")
+    src = Recorder(img)
+    src.chunks = (1, 50, 50)
+    out = segment_to_zarr(loud, src, tmp_path / "b.zarr", axes="ZYX", block_size=48, **SETTINGS)
+    np.testing.assert_array_equal(read_zarr(out), ref)
+    assert zarr.open_array(str(out)).chunks == (1, 48, 48)  # one block = one chunk
+    big = [r for r in src.reads if len(r) == 3 and r[1] * r[2] > (48 + 2 * margin) ** 2]
+    assert not big, big  # never more than a block and its margin (or a level chunk)
+
+
+def test_blocks_without_their_margin_would_differ(loud, tmp_path, monkeypatch):
+    img = nuclei_stack((1, 150, 130), seed=8).image
+    ref = segment(img, loud, axes="ZYX", **SETTINGS)
+    monkeypatch.setattr(chunked, "block_margin", lambda model, halo: 0)
+    out = segment_to_zarr(loud, img, tmp_path / "b.zarr", axes="ZYX", block_size=48, **SETTINGS)
+    assert (read_zarr(out) != ref).mean() > 0.01  # seams: the test above has power
+
+
+def test_blocks_on_a_cluster_equal_blocks_here(loud, tmp_path, cluster):
+    img = nuclei_stack((2, 150, 130), seed=8).image
+    tifffile.imwrite(tmp_path / "s.tif", img, metadata={"axes": "ZYX"})
+    kw = dict(axes="ZYX", block_size=48, **SETTINGS)
+    here = segment_to_zarr(loud, tmp_path / "s.tif", tmp_path / "here.zarr", **kw)
+    there = segment_to_zarr(
+        loud, tmp_path / "s.tif", tmp_path / "there.zarr", scheduler=cluster.scheduler_address, **kw
+    )
+    mem = segment_to_zarr(
+        loud, img, tmp_path / "mem.zarr", scheduler=cluster.scheduler_address, **kw
+    )
+    np.testing.assert_array_equal(read_zarr(there), read_zarr(here))
+    np.testing.assert_array_equal(read_zarr(mem), read_zarr(here))
+
+
+def test_blocks_are_refused_for_instances(model, stack, tmp_path):
+    with pytest.raises(InputError, match="blocks are for class labels"):
+        segment_to_zarr(
+            model, stack, tmp_path / "l.zarr", axes="ZYX", instances=True, block_size=48, **SETTINGS
+        )
+    assert chunked.choose_block(None, layout((1, 9000, 9000), "ZYX"), model, "exact", True) == 0
+    assert chunked.choose_block(None, layout((1, 9000, 9000), "ZYX"), model, "exact", False) > 0
+    assert chunked.choose_block(None, layout((9, 4000, 4000), "ZYX"), model, "exact", False) == 0

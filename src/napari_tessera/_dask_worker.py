@@ -10,8 +10,7 @@ import numpy as np
 from distributed import WorkerPlugin, get_worker
 
 from .axes import SliceLayout
-from .chunked import _out_index, open_image, slice_labels
-from .inference import Notice, SliceResult, iter_slice_predictions
+from .chunked import open_image, read_region, unit_index, unit_labels
 
 PLUGIN = "napari-tessera-model"
 
@@ -56,24 +55,26 @@ def _worker_plugin() -> ModelPlugin:
     return get_worker().plugins[PLUGIN]
 
 
-def slice_task(s: int, digest: str, source, lay: SliceLayout, out_path: str, settings: dict):
-    """Run on a worker: predict slice ``s``, write its labels, return ``(s, count, notices)``."""
+def unit_task(s, box, levels, digest: str, source, lay: SliceLayout, out_path: str, settings):
+    """Run on a worker: one slice (``box`` None) or one block of slice ``s``; writes its labels
+    and returns ``(s, box, object count, notices)``."""
     import zarr
 
     plugin = _worker_plugin()
     if plugin.digest != digest:
         raise RuntimeError("the worker holds another model")
-    if isinstance(source, str):  # a file the worker opens (lazily) and reads one slice of
-        data = np.asarray(lay.slice_view(plugin.image(source), s))
-    else:  # the slice itself, (C, Y, X)
+    margin = settings["margin"]
+    if isinstance(source, str):  # a file the worker opens (lazily) and reads its part of
+        image = plugin.image(source)
+        if box is None:
+            data = np.asarray(lay.slice_view(image, s))
+        else:
+            data = read_region(image, lay, s, box, margin)
+    else:  # the slice or the block itself, (C, y, x)
         data = source
-    instances, min_size, kwargs = settings["instances"], settings["min_size"], settings["kw"]
-    notices, prob = [], None
-    for event in iter_slice_predictions(plugin.model, data, axes="CYX", **kwargs):
-        if isinstance(event, SliceResult):
-            prob = event.probabilities
-        elif isinstance(event, Notice):
-            notices.append(event.message)
-    labels, count = slice_labels(prob, instances, min_size)
-    zarr.open_array(out_path, mode="r+")[_out_index(lay, s)] = labels
-    return s, count, notices
+    labels, count, notices = unit_labels(
+        plugin.model, data, box, margin, levels, settings["instances"], settings["min_size"],
+        settings["kw"],
+    )  # fmt: skip
+    zarr.open_array(out_path, mode="r+")[unit_index(lay, s, box)] = labels
+    return s, box, count, notices

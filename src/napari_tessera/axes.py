@@ -43,15 +43,23 @@ class SliceLayout:
     def out_shape(self) -> tuple[int, ...]:
         return (*self.lead_shape, *self.yx)
 
+    def _lead(self, s: int) -> tuple:
+        return np.unravel_index(s, self.lead_shape) if self.lead_shape else ()
+
     def slice_index(self, s: int) -> tuple:
         """Index into the image (in its own axis order) selecting slice number ``s``."""
-        lead = np.unravel_index(s, self.lead_shape) if self.lead_shape else ()
-        pos = dict(zip(self.lead_axes, (int(i) for i in lead)))
+        pos = dict(zip(self.lead_axes, (int(i) for i in self._lead(s))))
         return tuple(pos.get(a, slice(None)) for a in self.axes)
 
     def slice_view(self, image, s: int):
         """Slice ``s`` as ``(C, Y, X)``: a view for numpy; reads only that slice otherwise."""
-        sub = image[self.slice_index(s)]
+        return self.region_view(image, s, slice(None), slice(None))
+
+    def region_view(self, image, s: int, ys: slice, xs: slice):
+        """Rows ``ys`` and columns ``xs`` of slice ``s`` as ``(C, y, x)``; reads only those."""
+        pos = dict(zip(self.lead_axes, (int(i) for i in self._lead(s))))
+        pos.update(Y=ys, X=xs)
+        sub = image[tuple(pos.get(a, slice(None)) for a in self.axes)]
         rest = [a for a in self.axes if a in "CYX"]
         if "C" not in rest:
             return sub[None]

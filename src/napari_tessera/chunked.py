@@ -30,9 +30,17 @@ import numpy as np
 
 from .axes import SliceLayout, layout, normalize_axes
 from .errors import InputError
-from .inference import Notice, Progress, SliceResult, iter_slice_predictions, prepare
-from .normalize import check_dtype
+from .inference import (
+    Notice,
+    Progress,
+    SliceResult,
+    iter_slice_predictions,
+    prepare,
+    resolve_halo,
+)
+from .normalize import check_dtype, slice_levels
 from .postprocess import classes_from_probabilities, split_instances
+from .tiling import round_up
 
 PARTIAL = ".partial"
 _STATE = ".tessera-run.json"  # settings of the run that made a partial output
@@ -135,9 +143,12 @@ def _model_digest(model) -> str:
     return h.hexdigest()[:16]
 
 
-def _run_state(model, lay: SliceLayout, instances: bool, min_size: int, kw: dict) -> dict:
+def _run_state(
+    model, lay: SliceLayout, instances: bool, min_size: int, kw: dict, block: int
+) -> dict:
     """What must be equal for a partial output to be continued."""
     return {
+        "block": int(block),
         "model": _model_digest(model),
         "axes": lay.axes,
         "shape": list(lay.shape),
@@ -150,9 +161,115 @@ def _run_state(model, lay: SliceLayout, instances: bool, min_size: int, kw: dict
     }
 
 
-def _chunks(lay: SliceLayout) -> tuple[int, ...]:
+def _chunks(lay: SliceLayout, block: int = 0) -> tuple[int, ...]:
     y, x = lay.yx
-    return (*(1 for _ in lay.lead_shape), min(y, 2048), min(x, 2048))
+    side = min(block, 2048) if block else 2048  # blocks are whole chunks
+    return (*(1 for _ in lay.lead_shape), min(y, side), min(x, side))
+
+
+# -- blocks of large 2D planes ------------------------------------------------------------------
+AUTO_BLOCK_PIXELS = 8192 * 8192  # class labels of planes larger than this are made in blocks
+DEFAULT_BLOCK = 4096
+
+Box = tuple[int, int, int, int]  # y0, y1, x0, x1 of a block's kept core
+
+
+def block_margin(model, halo) -> int:
+    """Context read around a block: the halo, rounded to the pooling grid."""
+    m = model.size_multiple
+    return round_up(max(resolve_halo(model, halo), m), m)
+
+
+def choose_block(block_size: int | None, lay: SliceLayout, model, halo, instances: bool) -> int:
+    """Block side for this image (0: whole slices).
+
+    A block is read with ``block_margin`` of context on each side (mirrored at the image
+    border, like the whole plane) and its core is kept: with the exact halo and the
+    whole-plane intensity levels the labels equal those of whole slices.
+    """
+    h, w = lay.yx
+    if block_size is None:
+        if instances or h * w <= AUTO_BLOCK_PIXELS:
+            return 0
+        block_size = DEFAULT_BLOCK
+    if block_size <= 0:
+        return 0
+    if instances:
+        raise InputError(
+            "blocks are for class labels: instances need whole slices (leave out --block-size)"
+        )
+    block = round_up(int(block_size), model.size_multiple)
+    margin = block_margin(model, halo)
+    if block >= max(h, w) or min(h, w) <= 2 * margin:
+        return 0
+    return block
+
+
+def plan_blocks(lay: SliceLayout, block: int) -> list[Box]:
+    h, w = lay.yx
+    return [
+        (y, min(y + block, h), x, min(x + block, w))
+        for y in range(0, h, block)
+        for x in range(0, w, block)
+    ]
+
+
+def read_region(image, lay: SliceLayout, s: int, box: Box, margin: int) -> np.ndarray:
+    """Block ``box`` of slice ``s`` with ``margin`` pixels of context, ``(C, y, x)``; reads
+    only that region and mirrors it at the image border."""
+    y0, y1, x0, x1 = box
+    h, w = lay.yx
+    ya, yb, xa, xb = (
+        max(0, y0 - margin),
+        min(h, y1 + margin),
+        max(0, x0 - margin),
+        min(w, x1 + margin),
+    )
+    data = np.asarray(lay.region_view(image, s, slice(ya, yb), slice(xa, xb)))
+    pad = ((0, 0), (ya - (y0 - margin), y1 + margin - yb), (xa - (x0 - margin), x1 + margin - xb))
+    if any(a or b for a, b in pad):
+        data = np.pad(data, pad, mode="reflect")
+    return data
+
+
+def lazy_levels(image, lay: SliceLayout, s: int, norm) -> list[tuple[float, float]]:
+    """Whole-slice intensity levels of slice ``s``, read as a strided subsample."""
+    if isinstance(image, np.ndarray):
+        return slice_levels(lay.slice_view(image, s), norm)
+    import dask
+    import dask.array as da
+
+    chunks = getattr(image, "chunks", "auto")
+    image = image if isinstance(image, da.Array) else da.from_array(image, chunks=chunks)
+    with dask.config.set(scheduler="synchronous"):  # here, a chunk at a time (not a cluster)
+        return slice_levels(lay.slice_view(image, s), norm)
+
+
+def unit_labels(model, data, box, margin, levels, instances, min_size, kwargs):
+    """Labels of one unit of work: a whole slice ``(C, Y, X)`` (``box`` None) or a block read
+    by :func:`read_region`. Returns ``(labels, object count, notices)``."""
+    notices, prob = [], None
+    for event in iter_slice_predictions(model, data, axes="CYX", levels=levels, **kwargs):
+        if isinstance(event, SliceResult):
+            prob = event.probabilities
+        elif isinstance(event, Notice):
+            notices.append(event.message)
+    if box is not None:
+        y0, y1, x0, x1 = box
+        prob = prob[:, margin : margin + y1 - y0, margin : margin + x1 - x0]
+    labels, count = slice_labels(prob, instances, min_size)
+    return labels, count, notices
+
+
+def unit_key(s: int, box: Box | None) -> str:
+    return str(s) if box is None else f"{s}_{box[0]}_{box[2]}"
+
+
+def unit_index(lay: SliceLayout, s: int, box: Box | None) -> tuple:
+    lead = tuple(int(i) for i in (np.unravel_index(s, lay.lead_shape) if lay.lead_shape else ()))
+    if box is None:
+        return (*lead, slice(None), slice(None))
+    return (*lead, slice(box[0], box[1]), slice(box[2], box[3]))
 
 
 def _labels_dtype(model, instances: bool):
@@ -165,6 +282,7 @@ class ZarrOutput:
     """``OUT.partial`` while the work goes on: the labels array plus a record of done slices."""
 
     def __init__(self, final: Path, lay: SliceLayout, dtype, state: dict, *, resume: bool):
+        block = int(state.get("block", 0))
         import zarr
 
         self.final, self.lay, self.state = final, lay, state
@@ -187,7 +305,7 @@ class ZarrOutput:
             str(self.partial),
             mode="w",
             shape=lay.out_shape,
-            chunks=_chunks(lay),
+            chunks=_chunks(lay, block),
             dtype=dtype,
             fill_value=0,
         )
@@ -195,32 +313,32 @@ class ZarrOutput:
         self.done_dir.mkdir()
         _write_atomic(state_file, json.dumps(state))
 
-    def done(self) -> dict[int, int]:
-        """Finished slices and their object counts."""
+    def done(self) -> dict[str, int]:
+        """Finished units (slices, or blocks of slices) and their object counts."""
         out = {}
         for f in self.done_dir.iterdir():
-            if f.name.isdigit():
-                out[int(f.name)] = int(f.read_text())
+            if not f.name.startswith("."):
+                out[f.name] = int(f.read_text())
         return out
 
-    def mark_done(self, s: int, count: int) -> None:
-        _write_atomic(self.done_dir / str(s), str(int(count)))
+    def mark_done(self, key: str, count: int) -> None:
+        _write_atomic(self.done_dir / key, str(int(count)))
 
-    def finish(self, instances: bool) -> Path:
+    def finish(self, instances: bool, units: list[str]) -> Path:
         """Make instance ids unique across slices, then move the labels to the final name."""
         done = self.done()
-        missing = set(range(self.lay.n_slices)) - done.keys()
+        missing = set(units) - done.keys()
         if missing:
-            raise RuntimeError(f"slices not done: {sorted(missing)[:5]}")
+            raise RuntimeError(f"not done: {sorted(missing)[:5]}")
         if instances:
             offset = 0
             for s in range(self.lay.n_slices):
-                if offset and done[s]:
-                    idx = _out_index(self.lay, s)
+                if offset and done[str(s)]:
+                    idx = unit_index(self.lay, s, None)
                     block = np.asarray(self.array[idx])
                     block[block > 0] += np.uint32(offset)
                     self.array[idx] = block
-                offset += done[s]
+                offset += done[str(s)]
             self.array.attrs["max_id"] = int(offset)
         shutil.rmtree(self.done_dir)
         (self.partial / _STATE).unlink()
@@ -239,11 +357,6 @@ def _write_atomic(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(tmp, path)
-
-
-def _out_index(lay: SliceLayout, s: int) -> tuple:
-    lead = np.unravel_index(s, lay.lead_shape) if lay.lead_shape else ()
-    return (*(int(i) for i in lead), slice(None), slice(None))
 
 
 def slice_labels(prob: np.ndarray, instances: bool, min_size: int) -> tuple[np.ndarray, int]:
@@ -267,6 +380,7 @@ def iter_segment_to_zarr(
     resume: bool = True,
     scheduler: str | None = None,
     workers: int | None = None,
+    block_size: int | None = None,
     **kwargs,
 ) -> Generator[Progress | Notice, None, Path]:
     """Segment ``image`` slice by slice into the zarr array ``output``; yields progress.
@@ -275,6 +389,8 @@ def iter_segment_to_zarr(
     (opened lazily; on a cluster the workers open it themselves, so it must be on a file
     system they share). ``scheduler``: None (this process), ``"local"`` (a dask LocalCluster
     of ``workers`` processes bound to 127.0.0.1) or the address of a running dask scheduler.
+    ``block_size``: split each 2D plane into blocks of this side (class labels only; None:
+    automatic for planes over 8192x8192 pixels, 0: never), so a plane need not fit in memory.
     Other keyword arguments as in :func:`napari_tessera.predict_tiled`. Returns the output path.
     Results are the same in every mode and equal to :func:`napari_tessera.segment`.
     """
@@ -316,20 +432,32 @@ def iter_segment_to_zarr(
         device=kwargs.get("device", "auto") if scheduler is None else "cpu",
         precision=kwargs.get("precision", "fp32"),
     )
-    state = _run_state(model, lay, instances, min_size, kwargs)
+    halo = kwargs.get("halo", "exact")
+    block = choose_block(block_size, lay, model, halo, instances)
+    state = _run_state(model, lay, instances, min_size, kwargs, block)
     out = ZarrOutput(output, lay, _labels_dtype(model, instances), state, resume=resume)
+    boxes = plan_blocks(lay, block) if block else [None]
+    units = [(s, box) for s in range(lay.n_slices) for box in boxes]
+    keys = [unit_key(s, box) for s, box in units]
+    what = "slices" if not block else f"blocks ({block}x{block} px)"
     if out.restarted:
         yield Notice(f"{out.partial.name} was made with other settings: starting over")
     elif out.resumed:
-        yield Notice(f"resuming: {out.resumed} of {lay.n_slices} slices already done")
-    todo = sorted(set(range(lay.n_slices)) - out.done().keys())
-    if scheduler is None:
-        yield from _run_here(model, image, lay, out, todo, instances, min_size, kwargs)
-    else:
+        yield Notice(f"resuming: {out.resumed} of {len(units)} {what} already done")
+    finished = out.done().keys()
+    todo = [u for u, k in zip(units, keys) if k not in finished]
+    margin = block_margin(model, halo) if block else 0
+    if scheduler is not None:
         yield from _run_on_cluster(
-            model, image, source, lay, out, todo, instances, min_size, kwargs, scheduler, workers
-        )
-    return out.finish(instances)
+            model, image, source, lay, out, todo, margin, instances, min_size, kwargs, scheduler,
+            workers,
+        )  # fmt: skip
+    elif block:
+        yield from _run_blocks_here(model, image, lay, out, todo, margin, min_size, kwargs)
+    else:
+        slices = [u[0] for u in todo]
+        yield from _run_here(model, image, lay, out, slices, instances, min_size, kwargs)
+    return out.finish(instances, keys)
 
 
 def _run_here(model, image, lay, out: ZarrOutput, todo, instances, min_size, kwargs):
@@ -338,10 +466,26 @@ def _run_here(model, image, lay, out: ZarrOutput, todo, instances, min_size, kwa
     for event in iter_slice_predictions(model, image, axes=lay.axes, slices=todo, **kwargs):
         if isinstance(event, SliceResult):
             labels, count = slice_labels(event.probabilities, instances, min_size)
-            out.array[_out_index(lay, event.index)] = labels
-            out.mark_done(event.index, count)
+            out.array[unit_index(lay, event.index, None)] = labels
+            out.mark_done(unit_key(event.index, None), count)
         else:
             yield event
+
+
+def _run_blocks_here(model, image, lay, out: ZarrOutput, todo, margin, min_size, kwargs):
+    levels: dict[int, list] = {}
+    for k, (s, box) in enumerate(todo, 1):
+        if s not in levels:
+            levels = {s: lazy_levels(image, lay, s, model.config.normalization)}
+        data = read_region(image, lay, s, box, margin)
+        labels, _, notices = unit_labels(
+            model, data, box, margin, levels[s], False, min_size, kwargs
+        )
+        out.array[unit_index(lay, s, box)] = labels
+        out.mark_done(unit_key(s, box), 0)
+        for text in notices:
+            yield Notice(text)
+        yield Progress(k, len(todo))
 
 
 def segment_to_zarr(model, image, output, **kwargs) -> Path:
@@ -395,8 +539,9 @@ def open_client(scheduler: str, workers: int | None = None):
 
 
 def _run_on_cluster(
-    model, image, source, lay, out: ZarrOutput, todo, instances, min_size, kwargs, scheduler, n
-):
+    model, image, source, lay, out: ZarrOutput, todo, margin, instances, min_size, kwargs,
+    scheduler, n,
+):  # fmt: skip
     from distributed import as_completed
 
     from . import _dask_worker
@@ -405,7 +550,7 @@ def _run_on_cluster(
         return
     kw = dict(kwargs)
     kw.setdefault("device", "auto")
-    settings = {"instances": instances, "min_size": min_size, "kw": kw}
+    settings = {"instances": instances, "min_size": min_size, "kw": kw, "margin": margin}
     digest = out.state["model"]
     client, cluster, threads = open_client(scheduler, n)
     pending = iter(todo)
@@ -418,26 +563,35 @@ def _run_on_cluster(
         yield Notice(f"dask: {n_workers} worker(s) at {client.scheduler.address}")
         out_path = str(out.partial)
 
+        levels: dict[int, list] = {}  # whole-slice levels, for blocks
+
         def submit():
-            s = next(pending, None)
-            if s is None:
+            unit = next(pending, None)
+            if unit is None:
                 return None
+            s, box = unit
+            if box is not None and s not in levels:
+                levels.clear()
+                levels[s] = lazy_levels(image, lay, s, model.config.normalization)
             if source is not None:
                 data = source
-            else:  # an array in this process: send only this slice
+            elif box is None:  # an array in this process: send only this slice
                 data = np.ascontiguousarray(lay.slice_view(image, s))
+            else:
+                data = read_region(image, lay, s, box, margin)
             fut = client.submit(
-                _dask_worker.slice_task, s, digest, data, lay, out_path, settings, pure=False
-            )
+                _dask_worker.unit_task, s, box, levels.get(s), digest, data, lay, out_path,
+                settings, pure=False,
+            )  # fmt: skip
             futures.append(fut)
             return fut
 
-        # at most two slices per worker in flight: the client never holds the whole stack
+        # at most two units per worker in flight: the client never holds the whole stack
         queue = as_completed([f for f in (submit() for _ in range(2 * max(n_workers, 1))) if f])
         total = len(todo)
         for k, fut in enumerate(queue, 1):
-            s, count, notices = fut.result()
-            out.mark_done(s, count)
+            s, box, count, notices = fut.result()
+            out.mark_done(unit_key(s, box), count)
             nxt = submit()
             if nxt is not None:
                 queue.add(nxt)

@@ -274,6 +274,7 @@ def _segment_chunked(args: argparse.Namespace, inp: Path, out: Path) -> int:
         resume=not args.restart,
         scheduler=args.scheduler,
         workers=args.workers,
+        block_size=args.block_size,
         tile_size=args.tile_size,
         halo=args.halo,
         blend=args.blend,
@@ -540,6 +541,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=_positive_int, help="dask worker processes (local) or workers to wait for"
     )
     s.add_argument(
+        "--block-size",
+        type=_non_negative_int,
+        metavar="N",
+        help="with .zarr output: split each 2D plane into NxN blocks so a plane need not fit in "
+        "memory (class labels only; default: automatic above 8192x8192 px; 0: never)",
+    )
+    s.add_argument(
         "--restart",
         action="store_true",
         help="with .zarr output: ignore the finished slices of an interrupted run",
@@ -585,7 +593,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--batch-size",
         type=_positive_int,
-        help="patches per step; under torchrun the global batch, shared by the processes (default: auto)",
+        help="patches per step; under torchrun the global batch, shared by the processes "
+        "(default: auto)",
     )
     t.add_argument("--patch-size", type=_positive_int, help="patch side (default: auto)")
     t.add_argument("--lr", type=_positive_float, help="peak learning rate (default: auto)")

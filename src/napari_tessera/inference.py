@@ -228,12 +228,15 @@ def iter_slice_predictions(
     slices: list[int] | None = None,
     fast: bool = True,
     out_of_memory_fallback: bool = True,
+    levels: list[tuple[float, float]] | None = None,
 ) -> Generator[Progress | SliceResult | Notice, None, None]:
     """Yield :class:`Progress` after every batch and a :class:`SliceResult` per finished slice.
 
     See :func:`predict_tiled` for the arguments; ``slices`` restricts the work to some flat
-    slice indices (e.g. the slice on screen). Stop early by closing the generator. The model
-    passed in is not changed or moved (with ``fast=False`` it is moved to the device).
+    slice indices (e.g. the slice on screen); ``levels`` fixes the intensity levels (see
+    :func:`~napari_tessera.normalize.normalize_slice`). Stop early by closing the generator.
+    The model passed in is not changed or moved (with ``fast=False`` it is moved to the
+    device).
 
     When the device runs out of memory the unfinished slices are redone with a smaller batch,
     then smaller tiles, then on the CPU (see :func:`next_fallback`); each step is announced by
@@ -257,7 +260,9 @@ def iter_slice_predictions(
     try:
         while True:
             failed = None
-            run = _run_slices(model, image, lay, remaining, attempt, blend, finished_tiles, fast)
+            run = _run_slices(
+                model, image, lay, remaining, attempt, blend, finished_tiles, fast, levels
+            )
             try:
                 for event in run:
                     if isinstance(event, SliceResult):
@@ -284,7 +289,7 @@ def iter_slice_predictions(
         model.train(was_training)
 
 
-def _run_slices(model, image, lay, todo, attempt: _Attempt, blend, finished_tiles, fast):
+def _run_slices(model, image, lay, todo, attempt: _Attempt, blend, finished_tiles, fast, levels):
     """One pass over the slices ``todo`` with fixed settings (see iter_slice_predictions)."""
     from .model.fast import inference_copy
 
@@ -297,7 +302,7 @@ def _run_slices(model, image, lay, todo, attempt: _Attempt, blend, finished_tile
     def tiles() -> Iterator[tuple[int, object, np.ndarray]]:
         for s in list(todo):
             where = f"slice {s}" if lay.n_slices > 1 else "image"
-            data = normalize_slice(lay.slice_view(image, s), norm, where=where)
+            data = normalize_slice(lay.slice_view(image, s), norm, where=where, levels=levels)
             for t in plan.tiles():
                 yield s, t, plan.read(data, t)
 

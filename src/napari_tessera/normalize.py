@@ -25,11 +25,35 @@ def percentiles(channel: np.ndarray, low: float, high: float) -> tuple[float, fl
     return float(lo), float(hi)
 
 
+def slice_levels(slice_cyx, norm: Normalization) -> list[tuple[float, float]]:
+    """The percentile levels ``(low, high)`` of each channel of a ``(C, Y, X)`` slice.
+
+    Reads only the strided subsample :func:`percentiles` uses, so a lazy slice (zarr, dask)
+    is never loaded whole; the values equal those :func:`normalize_slice` computes.
+    """
+    levels = []
+    for c in range(slice_cyx.shape[0]):
+        size = int(slice_cyx.shape[1]) * int(slice_cyx.shape[2])
+        step = max(1, int(np.ceil(np.sqrt(size / _MAX_SAMPLES))))
+        sample = np.asarray(slice_cyx[c, ::step, ::step]).astype(np.float32)
+        if not np.isfinite(sample).all():
+            raise InputError("image contains NaN or infinite pixels")
+        lo, hi = np.percentile(sample, [norm.low, norm.high])
+        levels.append((float(lo), float(hi)))
+    return levels
+
+
 def normalize_slice(
-    slice_cyx: np.ndarray, norm: Normalization, *, where: str = "image"
+    slice_cyx: np.ndarray,
+    norm: Normalization,
+    *,
+    where: str = "image",
+    levels: list[tuple[float, float]] | None = None,
 ) -> np.ndarray:
     """Percentile-normalise a ``(C, Y, X)`` slice channel by channel to float32.
 
+    ``levels``: ``(low, high)`` per channel to use instead of this array's own percentiles
+    (a block of a larger slice is normalised with the levels of the whole slice).
     Raises :class:`InputError` for NaN or infinite pixels; a constant channel becomes zeros.
     """
     arr = np.asarray(slice_cyx)
@@ -38,7 +62,7 @@ def normalize_slice(
     if out.dtype.kind == "f" and not np.isfinite(out).all():
         raise InputError(f"{where} contains NaN or infinite pixels")
     for c in range(out.shape[0]):
-        lo, hi = percentiles(out[c], norm.low, norm.high)
+        lo, hi = levels[c] if levels is not None else percentiles(out[c], norm.low, norm.high)
         scale = hi - lo
         out[c] -= lo
         if scale > 0:
