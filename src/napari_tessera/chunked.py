@@ -4,7 +4,9 @@ and the same work spread over a dask.distributed cluster.
 The unit of work is one 2D slice (``(C, Y, X)`` of a stack or time series): a slice is read,
 predicted with the overlap-tile engine of :mod:`napari_tessera.inference` and written as one
 chunk-aligned region of the output, so memory is bounded by one slice, whatever the depth of
-the stack. The output is built under ``OUT.partial`` and renamed to ``OUT`` only when every slice
+the stack. Class labels of planes too large for that are made in blocks (one chunk each), each
+read with a mirrored margin of the receptive field and normalised with the whole plane's
+levels, so they equal the labels of the whole plane. The output is built under ``OUT.partial`` and renamed to ``OUT`` only when every slice
 is done; a run that is interrupted leaves ``OUT.partial`` with a record of the finished slices,
 and the next run with the same settings skips them.
 
