@@ -37,13 +37,16 @@ from napari_tessera.inference import segment
 def main():
     model = load_model(default_model_path())
     t0 = time.perf_counter()
+    axes = "{axes}"
     if "{mode}" == "in memory":
-        img, axes = open_image("{src}")
+        img, _ = open_image("{src}")
         img = np.asarray(img[...])
-        labels = segment(img, model, axes="ZYX", device="cpu")
+        labels = segment(img, model, axes=axes, device="cpu")
     else:
         kw = dict(scheduler="local", workers={workers}) if "{mode}" == "dask" else {{}}
-        segment_to_zarr(model, "{src}", "{out}", axes="ZYX", device="cpu", **kw)
+        if "{mode}" == "zarr blocks":
+            kw["block_size"] = {block}
+        segment_to_zarr(model, "{src}", "{out}", axes=axes, device="cpu", **kw)
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(dict(peak_mb=round(peak, 1), seconds=round(seconds, 1))))
@@ -69,8 +72,10 @@ def make_stack(path: Path, depth: int, size: int) -> None:
     z.attrs["axes"] = "ZYX"
 
 
-def run(mode: str, src: Path, out: Path, threads: int, workers: int) -> dict:
-    code = CHILD.format(mode=mode, src=src, out=out, threads=threads, workers=workers)
+def run(mode: str, src: Path, out: Path, threads: int, workers: int, axes="ZYX", block=0) -> dict:
+    code = CHILD.format(
+        mode=mode, src=src, out=out, threads=threads, workers=workers, axes=axes, block=block
+    )
     script = out.parent / "child.py"
     script.write_text(code)
     res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
@@ -88,6 +93,8 @@ def main() -> None:
     ap.add_argument("--dask-depth", type=int, default=16)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--plane", type=int, default=0, help="also one 2D plane of this side")
+    ap.add_argument("--block", type=int, default=4096, help="block side for --plane")
     ap.add_argument("--json")
     args = ap.parse_args()
     import torch
@@ -113,6 +120,24 @@ def main() -> None:
                 results.append(r)
                 print(json.dumps(r), flush=True)
             shutil.rmtree(src)
+        if args.plane:
+            import zarr
+
+            src = d / "plane.zarr"
+            make_stack(src, 1, args.plane)
+            z = zarr.open_array(str(src), mode="r")
+            plane = zarr.open_array(
+                str(d / "plane2d.zarr"), mode="w", shape=z.shape[1:], chunks=(2048, 2048),
+                dtype=z.dtype,
+            )  # fmt: skip
+            plane[...] = z[0]
+            plane.attrs["axes"] = "YX"
+            for mode in ("zarr blocks", "in memory"):
+                r = run(mode, d / "plane2d.zarr", d / "out.zarr", args.threads, 1, "YX", args.block)
+                r.update(mode=mode, plane=args.plane, block=args.block if "blocks" in mode else 0)
+                r["mp_per_s"] = round(args.plane**2 / 1e6 / r["seconds"], 3)
+                results.append(r)
+                print(json.dumps(r), flush=True)
     env = {
         "python": platform.python_version(),
         "torch": torch.__version__,
