@@ -4,10 +4,15 @@
     python -m torch.distributed.run --standalone --nproc-per-node 2 tests/_ddp_worker.py ...
 
 Trains a tiny network on a synthetic image with `iter_train` and writes, per rank,
-``OUT_DIR/rank{R}.safetensors`` (final parameters) and ``OUT_DIR/rank{R}.json`` (losses and a
-fingerprint of every batch share this rank trained on). With ``--duplicate-halves`` every
+``OUT_DIR/rank{R}.safetensors`` (final parameters), ``OUT_DIR/rank{R}.start.safetensors`` (the
+parameters before the first step) and ``OUT_DIR/rank{R}.json`` (losses and a fingerprint of
+every batch share this rank trained on). With ``--duplicate-halves`` every
 global batch is made of two equal halves, so each process of a 2-process run sees exactly the
-statistics a single process sees: the runs must then agree to float precision.
+statistics a single process sees: the runs must then agree to float precision. With
+``--per-sample-norm`` BatchNorm becomes a per-sample, per-channel normalisation and the Dice
+term is off, so no patch's gradient depends on the other patches of its batch: a 2-process run
+must then equal a 1-process run with the same global batch although the processes train on
+different patches.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--duplicate-halves", action="store_true")
+    ap.add_argument("--per-sample-norm", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)
     ctx = ddp.from_env()
@@ -51,9 +57,28 @@ def main() -> None:
 
         PatchSampler.sample = sample
 
+    if args.per_sample_norm:
+        plain_unet = loop.UNet
+
+        def per_sample_unet(*a, **kw):
+            net = plain_unet(*a, **kw)
+            for mod in list(net.modules()):
+                for name, child in mod.named_children():
+                    if isinstance(child, torch.nn.BatchNorm2d):
+                        c = child.num_features
+                        setattr(mod, name, torch.nn.GroupNorm(c, c))
+            return net
+
+        loop.UNet = per_sample_unet
+
     plain_step = loop._train_step
 
+    start: dict[str, torch.Tensor] = {}
+
     def step(net, opt, scaler, x, y, w, *rest):
+        if not start:  # the weights before the first update
+            plain = getattr(net, "module", net)
+            start.update({k: v.detach().clone() for k, v in plain.named_parameters()})
         seen.append(float(np.asarray(x, dtype=np.float64).sum()))
         return plain_step(net, opt, scaler, x, y, w, *rest)
 
@@ -70,6 +95,7 @@ def main() -> None:
         seed=0,
         device="cpu",
         preview_every=0.0,
+        dice=0.0 if args.per_sample_norm else 1.0,
     )
     losses = []
     gen = iter_train(s.image, labels, config=cfg, dist_ctx=ctx)
@@ -82,9 +108,10 @@ def main() -> None:
     out = Path(args.out)
     params = {k: v.detach().contiguous() for k, v in result.model.named_parameters()}
     save_file(params, str(out / f"rank{rank}.safetensors"))
+    save_file(start, str(out / f"rank{rank}.start.safetensors"))
     (out / f"rank{rank}.json").write_text(json.dumps({"losses": losses, "seen": seen}))
     if ctx is not None:
-        ddp.teardown()
+        ddp.teardown(together=True)
 
 
 if __name__ == "__main__":

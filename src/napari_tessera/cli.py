@@ -369,12 +369,19 @@ def _train(args: argparse.Namespace, ctx) -> int:
     if image.dtype.kind == "f" and not np.isfinite(image).all():
         raise InputError(f"{inp.name} contains NaN or infinite pixels")
     stop = threading.Event()
+    first_signal = [0.0]
 
     def request_stop(signum, frame):  # first Ctrl-C: finish the step, keep the best model
         if stop.is_set():
-            raise KeyboardInterrupt
+            # under torchrun a stop can arrive twice at once (from the scheduler, e.g. SLURM,
+            # and forwarded by torchrun): only a later one aborts
+            if ctx is None or time.monotonic() - first_signal[0] > 5:
+                raise KeyboardInterrupt
+            return
         stop.set()
-        _warn("stopping after this step (press Ctrl-C again to abort without saving)")
+        first_signal[0] = time.monotonic()
+        if ctx is None or ctx.is_main:
+            _warn("stopping after this step (press Ctrl-C again to abort without saving)")
 
     old_int = signal.signal(signal.SIGINT, request_stop)
     old_term = signal.signal(signal.SIGTERM, request_stop)
@@ -414,23 +421,32 @@ def _train(args: argparse.Namespace, ctx) -> int:
                 bar.update(int(u.elapsed), int(u.time_limit), **post)
     finally:
         bar.close()
-        signal.signal(signal.SIGINT, old_int)
-        signal.signal(signal.SIGTERM, old_term)
-    if note:
-        _warn(note)
-    if ctx is not None and not ctx.is_main:
-        return 0  # rank 0 writes the model
-    save_model(result.model, out)
-    if not args.quiet:
-        iou = (
-            f", best validation IoU {result.best_val_iou:.3f} at step {result.best_step}"
-            if (result.best_val_iou is not None)
-            else " (no validation: too few annotated regions)"
-        )
-        _warn(
-            f"wrote {out} after {result.steps} steps in {result.elapsed:.0f} s "
-            f"(stopped: {result.stopped}){iou}; resume with --resume {ckpt}"
-        )
+        if ctx is None:
+            signal.signal(signal.SIGINT, old_int)
+            signal.signal(signal.SIGTERM, old_term)
+    try:  # under torchrun the stop handler stays until every rank is done
+        if note:
+            _warn(note)
+        if ctx is None or ctx.is_main:  # rank 0 writes the model
+            save_model(result.model, out)
+            if not args.quiet:
+                iou = (
+                    f", best validation IoU {result.best_val_iou:.3f} at step {result.best_step}"
+                    if (result.best_val_iou is not None)
+                    else " (no validation: too few annotated regions)"
+                )
+                _warn(
+                    f"wrote {out} after {result.steps} steps in {result.elapsed:.0f} s "
+                    f"(stopped: {result.stopped}){iou}; resume with --resume {ckpt}"
+                )
+        if ctx is not None:
+            from .training import distributed as ddp
+
+            ddp.teardown(together=True)  # no rank leaves while rank 0 still writes
+    finally:
+        if ctx is not None:
+            signal.signal(signal.SIGINT, old_int)
+            signal.signal(signal.SIGTERM, old_term)
     return 0
 
 

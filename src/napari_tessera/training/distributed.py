@@ -10,13 +10,14 @@ same global batch:
 - the validation numbers of rank 0 decide for everyone (broadcast), so all ranks keep the
   same best step and stop early together;
 - every stop (Ctrl-C or SIGTERM on any rank, time limit, early stop, step count) is agreed on
-  before each step with an all-reduce, so no rank waits forever in a collective;
+  before each step with an all-reduce, so no rank waits forever in a collective; the same
+  all-reduce gives every rank the same clock, hence the same learning rate under a time limit;
 - only rank 0 writes checkpoints and the model file.
 
 On GPUs BatchNorm layers become SyncBatchNorm (statistics over the global batch). On the CPU
 (gloo) PyTorch has no SyncBatchNorm, so each rank's BatchNorm statistics come from its share
-of the batch; results then differ from a single process a little, within the noise of
-training.
+of the batch and results differ from a single process (about as much as a run with a
+different batch would).
 """
 
 from __future__ import annotations
@@ -57,6 +58,11 @@ def from_env() -> DistContext | None:
 def setup(ctx: DistContext, device: torch.device) -> torch.device:
     """Join the process group (NCCL on CUDA, gloo otherwise); returns this rank's device."""
     if device.type == "cuda":
+        if ctx.local_rank >= torch.cuda.device_count():
+            raise InputError(
+                f"process {ctx.rank} wants GPU {ctx.local_rank} but this machine has "
+                f"{torch.cuda.device_count()}; start at most that many processes per node"
+            )
         device = torch.device("cuda", ctx.local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
@@ -64,8 +70,12 @@ def setup(ctx: DistContext, device: torch.device) -> torch.device:
     return device
 
 
-def teardown() -> None:
+def teardown(*, together: bool = False) -> None:
+    """Leave the process group; ``together``: first wait until every rank gets here (a
+    normal end), so no rank closes its connections while another still uses them."""
     if dist.is_initialized():
+        if together:
+            dist.barrier()
         dist.destroy_process_group()
 
 
@@ -79,11 +89,12 @@ def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     return DistributedDataParallel(model)
 
 
-def any_rank(flag: bool, device: torch.device) -> bool:
-    """True on every rank if ``flag`` is true on any rank."""
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
+def agree(flag: bool, elapsed: float, device: torch.device) -> tuple[bool, float]:
+    """One all-reduce per step: whether any rank wants to stop, and the longest elapsed time
+    (the clock every rank then uses for the time limit and the learning-rate schedule)."""
+    t = torch.tensor([1.0 if flag else 0.0, float(elapsed)], dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
+    return bool(t[0].item() > 0), float(t[1].item())
 
 
 def mean(value: float, device: torch.device) -> float:

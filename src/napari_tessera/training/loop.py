@@ -12,6 +12,7 @@ import copy
 import math
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -220,6 +221,8 @@ def iter_train(
     if model.config.padding != "same":
         raise InputError("training supports 'same'-padding networks")
     patch, batch, base_lr, steps, val_every = _auto(cfg, lay.yx, device, fine_tune)
+    if dist_ctx is not None and cfg.batch_size is None:
+        batch = round_up(batch, dist_ctx.world_size)  # the automatic batch shares evenly
     if state is not None:
         base_lr = cfg.lr or float(state.run_config.get("lr") or base_lr)  # same schedule
         if not (cfg.steps or cfg.time_limit):
@@ -321,20 +324,25 @@ def iter_train(
             "validation_regions": len(sampler.val_regions),
         }
 
-    while True:
-        reason = None
+    def stop_reason(now: float) -> str | None:
         if stop is not None and stop.is_set():
-            reason = "requested"
-        elif steps and step >= steps:
-            reason = "steps"
-        elif cfg.time_limit and elapsed() >= cfg.time_limit:
-            reason = "time"
-        if dist_ctx is not None and ddp.any_rank(reason is not None, device):
-            reason = reason or "requested"  # another process stopped: all stop together
+            return "requested"
+        if steps and step >= steps:
+            return "steps"
+        if cfg.time_limit and now >= cfg.time_limit:
+            return "time"
+        return None
+
+    while True:
+        now = elapsed()
+        reason = stop_reason(now)
+        if dist_ctx is not None:  # all stop together, on one clock (the slowest rank's)
+            anyone, now = ddp.agree(reason is not None, now, device)
+            reason = stop_reason(now) or ("requested" if anyone else None)
         if reason is not None:
             stopped = reason
             break
-        lr = _lr_at(base_lr, step, steps, elapsed(), cfg.time_limit)
+        lr = _lr_at(base_lr, step, steps, now, cfg.time_limit)
         for g in opt.param_groups:
             g["lr"] = lr
         x, y, w = sampler.sample(batch)  # the global batch (the same on every process)
@@ -505,13 +513,17 @@ def _train_step(model, opt, scaler, x, y, w, chunks, device, amp_dtype, dice) ->
         xt = torch.from_numpy(x[a : a + size]).to(device)
         yt = torch.from_numpy(y[a : a + size]).to(device)
         wt = torch.from_numpy(w[a : a + size]).to(device) if w is not None else None
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(xt)
-        loss = segmentation_loss(logits.float(), yt, wt, dice=dice) * (len(xt) / n)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-        else:
-            loss.backward()
+        # under DistributedDataParallel the gradients are averaged once, with the last piece
+        last = a + size >= n
+        sync = model.no_sync() if hasattr(model, "no_sync") and not last else nullcontext()
+        with sync:
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = model(xt)
+            loss = segmentation_loss(logits.float(), yt, wt, dice=dice) * (len(xt) / n)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+            else:
+                loss.backward()
         total += float(loss.detach())
     if scaler is not None:
         scaler.step(opt)
