@@ -6,9 +6,10 @@ predicted with the overlap-tile engine of :mod:`napari_tessera.inference` and wr
 chunk-aligned region of the output, so memory is bounded by one slice, whatever the depth of
 the stack. Class labels of planes too large for that are made in blocks (one chunk each), each
 read with a mirrored margin of the receptive field and normalised with the whole plane's
-levels, so they equal the labels of the whole plane. The output is built under ``OUT.partial`` and renamed to ``OUT`` only when every slice
-is done; a run that is interrupted leaves ``OUT.partial`` with a record of the finished slices,
-and the next run with the same settings skips them.
+levels, so they equal the labels of the whole plane. The output is built under ``OUT.partial``
+and renamed to ``OUT`` only when every slice is done; a run that is interrupted leaves
+``OUT.partial`` with a record of the finished slices, and the next run with the same settings
+skips them.
 
 With instances, ids must be unique across the stack. Each slice is labelled on its own (ids from
 1) and its object count recorded; when all slices are done a last pass adds to each slice the
@@ -42,7 +43,7 @@ from .inference import (
 )
 from .normalize import check_dtype, slice_levels
 from .postprocess import classes_from_probabilities, split_instances
-from .tiling import round_up
+from .tiling import mirror_indices, round_up
 
 PARTIAL = ".partial"
 _STATE = ".tessera-run.json"  # settings of the run that made a partial output
@@ -217,21 +218,16 @@ def plan_blocks(lay: SliceLayout, block: int) -> list[Box]:
 
 
 def read_region(image, lay: SliceLayout, s: int, box: Box, margin: int) -> np.ndarray:
-    """Block ``box`` of slice ``s`` with ``margin`` pixels of context, ``(C, y, x)``; reads
-    only that region and mirrors it at the image border."""
+    """Block ``box`` of slice ``s`` with ``margin`` pixels of context, ``(C, y, x)``: reads
+    only the rows and columns needed, mirrored at the image border as the tiler mirrors."""
     y0, y1, x0, x1 = box
     h, w = lay.yx
-    ya, yb, xa, xb = (
-        max(0, y0 - margin),
-        min(h, y1 + margin),
-        max(0, x0 - margin),
-        min(w, x1 + margin),
-    )
-    data = np.asarray(lay.region_view(image, s, slice(ya, yb), slice(xa, xb)))
-    pad = ((0, 0), (ya - (y0 - margin), y1 + margin - yb), (xa - (x0 - margin), x1 + margin - xb))
-    if any(a or b for a, b in pad):
-        data = np.pad(data, pad, mode="reflect")
-    return data
+    iy = mirror_indices(y0 - margin, y1 + margin, h)
+    ix = mirror_indices(x0 - margin, x1 + margin, w)
+    ylo, xlo = int(iy.min()), int(ix.min())
+    rows, cols = slice(ylo, int(iy.max()) + 1), slice(xlo, int(ix.max()) + 1)
+    data = np.asarray(lay.region_view(image, s, rows, cols))
+    return data[:, iy - ylo][:, :, ix - xlo]
 
 
 def lazy_levels(image, lay: SliceLayout, s: int, norm) -> list[tuple[float, float]]:
