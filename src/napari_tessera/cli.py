@@ -157,7 +157,7 @@ def _load_model_arg(path: str | None, device: str):
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from .inference import Notice, Progress, iter_segment
+    from .inference import iter_segment
     from .io import read_image, write_tiff
 
     inp, out = Path(args.input), Path(args.output)
@@ -210,24 +210,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         device=args.device,
         precision=args.precision,
     )
-    try:
-        while True:
-            try:
-                event = next(gen)
-            except StopIteration as stop:
-                labels = stop.value
-                break
-            for text in notes:  # once the work has started, so an error stays one line
-                _warn(text)
-            notes = []
-            if isinstance(event, Progress):
-                bar.update(event.done, event.total)
-            elif isinstance(event, Notice):
-                _warn(event.message)
-    finally:
-        bar.close()
-    for text in notes:
-        _warn(text)
+    labels = _drive(gen, bar, notes)
     out_axes = lay.out_axes
     write_tiff(out, labels, axes=out_axes)
     if prob_path is not None:
@@ -245,11 +228,38 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _drive(gen, bar: _Progress, notes: list[str]):
+    """Run a segmentation generator to its end, showing progress and notices; returns its value.
+
+    ``notes`` are printed once the work has started (so an error before that stays one line).
+    """
+    from .inference import Notice, Progress
+
+    try:
+        while True:
+            try:
+                event = next(gen)
+            except StopIteration as stop:
+                result = stop.value
+                break
+            for text in notes:
+                _warn(text)
+            notes = []
+            if isinstance(event, Progress):
+                bar.update(event.done, event.total)
+            elif isinstance(event, Notice):
+                _warn(event.message)
+    finally:
+        bar.close()
+    for text in notes:  # nothing was yielded (e.g. nothing left to do): say them now
+        _warn(text)
+    return result
+
+
 def _segment_chunked(args: argparse.Namespace, inp: Path, out: Path) -> int:
     """``tessera segment`` into a zarr array, slice by slice, here or on a dask cluster."""
     from .chunked import is_zarr, iter_segment_to_zarr, open_image
     from .errors import InputError
-    from .inference import Notice, Progress
 
     if not is_zarr(out):
         raise InputError("--scheduler writes zarr: give an output ending in .zarr")
@@ -282,23 +292,7 @@ def _segment_chunked(args: argparse.Namespace, inp: Path, out: Path) -> int:
         device=args.device,
         precision=args.precision,
     )
-    notes = [note] if note else []
-    try:
-        while True:
-            try:
-                event = next(gen)
-            except StopIteration as stop:
-                path = stop.value
-                break
-            for text in notes:
-                _warn(text)
-            notes = []
-            if isinstance(event, Progress):
-                bar.update(event.done, event.total)
-            elif isinstance(event, Notice):
-                _warn(event.message)
-    finally:
-        bar.close()
+    path = _drive(gen, bar, [note] if note else [])
     if not args.quiet:
         shape = "x".join(map(str, arr.shape))
         _warn(f"wrote {path} (labels of a {shape} image) in {time.perf_counter() - t0:.1f} s")
