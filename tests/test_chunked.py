@@ -410,3 +410,25 @@ def test_blocks_are_refused_for_instances(model, stack, tmp_path):
     assert chunked.choose_block(None, layout((1, 9000, 9000), "ZYX"), model, "exact", True) == 0
     assert chunked.choose_block(None, layout((1, 9000, 9000), "ZYX"), model, "exact", False) > 0
     assert chunked.choose_block(None, layout((9, 4000, 4000), "ZYX"), model, "exact", False) == 0
+
+
+def test_an_interrupted_block_run_resumes_from_its_finished_blocks(loud, tmp_path, monkeypatch):
+    img = nuclei_stack((1, 150, 130), seed=8).image
+    out = tmp_path / "b.zarr"
+    kw = dict(axes="ZYX", block_size=48, **SETTINGS)
+    gen = iter_segment_to_zarr(loud, img, out, **kw)
+    for event in gen:  # Progress counts blocks here: stop after the third
+        if isinstance(event, Progress) and event.done == 3:
+            break
+    gen.close()
+    assert not out.exists()
+    done = [f.name for f in (tmp_path / "b.zarr.partial" / chunked._DONE).iterdir()]
+    assert sorted(done) == ["0_0_0", "0_0_48", "0_0_96"]
+    read: list = []
+    real = chunked.read_region
+    monkeypatch.setattr(chunked, "read_region", lambda *a: read.append(a[3]) or real(*a))
+    events = _events(iter_segment_to_zarr(loud, img, out, **kw))
+    assert any("resuming: 3 of 12 blocks (48x48 px) already done" in e.message
+               for e in events if isinstance(e, Notice))  # fmt: skip
+    assert len(read) == 9 and (0, 48, 0, 48) not in read  # only the other blocks
+    np.testing.assert_array_equal(read_zarr(out), segment(img, loud, axes="ZYX", **SETTINGS))
