@@ -273,7 +273,13 @@ def _segment_chunked(args: argparse.Namespace, inp: Path, out: Path) -> int:
     arr, file_axes = open_image(inp)
     axes, note = _resolve_axes(arr, args.axes, file_axes, model.config.in_channels, args.quiet)
     t0 = time.perf_counter()
-    bar = _Progress(args.quiet, "segment", "slice" if args.scheduler else "tile")
+    from .axes import layout
+    from .chunked import choose_block
+
+    lay = layout(arr.shape, axes)
+    blocks = choose_block(args.block_size, lay, model, args.halo, args.instances)
+    unit = "block" if blocks else "slice" if args.scheduler else "tile"
+    bar = _Progress(args.quiet, "segment", unit)
     gen = iter_segment_to_zarr(
         model,
         str(inp) if args.scheduler else arr,
