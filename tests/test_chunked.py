@@ -213,7 +213,8 @@ def test_cli_segment_tiff_to_zarr_and_zarr_to_tiff(model, stack, tmp_path, capsy
     "extra, needle",
     [
         (["-o", "{d}/l.tif", "--scheduler", "local"], "--scheduler writes zarr"),
-        (["-o", "{d}/l.zarr", "--probabilities", "{d}/p.tif"], "--probabilities needs a TIFF"),
+        (["-o", "{d}/l.zarr", "--probabilities", "{d}/p.tif"], "must name a .zarr folder too"),
+        (["-o", "{d}/l.zarr", "--probabilities", "{d}/l.zarr"], "another folder than the labels"),
         (["-o", "{d}/nofolder/l.zarr"], "output folder does not exist"),
         (["-o", "{d}/l.zarr", "--axes", "YX"], "axes 'YX' name 2 axes"),
     ],
@@ -433,3 +434,56 @@ def test_an_interrupted_block_run_resumes_from_its_finished_blocks(loud, tmp_pat
                for e in events if isinstance(e, Notice))  # fmt: skip
     assert len(read) == 9 and (0, 48, 0, 48) not in read  # only the other blocks
     np.testing.assert_array_equal(read_zarr(out), segment(img, loud, axes="ZYX", **SETTINGS))
+
+
+def test_probabilities_go_to_zarr_too_here_in_blocks_and_on_a_cluster(loud, tmp_path, cluster):
+    from napari_tessera import predict_tiled
+
+    img = nuclei_stack((2, 150, 130), seed=8).image
+    ref = predict_tiled(loud, img, axes="ZYX", **SETTINGS)
+    runs = {
+        "slices": {},
+        "blocks": {"block_size": 48},
+        "cluster": {"block_size": 48, "scheduler": cluster.scheduler_address},
+    }
+    for name, extra in runs.items():
+        prob = tmp_path / f"{name}_p.zarr"
+        kw = dict(axes="ZYX", probabilities=prob, **extra, **SETTINGS)
+        segment_to_zarr(loud, img, tmp_path / f"{name}.zarr", **kw)
+        got = zarr.open_array(str(prob), mode="r")
+        assert got.shape == ref.shape and got.attrs["axes"] == "CZYX", name
+        np.testing.assert_allclose(np.asarray(got[...]), ref, atol=1e-5, err_msg=name)
+        assert not (tmp_path / f"{name}_p.zarr.partial").exists()
+
+
+def test_cli_probabilities_zarr(model, stack, tmp_path, capsys):
+    from napari_tessera import predict_tiled
+
+    mpath = save_model(model, tmp_path / "m.safetensors")
+    np.save(tmp_path / "s.npy", stack)
+    argv = ["segment", tmp_path / "s.npy", "-o", tmp_path / "l.zarr", "--model", mpath]
+    argv += ["--axes", "ZYX", "--probabilities", tmp_path / "p.zarr", "--tile-size", "64", "-q"]
+    code, _, err = run(argv, capsys)
+    assert code == 0, err
+    np.testing.assert_allclose(
+        read_zarr(tmp_path / "p.zarr"),
+        predict_tiled(model, stack, axes="ZYX", **SETTINGS),
+        atol=1e-5,
+    )
+
+
+def test_probabilities_survive_an_interruption(model, stack, tmp_path):
+    from napari_tessera import predict_tiled
+
+    kw = dict(axes="ZYX", probabilities=tmp_path / "p.zarr", **SETTINGS)
+    _interrupt_after(
+        iter_segment_to_zarr(model, stack, tmp_path / "l.zarr", **kw), 2, tiles_per_slice(model)
+    )
+    assert not (tmp_path / "p.zarr").exists() and (tmp_path / "p.zarr.partial").is_dir()
+    events = _events(iter_segment_to_zarr(model, stack, tmp_path / "l.zarr", **kw))
+    assert any("resuming" in e.message for e in events if isinstance(e, Notice))
+    np.testing.assert_allclose(
+        read_zarr(tmp_path / "p.zarr"),
+        predict_tiled(model, stack, axes="ZYX", **SETTINGS),
+        atol=1e-5,
+    )

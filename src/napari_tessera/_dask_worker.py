@@ -72,9 +72,13 @@ def unit_task(s, box, levels, digest: str, source, lay: SliceLayout, out_path: s
             data = read_region(image, lay, s, box, margin)
     else:  # the slice or the block itself, (C, y, x)
         data = source
-    labels, count, notices = unit_labels(
+    labels, count, notices, prob = unit_labels(
         plugin.model, data, box, margin, levels, settings["instances"], settings["min_size"],
         settings["kw"],
     )  # fmt: skip
     zarr.open_array(out_path, mode="r+")[unit_index(lay, s, box)] = labels
+    if settings.get("prob_path"):
+        zarr.open_array(settings["prob_path"], mode="r+")[
+            (slice(None), *unit_index(lay, s, box))
+        ] = prob
     return s, box, count, notices

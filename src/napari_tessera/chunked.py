@@ -245,7 +245,7 @@ def lazy_levels(image, lay: SliceLayout, s: int, norm) -> list[tuple[float, floa
 
 def unit_labels(model, data, box, margin, levels, instances, min_size, kwargs):
     """Labels of one unit of work: a whole slice ``(C, Y, X)`` (``box`` None) or a block read
-    by :func:`read_region`. Returns ``(labels, object count, notices)``."""
+    by :func:`read_region`. Returns ``(labels, object count, notices, probabilities)``."""
     notices, prob = [], None
     for event in iter_slice_predictions(model, data, axes="CYX", levels=levels, **kwargs):
         if isinstance(event, SliceResult):
@@ -256,7 +256,7 @@ def unit_labels(model, data, box, margin, levels, instances, min_size, kwargs):
         y0, y1, x0, x1 = box
         prob = prob[:, margin : margin + y1 - y0, margin : margin + x1 - x0]
     labels, count = slice_labels(prob, instances, min_size)
-    return labels, count, notices
+    return labels, count, notices, prob
 
 
 def unit_key(s: int, box: Box | None) -> str:
@@ -279,12 +279,25 @@ def _labels_dtype(model, instances: bool):
 class ZarrOutput:
     """``OUT.partial`` while the work goes on: the labels array plus a record of done slices."""
 
-    def __init__(self, final: Path, lay: SliceLayout, dtype, state: dict, *, resume: bool):
+    def __init__(
+        self,
+        final: Path,
+        lay: SliceLayout,
+        dtype,
+        state: dict,
+        *,
+        resume: bool,
+        prob_final: Path | None = None,
+        n_classes: int = 0,
+    ):
         block = int(state.get("block", 0))
         import zarr
 
         self.final, self.lay, self.state = final, lay, state
         self.partial = final.with_name(final.name + PARTIAL)
+        self.prob_final = prob_final
+        self.prob_partial = prob_final.with_name(prob_final.name + PARTIAL) if prob_final else None
+        self.prob = None
         self.done_dir = self.partial / _DONE
         self.resumed = 0
         self.restarted = False
@@ -293,12 +306,26 @@ class ZarrOutput:
             old = None
             with contextlib.suppress(OSError, ValueError):
                 old = json.loads(state_file.read_text())
-            if resume and old == state:
+            have_prob = self.prob_partial is None or self.prob_partial.is_dir()
+            if resume and old == state and have_prob:
                 self.array = zarr.open_array(str(self.partial), mode="r+")
+                if self.prob_partial is not None:
+                    self.prob = zarr.open_array(str(self.prob_partial), mode="r+")
                 self.resumed = len(self.done())
                 return
             self.restarted = True
             shutil.rmtree(self.partial)
+        if self.prob_partial is not None:
+            shutil.rmtree(self.prob_partial, ignore_errors=True)
+            self.prob = zarr.open_array(
+                str(self.prob_partial),
+                mode="w",
+                shape=(n_classes, *lay.out_shape),
+                chunks=(n_classes, *_chunks(lay, block)),
+                dtype=np.float32,
+                fill_value=0.0,
+            )
+            self.prob.attrs["axes"] = "C" + lay.out_axes
         self.array = zarr.open_array(
             str(self.partial),
             mode="w",
@@ -340,14 +367,22 @@ class ZarrOutput:
             self.array.attrs["max_id"] = int(offset)
         shutil.rmtree(self.done_dir)
         (self.partial / _STATE).unlink()
-        if self.final.exists():  # replaced only now, when the new labels are complete
-            old = self.final.with_name(f".{self.final.name}.old-{os.getpid()}")
-            os.replace(self.final, old)
-            os.replace(self.partial, self.final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(self.partial, self.final)
+        if self.prob_partial is not None:
+            _replace_dir(self.prob_partial, self.prob_final)
+        _replace_dir(self.partial, self.final)
         return self.final
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move ``src`` to ``dst``; an existing ``dst`` is replaced only now, when ``src`` is
+    complete."""
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -379,6 +414,7 @@ def iter_segment_to_zarr(
     scheduler: str | None = None,
     workers: int | None = None,
     block_size: int | None = None,
+    probabilities: str | os.PathLike | None = None,
     **kwargs,
 ) -> Generator[Progress | Notice, None, Path]:
     """Segment ``image`` slice by slice into the zarr array ``output``; yields progress.
@@ -389,6 +425,8 @@ def iter_segment_to_zarr(
     of ``workers`` processes bound to 127.0.0.1) or the address of a running dask scheduler.
     ``block_size``: split each 2D plane into blocks of this side (class labels only; None:
     automatic for planes over 8192x8192 pixels, 0: never), so a plane need not fit in memory.
+    ``probabilities``: also write the class probabilities ``(n_classes, *lead, Y, X)``,
+    float32, to this zarr array, alongside the labels.
     Other keyword arguments as in :func:`napari_tessera.predict_tiled`. Returns the output path.
     Results are the same in every mode and equal to :func:`napari_tessera.segment`.
     """
@@ -397,10 +435,18 @@ def iter_segment_to_zarr(
         raise InputError(f"the output must be a .zarr folder, got {output.name}")
     if not output.parent.is_dir():
         raise InputError(f"output folder does not exist: {output.parent}")
-    if output.exists() and not (
-        output.is_dir() and ((output / "zarr.json").is_file() or (output / ".zarray").is_file())
-    ):  # replaced at the end: never a file or a folder that is not a zarr array
-        raise InputError(f"output {output} exists and is not a zarr array; choose another name")
+    prob_out = Path(probabilities) if probabilities is not None else None
+    for path in (output, prob_out):
+        if path is None:
+            continue
+        if not is_zarr(path):
+            raise InputError(f"the output must be a .zarr folder, got {path.name}")
+        if path.exists() and not (
+            path.is_dir() and ((path / "zarr.json").is_file() or (path / ".zarray").is_file())
+        ):  # replaced at the end: never a file or a folder that is not a zarr array
+            raise InputError(f"output {path} exists and is not a zarr array; choose another name")
+    if prob_out is not None and prob_out.resolve() == output.resolve():
+        raise InputError("the probabilities need another folder than the labels")
     source = None
     if isinstance(image, (str, os.PathLike)):
         source = str(Path(image).resolve())
@@ -433,7 +479,16 @@ def iter_segment_to_zarr(
     halo = kwargs.get("halo", "exact")
     block = choose_block(block_size, lay, model, halo, instances)
     state = _run_state(model, lay, instances, min_size, kwargs, block)
-    out = ZarrOutput(output, lay, _labels_dtype(model, instances), state, resume=resume)
+    state["probabilities"] = str(prob_out.resolve()) if prob_out is not None else None
+    out = ZarrOutput(
+        output,
+        lay,
+        _labels_dtype(model, instances),
+        state,
+        resume=resume,
+        prob_final=prob_out,
+        n_classes=model.config.n_classes,
+    )
     boxes = plan_blocks(lay, block) if block else [None]
     units = [(s, box) for s in range(lay.n_slices) for box in boxes]
     keys = [unit_key(s, box) for s, box in units]
@@ -465,6 +520,8 @@ def _run_here(model, image, lay, out: ZarrOutput, todo, instances, min_size, kwa
         if isinstance(event, SliceResult):
             labels, count = slice_labels(event.probabilities, instances, min_size)
             out.array[unit_index(lay, event.index, None)] = labels
+            if out.prob is not None:
+                out.prob[(slice(None), *unit_index(lay, event.index, None))] = event.probabilities
             out.mark_done(unit_key(event.index, None), count)
         else:
             yield event
@@ -476,10 +533,12 @@ def _run_blocks_here(model, image, lay, out: ZarrOutput, todo, margin, min_size,
         if s not in levels:
             levels = {s: lazy_levels(image, lay, s, model.config.normalization)}
         data = read_region(image, lay, s, box, margin)
-        labels, _, notices = unit_labels(
+        labels, _, notices, prob = unit_labels(
             model, data, box, margin, levels[s], False, min_size, kwargs
         )
         out.array[unit_index(lay, s, box)] = labels
+        if out.prob is not None:
+            out.prob[(slice(None), *unit_index(lay, s, box))] = prob
         out.mark_done(unit_key(s, box), 0)
         for text in notices:
             yield Notice(text)
@@ -549,6 +608,7 @@ def _run_on_cluster(
     kw = dict(kwargs)
     kw.setdefault("device", "auto")
     settings = {"instances": instances, "min_size": min_size, "kw": kw, "margin": margin}
+    settings["prob_path"] = str(out.prob_partial) if out.prob is not None else None
     digest = out.state["model"]
     client, cluster, threads = open_client(scheduler, n)
     pending = iter(todo)

@@ -263,8 +263,8 @@ def _segment_chunked(args: argparse.Namespace, inp: Path, out: Path) -> int:
 
     if not is_zarr(out):
         raise InputError("--scheduler writes zarr: give an output ending in .zarr")
-    if args.probabilities:
-        raise InputError("--probabilities needs a TIFF output; with .zarr output leave it out")
+    if args.probabilities and not is_zarr(args.probabilities):
+        raise InputError("with a .zarr output, --probabilities must name a .zarr folder too")
     if not out.parent.is_dir():
         raise InputError(f"output folder does not exist: {out.parent}")
     if out.exists() and inp.exists() and out.resolve() == inp.resolve():
@@ -291,6 +291,7 @@ def _segment_chunked(args: argparse.Namespace, inp: Path, out: Path) -> int:
         scheduler=args.scheduler,
         workers=args.workers,
         block_size=args.block_size,
+        probabilities=args.probabilities,
         tile_size=args.tile_size,
         halo=args.halo,
         blend=args.blend,
@@ -546,7 +547,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     s.add_argument("--instances", action="store_true", help="one id per object instead of classes")
     s.add_argument("--min-size", type=_positive_int, default=8, help="smallest object kept (px)")
-    s.add_argument("--probabilities", metavar="PATH", help="also write class probabilities (TIFF)")
+    s.add_argument(
+        "--probabilities",
+        metavar="PATH",
+        help="also write class probabilities (a TIFF, or a .zarr folder with a .zarr output)",
+    )
     s.add_argument(
         "--scheduler",
         metavar="local|ADDRESS",
