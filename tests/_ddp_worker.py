@@ -12,13 +12,16 @@ statistics a single process sees: the runs must then agree to float precision. W
 ``--per-sample-norm`` BatchNorm becomes a per-sample, per-channel normalisation and the Dice
 term is off, so no patch's gradient depends on the other patches of its batch: a 2-process run
 must then equal a 1-process run with the same global batch although the processes train on
-different patches.
+different patches. With ``--late-stop R:S`` rank R's stop request is set at step S just after
+the ranks have agreed to go on (a Ctrl-C landing at the worst moment): every rank must still
+stop after the same step.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +41,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--duplicate-halves", action="store_true")
     ap.add_argument("--per-sample-norm", action="store_true")
+    ap.add_argument("--late-stop", metavar="R:S")
     args = ap.parse_args()
     torch.set_num_threads(1)
     ctx = ddp.from_env()
@@ -71,6 +75,21 @@ def main() -> None:
 
         loop.UNet = per_sample_unet
 
+    stop = threading.Event()
+    if args.late_stop:
+        stop_rank, stop_step = (int(v) for v in args.late_stop.split(":"))
+        plain_agree = ddp.agree
+        agreed = [0]
+
+        def agree(*a, **kw):
+            result = plain_agree(*a, **kw)
+            if rank == stop_rank and agreed[0] == stop_step:
+                stop.set()  # after the all-reduce: this step goes on everywhere
+            agreed[0] += 1
+            return result
+
+        ddp.agree = agree
+
     plain_step = loop._train_step
 
     start: dict[str, torch.Tensor] = {}
@@ -98,7 +117,7 @@ def main() -> None:
         dice=0.0 if args.per_sample_norm else 1.0,
     )
     losses = []
-    gen = iter_train(s.image, labels, config=cfg, dist_ctx=ctx)
+    gen = iter_train(s.image, labels, config=cfg, stop=stop, dist_ctx=ctx)
     while True:
         try:
             losses.append(next(gen).loss)
@@ -109,7 +128,8 @@ def main() -> None:
     params = {k: v.detach().contiguous() for k, v in result.model.named_parameters()}
     save_file(params, str(out / f"rank{rank}.safetensors"))
     save_file(start, str(out / f"rank{rank}.start.safetensors"))
-    (out / f"rank{rank}.json").write_text(json.dumps({"losses": losses, "seen": seen}))
+    info = {"losses": losses, "seen": seen, "steps": result.steps, "stopped": result.stopped}
+    (out / f"rank{rank}.json").write_text(json.dumps(info))
     if ctx is not None:
         ddp.teardown(together=True)
 

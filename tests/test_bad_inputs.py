@@ -25,7 +25,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 import napari_tessera.model as model_pkg
-from napari_tessera import ModelFileError, UNet, UNetConfig, cli, save_model
+from _helpers import nonempty_lines, run
+from napari_tessera import ModelFileError, UNet, UNetConfig, save_model
 from napari_tessera.inference import predict_tiled, predict_whole
 from napari_tessera.io import expected_shapes, load_model, read_image, read_model_info, write_tiff
 from napari_tessera.synthetic import nuclei_2d
@@ -34,20 +35,6 @@ from napari_tessera.tiling import round_up
 SIDE = 64
 TINY = ["--base-channels", "4", "--depth", "2", "--patch-size", "32", "--batch-size", "2"]
 TINY += ["--device", "cpu", "-q"]
-
-
-def run(argv, capsys):
-    """``main(argv)`` -> (exit code, stdout, stderr); argparse errors exit via SystemExit."""
-    try:
-        code = cli.main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def nonempty_lines(text: str) -> list[str]:
-    return [line for line in text.splitlines() if line.strip()]
 
 
 def assert_refused(result, command: str, needle: str, out_dir: Path) -> str:

@@ -7,7 +7,9 @@ import pytest
 import tifffile
 import zarr
 
-from napari_tessera import chunked, cli, segment
+from _helpers import ReadRecorder as Recorder
+from _helpers import run
+from napari_tessera import chunked, segment
 from napari_tessera.axes import layout
 from napari_tessera.chunked import iter_segment_to_zarr, open_image, segment_to_zarr
 from napari_tessera.errors import InputError
@@ -26,23 +28,6 @@ def stack():
 @pytest.fixture
 def model(threshold_unet):
     return threshold_unet()
-
-
-class Recorder:
-    """An array that records every read: proves a pipeline reads one slice at a time."""
-
-    def __init__(self, data):
-        self.data, self.reads = data, []
-        self.shape, self.dtype, self.ndim = data.shape, data.dtype, data.ndim
-
-    def __getitem__(self, key):
-        out = self.data[key]
-        self.reads.append(np.shape(out))
-        return out
-
-    def __array__(self, dtype=None, copy=None):  # a whole read is recorded as one
-        self.reads.append(self.shape)
-        return np.asarray(self.data, dtype=dtype)
 
 
 def read_zarr(path):
@@ -184,13 +169,6 @@ def test_an_existing_output_is_replaced_only_when_complete(model, stack, tmp_pat
 
 
 # -- command line --------------------------------------------------------------------------------
-def run(argv, capsys):
-    try:
-        code = cli.main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_cli_segment_tiff_to_zarr_and_zarr_to_tiff(model, stack, tmp_path, capsys):

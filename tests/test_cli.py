@@ -15,25 +15,12 @@ import tifffile
 import torch
 
 import napari_tessera.models
+from _helpers import nonempty_lines, run
 from napari_tessera import UNet, cli
 from napari_tessera.inference import segment
 from napari_tessera.io import load_model, read_image, write_tiff
 
 SIZE = 96
-
-
-def run(argv, capsys):
-    """``main(argv)`` -> (exit code, stdout, stderr); argparse errors exit via SystemExit."""
-    try:
-        code = cli.main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def nonempty_lines(text: str) -> list[str]:
-    return [line for line in text.splitlines() if line.strip()]
 
 
 def leftovers(folder: Path) -> list[str]:

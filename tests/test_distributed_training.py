@@ -31,18 +31,34 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 TIMEOUT = 240  # s; a hang (a rank left waiting in a collective) fails the test
 
 
-def _run(cmd, **kw):
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, **kw)
+# a rank left waiting in a collective gives up after this many seconds (an error, not a hang)
+ENV = {**os.environ, "TESSERA_DIST_TIMEOUT": "60", "PYTHONFAULTHANDLER": "1"}
+
+
+def _run(cmd, timeout: float = TIMEOUT, **kw):
+    """Run ``cmd`` in its own process group; on a timeout the whole group (torchrun and
+    its ranks) is killed, so no rank outlives the test."""
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+        start_new_session=True, **kw,
+    )  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"timed out after {timeout} s:\n{err[-3000:]}") from None
+    res = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
     assert res.returncode == 0, res.stderr[-3000:]
     return res
 
 
-def worker_run(out: Path, processes: int, *extra: str) -> list[dict]:
+def worker_run(out: Path, processes: int, *extra: str, timeout: float = TIMEOUT) -> list[dict]:
     out.mkdir()
     if processes == 1:
-        _run([sys.executable, str(WORKER), str(out), *extra])
+        _run([sys.executable, str(WORKER), str(out), *extra], timeout=timeout)
     else:
-        _run([*TORCHRUN, str(processes), str(WORKER), str(out), *extra])
+        _run([*TORCHRUN, str(processes), str(WORKER), str(out), *extra], timeout=timeout)
     runs = []
     for r in range(processes):
         info = json.loads((out / f"rank{r}.json").read_text())
@@ -108,6 +124,18 @@ def test_processes_training_on_different_patches_equal_one_process(tmp_path):
     assert cos < 0.99 and dist > 0.1, (cos, ratio, dist)
 
 
+@pytest.mark.parametrize("late_rank", [0, 1])
+def test_a_stop_request_right_after_the_agreement_waits_for_the_next_step(tmp_path, late_rank):
+    # the request lands on one rank after the ranks agreed to go on: that rank must not leave
+    # alone (the other would wait forever in the next collective); both stop one step later
+    runs = worker_run(
+        tmp_path / "late", 2, "--steps", "1000", "--late-stop", f"{late_rank}:5", timeout=120
+    )
+    assert [r["stopped"] for r in runs] == ["requested", "requested"]
+    assert [r["steps"] for r in runs] == [6, 6]  # step 6 was agreed on, the stop comes after it
+    assert max_diff(runs[0]["params"], runs[1]["params"]) == 0.0
+
+
 # -- tessera train under torchrun -------------------------------------------------------------
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
@@ -150,6 +178,7 @@ def test_a_batch_not_shared_evenly_is_refused(files):
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
+        env=ENV,
     )
     assert res.returncode != 0
     ours = [ln for ln in res.stderr.splitlines() if ln.startswith("tessera train: error:")]
@@ -169,6 +198,7 @@ def test_ctrl_c_on_one_process_stops_both_and_rank_0_saves(files):
         train_cmd(d, "stop.safetensors", "--steps", "1000000"),
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
+        env=ENV,  # a hang below dumps the ranks' stacks
     )
     err: list[bytes] = []
     reader = threading.Thread(
@@ -184,17 +214,35 @@ def test_ctrl_c_on_one_process_stops_both_and_rank_0_saves(files):
         ranks = _children(proc.pid)
         assert len(ranks) == 2
         os.kill(ranks[-1], signal.SIGINT)  # one of the two, whichever rank it is
-        code = proc.wait(timeout=60)  # no hang: the other rank stops too
+        try:
+            code = proc.wait(timeout=120)  # no hang: the other rank stops too
+        except subprocess.TimeoutExpired:
+            code = None
     finally:
-        if proc.poll() is None:  # a hang: end the ranks too, not only torchrun
-            for pid in ranks:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        if proc.poll() is None:  # a hang: dump the ranks' stacks, then end them and torchrun
+            for sig in (signal.SIGABRT, signal.SIGKILL):
+                for pid in ranks:
+                    try:
+                        os.kill(pid, sig)
+                    except ProcessLookupError:
+                        pass
+                time.sleep(2)
             proc.kill()
         reader.join(timeout=10)
     text = b"".join(err).decode(errors="replace")
+    assert code is not None, "the ranks did not stop:\n" + text[-6000:]
     assert code == 0, text[-2000:]
     prov = read_model_info(d / "stop.safetensors")[1]["provenance"]
     assert prov["stopped"] == "requested" and 0 < prov["steps"] < 1000000
+
+
+@pytest.mark.parametrize("text", ["abc", "0", "-5", "nan"])
+def test_a_bad_collective_timeout_is_refused(monkeypatch, text):
+    from napari_tessera.errors import InputError
+    from napari_tessera.training import distributed as ddp
+
+    monkeypatch.setenv("TESSERA_DIST_TIMEOUT", text)
+    with pytest.raises(InputError, match="TESSERA_DIST_TIMEOUT must be a positive"):
+        ddp.collective_timeout()
+    monkeypatch.setenv("TESSERA_DIST_TIMEOUT", "90")
+    assert ddp.collective_timeout().total_seconds() == 90

@@ -16,27 +16,13 @@ import tifffile
 import torch
 from scipy import ndimage as ndi
 
-from napari_tessera import cli
+from _helpers import nonempty_lines, run
 from napari_tessera.io import load_model, read_model_info
 from napari_tessera.synthetic import nuclei_2d
 
 SIDE = 128
 TINY = ["--base-channels", "4", "--depth", "2", "--patch-size", "32", "--batch-size", "2"]
 TINY += ["--device", "cpu"]
-
-
-def run(argv, capsys):
-    """``main(argv)`` -> (exit code, stdout, stderr); argparse exits via SystemExit."""
-    try:
-        code = cli.main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def nonempty_lines(text: str) -> list[str]:
-    return [line for line in text.splitlines() if line.strip()]
 
 
 def leftovers(folder: Path) -> list[str]:

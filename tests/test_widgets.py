@@ -28,6 +28,7 @@ if sys.platform.startswith("linux") and not (
 from napari.layers import Image, Labels  # noqa: E402
 from qtpy.QtCore import QTimer  # noqa: E402
 
+from _helpers import ReadRecorder  # noqa: E402
 from napari_tessera import UNet, UNetConfig, load_model, save_model  # noqa: E402
 from napari_tessera._sample_data import sparse_annotations  # noqa: E402
 from napari_tessera._widgets import SegmentWidget, TrainWidget, _common, _train, session  # noqa: E402  # noqa: E402
@@ -197,19 +198,6 @@ def test_segment_current_slice_of_stack(make_napari_viewer, qtbot, tiny_model_pa
     assert seg.last_result.slice_index == 1
 
 
-class _Reads:
-    """An array-like that records the shape of every read."""
-
-    def __init__(self, data):
-        self.data, self.reads = data, []
-        self.shape, self.dtype, self.ndim = data.shape, data.dtype, data.ndim
-
-    def __getitem__(self, key):
-        out = self.data[key]
-        self.reads.append(np.shape(out))
-        return out
-
-
 def test_lazy_stack_is_segmented_into_a_zarr_backed_layer(
     make_napari_viewer, qtbot, saved_threshold_model, tmp_path
 ):
@@ -219,7 +207,7 @@ def test_lazy_stack_is_segmented_into_a_zarr_backed_layer(
     from napari_tessera import segment as core_segment
 
     stack = np.stack([nuclei_2d((64, 64), seed=s).image for s in range(4)])
-    src = _Reads(stack)
+    src = ReadRecorder(stack)
     lazy = da.from_array(src, chunks=(1, 64, 64), asarray=False)
     viewer = make_napari_viewer()
     viewer.add_image(lazy, name="big", scale=(2.0, 0.5, 0.5))
@@ -251,7 +239,7 @@ def test_current_slice_of_a_lazy_stack_goes_into_a_zarr_array(
     from napari_tessera import segment as core_segment
 
     stack = np.stack([nuclei_2d((64, 64), seed=s).image for s in range(5)])
-    src = _Reads(stack)
+    src = ReadRecorder(stack)
     viewer = make_napari_viewer()
     viewer.add_image(da.from_array(src, chunks=(1, 64, 64), asarray=False), name="big")
     seg = dock(viewer, "Segment")

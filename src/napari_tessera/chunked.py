@@ -164,7 +164,7 @@ def _run_state(
     }
 
 
-def _chunks(lay: SliceLayout, block: int = 0) -> tuple[int, ...]:
+def label_chunks(lay: SliceLayout, block: int = 0) -> tuple[int, ...]:
     y, x = lay.yx
     side = min(block, 2048) if block else 2048  # blocks are whole chunks
     return (*(1 for _ in lay.lead_shape), min(y, side), min(x, side))
@@ -321,7 +321,7 @@ class ZarrOutput:
                 str(self.prob_partial),
                 mode="w",
                 shape=(n_classes, *lay.out_shape),
-                chunks=(n_classes, *_chunks(lay, block)),
+                chunks=(n_classes, *label_chunks(lay, block)),
                 dtype=np.float32,
                 fill_value=0.0,
             )
@@ -330,7 +330,7 @@ class ZarrOutput:
             str(self.partial),
             mode="w",
             shape=lay.out_shape,
-            chunks=_chunks(lay, block),
+            chunks=label_chunks(lay, block),
             dtype=dtype,
             fill_value=0,
         )

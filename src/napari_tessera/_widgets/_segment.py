@@ -420,14 +420,7 @@ class SegmentWidget(Container):
         if inp.lazy and result.slice_index is not None:
             return self._show_lazy_slice(inp, result, existing, name)
         if result.path is not None:  # a zarr array: the layer reads it lazily
-            if existing is not None:
-                existing.data = values
-                existing.scale = inp.scale
-                existing.translate = inp.translate
-                return existing
-            return self._viewer.add_labels(
-                values, name=name, scale=inp.scale, translate=inp.translate, opacity=0.6
-            )
+            return self._put_labels(existing, values, inp, name)
         if result.slice_index is not None and self._instances and values.any():
             # ids unique across the stack: continue after the ids of the other slices
             offset = 0
@@ -439,6 +432,10 @@ class SegmentWidget(Container):
             dt = np.uint8 if top < 256 else np.uint16 if top < 65536 else np.uint32
             values = np.where(values > 0, values.astype(dt) + dt(offset), 0).astype(dt)
         data = self._write(existing, inp, result, values, values.dtype)
+        return self._put_labels(existing, data, inp, name)
+
+    def _put_labels(self, existing, data, inp: ImageInput, name: str) -> Labels:
+        """Show ``data`` in the labels layer ``existing`` (updated in place) or a new one."""
         if existing is not None:
             existing.data = data
             existing.scale = inp.scale
@@ -454,6 +451,8 @@ class SegmentWidget(Container):
         array in memory might not fit); further slices go into the same array."""
         import zarr
 
+        from ..chunked import label_chunks
+
         full = inp.lay.out_shape
         dtype = np.dtype(np.uint32 if self._instances else np.uint8)
         store = self._slice_stores.get(name)
@@ -466,12 +465,11 @@ class SegmentWidget(Container):
         )
         if fresh:
             path = lazy_output_path(self.zarr_folder.value, inp.name)
-            y, x = inp.lay.yx
             store = zarr.open_array(
                 str(path),
                 mode="w",
                 shape=full,
-                chunks=(*(1 for _ in inp.lay.lead_shape), min(y, 2048), min(x, 2048)),
+                chunks=label_chunks(inp.lay),
                 dtype=dtype,
                 fill_value=0,
             )
@@ -483,15 +481,7 @@ class SegmentWidget(Container):
             values = np.where(values > 0, values.astype(np.uint32) + np.uint32(offset), 0)
             store.attrs["max_id"] = offset + int(result.labels.max())
         store[inp.lead_tuple(result.slice_index)] = values.astype(dtype)
-        if existing is not None:
-            existing.data = store
-            existing.scale = inp.scale
-            existing.translate = inp.translate
-            existing.refresh()
-            return existing
-        return self._viewer.add_labels(
-            store, name=name, scale=inp.scale, translate=inp.translate, opacity=0.6
-        )
+        return self._put_labels(existing, store, inp, name)
 
     def _show_probability(self, inp: ImageInput, result: SegmentResult) -> Image:
         name = f"{inp.name} probability"

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -55,6 +56,19 @@ def from_env() -> DistContext | None:
     return DistContext(rank=rank, world_size=world, local_rank=local)
 
 
+def collective_timeout() -> timedelta:
+    """How long a rank waits for the others in one collective before it gives up with an
+    error (``TESSERA_DIST_TIMEOUT`` seconds; PyTorch's default, 30 minutes, otherwise)."""
+    text = os.environ.get("TESSERA_DIST_TIMEOUT", "1800")
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise InputError(f"TESSERA_DIST_TIMEOUT must be a positive number of seconds, got {text!r}")
+    return timedelta(seconds=seconds)
+
+
 def setup(ctx: DistContext, device: torch.device) -> torch.device:
     """Join the process group (NCCL on CUDA, gloo otherwise); returns this rank's device."""
     if device.type == "cuda":
@@ -66,7 +80,9 @@ def setup(ctx: DistContext, device: torch.device) -> torch.device:
         device = torch.device("cuda", ctx.local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(
+            backend="nccl" if device.type == "cuda" else "gloo", timeout=collective_timeout()
+        )
     return device
 
 

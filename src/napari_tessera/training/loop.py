@@ -324,8 +324,8 @@ def iter_train(
             "validation_regions": len(sampler.val_regions),
         }
 
-    def stop_reason(now: float) -> str | None:
-        if stop is not None and stop.is_set():
+    def stop_reason(now: float, requested: bool) -> str | None:
+        if requested:
             return "requested"
         if steps and step >= steps:
             return "steps"
@@ -335,10 +335,16 @@ def iter_train(
 
     while True:
         now = elapsed()
-        reason = stop_reason(now)
+        # one look at the stop request per step: under DDP a request that arrives after the
+        # agreement below must wait for the next step, or this rank alone would stop
+        requested = stop is not None and stop.is_set()
         if dist_ctx is not None:  # all stop together, on one clock (the slowest rank's)
-            anyone, now = ddp.agree(reason is not None, now, device)
-            reason = stop_reason(now) or ("requested" if anyone else None)
+            wants = stop_reason(now, requested) is not None
+            anyone, now = ddp.agree(wants, now, device)
+            # from agreed values only (the same on every rank): steps and clock, then the flag
+            reason = stop_reason(now, False) or ("requested" if anyone else None)
+        else:
+            reason = stop_reason(now, requested)
         if reason is not None:
             stopped = reason
             break
