@@ -26,6 +26,7 @@ import time
 import warnings
 
 import torch
+from _results import report  # noqa: E402  (benchmarks/, on sys.path when run)
 from torch import nn
 
 from napari_tessera import UNet, UNetConfig
@@ -137,10 +138,7 @@ def main() -> None:
         "cpu": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
     }
-    print("env", json.dumps(env))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"rows": rows, "env": env, "args": vars(args)}, f, indent=1)
+    report(rows, env, args)
 
 
 if __name__ == "__main__":

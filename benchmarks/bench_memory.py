@@ -20,6 +20,8 @@ import platform
 import subprocess
 import sys
 
+from _results import report  # noqa: E402  (benchmarks/, on sys.path when run)
+
 CHILD = r"""
 import json, resource, sys, time
 import numpy as np, torch
@@ -95,10 +97,7 @@ def main() -> None:
         "width": args.width,
         "batch_size": args.batch_size,
     }
-    print("env", json.dumps(env))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"rows": rows, "env": env, "args": vars(args)}, f, indent=1)
+    report(rows, env, args)
 
 
 if __name__ == "__main__":

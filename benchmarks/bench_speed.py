@@ -39,6 +39,7 @@ import time
 
 import numpy as np
 import torch
+from _results import report  # noqa: E402  (benchmarks/, on sys.path when run)
 
 from napari_tessera import UNet, UNetConfig, __version__
 from napari_tessera.inference import predict_tiled, predict_whole, prepare, segment
@@ -208,10 +209,7 @@ def main() -> None:
         "processor": platform.processor(),
         "threads": args.threads,
     }
-    print("env", json.dumps(env))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"rows": rows, "env": env, "args": vars(args)}, f, indent=1)
+    report(rows, env, args)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import time
 
 import numpy as np
 import torch
+from _results import report  # noqa: E402  (benchmarks/, on sys.path when run)
 from bench_speed import make_network  # noqa: E402  (benchmarks/ is the script's folder)
 
 from napari_tessera import __version__
@@ -132,10 +133,7 @@ def main() -> None:
         "machine": platform.machine(),
         "threads": args.threads,
     }
-    print("env", json.dumps(env))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"rows": rows, "env": env, "args": vars(args)}, f, indent=1)
+    report(rows, env, args)
 
 
 if __name__ == "__main__":
