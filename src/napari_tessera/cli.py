@@ -379,10 +379,16 @@ def _train(args: argparse.Namespace, ctx) -> int:
             if ctx is None or time.monotonic() - first_signal[0] > 5:
                 raise KeyboardInterrupt
             return
-        stop.set()
+        stop.set()  # only the flag: printing here could re-enter a write the signal interrupted
         first_signal[0] = time.monotonic()
-        if ctx is None or ctx.is_main:
-            _warn("stopping after this step (press Ctrl-C again to abort without saving)")
+
+    told = [False]
+
+    def announce() -> None:  # the first stop request, said once, outside the signal handler
+        if stop.is_set() and not told[0]:
+            told[0] = True
+            if ctx is None or ctx.is_main:
+                _warn("stopping after this step (press Ctrl-C again to abort without saving)")
 
     old_int = signal.signal(signal.SIGINT, request_stop)
     old_term = signal.signal(signal.SIGTERM, request_stop)
@@ -404,8 +410,10 @@ def _train(args: argparse.Namespace, ctx) -> int:
             try:
                 u: TrainUpdate = next(gen)
             except StopIteration as done:
+                announce()
                 result = done.value
                 break
+            announce()
             if note:
                 _warn(note)
                 note = None
