@@ -355,6 +355,46 @@ def test_whole_slices_held_out_with_three_or_more_slices(monkeypatch):
     assert max_seen < 1e3
 
 
+def test_validation_sees_each_block_as_whole_image_inference_does(deep_unet):
+    """With the receptive field as context, a block's logits equal a whole-image pass."""
+    from napari_tessera.inference import predict_tiled
+    from napari_tessera.normalize import normalize_slice
+    from napari_tessera.training.loop import _validate
+
+    rng = np.random.default_rng(4)
+    model = deep_unet(UNetConfig(base_channels=4, depth=3, n_classes=2))
+    classes = [sparse_slice(rng)]
+    image = rng.random((SIDE, SIDE)).astype(np.float32)
+    norm = normalize_slice(image[None], model.config.normalization).astype(np.float32)
+    sampler = PatchSampler(
+        [norm], classes, None, patch=64, val_fraction=0.3, rng=np.random.default_rng(0)
+    )
+    regions = sampler.val_regions
+    assert len(regions) >= 2
+    whole = predict_tiled(model, image, device="cpu", tile_size=SIDE)[1]  # P(object)
+    context = model.exact_halo()
+    assert context > 0
+    for ctx, should_match in ((context, True), (0, False)):
+        seen, worst = 0, 0.0
+        for x, y, _w in sampler.validation_batches(2, context=ctx):
+            with torch.no_grad():
+                p = torch.softmax(model(torch.from_numpy(x)), 1)[:, 1].numpy()
+            for k in range(len(x)):
+                r = regions[seen]
+                seen += 1
+                scored = y[k] != IGNORE
+                block = classes[0][r.y0 : r.y0 + r.size, r.x0 : r.x0 + r.size]
+                assert np.array_equal(y[k][scored], block[block != IGNORE])
+                ref = whole[r.y0 : r.y0 + r.size, r.x0 : r.x0 + r.size][block != IGNORE]
+                worst = max(worst, float(np.abs(p[k][scored] - ref).max()))
+        assert seen == len(regions)
+        assert (worst < 1e-5) == should_match, (ctx, worst)
+    # _validate scores with the context it is given
+    with_ctx = _validate(model, sampler, 2, torch.device("cpu"), 1.0, context)
+    without = _validate(model, sampler, 2, torch.device("cpu"), 1.0, 0)
+    assert with_ctx[0] != pytest.approx(without[0], rel=1e-3)
+
+
 def test_no_validation_without_enough_blocks():
     c = np.full((64, 64), IGNORE, np.int64)
     c[5, 5], c[6, 6] = 0, 1  # everything in one block

@@ -302,7 +302,12 @@ def iter_train(
     def validate_and_keep() -> tuple[float, float, bool]:
         """Validate the current weights; keep them if they are the best so far."""
         nonlocal best_score, best_step, best_iou, best_state, last_validated
-        v_loss, v_iou = _validate(model, sampler, -(-batch // chunks), device, cfg.dice)
+        # each region is seen with the network's receptive field around it, as whole-image
+        # inference sees it; batches hold about as many pixels as a training batch
+        context = model.exact_halo()
+        win = sampler.val_regions[0].size + 2 * context
+        val_batch = max(1, (-(-batch // chunks)) * patch * patch // (win * win))
+        v_loss, v_iou = _validate(model, sampler, val_batch, device, cfg.dice, context)
         if dist_ctx is not None:  # rank 0's numbers decide for every rank
             v_loss, v_iou = ddp.from_rank0((v_loss, v_iou), device)
         last_validated = step
@@ -553,12 +558,13 @@ def _class_names(n: int, mode: str) -> list[str]:
 
 
 @torch.no_grad()
-def _validate(model, sampler: PatchSampler, batch: int, device, dice: float):
+def _validate(model, sampler: PatchSampler, batch: int, device, dice: float, context: int = 0):
+    """Loss and IoU on the validation regions, each seen with ``context`` pixels around it."""
     was = model.training
     model.eval()
     total_loss, n, inter, union = 0.0, 0, 0.0, 0.0
     try:
-        for x, y, w in sampler.validation_batches(batch):
+        for x, y, w in sampler.validation_batches(batch, context):
             logits = model(torch.from_numpy(x).to(device)).float()
             yt = torch.from_numpy(y).to(device)
             wt = torch.from_numpy(w).to(device) if w is not None else None

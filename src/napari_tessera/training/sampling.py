@@ -206,21 +206,36 @@ class PatchSampler:
         )
 
     # -- validation ------------------------------------------------------------------------------
-    def validation_batches(self, batch_size: int):
-        """Validation regions in batches: images, targets, weights (no augmentation)."""
-        for i in range(0, len(self.val_regions), batch_size):
-            regs = self.val_regions[i : i + batch_size]
-            xs = np.stack([_window(self.images[r.s], r.y0, r.x0, r.size) for r in regs])
+    def validation_batches(self, batch_size: int, context: int = 0):
+        """Validation regions in batches: images, targets, weights (no augmentation).
+
+        Each region is read with ``context`` pixels of image around it (mirrored at the image
+        border, as inference does). With the network's receptive field as context, the network
+        sees a region as it does when it segments the whole image; only the region's own
+        annotated pixels are scored. Regions without annotations are skipped.
+        """
+        regs = [r for r in self.val_regions if (self._crop(r) != IGNORE).any()]
+        for i in range(0, len(regs), batch_size):
+            part = regs[i : i + batch_size]
+            size = part[0].size + 2 * context
+            xs = np.stack(
+                [_window(self.images[r.s], r.y0 - context, r.x0 - context, size) for r in part]
+            )
             ys = []
-            for r in regs:
-                # only the block's own pixels count; mirrored pixels beyond the image do not
-                t = np.full((r.size, r.size), IGNORE, np.int64)
+            for r in part:
+                # only the block's own pixels count: not the context, not mirrored pixels
+                t = np.full((size, size), IGNORE, np.int64)
                 blk = self._crop(r)
-                t[: blk.shape[0], : blk.shape[1]] = blk
+                t[context : context + blk.shape[0], context : context + blk.shape[1]] = blk
                 ys.append(t)
             ws = None
             if self.weights is not None:
-                ws = np.stack([_window(self.weights[r.s], r.y0, r.x0, r.size) for r in regs])
+                ws = np.stack(
+                    [
+                        _window(self.weights[r.s], r.y0 - context, r.x0 - context, size)
+                        for r in part
+                    ]
+                )
             yield xs.astype(np.float32), np.stack(ys), ws
 
     def validation_mask(self, s: int) -> np.ndarray:
