@@ -231,10 +231,7 @@ class PatchSampler:
             ws = None
             if self.weights is not None:
                 ws = np.stack(
-                    [
-                        _window(self.weights[r.s], r.y0 - context, r.x0 - context, size)
-                        for r in part
-                    ]
+                    [_window(self.weights[r.s], r.y0 - context, r.x0 - context, size) for r in part]
                 )
             yield xs.astype(np.float32), np.stack(ys), ws
 
