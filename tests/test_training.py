@@ -159,7 +159,11 @@ def test_dense_convention_make_targets():
 # -- loss ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("n_out", [1, 2, 3])
 @pytest.mark.parametrize("dice", [0.0, 1.0])
-def test_loss_ignores_unannotated_pixels(n_out, dice):
+@pytest.mark.parametrize("balance", [False, True])
+def test_loss_ignores_unannotated_pixels(n_out, dice, balance):
+    def loss(lg, t, w=None):
+        return float(segmentation_loss(lg, t, w, dice=dice, balance=balance))
+
     gen = torch.Generator().manual_seed(n_out)
     shape = (2, 16, 16)
     n_classes = max(n_out, 2)
@@ -168,8 +172,8 @@ def test_loss_ignores_unannotated_pixels(n_out, dice):
     target[ignore] = IGNORE
     logits = torch.randn((shape[0], n_out, *shape[1:]), generator=gen)
     weight = 1 + 5 * torch.rand(shape, generator=gen)
-    base = float(segmentation_loss(logits, target, weight, dice=dice))
-    base_unweighted = float(segmentation_loss(logits, target, dice=dice))
+    base = loss(logits, target, weight)
+    base_unweighted = loss(logits, target)
 
     # change logits and weights wildly, but only where nothing is annotated
     logits2 = logits.clone()
@@ -178,21 +182,50 @@ def test_loss_ignores_unannotated_pixels(n_out, dice):
     )
     weight2 = weight.clone()
     weight2[ignore] = 1000 * torch.rand(int(ignore.sum()), generator=gen)
-    assert float(segmentation_loss(logits2, target, weight2, dice=dice)) == pytest.approx(
-        base, abs=1e-6
-    )
-    assert float(segmentation_loss(logits2, target, dice=dice)) == pytest.approx(
-        base_unweighted, abs=1e-6
-    )
+    assert loss(logits2, target, weight2) == pytest.approx(base, abs=1e-6)
+    assert loss(logits2, target) == pytest.approx(base_unweighted, abs=1e-6)
 
     # ... while a change at one annotated pixel changes the loss
     n, y, x = (int(v) for v in torch.nonzero(~ignore)[0])
     logits3 = logits.clone()
     logits3[n, :, y, x] += torch.linspace(3.0, -3.0, n_out) if n_out > 1 else 3.0
-    assert abs(float(segmentation_loss(logits3, target, weight, dice=dice)) - base) > 1e-4
+    assert abs(loss(logits3, target, weight) - base) > 1e-4
     weight3 = weight.clone()
     weight3[n, y, x] += 10.0
-    assert abs(float(segmentation_loss(logits, target, weight3, dice=dice)) - base) > 1e-5
+    assert abs(loss(logits, target, weight3) - base) > 1e-5
+
+
+def test_balanced_loss_weighs_every_painted_class_the_same():
+    """With balance, painting more of one class does not tilt the loss towards it."""
+
+    def batch(n_background: int):
+        target = torch.full((1, 1, 64), IGNORE)
+        target[0, 0, :4] = 1  # 4 object pixels
+        target[0, 0, 4 : 4 + n_background] = 0
+        logits = torch.zeros(1, 1, 1, 64)
+        logits[..., :4] = -1.0  # objects look like background: a large loss
+        logits[..., 4:] = -3.0  # background is right: a small loss
+        return logits, target
+
+    few, many = batch(4), batch(48)
+    balanced = [float(segmentation_loss(*b, dice=0.0, balance=True)) for b in (few, many)]
+    plain = [float(segmentation_loss(*b, dice=0.0)) for b in (few, many)]
+    assert balanced[0] == pytest.approx(balanced[1], abs=1e-6)
+    # the mean of the two classes' mean losses
+    expected = 0.5 * (
+        float(torch.nn.functional.softplus(torch.tensor(1.0)))  # BCE(-1, target 1)
+        + float(torch.nn.functional.softplus(torch.tensor(-3.0)))  # BCE(-3, target 0)
+    )
+    assert balanced[0] == pytest.approx(expected, abs=1e-6)
+    # without balance, 48 easy background pixels drown the 4 wrong object pixels
+    assert plain[1] < 0.5 * plain[0]
+    # with three classes too: each class's mean cross-entropy counts once
+    t = torch.tensor([[[0, 0, 0, 0, 0, 0, 1, 2]]])
+    lg = torch.randn(1, 3, 1, 8, generator=torch.Generator().manual_seed(0))
+    ce = torch.nn.functional.cross_entropy(lg, t, reduction="none")[0, 0]
+    want = (ce[:6].mean() + ce[6] + ce[7]) / 3
+    got = segmentation_loss(lg, t, dice=0.0, balance=True)
+    assert float(got) == pytest.approx(float(want), abs=1e-6)
 
 
 def test_loss_of_nothing_annotated_is_zero_with_a_gradient():

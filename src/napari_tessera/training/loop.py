@@ -66,6 +66,7 @@ class TrainConfig:
     base_channels: int = 16
     depth: int = 4
     dice: float = 1.0
+    balance: bool = False
     w0: float = 10.0
     sigma: float = 5.0
     elastic: bool = True
@@ -237,6 +238,8 @@ def iter_train(
     m = model.size_multiple  # a patch must pool down to at least 2x2 at the deepest level
     patch = max(round_up(patch, m), 2 * m)
     rng = np.random.default_rng(cfg.seed)
+    # dense labels carry the paper's class weights per image already (border_weights)
+    balance = cfg.balance and cfg.mode == "sparse"
 
     norm = model.config.normalization
     images, classes, weights = [], [], [] if cfg.mode == "dense" else None
@@ -307,7 +310,7 @@ def iter_train(
         context = model.exact_halo()
         win = sampler.val_regions[0].size + 2 * context
         val_batch = max(1, (-(-batch // chunks)) * patch * patch // (win * win))
-        v_loss, v_iou = _validate(model, sampler, val_batch, device, cfg.dice, context)
+        v_loss, v_iou = _validate(model, sampler, val_batch, device, cfg.dice, context, balance)
         if dist_ctx is not None:  # rank 0's numbers decide for every rank
             v_loss, v_iou = ddp.from_rank0((v_loss, v_iou), device)
         last_validated = step
@@ -363,7 +366,7 @@ def iter_train(
         while True:
             try:
                 loss_value = _train_step(
-                    net, opt, scaler, x, y, w, chunks, device, amp_dtype, cfg.dice
+                    net, opt, scaler, x, y, w, chunks, device, amp_dtype, cfg.dice, balance
                 )
                 break
             except Exception as err:  # only out-of-memory errors are handled
@@ -510,7 +513,9 @@ def iter_train(
     return TrainResult(model, best_step, best_iou, step, elapsed(), stopped, history)
 
 
-def _train_step(model, opt, scaler, x, y, w, chunks, device, amp_dtype, dice) -> float:
+def _train_step(
+    model, opt, scaler, x, y, w, chunks, device, amp_dtype, dice, balance=False
+) -> float:
     """One optimiser step on a batch, run in ``chunks`` pieces whose gradients add up.
 
     Each piece's loss is weighted by its share of the batch, so the gradient matches the
@@ -530,7 +535,8 @@ def _train_step(model, opt, scaler, x, y, w, chunks, device, amp_dtype, dice) ->
         with sync:
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 logits = model(xt)
-            loss = segmentation_loss(logits.float(), yt, wt, dice=dice) * (len(xt) / n)
+            loss = segmentation_loss(logits.float(), yt, wt, dice=dice, balance=balance)
+            loss = loss * (len(xt) / n)
             if scaler is not None:
                 scaler.scale(loss).backward()
             else:
@@ -558,7 +564,15 @@ def _class_names(n: int, mode: str) -> list[str]:
 
 
 @torch.no_grad()
-def _validate(model, sampler: PatchSampler, batch: int, device, dice: float, context: int = 0):
+def _validate(
+    model,
+    sampler: PatchSampler,
+    batch: int,
+    device,
+    dice: float,
+    context: int = 0,
+    balance: bool = False,
+):
     """Loss and IoU on the validation regions, each seen with ``context`` pixels around it."""
     was = model.training
     model.eval()
@@ -568,7 +582,8 @@ def _validate(model, sampler: PatchSampler, batch: int, device, dice: float, con
             logits = model(torch.from_numpy(x).to(device)).float()
             yt = torch.from_numpy(y).to(device)
             wt = torch.from_numpy(w).to(device) if w is not None else None
-            total_loss += float(segmentation_loss(logits, yt, wt, dice=dice)) * len(x)
+            loss = segmentation_loss(logits, yt, wt, dice=dice, balance=balance)
+            total_loss += float(loss) * len(x)
             n += len(x)
             i, u = annotated_iou(logits, yt)
             inter += i

@@ -18,11 +18,14 @@ def segmentation_loss(
     weight: torch.Tensor | None = None,
     *,
     dice: float = 1.0,
+    balance: bool = False,
 ) -> torch.Tensor:
     """Pixel-weighted cross-entropy (BCE-with-logits for 1 output) plus a soft Dice term.
 
     logits: ``(N, C, Y, X)``; target: ``(N, Y, X)`` int64 with ``IGNORE`` for not annotated;
     weight: optional ``(N, Y, X)`` per-pixel weights (the U-Net paper's border weights).
+    balance: every class present in the batch weighs the same in the cross-entropy, however
+        many of its pixels are annotated (the paper's class-frequency weights, per batch).
     The Dice term is ``1 - soft Dice`` of the object classes over annotated pixels.
     """
     mask = target != IGNORE
@@ -39,7 +42,16 @@ def segmentation_loss(
         pix = F.cross_entropy(logits, safe, reduction="none")
         prob_fg = torch.softmax(logits, dim=1)[:, 1:]
         onehot_fg = F.one_hot(safe, logits.shape[1]).permute(0, 3, 1, 2)[:, 1:].float()
-    ce = (pix * w).sum() / w.sum().clamp_min(1e-6)
+    if balance:
+        per_class = []
+        for c in range(max(logits.shape[1], 2)):
+            wc = w * (safe == c)
+            total = wc.sum()
+            if total > 0:
+                per_class.append((pix * wc).sum() / total)
+        ce = torch.stack(per_class).mean()
+    else:
+        ce = (pix * w).sum() / w.sum().clamp_min(1e-6)
     if dice <= 0:
         return ce
     m = mask[:, None].float()
