@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import struct
 import threading
 from pathlib import Path
@@ -468,14 +469,15 @@ def test_stop_keeps_the_best_model(dense_data):
     assert len(result.history) == n_stop
     assert result.model is model
     assert [u.step for u in updates if u.val_iou is not None] == [5, 10]
-    validated = {h["step"]: h["val_iou"] for h in result.history if "val_iou" in h}
+    validated = {h["step"]: h["val_loss"] for h in result.history if "val_loss" in h}
     assert sorted(validated) == [5, 10, 12]  # the stopped state is validated too
-    assert result.best_val_iou == max(validated.values())
-    assert validated[result.best_step] == result.best_val_iou
+    assert validated[result.best_step] == min(validated.values())  # the lowest loss is kept
+    best_iou = next(h["val_iou"] for h in result.history if h["step"] == result.best_step)
+    assert result.best_val_iou == best_iou
     final = state_copy(result.model)
     assert same_state(final, states[result.best_step])
     for step in validated:
-        if validated[step] < result.best_val_iou:
+        if validated[step] > validated[result.best_step]:
             assert not same_state(final, states[step])
     assert not result.model.training
     assert result.model.metadata["provenance"]["stopped"] == "requested"
@@ -533,6 +535,22 @@ def test_resume_continues_step_count(dense_data, tmp_path):
     assert not list(tmp_path.glob("*.part"))
     state = load_checkpoint(ckpt)
     assert state.step == 20 and len(state.history) == 20
+    kept = next(h for h in state.history if h["step"] == state.best_step)
+    assert state.best_score == pytest.approx((-kept["val_loss"], kept["val_iou"]))
+    # a checkpoint from before the loss ranked first stored (IoU, -loss): read in the new order
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(ckpt), "pt") as f:
+        meta = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    old = json.loads(meta["state"])
+    old["best_score"] = [kept["val_iou"], -kept["val_loss"]]
+    del old["best_score_order"]
+    meta["state"] = json.dumps(old)
+    older = tmp_path / "older.ckpt.safetensors"
+    save_file(tensors, str(older), metadata=meta)
+    assert load_checkpoint(older).best_score == pytest.approx(state.best_score)
 
     updates, r2 = drive(iter_train(image, labels, config=small_config(steps=30), resume=ckpt))
     assert updates[0].step == 21

@@ -440,7 +440,7 @@ def _train(args: argparse.Namespace, ctx) -> int:
             save_model(result.model, out)
             if not args.quiet:
                 iou = (
-                    f", best validation IoU {result.best_val_iou:.3f} at step {result.best_step}"
+                    f", kept step {result.best_step} (validation IoU {result.best_val_iou:.3f})"
                     if (result.best_val_iou is not None)
                     else " (no validation: too few annotated regions)"
                 )

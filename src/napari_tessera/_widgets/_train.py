@@ -443,7 +443,7 @@ class TrainWidget(Container):
         self._trained_on = self._run
         name = self._run.inp.name if self._run is not None else "the image"
         iou = (
-            f", best validation IoU {result.best_val_iou:.3f} (step {result.best_step})"
+            f", kept step {result.best_step} (validation IoU {result.best_val_iou:.3f})"
             if result.best_val_iou is not None
             else ""
         )

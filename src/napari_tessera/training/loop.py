@@ -49,6 +49,8 @@ class TrainConfig:
     base_channels / depth: size of a network trained from scratch.
     val_fraction: share of annotated blocks (or slices) held out for validation.
     patience: stop after this many validations without improvement (None: never).
+    balance: sparse labels only: every painted class weighs the same in each batch's loss,
+        however many of its pixels were painted (dense labels balance per image).
     """
 
     mode: str = "sparse"
@@ -66,7 +68,7 @@ class TrainConfig:
     base_channels: int = 16
     depth: int = 4
     dice: float = 1.0
-    balance: bool = False
+    balance: bool = True
     w0: float = 10.0
     sigma: float = 5.0
     elastic: bool = True
@@ -314,7 +316,9 @@ def iter_train(
         if dist_ctx is not None:  # rank 0's numbers decide for every rank
             v_loss, v_iou = ddp.from_rank0((v_loss, v_iou), device)
         last_validated = step
-        score = (v_iou, -v_loss)
+        # the lowest validation loss (IoU breaks ties): IoU on held-out scribbles often sits
+        # at 1.0 while the model still changes, and the loss keeps telling steps apart
+        score = (-v_loss, v_iou)
         if best_score is None or score > best_score:
             best_score, best_step, best_iou = score, step, v_iou
             best_state = copy.deepcopy(model.state_dict())
