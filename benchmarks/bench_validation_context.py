@@ -11,6 +11,10 @@ At every validation the weights are scored three ways, side by side:
 * ``f1``: instance F1 on the right half, from whole-image inference (the truth, which training
   never sees).
 
+Three rules for which step to keep are compared on the same runs: block IoU then loss (the
+old rule), context IoU then loss, and context loss then IoU (what training does now).
+``--no-balance`` trains without the per-batch class balance of the loss (the old default).
+
 It prints one row per validation, per image the F1 of the step each signal would keep, and
 over all validations the rank correlation of each signal with the true F1.
 
@@ -38,7 +42,7 @@ from napari_tessera.synthetic import nuclei_2d  # noqa: E402
 from napari_tessera.training import TrainConfig, loop, train  # noqa: E402
 
 
-def run(seed: int, steps: int) -> dict:
+def run(seed: int, steps: int, balance: bool) -> dict:
     s = nuclei_2d((512, 512), seed=seed, radius=(6.0, 11.0), touching=0.35)
     lab = scribbles(s.labels, np.random.default_rng(seed))
     snaps = []
@@ -52,7 +56,8 @@ def run(seed: int, steps: int) -> dict:
 
     loop._validate = validate
     try:
-        res = train(s.image, lab, config=TrainConfig(steps=steps, seed=seed, device="cpu"))
+        cfg = TrainConfig(steps=steps, seed=seed, device="cpu", balance=balance)
+        res = train(s.image, lab, config=cfg)
     finally:
         loop._validate = plain
     rows = []
@@ -69,18 +74,30 @@ def run(seed: int, steps: int) -> dict:
             }
         )
 
-    def kept(name):  # the first step with the best (IoU, -loss), as training keeps it
-        best = max(rows, key=lambda r: (r[f"{name}_iou"], -r[f"{name}_loss"], -r["k"]))
-        return best["f1"]
-
     return {
         "seed": seed,
+        "balance": balance,
         "steps": res.steps,
+        "kept_step": res.best_step,
         "validations": rows,
-        "kept_f1_block": kept("block"),
-        "kept_f1_context": kept("context"),
+        **kept(rows),
         "best_possible_f1": max(r["f1"] for r in rows),
         "last_f1": rows[-1]["f1"],
+    }
+
+
+def kept(rows: list[dict]) -> dict:
+    """F1 of the step each rule keeps (the first of equals, as training does)."""
+
+    def pick(key):
+        return max(rows, key=lambda r: (*key(r), -r["k"]))["f1"]
+
+    return {
+        # before: block alone, IoU first, then loss
+        "kept_f1_block": pick(lambda r: (r["block_iou"], -r["block_loss"])),
+        "kept_f1_context": pick(lambda r: (r["context_iou"], -r["context_loss"])),
+        # now: in context, lowest loss first, then IoU
+        "kept_f1_context_loss": pick(lambda r: (-r["context_loss"], r["context_iou"])),
     }
 
 
@@ -101,16 +118,20 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[90000, 90001, 90002])
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--no-balance", action="store_true", help="train without class balance")
     ap.add_argument("--summarize", metavar="JSON", help="only summarise a results file")
     args = ap.parse_args()
     if args.summarize:
         with open(args.summarize) as f:
-            print("spearman with F1", json.dumps(summarize(json.load(f)["rows"])))
+            rows = json.load(f)["rows"]
+        for r in rows:
+            print(r["seed"], json.dumps(kept(r["validations"])), "last", r["last_f1"])
+        print("spearman with F1", json.dumps(summarize(rows)))
         return
     torch.set_num_threads(2)
     out = []
     for seed in args.seeds:
-        row = run(seed, args.steps)
+        row = run(seed, args.steps, not args.no_balance)
         print(json.dumps(row), flush=True)
         out.append(row)
     env = {
