@@ -48,9 +48,9 @@ def run(seed: int, steps: int, balance: bool) -> dict:
     snaps = []
     plain = loop._validate
 
-    def validate(model, sampler, batch, device, dice, context=0):
-        out = plain(model, sampler, batch, device, dice, context)
-        alone = plain(model, sampler, batch, device, dice, 0)
+    def validate(model, sampler, batch, device, dice, context=0, balance=False):
+        out = plain(model, sampler, batch, device, dice, context, balance)
+        alone = plain(model, sampler, batch, device, dice, 0, balance)
         snaps.append((copy.deepcopy(model).eval(), out, alone))
         return out
 

@@ -10,7 +10,8 @@ every batch share this rank trained on). With ``--duplicate-halves`` every
 global batch is made of two equal halves, so each process of a 2-process run sees exactly the
 statistics a single process sees: the runs must then agree to float precision. With
 ``--per-sample-norm`` BatchNorm becomes a per-sample, per-channel normalisation and the Dice
-term is off, so no patch's gradient depends on the other patches of its batch: a 2-process run
+term and the class balance are off, so no patch's gradient depends on the other patches of
+its batch: a 2-process run
 must then equal a 1-process run with the same global batch although the processes train on
 different patches. With ``--late-stop R:S`` rank R's stop request is set at step S just after
 the ranks have agreed to go on (a Ctrl-C landing at the worst moment): every rank must still
@@ -115,6 +116,7 @@ def main() -> None:
         device="cpu",
         preview_every=0.0,
         dice=0.0 if args.per_sample_norm else 1.0,
+        balance=not args.per_sample_norm,
     )
     losses = []
     gen = iter_train(s.image, labels, config=cfg, stop=stop, dist_ctx=ctx)

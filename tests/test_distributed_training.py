@@ -98,9 +98,9 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
 
 
 def test_processes_training_on_different_patches_equal_one_process(tmp_path):
-    # per-sample normalisation and no Dice term: each patch's gradient is its own, so two
-    # processes, each on its half of the global batch, must update the weights as one
-    # process does on the whole batch (with BatchNorm on the CPU they differ: per-process
+    # per-sample normalisation, no Dice term, no class balance: each patch's gradient is its
+    # own, so two processes, each on its half of the global batch, must update the weights as
+    # one process does on the whole batch (with BatchNorm on the CPU they differ: per-process
     # statistics)
     one = worker_run(tmp_path / "one", 1, "--per-sample-norm")[0]
     two = worker_run(tmp_path / "two", 2, "--per-sample-norm")
