@@ -3,6 +3,22 @@
 from __future__ import annotations
 
 import json
+import platform
+
+
+def cpu_env() -> dict:
+    """Python, torch and Tessera versions, the CPU and torch's thread count."""
+    import torch
+
+    from napari_tessera import __version__
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "tessera": __version__,
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def report(rows: list, env: dict, args) -> None:

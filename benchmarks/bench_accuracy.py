@@ -18,17 +18,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 
 import numpy as np
 import torch
+from _results import cpu_env
 from scipy import ndimage as ndi
 from skimage import feature, future
 from skimage.draw import line
 from sklearn.ensemble import RandomForestClassifier
 
-from napari_tessera import __version__, segment
+from napari_tessera import segment
 from napari_tessera.io import load_model
 from napari_tessera.metrics import match_instances
 from napari_tessera.models import default_model_path
@@ -144,13 +144,7 @@ def main() -> None:
     keys = ["default_whole_f1", "default_right_f1", "scratch_f1", "finetune_f1", "rf_f1"]
     summary = {k: float(np.mean([r[k] for r in rows])) for k in keys if k in rows[0]}
     summary.update({f"{k}_min": float(min(r[k] for r in rows)) for k in keys if k in rows[0]})
-    env = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "tessera": __version__,
-        "cpu": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
-    }
+    env = cpu_env()
     print("summary", json.dumps(summary))
     print("env", json.dumps(env))
     if args.json:

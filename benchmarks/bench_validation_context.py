@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import sys
 from pathlib import Path
 
@@ -34,10 +33,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _results import report  # noqa: E402
+from _results import cpu_env, report  # noqa: E402
 from bench_accuracy import score_right, scribbles  # noqa: E402
 
-from napari_tessera import __version__, segment  # noqa: E402
+from napari_tessera import segment  # noqa: E402
 from napari_tessera.synthetic import nuclei_2d  # noqa: E402
 from napari_tessera.training import TrainConfig, loop, train  # noqa: E402
 
@@ -134,13 +133,7 @@ def main() -> None:
         row = run(seed, args.steps, not args.no_balance)
         print(json.dumps(row), flush=True)
         out.append(row)
-    env = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "tessera": __version__,
-        "cpu": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
-    }
+    env = cpu_env()
     print("spearman with F1", json.dumps(summarize(out)))
     report(out, env, args)
 
