@@ -429,6 +429,35 @@ def test_validation_sees_each_block_as_whole_image_inference_does(deep_unet):
     assert with_ctx[0] != pytest.approx(without[0], rel=1e-3)
 
 
+def test_training_validates_with_the_receptive_field_and_balances_painted_labels(
+    dense_data, monkeypatch
+):
+    """The loop hands the network's halo to validation, and the class balance to the loss in
+    sparse mode only (dense labels already carry per-image class weights)."""
+    from napari_tessera.training import loop
+
+    image, inst = dense_data
+    sparse = np.where(inst > 0, 2, 1).astype(np.uint8)  # everything painted, mostly background
+    seen = []
+    plain = loop._validate
+
+    def spy(model, sampler, batch, device, dice, context=0, balance=False):
+        seen.append((context, model.exact_halo(), balance))
+        return plain(model, sampler, batch, device, dice, context, balance)
+
+    monkeypatch.setattr(loop, "_validate", spy)
+
+    def final(mode, labels, balance):
+        cfg = small_config(mode=mode, steps=5, val_every=5, seed=3, balance=balance)
+        return state_copy(train(image, labels, config=cfg).model)
+
+    on, off = final("sparse", sparse, True), final("sparse", sparse, False)
+    assert not same_state(on, off)
+    assert same_state(final("dense", inst, True), final("dense", inst, False))
+    assert seen and all(ctx == halo > 0 for ctx, halo, _ in seen)
+    assert [b for *_, b in seen] == [True, False, False, False]
+
+
 def test_no_validation_without_enough_blocks():
     c = np.full((64, 64), IGNORE, np.int64)
     c[5, 5], c[6, 6] = 0, 1  # everything in one block
