@@ -358,6 +358,76 @@ def test_validation_blocks_never_overlap_training_windows(monkeypatch):
     assert leaks(mask, y0, x0, size)
 
 
+def sampler_with_val_mask(classes, val_mask, patch, seed=0) -> PatchSampler:
+    """A sampler whose validation pixels are exactly ``val_mask`` (not drawn at random)."""
+    images = [np.zeros((1, *c.shape), np.float32) for c in classes]
+    sampler = PatchSampler(
+        images, classes, None, patch=patch, val_fraction=0.0, rng=np.random.default_rng(seed)
+    )
+    sampler._val_mask = [val_mask]
+    sampler._candidates = sampler._training_candidates()
+    return sampler
+
+
+def test_window_placement_is_exact_where_validation_leaves_little_room(monkeypatch):
+    """Where few painted pixels have a window clear of validation, those are the ones drawn,
+    every time: drawing never gives up, and never draws a pixel with no clean window."""
+    h, w, patch = 96, 112, 32
+    size = patch + 2 * ELASTIC_MARGIN
+    rng = np.random.default_rng(7)
+    vm = np.zeros((h, w), bool)
+    vm[20:30, 30:40] = True
+    vm[60:64, 90:100] = True
+    vm[40:44, 0:8] = True
+    sampler = sampler_with_val_mask([sparse_slice(rng, (h, w))], vm, patch)
+
+    # which window origins are clean, and which pixels can be placed: against brute force
+    lo, hi = ELASTIC_MARGIN, ELASTIC_MARGIN + patch
+    clean = sampler._clean_origins(0)
+    assert clean.shape == (h + patch - 1, w + patch - 1)
+    brute = np.array(
+        [
+            [not leaks(vm, a - hi + 1, b - hi + 1, size) for b in range(w + patch - 1)]
+            for a in range(h + patch - 1)
+        ]
+    )
+    assert clean.any() and not clean.all()
+    np.testing.assert_array_equal(clean, brute)
+    placeable = sampler._placeable(0)
+    brute_px = np.array(
+        [[brute[y : y + patch, x : x + patch].any() for x in range(w)] for y in range(h)]
+    )
+    assert placeable.any() and not placeable.all()
+    np.testing.assert_array_equal(placeable, brute_px)
+
+    # background painted where no clean window exists, plus five pixels that have one;
+    # objects painted on other pixels that have one
+    c = np.full((h, w), IGNORE, np.int64)
+    c[~placeable & ~vm] = 0
+    room = np.flatnonzero(placeable & ~vm)
+    few = rng.choice(room, size=5, replace=False)
+    c.flat[few] = 0
+    c.flat[rng.choice(np.setdiff1d(room, few), size=300, replace=False)] = 1
+    assert (c == 0).sum() > 4000
+    sampler = sampler_with_val_mask([c], vm, patch)
+    drawn = record_places(sampler, monkeypatch)
+    for _ in range(40):
+        sampler.sample(4)  # the old rejection sampling gave up here (200 draws x 20 shifts)
+    assert len(drawn) == 160
+    for s, y0, x0 in drawn:
+        assert not leaks(vm, y0, x0, size), (y0, x0)
+    fy, fx = np.unravel_index(few, c.shape)
+    for _s, y0, x0 in drawn[1::2]:  # patches alternate object, background
+        # the kept patch holds one of the five background pixels that have a clean window
+        inside = (fy >= y0 + lo) & (fy < y0 + hi) & (fx >= x0 + lo) & (fx < x0 + hi)
+        assert inside.any(), (y0, x0)
+
+    # nothing placeable: the sampler says so up front instead of failing mid-training
+    everywhere = np.ones((h, w), bool)
+    everywhere[0:2, 0:2] = False
+    assert not sampler_with_val_mask([c], everywhere, patch).can_place()
+
+
 def test_whole_slices_held_out_with_three_or_more_slices(monkeypatch):
     rng = np.random.default_rng(5)
     n = 5

@@ -125,11 +125,51 @@ class PatchSampler:
         return bg and fg
 
     # -- training patches ------------------------------------------------------------------------
+    def _clean_origins(self, s: int) -> np.ndarray:
+        """Which window origins of slice ``s`` read no validation pixel (mirrored reads too).
+
+        Entry ``[a, b]`` is the window with origin ``(a - hi + 1, b - hi + 1)``, where ``hi`` is
+        the elastic margin plus the patch: every origin that a window around an image pixel can
+        have. Computed once per slice with two running maxima along each axis.
+        """
+        if s not in self._clean:
+            vm = self._val_mask[s]
+            h, w = vm.shape
+            size = self.patch + 2 * ELASTIC_MARGIN
+            lo, hi = ELASTIC_MARGIN, ELASTIC_MARGIN + self.patch
+            iy = mirror_indices(-hi + 1, h - lo - 1 + size, h)
+            ix = mirror_indices(-hi + 1, w - lo - 1 + size, w)
+            dirty = vm[iy][:, ix].view(np.uint8)
+            # any(P[a : a + size]) along each axis; a running maximum centred on size // 2
+            for axis, n in ((0, h), (1, w)):
+                dirty = ndi.maximum_filter1d(dirty, size, axis=axis, mode="constant")
+                dirty = np.take(dirty, np.arange(size // 2, size // 2 + n + self.patch - 1), axis)
+            self._clean[s] = dirty == 0
+        return self._clean[s]
+
+    def _placeable(self, s: int) -> np.ndarray:
+        """Pixels of slice ``s`` that some training window contains without a validation pixel."""
+        clean = self._clean_origins(s).view(np.uint8)
+        h, w = self._val_mask[s].shape
+        p = self.patch
+        # pixel (y, x) may use the origins clean[y : y + p, x : x + p]
+        for axis, n in ((0, h), (1, w)):
+            clean = ndi.maximum_filter1d(clean, p, axis=axis, mode="constant")
+            clean = np.take(clean, np.arange(p // 2, p // 2 + n), axis)
+        return clean > 0
+
     def _training_candidates(self):
-        """Flat indices of annotated pixels outside the validation blocks, by class."""
+        """Flat indices of annotated pixels that a training window can hold, by class.
+
+        A pixel counts when at least one window around it (patch plus elastic margin, mirrored
+        at the image border) reads no validation pixel, so drawing a window never fails.
+        """
+        self._clean: dict[int, np.ndarray] = {}
         bg, fg = [], []
         for s, (c, vm) in enumerate(zip(self.classes, self._val_mask)):
             ok = (c != IGNORE) & ~vm
+            if vm.any() and ok.any():
+                ok &= self._placeable(s)
             bg.append((s, np.flatnonzero(ok & (c == 0))))
             fg.append((s, np.flatnonzero(ok & (c > 0))))
         return bg, fg
@@ -140,17 +180,7 @@ class PatchSampler:
 
     def can_place(self) -> bool:
         """Whether training windows of both classes fit beside the validation blocks."""
-        if not self.train_pixels_available():
-            return False
-        state = self.rng.bit_generator.state  # probing must not change the run's randomness
-        try:
-            for pool in self._candidates:
-                self._place(pool)
-            return True
-        except _NoRoom:
-            return False
-        finally:
-            self.rng.bit_generator.state = state
+        return self.train_pixels_available()
 
     def _draw_centre(self, pool) -> tuple[int, int, int]:
         sizes = np.array([len(ix) for _, ix in pool], float)
@@ -163,21 +193,20 @@ class PatchSampler:
     def _place(self, pool) -> tuple[int, int, int]:
         """Slice and origin of a window (patch + elastic margin) around an annotated pixel.
 
-        The window is shifted at random so that it contains the pixel but no validation pixel
-        (mirrored reads at the image border included); pixels without such a window are
-        redrawn.
+        The window is shifted at random, uniformly among the shifts that keep the pixel inside
+        the patch and every validation pixel (mirrored reads at the image border included)
+        outside the window.
         """
-        size = self.patch + 2 * ELASTIC_MARGIN
+        if not any(len(ix) for _, ix in pool):
+            raise _NoRoom("no training patch fits beside the validation blocks")
         lo, hi = ELASTIC_MARGIN, ELASTIC_MARGIN + self.patch  # the kept patch within the window
-        for _ in range(200):
-            s, cy, cx = self._draw_centre(pool)
-            vm = self._val_mask[s]
-            for _ in range(20):
-                y0 = cy - int(self.rng.integers(lo, hi))
-                x0 = cx - int(self.rng.integers(lo, hi))
-                if not vm.any() or not _window(vm, y0, x0, size).any():
-                    return s, y0, x0
-        raise _NoRoom("no training patch fits beside the validation blocks")
+        s, cy, cx = self._draw_centre(pool)
+        if not self._val_mask[s].any():
+            return s, cy - int(self.rng.integers(lo, hi)), cx - int(self.rng.integers(lo, hi))
+        box = self._clean_origins(s)[cy : cy + self.patch, cx : cx + self.patch]
+        options = np.flatnonzero(box)
+        dy, dx = np.unravel_index(options[self.rng.integers(len(options))], box.shape)
+        return s, cy - hi + 1 + int(dy), cx - hi + 1 + int(dx)
 
     def sample(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """``n`` augmented patches: images ``(n, C, P, P)``, targets ``(n, P, P)``, weights."""
