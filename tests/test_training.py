@@ -968,6 +968,11 @@ def test_default_patch_size_on_a_small_image(dense_data):
     cfg = TrainConfig(mode="dense", steps=2, base_channels=4, depth=2, device="cpu")
     result = train(image, labels, config=cfg)
     assert result.steps == 2
+    # the settings picked for a CPU run from scratch are the documented ones, and recorded
+    run = result.model.metadata["provenance"]["config"]
+    assert run["batch_size"] == 4
+    assert run["lr"] == 2e-3 and run["fine_tune"] is False
+    assert 32 <= run["patch_size"] <= min(image.shape[-2:])
 
 
 def test_model_file_with_any_header_length_loads(tmp_path):

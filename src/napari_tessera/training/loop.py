@@ -139,7 +139,9 @@ def _auto(cfg: TrainConfig, yx: tuple[int, int], device: torch.device, fine_tune
     side = min(yx)
     patch = cfg.patch_size or (128 if device.type == "cpu" else 256)
     patch = max(32, min(patch, (side // 16) * 16 if side >= 32 else 32))
-    batch = cfg.batch_size or (8 if device.type == "cpu" else 16)
+    # on the CPU a small batch buys more steps in a time budget, which helps more than a
+    # larger batch does (docs/benchmarks.md, "Batch size")
+    batch = cfg.batch_size or (4 if device.type == "cpu" else 16)
     lr = cfg.lr or (3e-4 if fine_tune else 2e-3)
     steps = cfg.steps if (cfg.steps or cfg.time_limit) else DEFAULT_STEPS
     val_every = cfg.val_every or 25
