@@ -174,13 +174,10 @@ class PatchSampler:
             fg.append((s, np.flatnonzero(ok & (c > 0))))
         return bg, fg
 
-    def train_pixels_available(self) -> bool:
-        bg, fg = self._candidates
-        return any(len(b) for _, b in bg) and any(len(f) for _, f in fg)
-
     def can_place(self) -> bool:
         """Whether training windows of both classes fit beside the validation blocks."""
-        return self.train_pixels_available()
+        bg, fg = self._candidates
+        return any(len(b) for _, b in bg) and any(len(f) for _, f in fg)
 
     def _draw_centre(self, pool) -> tuple[int, int, int]:
         sizes = np.array([len(ix) for _, ix in pool], float)
