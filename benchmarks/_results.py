@@ -6,8 +6,20 @@ import json
 import platform
 
 
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def cpu_env() -> dict:
-    """Python, torch and Tessera versions, the CPU and torch's thread count."""
+    """Python, torch and Tessera versions, the CPU (model and the vector instructions torch
+    uses: the same model name can hide AVX2-only and AVX-512 machines) and torch's threads."""
     import torch
 
     from napari_tessera import __version__
@@ -16,7 +28,8 @@ def cpu_env() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "tessera": __version__,
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": _cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),
     }
 

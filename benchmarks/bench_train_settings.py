@@ -2,7 +2,8 @@
 """Training settings from scratch, compared over several images and training seeds.
 
 Same set-up as bench_accuracy.py: a dozen painted nuclei and five background strokes on the
-left half of a synthetic 512x512 image, training from scratch on 2 CPU threads for
+left half of a synthetic 512x512 image, training from scratch (or with ``--finetune`` from the
+built-in model) on 2 CPU threads for
 --time-limit seconds (or --steps), instance F1 of the kept model on the right half.
 ``--set KEY=VALUE`` overrides a ``TrainConfig`` field (e.g. ``--set lr=0.001 batch_size=4``);
 ``--train-seeds`` repeats each image with other training seeds (the painted labels stay the
@@ -31,6 +32,8 @@ from _results import cpu_env  # noqa: E402
 from bench_accuracy import score_right, scribbles  # noqa: E402
 
 from napari_tessera import segment  # noqa: E402
+from napari_tessera.io import load_model  # noqa: E402
+from napari_tessera.models import default_model_path  # noqa: E402
 from napari_tessera.synthetic import nuclei_2d  # noqa: E402
 from napari_tessera.training import TrainConfig, train  # noqa: E402
 
@@ -66,6 +69,9 @@ def main() -> None:
     ap.add_argument("--train-seeds", type=int, nargs="+", help="default: the image's seed")
     ap.add_argument("--time-limit", type=float, default=120.0)
     ap.add_argument("--steps", type=int, help="stop after N steps instead of --time-limit")
+    ap.add_argument(
+        "--finetune", action="store_true", help="start from the built-in model, not from scratch"
+    )
     ap.add_argument("--jsonl", help="append one JSON row per run here")
     ap.add_argument("--summarize", metavar="JSONL", help="only summarize this file")
     args = ap.parse_args()
@@ -86,13 +92,15 @@ def main() -> None:
             budget = {"steps": args.steps} if args.steps else {"time_limit": args.time_limit}
             cfg = TrainConfig(**{**budget, "seed": train_seed, "device": "cpu", **over})
             t0 = time.perf_counter()
-            res = train(s.image, lab, config=cfg)
+            start = load_model(default_model_path()) if args.finetune else None
+            res = train(s.image, lab, config=cfg, model=start)
             t_train = time.perf_counter() - t0
             pred = segment(s.image, res.model, instances=True, device="cpu")
             m = score_right(s.labels, pred)
             row = {
                 "name": args.name,
                 "settings": over,
+                "start": "built-in" if args.finetune else "scratch",
                 "seed": seed,
                 "train_seed": train_seed,
                 "f1": round(m.f1, 4),

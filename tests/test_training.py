@@ -80,6 +80,25 @@ def same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def averaged(states: dict[int, dict[str, torch.Tensor]], decay: float, upto: int):
+    """The running weight average after step ``upto``, computed here from the weights after
+    every step (``states[0]``: the initial weights), as training documents it:
+    ``e_t = e_(t-1) + (1 - d_t) (w_t - e_(t-1))`` with ``d_t = min(decay, (1 + t) / (10 + t))``;
+    integer buffers follow the weights. ``decay`` 0: the raw weights of step ``upto``."""
+    if decay == 0:
+        return states[upto]
+    avg = {k: v.double() if v.is_floating_point() else v for k, v in states[0].items()}
+    for t in range(1, upto + 1):
+        d = min(decay, (1 + t) / (10 + t))
+        for k, w in states[t].items():
+            avg[k] = avg[k] + (1 - d) * (w.double() - avg[k]) if w.is_floating_point() else w
+    return avg
+
+
+def close_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], tol=1e-5) -> bool:
+    return a.keys() == b.keys() and max_abs_diff(a, b) <= tol
+
+
 def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
 
@@ -544,20 +563,23 @@ def test_no_validation_without_enough_blocks():
 
 
 # -- stop, resume, seeds, time ------------------------------------------------------------------
-def test_stop_keeps_the_best_model(dense_data):
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_stop_keeps_the_best_model(dense_data, ema):
+    """Validation judges the running average of the weights (or the raw weights, ema=0) and
+    the run returns the best judged state; compared with the average computed here."""
     image, labels = dense_data
     torch.manual_seed(0)
     model = UNet(UNetConfig(base_channels=4, depth=2))
     stop = threading.Event()
     n_stop = 12  # not a validation step (5, 10): the stop validates step 12 as well
-    states: dict[int, dict[str, torch.Tensor]] = {}
+    states: dict[int, dict[str, torch.Tensor]] = {0: state_copy(model)}
 
     def on_update(u):
         states[u.step] = state_copy(model)
         if u.step == n_stop:
             stop.set()
 
-    cfg = small_config(steps=100, val_fraction=0.3, val_every=5, lr=2e-3)
+    cfg = small_config(steps=100, val_fraction=0.3, val_every=5, lr=2e-3, ema=ema)
     updates, result = drive(
         iter_train(image, labels, config=cfg, model=model, stop=stop), on_update
     )
@@ -574,10 +596,12 @@ def test_stop_keeps_the_best_model(dense_data):
     best_iou = next(h["val_iou"] for h in result.history if h["step"] == result.best_step)
     assert result.best_val_iou == best_iou
     final = state_copy(result.model)
-    assert same_state(final, states[result.best_step])
+    assert close_state(final, averaged(states, ema, result.best_step))
     for step in validated:
         if validated[step] > validated[result.best_step]:
-            assert not same_state(final, states[step])
+            assert not close_state(final, averaged(states, ema, step))
+    if ema:  # the average is not any single step's weights
+        assert all(max_abs_diff(final, states[t]) > 1e-4 for t in states)
     assert not result.model.training
     assert result.model.metadata["provenance"]["stopped"] == "requested"
 
@@ -588,7 +612,7 @@ def test_stop_before_the_first_validation_keeps_the_trained_weights(dense_data):
     model = UNet(UNetConfig(base_channels=4, depth=2))
     initial = state_copy(model)
     stop = threading.Event()
-    states = {}
+    states = {0: initial}
 
     def on_update(u):
         states[u.step] = state_copy(model)
@@ -600,8 +624,25 @@ def test_stop_before_the_first_validation_keeps_the_trained_weights(dense_data):
     assert result.steps == 3 and result.best_step == 3
     assert result.best_val_iou is not None
     final = state_copy(result.model)
-    assert same_state(final, states[3])
-    assert not same_state(final, initial)
+    assert close_state(final, averaged(states, cfg.ema, 3))
+    assert not close_state(final, initial)
+
+
+def test_without_validation_the_run_returns_the_latest_average(dense_data):
+    image, labels = dense_data
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(base_channels=4, depth=2))
+    states = {0: state_copy(model)}
+
+    def on_update(u):
+        states[u.step] = state_copy(model)
+
+    cfg = small_config(steps=8, val_fraction=0.0, ema=0.9)
+    _, result = drive(iter_train(image, labels, config=cfg, model=model), on_update)
+    assert result.best_step == 8 and result.best_val_iou is None
+    final = state_copy(result.model)
+    assert close_state(final, averaged(states, 0.9, 8))
+    assert not close_state(final, states[8])
 
 
 def test_stop_before_the_first_step():
@@ -725,19 +766,26 @@ def test_resume_from_scratch_run_keeps_its_learning_rate(dense_data, tmp_path):
     assert same_state(state_copy(resumed.model), state_copy(full.model))
 
 
-def test_resume_after_stop_with_validation_equals_uninterrupted_run(dense_data, tmp_path):
+@pytest.mark.parametrize(("ema", "stop_at"), [(0.0, 20), (0.99, 14)])
+def test_resume_after_stop_with_validation_equals_uninterrupted_run(
+    dense_data, tmp_path, ema, stop_at
+):
+    """Validations at 7, 14, 21, 28 (and 30). Raw weights: at the stop (step 20, validated
+    too) the best state is an earlier one. Averaged weights improve steadily, so a stop
+    between validations would keep its own state: the stop is at a validation step."""
     image, labels = dense_data
     torch.manual_seed(0)
     init = UNet(UNetConfig(base_channels=4, depth=2))
-    # validations at 7 and 14 (and 30): at the stop (step 20) the best state is an earlier one
-    cfg = small_config(steps=30, val_fraction=0.3, val_every=7)
+    cfg = small_config(steps=30, val_fraction=0.3, val_every=7, ema=ema)
     _, full = drive(iter_train(image, labels, config=cfg, model=copy.deepcopy(init)))
     ckpt, _, at_stop, second, resumed = interrupted_then_resumed(
-        image, labels, cfg, tmp_path, stop_at=20, model=init
+        image, labels, cfg, tmp_path, stop_at=stop_at, model=init
     )
-    assert [u.step for u in second] == list(range(21, 31))
+    assert [u.step for u in second] == list(range(stop_at + 1, 31))
+    if ema:
+        assert load_checkpoint(ckpt).ema_state is not None
     saved = {k: v for k, v in load_checkpoint(ckpt).model.state_dict().items()}
-    assert same_state(saved, at_stop), "checkpoint does not hold the step-20 weights"
+    assert same_state(saved, at_stop), "checkpoint does not hold the weights at the stop"
     assert same_state(state_copy(resumed.model), state_copy(full.model))
 
 
@@ -950,6 +998,8 @@ def test_labels_beyond_the_models_classes_are_refused():
         ({"val_fraction": -0.1}, "validation fraction"),
         ({"batch_size": 0}, "batch size must be positive"),
         ({"mode": "full"}, "label mode"),
+        ({"ema": 1.0}, "weight average decay"),
+        ({"ema": -0.5}, "weight average decay"),
     ],
 )
 def test_train_config_validation(kwargs, match):

@@ -51,6 +51,9 @@ class TrainConfig:
     patience: stop after this many validations without improvement (None: never).
     balance: sparse labels only: every painted class weighs the same in each batch's loss,
         however many of its pixels were painted (dense labels balance per image).
+    ema: decay of a running average of the weights (and BatchNorm statistics) over the
+        steps; validation judges the average and the run keeps it, which smooths out the
+        step-to-step noise of small batches. 0 judges and keeps the raw weights.
     """
 
     mode: str = "sparse"
@@ -72,6 +75,7 @@ class TrainConfig:
     w0: float = 10.0
     sigma: float = 5.0
     elastic: bool = True
+    ema: float = 0.99
     preview_every: float = 0.0
     preview_slice: int = 0
     checkpoint: str | None = None
@@ -88,6 +92,8 @@ class TrainConfig:
             raise InputError(f"learning rate must be positive, got {self.lr}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise InputError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if not 0 <= self.ema < 1:
+            raise InputError(f"weight average decay must be in [0, 1), got {self.ema}")
         if not 0 <= self.val_fraction < 1:
             raise InputError(f"validation fraction must be in [0, 1), got {self.val_fraction}")
         for name in ("batch_size", "patch_size", "val_every", "patience"):
@@ -205,6 +211,7 @@ def iter_train(
             seed=int(rc.get("seed", cfg.seed)),
             val_fraction=float(rc.get("val_fraction", cfg.val_fraction)),
             patch_size=cfg.patch_size or rc.get("patch_size"),
+            ema=float(rc.get("ema", cfg.ema)),  # the same average as before the interruption
         )
     else:
         fine_tune = model is not None
@@ -294,6 +301,10 @@ def iter_train(
         history = state.history
         rng.bit_generator.state = state.rng_state
         sampler.rng = rng
+    # the averaged weights: what validation judges, the preview shows and the run returns
+    ema = _Ema(model, cfg.ema) if cfg.ema > 0 else None
+    if ema is not None and state is not None and state.ema_state:
+        ema.model.load_state_dict(state.ema_state)
     bad_validations = 0
     chunks = 1  # pieces each batch is split into (more after an out-of-memory error)
     t0 = time.perf_counter() - elapsed_before
@@ -306,6 +317,10 @@ def iter_train(
 
     last_validated = -1
 
+    def current() -> UNet:
+        """The weights a stop now would return (before validation picks among them)."""
+        return ema.model if ema is not None else model
+
     def validate_and_keep() -> tuple[float, float, bool]:
         """Validate the current weights; keep them if they are the best so far."""
         nonlocal best_score, best_step, best_iou, best_state, last_validated
@@ -314,7 +329,8 @@ def iter_train(
         context = model.exact_halo()
         win = sampler.val_regions[0].size + 2 * context
         val_batch = max(1, (-(-batch // chunks)) * patch * patch // (win * win))
-        v_loss, v_iou = _validate(model, sampler, val_batch, device, cfg.dice, context, balance)
+        judged = current()
+        v_loss, v_iou = _validate(judged, sampler, val_batch, device, cfg.dice, context, balance)
         if dist_ctx is not None:  # rank 0's numbers decide for every rank
             v_loss, v_iou = ddp.from_rank0((v_loss, v_iou), device)
         last_validated = step
@@ -323,7 +339,7 @@ def iter_train(
         score = (-v_loss, v_iou)
         if best_score is None or score > best_score:
             best_score, best_step, best_iou = score, step, v_iou
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = copy.deepcopy(judged.state_dict())
             return v_loss, v_iou, True
         return v_loss, v_iou, False
 
@@ -397,6 +413,8 @@ def iter_train(
                 notices.append(f"{device.type.upper()} out of memory: training on the CPU")
                 device = torch.device("cpu")
                 model.to(device)
+                if ema is not None:
+                    ema.model.to(device)
                 _optimizer_to(opt, device)
                 amp_dtype, scaler = None, None
             else:
@@ -405,6 +423,8 @@ def iter_train(
                     "use a smaller patch size or model"
                 )
         step += 1
+        if ema is not None:
+            ema.update(model, step)
         if dist_ctx is not None:
             loss_value = ddp.mean(loss_value, device)
         record: dict[str, Any] = {
@@ -430,7 +450,7 @@ def iter_train(
         ):
             last_preview = time.perf_counter()
             try:
-                preview = _preview(model, image, lay, cfg.preview_slice)
+                preview = _preview(current(), image, lay, cfg.preview_slice)
             except Exception as err:  # only out-of-memory errors are handled
                 if not is_out_of_memory(err):
                     raise
@@ -459,13 +479,14 @@ def iter_train(
                 opt,
                 step=step,
                 elapsed=elapsed(),
-                best_state=best_state if best_state is not None else model.state_dict(),
+                best_state=best_state if best_state is not None else current().state_dict(),
                 best_step=best_step,
                 best_val_iou=best_iou,
                 best_score=best_score,
                 history=history,
                 rng_state=rng.bit_generator.state,
                 run_config=run_config(),
+                ema_state=ema.model.state_dict() if ema is not None else None,
             )
         if cfg.patience and bad_validations >= cfg.patience:
             stopped = "early"
@@ -482,16 +503,19 @@ def iter_train(
             opt,
             step=step,
             elapsed=elapsed(),
-            best_state=best_state if best_state is not None else model.state_dict(),
+            best_state=best_state if best_state is not None else current().state_dict(),
             best_step=best_step,
             best_val_iou=best_iou,
             best_score=best_score,
             history=history,
             rng_state=rng.bit_generator.state,
             run_config=run_config(),
+            ema_state=ema.model.state_dict() if ema is not None else None,
         )
     if best_state is not None:
         model.load_state_dict(best_state)
+    elif ema is not None:  # no validation: the latest average is the result
+        model.load_state_dict(ema.model.state_dict())
     if net is not model and any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules()):
         plain = UNet(model.config, metadata=model.metadata)  # plain BatchNorm again
         plain.load_state_dict(model.state_dict())
@@ -554,6 +578,32 @@ def _train_step(
     else:
         opt.step()
     return total
+
+
+class _Ema:
+    """An exponential moving average of a network's weights and BatchNorm statistics.
+
+    After step ``t`` every floating-point tensor moves towards the network's by
+    ``1 - d_t``, ``d_t = min(decay, (1 + t) / (10 + t))``: the short memory early on keeps
+    the random initial weights from lingering in the average (integer buffers are copied).
+    """
+
+    def __init__(self, model: UNet, decay: float):
+        self.model = copy.deepcopy(model)
+        self.decay = decay
+
+    @staticmethod
+    def rate(decay: float, step: int) -> float:
+        return min(decay, (1 + step) / (10 + step))
+
+    @torch.no_grad()
+    def update(self, model: UNet, step: int) -> None:
+        d = self.rate(self.decay, step)
+        for (k, e), v in zip(self.model.state_dict().items(), model.state_dict().values()):
+            if e.is_floating_point():
+                e.lerp_(v, 1 - d)
+            else:
+                e.copy_(v)
 
 
 def _optimizer_to(opt: torch.optim.Optimizer, device: torch.device) -> None:
