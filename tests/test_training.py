@@ -733,13 +733,15 @@ def interrupted_then_resumed(image, labels, cfg, folder, *, stop_at, model=None)
     return ckpt, first, at_stop, second, r2
 
 
-def test_resume_after_stop_equals_uninterrupted_run(dense_data, tmp_path):
+@pytest.mark.parametrize("ema", [0.0, 0.99])
+def test_resume_after_stop_equals_uninterrupted_run(dense_data, tmp_path, ema):
     """CPU runs are deterministic, so an interrupted and resumed run must give exactly the
-    weights of one uninterrupted run (fine-tuning a given model, no validation)."""
+    weights of one uninterrupted run (fine-tuning a given model, no validation; with a weight
+    average the checkpoint must carry it)."""
     image, labels = dense_data
     torch.manual_seed(0)
     init = UNet(UNetConfig(base_channels=4, depth=2))
-    cfg = small_config(steps=30, val_fraction=0.0)
+    cfg = small_config(steps=30, val_fraction=0.0, ema=ema)
     full_updates, full = drive(iter_train(image, labels, config=cfg, model=copy.deepcopy(init)))
     _, first, _, second, resumed = interrupted_then_resumed(
         image, labels, cfg, tmp_path, stop_at=20, model=init

@@ -52,8 +52,9 @@ class TrainConfig:
     balance: sparse labels only: every painted class weighs the same in each batch's loss,
         however many of its pixels were painted (dense labels balance per image).
     ema: decay of a running average of the weights (and BatchNorm statistics) over the
-        steps; validation judges the average and the run keeps it, which smooths out the
-        step-to-step noise of small batches. 0 judges and keeps the raw weights.
+        steps, e.g. 0.99; validation judges the average and the run keeps it. 0 (default)
+        judges and keeps the raw weights (on the accuracy benchmark the average was within
+        noise of them: docs/benchmarks.md, "Averaged weights").
     """
 
     mode: str = "sparse"
@@ -75,7 +76,7 @@ class TrainConfig:
     w0: float = 10.0
     sigma: float = 5.0
     elastic: bool = True
-    ema: float = 0.99
+    ema: float = 0.0
     preview_every: float = 0.0
     preview_slice: int = 0
     checkpoint: str | None = None
