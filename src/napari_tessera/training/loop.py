@@ -593,14 +593,10 @@ class _Ema:
         self.model = copy.deepcopy(model)
         self.decay = decay
 
-    @staticmethod
-    def rate(decay: float, step: int) -> float:
-        return min(decay, (1 + step) / (10 + step))
-
     @torch.no_grad()
     def update(self, model: UNet, step: int) -> None:
-        d = self.rate(self.decay, step)
-        for (k, e), v in zip(self.model.state_dict().items(), model.state_dict().values()):
+        d = min(self.decay, (1 + step) / (10 + step))
+        for e, v in zip(self.model.state_dict().values(), model.state_dict().values()):
             if e.is_floating_point():
                 e.lerp_(v, 1 - d)
             else:
