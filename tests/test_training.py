@@ -1041,3 +1041,31 @@ def test_model_file_with_any_header_length_loads(tmp_path):
         assert struct.unpack("<Q", f.read(8))[0] % 256 == 128
     loaded = load_model(path)
     assert loaded.metadata == model.metadata
+
+
+@pytest.mark.parametrize("damage", ["mis-shaped", "missing"])
+def test_checkpoint_with_a_damaged_weight_average_is_refused(dense_data, tmp_path, damage):
+    """The weight average travels in the checkpoint as ``ema.*`` tensors; one of the wrong
+    shape, or one missing, must be refused with a clear error, not loaded half-way."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from napari_tessera.errors import ModelFileError
+
+    image, labels = dense_data
+    ckpt = tmp_path / "run.ckpt.safetensors"
+    cfg = small_config(steps=3, val_fraction=0.0, ema=0.9, checkpoint=str(ckpt))
+    train(image, labels, config=cfg)
+    with safe_open(str(ckpt), "pt") as f:
+        meta = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    assert load_checkpoint(ckpt).ema_state is not None  # the intact file loads
+    name = next(k for k in tensors if k.startswith("ema.") and k.endswith(".weight"))
+    if damage == "mis-shaped":
+        tensors[name] = torch.zeros(tensors[name].numel() + 1)
+    else:
+        del tensors[name]
+    bad = tmp_path / "bad.ckpt.safetensors"
+    save_file(tensors, str(bad), metadata=meta)
+    with pytest.raises(ModelFileError, match="bad.ckpt.safetensors"):
+        load_checkpoint(bad)
