@@ -33,6 +33,7 @@ from napari_tessera.training import (
     iter_train,
     make_targets,
     segmentation_loss,
+    unannotated_entropy,
     train,
 )
 from napari_tessera.training.checkpoint import load_checkpoint
@@ -265,6 +266,72 @@ def test_one_output_loss_is_bce():
         torch.tensor([2.0, -1.0]), torch.tensor([1.0, 0.0])
     )
     assert float(loss) == pytest.approx(float(expected), abs=1e-6)
+
+
+@pytest.mark.parametrize("n_out", [1, 2, 3])
+def test_entropy_term_never_gives_unpainted_pixels_a_class(n_out):
+    """The entropy term looks at not-annotated pixels but favours no class there: permuting
+    the classes' logits (negating the one logit of a 1-output network) leaves it unchanged,
+    while a more decided prediction there lowers it. The supervised part stays as it was."""
+    gen = torch.Generator().manual_seed(10 + n_out)
+    shape = (2, 12, 12)
+    target = torch.randint(0, max(n_out, 2), shape, generator=gen)
+    ignore = torch.rand(shape, generator=gen) < 0.5
+    target[ignore] = IGNORE
+    logits = torch.randn((shape[0], n_out, *shape[1:]), generator=gen)
+    mask = ignore[:, None].expand_as(logits)
+
+    ent = float(unannotated_entropy(logits, target))
+    # the definition: mean over not-annotated pixels of -sum p log p (nats)
+    if n_out == 1:
+        p = torch.sigmoid(logits[:, 0])
+        h = -(p * p.log() + (1 - p) * (1 - p).log())
+    else:
+        q = torch.softmax(logits, 1)
+        h = -(q * q.log()).sum(1)
+    assert ent == pytest.approx(float(h[ignore].mean()), abs=1e-5)
+
+    swapped = logits.clone()
+    if n_out == 1:
+        swapped[mask] = -logits[mask]
+    else:
+        perm = torch.roll(torch.arange(n_out), 1)
+        swapped[mask] = logits[:, perm][mask]
+    assert float(unannotated_entropy(swapped, target)) == pytest.approx(ent, abs=1e-6)
+    # annotated pixels play no part in it
+    moved = logits.clone()
+    moved[~mask] = 30 * torch.randn(int((~mask).sum()), generator=gen)
+    assert float(unannotated_entropy(moved, target)) == pytest.approx(ent, abs=1e-6)
+    # more decided where nothing is painted: lower
+    decided = logits.clone()
+    decided[mask] = 4 * logits[mask]
+    assert float(unannotated_entropy(decided, target)) < ent - 0.05
+
+    for dice in (0.0, 1.0):
+        plain = float(segmentation_loss(logits, target, dice=dice, balance=True))
+        full = float(segmentation_loss(logits, target, dice=dice, balance=True, entropy=0.3))
+        assert full == pytest.approx(plain + 0.3 * ent, abs=1e-5)
+        # with the term, swapping classes where nothing is painted still changes nothing
+        full_swapped = segmentation_loss(swapped, target, dice=dice, balance=True, entropy=0.3)
+        assert float(full_swapped) == pytest.approx(full, abs=1e-5)
+
+
+def test_entropy_term_is_zero_when_everything_is_painted_and_bounded_when_nothing_is():
+    logits = torch.randn(1, 2, 8, 8)
+    dense = torch.randint(0, 2, (1, 8, 8))
+    assert float(unannotated_entropy(logits, dense)) == 0.0
+    # undecided (equal logits): ln 2 for two classes, the largest it can be
+    flat = torch.zeros(1, 2, 8, 8)
+    nothing = torch.full((1, 8, 8), IGNORE)
+    assert float(unannotated_entropy(flat, nothing)) == pytest.approx(np.log(2), abs=1e-6)
+    assert float(unannotated_entropy(torch.zeros(1, 1, 8, 8), nothing)) == pytest.approx(
+        np.log(2), abs=1e-6
+    )
+    # the binary form stays finite for very confident logits
+    huge = torch.full((1, 1, 8, 8), 200.0, requires_grad=True)
+    e = unannotated_entropy(huge, nothing)
+    e.backward()
+    assert torch.isfinite(e) and torch.isfinite(huge.grad).all()
 
 
 # -- border weights -----------------------------------------------------------------------------
@@ -883,6 +950,47 @@ def test_sparse_training_end_to_end(nuclei):
     assert iou_trained > iou_untrained + 0.3, (iou_trained, iou_untrained)
 
 
+def test_entropy_weight_reaches_training_only_where_pixels_are_unpainted(
+    nuclei, dense_data, tmp_path
+):
+    """The training step uses ``TrainConfig.entropy``: a sparse run changes with it, a dense
+    run (every pixel annotated) does not; resuming keeps the interrupted run's weight."""
+    train_img, _ = nuclei
+    painted = paint_sparse(train_img.labels.astype(np.int64))
+
+    def run(image, labels, **kw):
+        torch.manual_seed(0)
+        return drive(iter_train(image, labels, config=small_config(steps=6, **kw)))
+
+    sparse = dict(mode="sparse", val_fraction=0.0)
+    (u0, r0), (u1, r1) = run(train_img.image, painted, **sparse), run(
+        train_img.image, painted, entropy=1.0, **sparse
+    )
+    assert [u.loss for u in u0] != [u.loss for u in u1]
+    assert not same_state(state_copy(r0.model), state_copy(r1.model))
+    image, labels = dense_data
+    (d0, q0), (d1, q1) = run(image, labels, val_fraction=0.0), run(
+        image, labels, val_fraction=0.0, entropy=1.0
+    )
+    assert [u.loss for u in d0] == [u.loss for u in d1]
+    assert same_state(state_copy(q0.model), state_copy(q1.model))
+
+    # stopped after 3 steps and resumed without naming the weight: the run goes on with it
+    ckpt = tmp_path / "ent.ckpt.safetensors"
+    stop = threading.Event()
+    cfg = small_config(steps=6, entropy=1.0, checkpoint=str(ckpt), checkpoint_every=0.0, **sparse)
+    torch.manual_seed(0)
+    drive(
+        iter_train(train_img.image, painted, config=cfg, stop=stop),
+        lambda u: stop.set() if u.step == 3 else None,
+    )
+    later, resumed = drive(
+        iter_train(train_img.image, painted, config=small_config(steps=6, **sparse), resume=ckpt)
+    )
+    assert [u.loss for u in later] == [u.loss for u in u1[3:]]
+    assert same_state(state_copy(resumed.model), state_copy(r1.model))
+
+
 # -- stacks -------------------------------------------------------------------------------------
 def test_stack_with_unpainted_slices_trains(rng):
     slices = [nuclei_2d((64, 64), seed=10 + z) for z in range(3)]
@@ -1002,6 +1110,8 @@ def test_labels_beyond_the_models_classes_are_refused():
         ({"mode": "full"}, "label mode"),
         ({"ema": 1.0}, "weight average decay"),
         ({"ema": -0.5}, "weight average decay"),
+        ({"entropy": -0.1}, "entropy weight"),
+        ({"entropy": float("inf")}, "entropy weight"),
     ],
 )
 def test_train_config_validation(kwargs, match):

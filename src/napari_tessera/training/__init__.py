@@ -2,7 +2,7 @@
 
 from .labels import CONVENTION, IGNORE, make_targets
 from .loop import TrainConfig, TrainResult, TrainUpdate, iter_train, train
-from .losses import annotated_iou, segmentation_loss
+from .losses import annotated_iou, segmentation_loss, unannotated_entropy
 from .weights import border_weights
 
 __all__ = [
@@ -16,5 +16,6 @@ __all__ = [
     "iter_train",
     "make_targets",
     "segmentation_loss",
+    "unannotated_entropy",
     "train",
 ]

@@ -55,6 +55,10 @@ class TrainConfig:
         steps, e.g. 0.99; validation judges the average and the run keeps it. 0 (default)
         judges and keeps the raw weights (on the accuracy benchmark the average was within
         noise of them: docs/benchmarks.md, "Averaged weights").
+    entropy: weight of a term that asks the network to be decided about pixels nobody
+        painted, without giving them a class (semi-supervised entropy minimisation; see
+        :func:`~napari_tessera.training.losses.unannotated_entropy`). It never calls them
+        background. Validation and the kept step use the supervised loss alone.
     """
 
     mode: str = "sparse"
@@ -77,6 +81,7 @@ class TrainConfig:
     sigma: float = 5.0
     elastic: bool = True
     ema: float = 0.0
+    entropy: float = 0.0
     preview_every: float = 0.0
     preview_slice: int = 0
     checkpoint: str | None = None
@@ -95,6 +100,8 @@ class TrainConfig:
             raise InputError(f"seed must be a non-negative integer, got {self.seed!r}")
         if not 0 <= self.ema < 1:
             raise InputError(f"weight average decay must be in [0, 1), got {self.ema}")
+        if not 0 <= self.entropy < math.inf:
+            raise InputError(f"entropy weight must be zero or positive, got {self.entropy}")
         if not 0 <= self.val_fraction < 1:
             raise InputError(f"validation fraction must be in [0, 1), got {self.val_fraction}")
         for name in ("batch_size", "patch_size", "val_every", "patience"):
@@ -213,6 +220,7 @@ def iter_train(
             val_fraction=float(rc.get("val_fraction", cfg.val_fraction)),
             patch_size=cfg.patch_size or rc.get("patch_size"),
             ema=float(rc.get("ema", cfg.ema)),  # the same average as before the interruption
+            entropy=float(rc.get("entropy", cfg.entropy)),  # and the same loss
         )
     else:
         fine_tune = model is not None
@@ -389,7 +397,8 @@ def iter_train(
         while True:
             try:
                 loss_value = _train_step(
-                    net, opt, scaler, x, y, w, chunks, device, amp_dtype, cfg.dice, balance
+                    net, opt, scaler, x, y, w, chunks, device, amp_dtype, cfg.dice, balance,
+                    cfg.entropy,
                 )
                 break
             except Exception as err:  # only out-of-memory errors are handled
@@ -545,7 +554,7 @@ def iter_train(
 
 
 def _train_step(
-    model, opt, scaler, x, y, w, chunks, device, amp_dtype, dice, balance=False
+    model, opt, scaler, x, y, w, chunks, device, amp_dtype, dice, balance=False, entropy=0.0
 ) -> float:
     """One optimiser step on a batch, run in ``chunks`` pieces whose gradients add up.
 
@@ -566,7 +575,9 @@ def _train_step(
         with sync:
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 logits = model(xt)
-            loss = segmentation_loss(logits.float(), yt, wt, dice=dice, balance=balance)
+            loss = segmentation_loss(
+                logits.float(), yt, wt, dice=dice, balance=balance, entropy=entropy
+            )
             loss = loss * (len(xt) / n)
             if scaler is not None:
                 scaler.scale(loss).backward()
