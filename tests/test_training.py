@@ -33,8 +33,8 @@ from napari_tessera.training import (
     iter_train,
     make_targets,
     segmentation_loss,
-    unannotated_entropy,
     train,
+    unannotated_entropy,
 )
 from napari_tessera.training.checkpoint import load_checkpoint
 from napari_tessera.training.labels import check_labels
@@ -500,7 +500,7 @@ def test_window_placement_is_exact_where_validation_leaves_little_room(monkeypat
     for _ in range(40):
         sampler.sample(4)  # the old rejection sampling gave up here (200 draws x 20 shifts)
     assert len(drawn) == 160
-    for s, y0, x0 in drawn:
+    for _s, y0, x0 in drawn:
         assert not leaks(vm, y0, x0, size), (y0, x0)
     fy, fx = np.unravel_index(few, c.shape)
     for _s, y0, x0 in drawn[1::2]:  # patches alternate object, background
@@ -963,14 +963,16 @@ def test_entropy_weight_reaches_training_only_where_pixels_are_unpainted(
         return drive(iter_train(image, labels, config=small_config(steps=6, **kw)))
 
     sparse = dict(mode="sparse", val_fraction=0.0)
-    (u0, r0), (u1, r1) = run(train_img.image, painted, **sparse), run(
-        train_img.image, painted, entropy=1.0, **sparse
+    (u0, r0), (u1, r1) = (
+        run(train_img.image, painted, **sparse),
+        run(train_img.image, painted, entropy=1.0, **sparse),
     )
     assert [u.loss for u in u0] != [u.loss for u in u1]
     assert not same_state(state_copy(r0.model), state_copy(r1.model))
     image, labels = dense_data
-    (d0, q0), (d1, q1) = run(image, labels, val_fraction=0.0), run(
-        image, labels, val_fraction=0.0, entropy=1.0
+    (d0, q0), (d1, q1) = (
+        run(image, labels, val_fraction=0.0),
+        run(image, labels, val_fraction=0.0, entropy=1.0),
     )
     assert [u.loss for u in d0] == [u.loss for u in d1]
     assert same_state(state_copy(q0.model), state_copy(q1.model))

@@ -397,7 +397,17 @@ def iter_train(
         while True:
             try:
                 loss_value = _train_step(
-                    net, opt, scaler, x, y, w, chunks, device, amp_dtype, cfg.dice, balance,
+                    net,
+                    opt,
+                    scaler,
+                    x,
+                    y,
+                    w,
+                    chunks,
+                    device,
+                    amp_dtype,
+                    cfg.dice,
+                    balance,
                     cfg.entropy,
                 )
                 break
