@@ -67,7 +67,9 @@ def files(tmp_path_factory):
 def test_train_then_segment(files, tmp_path, capsys):
     model = tmp_path / "model.safetensors"
     code, out, err = run(
-        ["train", files["image"], files["sparse"], "-o", model, "--steps", "10", *TINY], capsys
+        ["train", files["image"], files["sparse"], "-o", model, "--steps", "10", *TINY]
+        + ["--entropy", "0.3"],
+        capsys,
     )
     assert code == 0, err
     assert "Traceback" not in err
@@ -85,6 +87,7 @@ def test_train_then_segment(files, tmp_path, capsys):
     assert prov["label_mode"] == "sparse"
     assert prov["trained_from"] == "scratch"
     assert prov["stopped"] == "steps"
+    assert prov["config"]["entropy"] == 0.3
     assert meta["class_names"] == ["background", "object"]
     assert isinstance(load_model(model), torch.nn.Module)
 
@@ -233,11 +236,21 @@ def test_help_mentions_the_label_conventions(capsys):
     assert "1 = background" in text
     assert "sparse" in text and "dense" in text
     assert "--resume" in text
+    # the default the help states is the engine's
+    from napari_tessera.training import TrainConfig
+
+    assert "--entropy W weight of the term" in text
+    assert f"(default {TrainConfig().entropy:g}: off)" in text
 
 
 def test_bad_numbers_are_usage_errors(files, tmp_path, capsys):
     model = tmp_path / "m.safetensors"
-    for extra in (["--steps", "0"], ["--time-limit", "-1"], ["--val-fraction", "1.5"]):
+    for extra in (
+        ["--steps", "0"],
+        ["--time-limit", "-1"],
+        ["--val-fraction", "1.5"],
+        ["--entropy", "-1"],
+    ):
         code, _, err = run(
             ["train", files["image"], files["sparse"], "-o", model, *extra, *TINY], capsys
         )

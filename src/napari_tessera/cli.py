@@ -349,6 +349,7 @@ def _train(args: argparse.Namespace, ctx) -> int:
         base_channels=args.base_channels,
         depth=args.depth,
         checkpoint=str(ckpt),
+        **({} if args.entropy is None else {"entropy": args.entropy}),
     )
     model = None
     if args.from_model:
@@ -627,6 +628,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--patch-size", type=_positive_int, help="patch side (default: auto)")
     t.add_argument("--lr", type=_positive_float, help="peak learning rate (default: auto)")
+    t.add_argument(
+        "--entropy",
+        type=float,
+        metavar="W",
+        help="weight of the term that asks the network to be decided about unpainted pixels "
+        "without giving them a class, e.g. 0.3 (default 0: off)",
+    )
     t.add_argument(
         "--seed", type=_non_negative_int, default=0, help="random seed (CPU runs repeat exactly)"
     )
