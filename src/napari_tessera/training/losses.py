@@ -70,9 +70,10 @@ def unannotated_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Ten
 
     Semi-supervised entropy minimisation (Grandvalet and Bengio, 2005): it asks the network
     to be decided about pixels nobody painted, without saying which class they are, so it
-    treats every class alike (swapping two classes' logits leaves it unchanged). Boundaries
-    then settle where pixels are few: on the steep edges of objects rather than anywhere in
-    the unpainted gap between painted objects and painted background. 0 without such pixels.
+    treats every class alike (swapping two classes' logits leaves it unchanged). The idea is
+    that boundaries move to where pixels are few (the steep edges of objects) rather than
+    anywhere in the unpainted gap between painted objects and painted background; whether
+    that helps is measured in docs/benchmarks.md. 0 without such pixels.
     """
     free = (target == IGNORE).float()
     if logits.shape[1] == 1:
