@@ -406,9 +406,9 @@ def iter_train(
                     chunks,
                     device,
                     amp_dtype,
-                    cfg.dice,
-                    balance,
-                    cfg.entropy,
+                    dice=cfg.dice,
+                    balance=balance,
+                    entropy=cfg.entropy,
                 )
                 break
             except Exception as err:  # only out-of-memory errors are handled
@@ -564,7 +564,7 @@ def iter_train(
 
 
 def _train_step(
-    model, opt, scaler, x, y, w, chunks, device, amp_dtype, dice, balance=False, entropy=0.0
+    model, opt, scaler, x, y, w, chunks, device, amp_dtype, *, dice, balance=False, entropy=0.0
 ) -> float:
     """One optimiser step on a batch, run in ``chunks`` pieces whose gradients add up.
 
