@@ -95,12 +95,12 @@ def main() -> None:
 
     start: dict[str, torch.Tensor] = {}
 
-    def step(net, opt, scaler, x, y, w, *rest):
+    def step(net, opt, scaler, x, y, w, *rest, **kw):
         if not start:  # the weights before the first update
             plain = getattr(net, "module", net)
             start.update({k: v.detach().clone() for k, v in plain.named_parameters()})
         seen.append(float(np.asarray(x, dtype=np.float64).sum()))
-        return plain_step(net, opt, scaler, x, y, w, *rest)
+        return plain_step(net, opt, scaler, x, y, w, *rest, **kw)
 
     loop._train_step = step
     s = nuclei_2d((128, 128), seed=5)
