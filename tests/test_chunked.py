@@ -49,6 +49,19 @@ def test_zarr_output_equals_in_memory_segmentation(model, stack, tmp_path, insta
     assert not (tmp_path / "l.zarr.partial").exists()
 
 
+def test_zarr_instances_apply_the_models_edge_offset(model, stack, tmp_path):
+    model.metadata["edge_offset"] = 1.5
+    ref = segment(stack, model, axes="ZYX", instances=True, **SETTINGS)
+    plain = segment(stack, model, axes="ZYX", instances=True, edge_offset=0, **SETTINGS)
+    assert (ref > 0).sum() < 0.9 * (plain > 0).sum()  # objects really shrank
+    out = segment_to_zarr(model, stack, tmp_path / "l.zarr", axes="ZYX", instances=True, **SETTINGS)
+    np.testing.assert_array_equal(read_zarr(out), ref)
+    out = segment_to_zarr(
+        model, stack, tmp_path / "p.zarr", axes="ZYX", instances=True, edge_offset=0, **SETTINGS
+    )
+    np.testing.assert_array_equal(read_zarr(out), plain)
+
+
 def test_lazy_inputs_tiff_zarr_ome_zarr_npy(model, stack, tmp_path):
     ref = segment(stack, model, axes="ZYX", **SETTINGS)
     tifffile.imwrite(tmp_path / "s.tif", stack, metadata={"axes": "ZYX"})
@@ -362,9 +375,39 @@ def test_blocks_give_the_labels_of_whole_slices_and_read_only_their_region(loud,
 def test_blocks_without_their_margin_would_differ(loud, tmp_path, monkeypatch):
     img = nuclei_stack((1, 150, 130), seed=8).image
     ref = segment(img, loud, axes="ZYX", **SETTINGS)
-    monkeypatch.setattr(chunked, "block_margin", lambda model, halo: 0)
+    monkeypatch.setattr(chunked, "block_margin", lambda model, halo, edge_offset=0: 0)
     out = segment_to_zarr(loud, img, tmp_path / "b.zarr", axes="ZYX", block_size=48, **SETTINGS)
     assert (read_zarr(out) != ref).mean() > 0.01  # seams: the test above has power
+
+
+@pytest.mark.parametrize("offset", [2.0, -1.5])
+def test_an_edge_offset_gives_the_same_labels_in_blocks_and_whole_slices(loud, tmp_path, offset):
+    img = nuclei_stack((1, 150, 130), seed=8).image
+    plain = segment(img, loud, axes="ZYX", edge_offset=0, **SETTINGS)
+    loud.metadata["edge_offset"] = offset  # the model's own offset is the default
+    ref = segment(img, loud, axes="ZYX", **SETTINGS)
+    assert (ref != plain).mean() > 0.01
+    out = segment_to_zarr(loud, img, tmp_path / "b.zarr", axes="ZYX", block_size=48, **SETTINGS)
+    np.testing.assert_array_equal(read_zarr(out), ref)
+    whole = segment_to_zarr(loud, img, tmp_path / "w.zarr", axes="ZYX", block_size=0, **SETTINGS)
+    np.testing.assert_array_equal(read_zarr(whole), ref)
+
+
+def test_edges_moved_after_the_blocks_are_cut_would_differ(loud, tmp_path, monkeypatch):
+    img = nuclei_stack((1, 150, 130), seed=8).image
+    loud.metadata["edge_offset"] = 2.0
+    ref = segment(img, loud, axes="ZYX", **SETTINGS)
+    cut_first = chunked.unit_labels
+
+    def unit_labels(model, data, box, margin, levels, instances, min_size, kw, offset, plane):
+        labels, n, notes, prob = cut_first(
+            model, data, box, margin, levels, instances, min_size, kw, 0.0, plane
+        )
+        return chunked.shift_edges(labels, offset), n, notes, prob
+
+    monkeypatch.setattr(chunked, "unit_labels", unit_labels)
+    out = segment_to_zarr(loud, img, tmp_path / "b.zarr", axes="ZYX", block_size=48, **SETTINGS)
+    assert (read_zarr(out) != ref).any()  # the test above has power at block borders
 
 
 def test_blocks_on_a_cluster_equal_blocks_here(loud, tmp_path, cluster):
@@ -380,6 +423,14 @@ def test_blocks_on_a_cluster_equal_blocks_here(loud, tmp_path, cluster):
     )
     np.testing.assert_array_equal(read_zarr(there), read_zarr(here))
     np.testing.assert_array_equal(read_zarr(mem), read_zarr(here))
+    # an edge offset goes to the workers too (the model they load carries none)
+    kw["edge_offset"] = 2.0
+    here = segment_to_zarr(loud, img, tmp_path / "here2.zarr", **kw)
+    there = segment_to_zarr(
+        loud, img, tmp_path / "there2.zarr", scheduler=cluster.scheduler_address, **kw
+    )
+    np.testing.assert_array_equal(read_zarr(there), read_zarr(here))
+    assert (read_zarr(here) != read_zarr(mem)).mean() > 0.01
 
 
 def test_blocks_are_refused_for_instances(model, stack, tmp_path):

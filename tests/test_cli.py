@@ -111,6 +111,25 @@ def test_segment_instances(sample_2d, saved_threshold_model, out_dir, capsys):
     assert 0.5 * n_true <= len(ids) - 1 <= 1.5 * n_true
 
 
+def test_segment_edge_offset_moves_object_edges(sample_2d, saved_threshold_model, out_dir, capsys):
+    from napari_tessera import segment
+    from napari_tessera.io import load_model
+
+    image, _ = sample_2d
+    got = {}
+    for off in ("0", "2", "-1.5"):
+        out = out_dir / f"inst{off}.tif"
+        argv = ["segment", image, "-o", out, "--model", saved_threshold_model, "--instances"]
+        code, _, err = run([*argv, "--edge-offset", off, "-q"], capsys)
+        assert code == 0, err
+        got[off] = read_image(out)[0]
+    assert (got["2"] > 0).sum() < (got["0"] > 0).sum() < (got["-1.5"] > 0).sum()
+    ref = segment(
+        read_image(image)[0], load_model(saved_threshold_model), instances=True, edge_offset=2
+    )
+    np.testing.assert_array_equal(got["2"], ref)
+
+
 def test_segment_probabilities(sample_2d, saved_threshold_model, out_dir, capsys):
     image, _ = sample_2d
     out, prob = out_dir / "labels.tif", out_dir / "prob.tif"
@@ -263,6 +282,9 @@ def bad_inputs(tmp_path, sample_2d, saved_threshold_model):
         "tile size text": [image, "--model", model, "--tile-size", "big"],
         "tile size 0x64": [image, "--model", model, "--tile-size", "0x64"],
         "negative halo": [image, "--model", model, "--halo", "-3"],
+        "edge offset text": [image, "--model", model, "--edge-offset", "wide"],
+        "edge offset too far": [image, "--model", model, "--edge-offset", "40"],
+        "edge offset nan": [image, "--model", model, "--edge-offset", "nan"],
         "rgb for 1-channel model": [rgb, "--model", model, "--axes", "YXC"],
         "rgb, axes from file": [rgb, "--model", model],
         "tile too small for halo": [image, "--model", model, "--tile-size", "16"],
@@ -288,6 +310,9 @@ CASES = {
     "tile size text": "tile-size",
     "tile size 0x64": "tile-size",
     "negative halo": "halo",
+    "edge offset text": "edge-offset",
+    "edge offset too far": "between -16 and 16",
+    "edge offset nan": "edge-offset",
     "rgb for 1-channel model": "channel",
     "rgb, axes from file": "channel",
     "tile too small for halo": "tile size",

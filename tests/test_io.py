@@ -461,3 +461,18 @@ def test_read_image_missing_and_folder(tmp_path):
         read_image(tmp_path / "missing.tif")
     with pytest.raises(InputError, match="folder"):
         read_image(tmp_path)
+
+
+@pytest.mark.parametrize("value", [1.5, -2])
+def test_an_edge_offset_survives_the_round_trip(tmp_path, value):
+    m = UNet(UNetConfig(depth=1, base_channels=2), metadata={"edge_offset": value})
+    loaded = load_model(save_model(m, tmp_path / "e.safetensors"))
+    assert loaded.metadata["edge_offset"] == value
+
+
+@pytest.mark.parametrize("value", ["wide", None, 1e9, [1]])
+def test_a_model_file_with_a_bad_edge_offset_is_refused(tmp_path, value):
+    m = UNet(UNetConfig(depth=1, base_channels=2), metadata={"edge_offset": value})
+    path = save_model(m, tmp_path / "e.safetensors")
+    with pytest.raises(ModelFileError, match="e.safetensors: its edge offset"):
+        load_model(path)

@@ -88,6 +88,9 @@ def test_train_then_segment(files, tmp_path, capsys):
     assert prov["trained_from"] == "scratch"
     assert prov["stopped"] == "steps"
     assert prov["config"]["entropy"] == 0.3
+    assert prov["edges"]["objects"] >= 3 and "scores" in prov["edges"]  # calibrated
+    assert meta.get("edge_offset", 0.0) == prov["edges"]["offset"]
+    assert "object edges" in err
     assert meta["class_names"] == ["background", "object"]
     assert isinstance(load_model(model), torch.nn.Module)
 
@@ -270,3 +273,14 @@ def test_default_patch_size_on_a_small_image_does_not_crash(files, tmp_path, cap
         assert len(nonempty_lines(err)) == 1
     else:
         assert model.is_file()
+
+
+def test_no_edge_calibration_stores_no_offset(files, tmp_path, capsys):
+    model = tmp_path / "m.safetensors"
+    argv = ["train", files["image"], files["sparse"], "-o", model, "--steps", "4", *TINY]
+    code, _, err = run([*argv, "--no-edge-calibration"], capsys)
+    assert code == 0, err
+    _, meta = read_model_info(model)
+    assert "edge_offset" not in meta and meta["provenance"]["edges"] is None
+    assert meta["provenance"]["config"]["calibrate_edges"] is False
+    assert "object edges" not in err

@@ -1181,3 +1181,43 @@ def test_checkpoint_with_a_damaged_weight_average_is_refused(dense_data, tmp_pat
     save_file(tensors, str(bad), metadata=meta)
     with pytest.raises(ModelFileError, match="bad.ckpt.safetensors"):
         load_checkpoint(bad)
+
+
+# -- edge offset calibrated on the painted objects ----------------------------------------------
+def test_training_stores_the_edge_offset_of_its_painted_objects(nuclei):
+    from napari_tessera.training.edges import calibrate_edges, painted_objects
+
+    img = nuclei[0]
+    painted = paint_sparse(img.labels.astype(np.int64))
+    cfg = small_config(mode="sparse", steps=30, base_channels=8, batch_size=4, seed=0)
+    result = train(img.image, painted, config=cfg)
+    edges = result.edges
+    assert edges is not None and edges.objects >= 6 and edges.scores
+    meta = result.model.metadata
+    assert meta["provenance"]["edges"] == edges.as_metadata()
+    assert meta.get("edge_offset", 0.0) == edges.offset
+    # the same calibration, redone from the kept model's own labels of the painted image
+    classes = segment(img.image, result.model, device="cpu", edge_offset=0)
+    assert calibrate_edges([classes], [painted_objects(painted, "sparse")]) == edges
+    # and segment applies it by default
+    expected = segment(img.image, result.model, device="cpu", edge_offset=edges.offset)
+    np.testing.assert_array_equal(segment(img.image, result.model, device="cpu"), expected)
+
+
+def test_fine_tuning_without_calibration_drops_the_base_models_offset(nuclei):
+    img = nuclei[0]
+    painted = paint_sparse(img.labels.astype(np.int64))
+    torch.manual_seed(0)
+    base = UNet(UNetConfig(base_channels=4, depth=2), metadata={"edge_offset": 2.0})
+    cfg = small_config(mode="sparse", steps=3, calibrate_edges=False)
+    result = train(img.image, painted, config=cfg, model=base)
+    assert result.edges is None and result.model.metadata["provenance"]["edges"] is None
+    assert "edge_offset" not in result.model.metadata  # it belonged to the old weights
+    assert result.model.metadata["provenance"]["config"]["calibrate_edges"] is False
+
+
+def test_dense_labels_calibrate_on_their_instances(dense_data):
+    image, labels = dense_data
+    result = train(image, labels, config=small_config(steps=3))
+    n = len(np.unique(labels)) - 1
+    assert result.edges is not None and result.edges.objects == n

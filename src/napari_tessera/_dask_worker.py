@@ -74,7 +74,7 @@ def unit_task(s, box, levels, digest: str, source, lay: SliceLayout, out_path: s
         data = source
     labels, count, notices, prob = unit_labels(
         plugin.model, data, box, margin, levels, settings["instances"], settings["min_size"],
-        settings["kw"],
+        settings["kw"], settings["edge_offset"], lay.yx,
     )  # fmt: skip
     zarr.open_array(out_path, mode="r+")[unit_index(lay, s, box)] = labels
     if settings.get("prob_path"):

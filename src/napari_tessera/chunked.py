@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -42,7 +43,12 @@ from .inference import (
     resolve_halo,
 )
 from .normalize import check_dtype, slice_levels
-from .postprocess import classes_from_probabilities, split_instances
+from .postprocess import (
+    classes_from_probabilities,
+    instances_from_classes,
+    resolve_edge_offset,
+    shift_edges,
+)
 from .tiling import mirror_indices, round_up
 
 PARTIAL = ".partial"
@@ -147,7 +153,13 @@ def _model_digest(model) -> str:
 
 
 def _run_state(
-    model, lay: SliceLayout, instances: bool, min_size: int, kw: dict, block: int
+    model,
+    lay: SliceLayout,
+    instances: bool,
+    min_size: int,
+    kw: dict,
+    block: int,
+    edge_offset: float,
 ) -> dict:
     """What must be equal for a partial output to be continued."""
     return {
@@ -157,6 +169,7 @@ def _run_state(
         "shape": list(lay.shape),
         "instances": bool(instances),
         "min_size": int(min_size),
+        "edge_offset": float(edge_offset),
         "tile_size": kw.get("tile_size"),
         "halo": kw.get("halo", "exact"),
         "blend": kw.get("blend", "crop"),
@@ -177,10 +190,12 @@ DEFAULT_BLOCK = 4096
 Box = tuple[int, int, int, int]  # y0, y1, x0, x1 of a block's kept core
 
 
-def block_margin(model, halo) -> int:
-    """Context read around a block: the halo, rounded to the pooling grid."""
+def block_margin(model, halo, edge_offset: float = 0.0) -> int:
+    """Context read around a block: the halo, plus the pixels an edge offset looks across,
+    rounded to the pooling grid."""
     m = model.size_multiple
-    return round_up(max(resolve_halo(model, halo), m), m)
+    reach = math.ceil(abs(edge_offset)) + 1 if edge_offset else 0
+    return round_up(max(resolve_halo(model, halo) + reach, m), m)
 
 
 def choose_block(block_size: int | None, lay: SliceLayout, model, halo, instances: bool) -> int:
@@ -243,19 +258,38 @@ def lazy_levels(image, lay: SliceLayout, s: int, norm) -> list[tuple[float, floa
         return slice_levels(lay.slice_view(image, s), norm)
 
 
-def unit_labels(model, data, box, margin, levels, instances, min_size, kwargs):
+def unit_labels(
+    model, data, box, margin, levels, instances, min_size, kwargs, edge_offset=0.0, plane=None
+):
     """Labels of one unit of work: a whole slice ``(C, Y, X)`` (``box`` None) or a block read
-    by :func:`read_region`. Returns ``(labels, object count, notices, probabilities)``."""
+    by :func:`read_region` from a plane of shape ``plane``. Returns
+    ``(labels, object count, notices, probabilities)``.
+
+    A block's edges are moved before its margin is cut off, so the offset sees across the
+    block's border as in a whole slice; the margin's mirrored part beyond the plane's border
+    is left out first (the plane's border is not background)."""
     notices, prob = [], None
     for event in iter_slice_predictions(model, data, axes="CYX", levels=levels, **kwargs):
         if isinstance(event, SliceResult):
             prob = event.probabilities
         elif isinstance(event, Notice):
             notices.append(event.message)
-    if box is not None:
+    if box is not None:  # class labels only
         y0, y1, x0, x1 = box
-        prob = prob[:, margin : margin + y1 - y0, margin : margin + x1 - x0]
-    labels, count = slice_labels(prob, instances, min_size)
+        core = (slice(margin, margin + y1 - y0), slice(margin, margin + x1 - x0))
+        prob_core = prob[(slice(None), *core)]
+        classes = classes_from_probabilities(prob)
+        if edge_offset:
+            h, w = plane
+            ty, tx = max(y0 - margin, 0), max(x0 - margin, 0)  # the region's part in the plane
+            inside = (
+                slice(ty - (y0 - margin), min(y1 + margin, h) - (y0 - margin)),
+                slice(tx - (x0 - margin), min(x1 + margin, w) - (x0 - margin)),
+            )
+            classes = shift_edges(classes[inside], edge_offset)
+            core = (slice(y0 - ty, y1 - ty), slice(x0 - tx, x1 - tx))
+        return classes[core], 0, notices, prob_core
+    labels, count = slice_labels(prob, instances, min_size, edge_offset)
     return labels, count, notices, prob
 
 
@@ -392,12 +426,16 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def slice_labels(prob: np.ndarray, instances: bool, min_size: int) -> tuple[np.ndarray, int]:
+def slice_labels(
+    prob: np.ndarray, instances: bool, min_size: int, edge_offset: float = 0.0
+) -> tuple[np.ndarray, int]:
     """Labels of one slice from its probabilities, and its object count (ids from 1)."""
     classes = classes_from_probabilities(prob)
     if not instances:
-        return classes, 0
-    labels, nxt = split_instances(classes > 0, min_size=min_size, start=1)
+        return shift_edges(classes, edge_offset), 0
+    labels, nxt = instances_from_classes(
+        classes, edge_offset=edge_offset, min_size=min_size, start=1
+    )
     return labels.astype(np.uint32), nxt - 1
 
 
@@ -410,6 +448,7 @@ def iter_segment_to_zarr(
     axes: str = "YX",
     instances: bool = False,
     min_size: int = 8,
+    edge_offset: float | None = None,
     resume: bool = True,
     scheduler: str | None = None,
     workers: int | None = None,
@@ -427,6 +466,7 @@ def iter_segment_to_zarr(
     automatic for planes over 8192x8192 pixels, 0: never), so a plane need not fit in memory.
     ``probabilities``: also write the class probabilities ``(n_classes, *lead, Y, X)``,
     float32, to this zarr array, alongside the labels.
+    ``edge_offset``: as in :func:`napari_tessera.segment` (None: the model's own).
     Other keyword arguments as in :func:`napari_tessera.predict_tiled`. Returns the output path.
     Results are the same in every mode and equal to :func:`napari_tessera.segment`.
     """
@@ -477,8 +517,9 @@ def iter_segment_to_zarr(
         precision=kwargs.get("precision", "fp32"),
     )
     halo = kwargs.get("halo", "exact")
+    offset = resolve_edge_offset(model, edge_offset)
     block = choose_block(block_size, lay, model, halo, instances)
-    state = _run_state(model, lay, instances, min_size, kwargs, block)
+    state = _run_state(model, lay, instances, min_size, kwargs, block, offset)
     state["probabilities"] = str(prob_out.resolve()) if prob_out is not None else None
     out = ZarrOutput(
         output,
@@ -499,26 +540,28 @@ def iter_segment_to_zarr(
         yield Notice(f"resuming: {out.resumed} of {len(units)} {what} already done")
     finished = out.done().keys()
     todo = [u for u, k in zip(units, keys) if k not in finished]
-    margin = block_margin(model, halo) if block else 0
+    margin = block_margin(model, halo, offset) if block else 0
+    post = {"instances": instances, "min_size": min_size, "edge_offset": offset}
     if scheduler is not None:
         yield from _run_on_cluster(
-            model, image, source, lay, out, todo, margin, instances, min_size, kwargs, scheduler,
-            workers,
-        )  # fmt: skip
+            model, image, source, lay, out, todo, margin, post, kwargs, scheduler, workers
+        )
     elif block:
-        yield from _run_blocks_here(model, image, lay, out, todo, margin, min_size, kwargs)
+        yield from _run_blocks_here(model, image, lay, out, todo, margin, post, kwargs)
     else:
         slices = [u[0] for u in todo]
-        yield from _run_here(model, image, lay, out, slices, instances, min_size, kwargs)
+        yield from _run_here(model, image, lay, out, slices, post, kwargs)
     return out.finish(instances, keys)
 
 
-def _run_here(model, image, lay, out: ZarrOutput, todo, instances, min_size, kwargs):
+def _run_here(model, image, lay, out: ZarrOutput, todo, post, kwargs):
     if not todo:
         return
     for event in iter_slice_predictions(model, image, axes=lay.axes, slices=todo, **kwargs):
         if isinstance(event, SliceResult):
-            labels, count = slice_labels(event.probabilities, instances, min_size)
+            labels, count = slice_labels(
+                event.probabilities, post["instances"], post["min_size"], post["edge_offset"]
+            )
             out.array[unit_index(lay, event.index, None)] = labels
             if out.prob is not None:
                 out.prob[(slice(None), *unit_index(lay, event.index, None))] = event.probabilities
@@ -527,15 +570,16 @@ def _run_here(model, image, lay, out: ZarrOutput, todo, instances, min_size, kwa
             yield event
 
 
-def _run_blocks_here(model, image, lay, out: ZarrOutput, todo, margin, min_size, kwargs):
+def _run_blocks_here(model, image, lay, out: ZarrOutput, todo, margin, post, kwargs):
     levels: dict[int, list] = {}
     for k, (s, box) in enumerate(todo, 1):
         if s not in levels:
             levels = {s: lazy_levels(image, lay, s, model.config.normalization)}
         data = read_region(image, lay, s, box, margin)
         labels, _, notices, prob = unit_labels(
-            model, data, box, margin, levels[s], False, min_size, kwargs
-        )
+            model, data, box, margin, levels[s], False, post["min_size"], kwargs,
+            post["edge_offset"], lay.yx,
+        )  # fmt: skip
         out.array[unit_index(lay, s, box)] = labels
         if out.prob is not None:
             out.prob[(slice(None), *unit_index(lay, s, box))] = prob
@@ -595,10 +639,8 @@ def open_client(scheduler: str, workers: int | None = None):
     return client, None, None
 
 
-def _run_on_cluster(
-    model, image, source, lay, out: ZarrOutput, todo, margin, instances, min_size, kwargs,
-    scheduler, n,
-):  # fmt: skip
+def _run_on_cluster(model, image, source, lay, out: ZarrOutput, todo, margin, post, kwargs,
+                    scheduler, n):  # fmt: skip
     from distributed import as_completed
 
     from . import _dask_worker
@@ -607,7 +649,7 @@ def _run_on_cluster(
         return
     kw = dict(kwargs)
     kw.setdefault("device", "auto")
-    settings = {"instances": instances, "min_size": min_size, "kw": kw, "margin": margin}
+    settings = {**post, "kw": kw, "margin": margin}
     settings["prob_path"] = str(out.prob_partial) if out.prob is not None else None
     digest = out.state["model"]
     client, cluster, threads = open_client(scheduler, n)

@@ -68,6 +68,17 @@ def _tile_size(text: str) -> int | tuple[int, int]:
     return sizes[0] if len(sizes) == 1 else (sizes[0], sizes[1])
 
 
+def _edge_offset(text: str) -> float:
+    from .errors import InputError
+    from .postprocess import check_edge_offset
+
+    try:
+        return check_edge_offset(float(text), "the edge offset")
+    except ValueError as err:
+        msg = str(err) if isinstance(err, InputError) else f"expected pixels, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+
+
 def _halo(text: str) -> str | int:
     if text.lower() == "exact":
         return "exact"
@@ -202,6 +213,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         axes=axes,
         instances=args.instances,
         min_size=args.min_size,
+        edge_offset=args.edge_offset,
         probabilities_out=probs,
         tile_size=args.tile_size,
         halo=args.halo,
@@ -287,6 +299,7 @@ def _segment_chunked(args: argparse.Namespace, inp: Path, out: Path) -> int:
         axes=axes,
         instances=args.instances,
         min_size=args.min_size,
+        edge_offset=args.edge_offset,
         resume=not args.restart,
         scheduler=args.scheduler,
         workers=args.workers,
@@ -349,6 +362,7 @@ def _train(args: argparse.Namespace, ctx) -> int:
         base_channels=args.base_channels,
         depth=args.depth,
         checkpoint=str(ckpt),
+        calibrate_edges=args.calibrate_edges,
         **({} if args.entropy is None else {"entropy": args.entropy}),
     )
     model = None
@@ -449,6 +463,8 @@ def _train(args: argparse.Namespace, ctx) -> int:
                     f"wrote {out} after {result.steps} steps in {result.elapsed:.0f} s "
                     f"(stopped: {result.stopped}){iou}; resume with --resume {ckpt}"
                 )
+                if result.edges is not None:
+                    _warn(result.edges.describe())
         if ctx is not None:
             from .training import distributed as ddp
 
@@ -557,6 +573,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--instances", action="store_true", help="one id per object instead of classes")
     s.add_argument("--min-size", type=_positive_int, default=8, help="smallest object kept (px)")
     s.add_argument(
+        "--edge-offset",
+        type=_edge_offset,
+        metavar="PX",
+        help="move object edges by PX pixels before objects are split (positive shrinks); "
+        "default: the offset the model was calibrated with when it was trained, else 0",
+    )
+    s.add_argument(
         "--probabilities",
         metavar="PATH",
         help="also write class probabilities (a TIFF, or a .zarr folder with a .zarr output)",
@@ -634,6 +657,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="W",
         help="weight of the term that asks the network to be decided about unpainted pixels "
         "without giving them a class, e.g. 0.3 (default 0: off)",
+    )
+    t.add_argument(
+        "--no-edge-calibration",
+        dest="calibrate_edges",
+        action="store_false",
+        help="do not store an edge offset calibrated on the painted objects (by default the "
+        "trained model is run on the painted slices, and the offset at which its objects best "
+        "match the whole painted objects is stored for `tessera segment`)",
     )
     t.add_argument(
         "--seed", type=_non_negative_int, default=0, help="random seed (CPU runs repeat exactly)"

@@ -490,6 +490,7 @@ def iter_segment(
     axes: str = "YX",
     instances: bool = False,
     min_size: int = 8,
+    edge_offset: float | None = None,
     probabilities_out: np.ndarray | None = None,
     **kwargs,
 ):
@@ -497,10 +498,18 @@ def iter_segment(
     returns the labels.
 
     ``probabilities_out``, if given, is filled with the class probabilities
-    ``(n_classes, *lead, Y, X)`` as slices finish (e.g. a memory map or zarr array).
+    ``(n_classes, *lead, Y, X)`` as slices finish (e.g. a memory map or zarr array); they are
+    the network's, before any edge offset.
     """
-    from .postprocess import classes_from_probabilities, labels_dtype, split_instances
+    from .postprocess import (
+        classes_from_probabilities,
+        instances_from_classes,
+        labels_dtype,
+        resolve_edge_offset,
+        shift_edges,
+    )
 
+    offset = resolve_edge_offset(model, edge_offset)
     lay = layout(np.shape(image), axes)
     labels = np.zeros((lay.n_slices, *lay.yx), np.uint32 if instances else np.uint8)
     next_id = 1
@@ -514,11 +523,11 @@ def iter_segment(
             probabilities_out[(slice(None), *idx)] = prob
         classes = classes_from_probabilities(prob)
         if instances:
-            labels[event.index], next_id = split_instances(
-                classes > 0, min_size=min_size, start=next_id
+            labels[event.index], next_id = instances_from_classes(
+                classes, edge_offset=offset, min_size=min_size, start=next_id
             )
         else:
-            labels[event.index] = classes
+            labels[event.index] = shift_edges(classes, offset)
     labels = labels.reshape(lay.out_shape)
     dt = labels_dtype(int(labels.max()) if labels.size else 0)
     return labels.astype(dt, copy=False)
@@ -528,7 +537,10 @@ def segment(image, model, *, axes: str = "YX", instances: bool = False, **kwargs
     """Labels for every pixel: the class (0 = background) or, with ``instances=True``, one id
     per object (touching objects split by a distance-transform watershed, ids unique across the
     stack). Shaped like the image without its channel axis. Keyword arguments as in
-    :func:`predict_tiled`, plus ``min_size`` (smallest object kept, in pixels).
+    :func:`predict_tiled`, plus ``min_size`` (smallest object kept, in pixels) and
+    ``edge_offset`` (pixels to move object edges by before objects are split, positive
+    shrinks; None: the offset stored with the model, calibrated when it was trained, else 0;
+    see :func:`napari_tessera.postprocess.shift_edges`).
 
     Stacks go slice by slice: only the slices the current batch touches have probabilities in
     memory (one or two unless a batch holds more tiles than a slice has).

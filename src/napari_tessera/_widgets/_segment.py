@@ -171,6 +171,12 @@ class SegmentWidget(Container):
             orientation="horizontal",
         )
         self.min_size = SpinBox(label="min object (px)", min=1, max=10**6, value=8)
+        self.model_edges = CheckBox(
+            text="apply the model's edge offset",
+            value=True,
+            tooltip="a model trained here stores how far to move object edges so its objects "
+            "match the painted ones; untick to keep the edges as the network predicts them",
+        )
         self.probabilities = CheckBox(text="add a probability layer", value=False)
         self.zarr_folder = FileEdit(
             label="zarr folder",
@@ -207,6 +213,7 @@ class SegmentWidget(Container):
                 self.precision,
                 self.output,
                 self.min_size,
+                self.model_edges,
                 self.probabilities,
                 self.zarr_folder,
                 self.scope,
@@ -307,6 +314,7 @@ class SegmentWidget(Container):
                 "batch_size": int(self.batch_size.value),
                 "device": self.device.value,
                 "precision": self.precision.value,
+                "edge_offset": None if self.model_edges.value else 0.0,
             }
         except TesseraError as err:
             report_error("Segment", err)

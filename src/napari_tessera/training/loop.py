@@ -24,13 +24,21 @@ from .. import __version__
 from ..axes import layout
 from ..config import UNetConfig
 from ..errors import InputError
-from ..inference import is_out_of_memory, predict_whole, release_device_memory, resolve_device
+from ..inference import (
+    is_out_of_memory,
+    predict_tiled,
+    predict_whole,
+    release_device_memory,
+    resolve_device,
+)
 from ..model import UNet
 from ..normalize import normalize_slice
+from ..postprocess import classes_from_probabilities
 from ..tiling import round_up
 from . import distributed as ddp
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import DistContext
+from .edges import EdgeCalibration, calibrate_edges, painted_objects
 from .labels import check_labels, make_targets
 from .losses import annotated_iou, segmentation_loss
 from .sampling import PatchSampler
@@ -59,6 +67,9 @@ class TrainConfig:
         painted, without giving them a class (semi-supervised entropy minimisation; see
         :func:`~napari_tessera.training.losses.unannotated_entropy`). It never calls them
         background. Validation and the kept step use the supervised loss alone.
+    calibrate_edges: after training, segment the painted slices and store with the model the
+        edge offset at which its objects best match the painted whole objects (see
+        :mod:`~napari_tessera.training.edges`); segmenting applies it. False stores none.
     """
 
     mode: str = "sparse"
@@ -82,6 +93,7 @@ class TrainConfig:
     elastic: bool = True
     ema: float = 0.0
     entropy: float = 0.0
+    calibrate_edges: bool = True
     preview_every: float = 0.0
     preview_slice: int = 0
     checkpoint: str | None = None
@@ -147,6 +159,7 @@ class TrainResult:
     elapsed: float
     stopped: str  # "steps", "time", "early", "requested"
     history: list[dict[str, Any]] = field(default_factory=list)
+    edges: EdgeCalibration | None = None  # the stored edge offset and how it was chosen
 
 
 def _auto(cfg: TrainConfig, yx: tuple[int, int], device: torch.device, fine_tune: bool):
@@ -541,8 +554,14 @@ def iter_train(
         plain.load_state_dict(model.state_dict())
         model = plain.to(device)
     model.eval()
+    edges = None
+    if cfg.calibrate_edges and main_rank:
+        edges = _calibrate_edges(model, image, lay, lab, targets.slices, cfg.mode, device)
+    meta = {k: v for k, v in model.metadata.items() if k != "edge_offset"}  # a base model's
+    if edges is not None and edges.offset:
+        meta["edge_offset"] = edges.offset
     model.metadata = {
-        **model.metadata,
+        **meta,
         "class_names": _class_names(targets.n_classes, cfg.mode),
         "provenance": {
             "software": f"napari-tessera {__version__}",
@@ -558,9 +577,10 @@ def iter_train(
             "seed": cfg.seed,
             "processes": dist_ctx.world_size if dist_ctx is not None else 1,
             "config": run_config(),
+            "edges": edges.as_metadata() if edges is not None else None,
         },
     }
-    return TrainResult(model, best_step, best_iou, step, elapsed(), stopped, history)
+    return TrainResult(model, best_step, best_iou, step, elapsed(), stopped, history, edges)
 
 
 def _train_step(
@@ -665,6 +685,20 @@ def _validate(
     finally:
         model.train(was)
     return total_loss / max(n, 1), (inter / union if union else 1.0)
+
+
+def _calibrate_edges(model, image, lay, labels, slices, mode, device) -> EdgeCalibration:
+    """Edge offset from the painted objects of the annotated slices (see ``edges``)."""
+    classes, objects = [], []
+    for s in slices:
+        obj = painted_objects(labels[s], mode)
+        if not obj.any():
+            continue
+        sl = np.asarray(lay.slice_view(image, s))
+        prob = predict_tiled(model, sl, axes="CYX", device=device)
+        classes.append(classes_from_probabilities(prob))
+        objects.append(obj)
+    return calibrate_edges(classes, objects)
 
 
 @torch.no_grad()

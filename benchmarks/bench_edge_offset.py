@@ -1,0 +1,135 @@
+#!/usr/bin/env python
+"""Edge offset calibrated on the painted nuclei: instance F1 with and without it, same runs.
+
+Same set-up as bench_accuracy.py: a dozen whole nuclei and five background strokes painted on
+the left half of a synthetic 512x512 image, training on 2 CPU threads (from scratch, or with
+``--finetune`` from the built-in model), instance F1 of the kept model on the right half.
+Each run is scored at every offset in EDGE_OFFSETS from one probability map: offset 0 (no
+calibration), the offset calibrated on the painted objects (what training stores in the model),
+and the best offset in hindsight.
+
+    python benchmarks/bench_edge_offset.py --steps 650 --seeds 90000 90001 --train-seeds 1 2 \\
+        --jsonl benchmarks/results/edge_offset.jsonl
+    python benchmarks/bench_edge_offset.py --summarize benchmarks/results/edge_offset.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _results import cpu_env  # noqa: E402
+from bench_accuracy import score_right, scribbles  # noqa: E402
+
+from napari_tessera import predict_tiled  # noqa: E402
+from napari_tessera.io import load_model  # noqa: E402
+from napari_tessera.models import default_model_path  # noqa: E402
+from napari_tessera.postprocess import (  # noqa: E402
+    classes_from_probabilities,
+    instances_from_classes,
+)
+from napari_tessera.synthetic import nuclei_2d  # noqa: E402
+from napari_tessera.training import TrainConfig, train  # noqa: E402
+from napari_tessera.training.edges import (  # noqa: E402
+    EDGE_OFFSETS,
+    calibrate_edges,
+    painted_objects,
+)
+
+
+def summarize(path: str) -> None:
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    for start in dict.fromkeys(r["start"] for r in rows):
+        rs = [r for r in rows if r["start"] == start]
+        print(f"{start}: {len(rs)} runs")
+        cols = {"offset 0": "f1_0", "calibrated": "f1_cal", "best in hindsight": "f1_best"}
+        for name, key in cols.items():
+            f1 = np.array([r[key] for r in rs])
+            print(
+                f"  {name:18s} mean {f1.mean():.3f}  min {f1.min():.3f}  "
+                f">=0.85 {int((f1 >= 0.85).sum())}/{len(rs)}"
+            )
+        d = np.array([r["f1_cal"] - r["f1_0"] for r in rs])
+        print(
+            f"  calibrated - offset 0: mean {d.mean():+.3f}, wins {int((d > 0).sum())}, "
+            f"losses {int((d < 0).sum())}, ties {int((d == 0).sum())}"
+        )
+        offs = [r["offset"] for r in rs]
+        print("  offsets chosen:", " ".join(f"{o:g}" for o in offs))
+        print(
+            "  per run (image/train seed: F1 at 0 -> calibrated):",
+            " ".join(
+                f"{r['seed']}/{r['train_seed']}:{r['f1_0']:.3f}->{r['f1_cal']:.3f}" for r in rs
+            ),
+        )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[90000, 90001, 90002])
+    ap.add_argument("--train-seeds", type=int, nargs="+", help="default: the image's seed")
+    ap.add_argument("--time-limit", type=float, default=120.0)
+    ap.add_argument("--steps", type=int, help="stop after N steps instead of --time-limit")
+    ap.add_argument("--finetune", action="store_true", help="start from the built-in model")
+    ap.add_argument("--jsonl", help="append one JSON row per run here")
+    ap.add_argument("--summarize", metavar="JSONL", help="only summarize this file")
+    args = ap.parse_args()
+    if args.summarize:
+        summarize(args.summarize)
+        return
+    torch.set_num_threads(2)
+    env = cpu_env()
+    print("env", json.dumps(env))
+    for seed in args.seeds:
+        s = nuclei_2d((512, 512), seed=seed, radius=(6.0, 11.0), touching=0.35)
+        lab = scribbles(s.labels, np.random.default_rng(seed))
+        objects = painted_objects(lab, "sparse")
+        for train_seed in args.train_seeds or [seed]:
+            budget = {"steps": args.steps} if args.steps else {"time_limit": args.time_limit}
+            cfg = TrainConfig(**budget, seed=train_seed, device="cpu")
+            t0 = time.perf_counter()
+            start = load_model(default_model_path()) if args.finetune else None
+            res = train(s.image, lab, config=cfg, model=start)
+            t_train = time.perf_counter() - t0
+            classes = classes_from_probabilities(predict_tiled(res.model, s.image, device="cpu"))
+            cal = calibrate_edges([classes], [objects])
+            f1 = {}
+            for off in EDGE_OFFSETS:
+                inst, _ = instances_from_classes(classes, edge_offset=off)
+                f1[off] = score_right(s.labels, inst).f1
+            best = max(f1, key=f1.get)
+            fg_truth = float((s.labels[:, 256:] > 0).mean())
+            row = {
+                "start": "built-in" if args.finetune else "scratch",
+                "seed": seed,
+                "train_seed": train_seed,
+                "offset": cal.offset,
+                "reason": cal.reason,
+                "f1_0": round(f1[0.0], 4),
+                "f1_cal": round(f1[cal.offset], 4),
+                "f1_best": round(f1[best], 4),
+                "best_offset": best,
+                "f1_by_offset": {f"{k:g}": round(v, 4) for k, v in f1.items()},
+                "painted_iou_by_offset": {f"{k:g}": round(v, 4) for k, v in cal.scores.items()},
+                "foreground_right": round(float((classes[:, 256:] > 0).mean()), 4),
+                "foreground_right_truth": round(fg_truth, 4),
+                "steps": res.steps,
+                "kept_step": res.best_step,
+                "train_s": round(t_train, 1),
+                "env": env,
+            }
+            print(json.dumps({k: v for k, v in row.items() if k != "env"}), flush=True)
+            if args.jsonl:
+                with open(args.jsonl, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()

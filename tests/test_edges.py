@@ -1,0 +1,227 @@
+"""Edge offsets: moving object edges, and calibrating the offset on painted objects."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from napari_tessera import InputError
+from napari_tessera.postprocess import (
+    check_edge_offset,
+    instances_from_classes,
+    model_edge_offset,
+    shift_edges,
+    split_instances,
+)
+from napari_tessera.training.edges import calibrate_edges, object_ious, painted_objects
+
+CROSS = ndi.generate_binary_structure(2, 1)
+SQUARE = ndi.generate_binary_structure(2, 2)
+
+
+def discs(shape, centres, r):
+    """Instance labels of discs (later ones drawn over earlier ones)."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    out = np.zeros(shape, np.int32)
+    for k, (cy, cx) in enumerate(centres, 1):
+        out[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = k
+    return out
+
+
+def grown(mask, px: int):
+    """``mask`` grown by ``px`` pixels (Euclidean), as an over-segmenting network draws it."""
+    return ndi.distance_transform_edt(~mask) <= px
+
+
+# -- shift_edges ---------------------------------------------------------------------------------
+def test_shift_by_one_pixel_is_erosion_and_dilation_with_the_cross():
+    mask = discs((40, 40), [(20, 20)], 9) > 0
+    classes = mask.astype(np.uint8)
+    np.testing.assert_array_equal(shift_edges(classes, 1) > 0, ndi.binary_erosion(mask, CROSS))
+    np.testing.assert_array_equal(shift_edges(classes, -1) > 0, ndi.binary_dilation(mask, CROSS))
+    # 1.5 px reaches the diagonal neighbours too
+    np.testing.assert_array_equal(shift_edges(classes, 1.5) > 0, ndi.binary_erosion(mask, SQUARE))
+    assert shift_edges(classes, 0) is classes
+
+
+def test_shift_keeps_classes_and_grows_into_the_nearest_class():
+    classes = np.zeros((20, 30), np.uint8)
+    classes[5:15, 3:10] = 1
+    classes[5:15, 18:26] = 2
+    grown_ = shift_edges(classes, -2)
+    assert set(np.unique(grown_)) == {0, 1, 2}
+    assert (grown_[classes == 1] == 1).all() and (grown_[classes == 2] == 2).all()
+    assert grown_[10, 11] == 1 and grown_[10, 16] == 2  # each grows with its own class
+    assert grown_[10, 14] == 0  # 4 px from either: stays background
+    shrunk = shift_edges(classes, 2)
+    assert shrunk.dtype == classes.dtype
+    assert (shrunk[classes == 2] != 1).all() and shrunk[10, 21] == 2
+    assert shrunk[5:7].sum() == 0 and shrunk[10, 3:5].sum() == 0  # two rows / columns gone
+
+
+def test_the_image_border_is_not_background():
+    classes = np.zeros((20, 20), np.uint8)
+    classes[:, :8] = 1  # an object cut by the left border
+    shrunk = shift_edges(classes, 1)
+    assert (shrunk[:, 0] == 1).all()  # its border column stays: the object goes on outside
+    assert (shrunk[:, 7] == 0).all() and (shrunk[:, 6] == 1).all()
+    full = np.ones((5, 5), np.uint8)
+    assert (shift_edges(full, 2) == 1).all() and (shift_edges(full * 0, -2) == 0).all()
+
+
+def test_shrinking_an_overgrown_pair_restores_their_sizes():
+    truth = discs((60, 80), [(30, 28), (30, 50)], 11)  # touching discs
+    over = grown(truth > 0, 2).astype(np.uint8)
+    area = (truth > 0).sum()
+    before = (instances_from_classes(over, min_size=1)[0] > 0).sum()
+    inst, nxt = instances_from_classes(over, edge_offset=2, min_size=1, start=5)
+    assert nxt == 7 and set(np.unique(inst)) == {0, 5, 6}
+    assert abs(int((inst > 0).sum()) - area) < 0.2 * abs(int(before) - area)
+    # instances_from_classes is split_instances of the shifted foreground
+    np.testing.assert_array_equal(
+        instances_from_classes(over, edge_offset=1.5)[0],
+        split_instances(shift_edges(over, 1.5) > 0)[0],
+    )
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 17, -40, "1", None, True])
+def test_bad_edge_offsets_are_refused(bad):
+    with pytest.raises(InputError, match="edge offset"):
+        check_edge_offset(bad)
+
+
+def test_model_edge_offset_reads_the_metadata():
+    class M:
+        metadata = {}
+
+    assert model_edge_offset(M()) == 0.0
+    M.metadata = {"edge_offset": 1.5}
+    assert model_edge_offset(M()) == 1.5
+    M.metadata = {"edge_offset": "wide"}
+    with pytest.raises(InputError, match="the model's edge offset"):
+        model_edge_offset(M())
+
+
+# -- painted objects and their match ------------------------------------------------------------
+def test_painted_objects_sparse_and_dense():
+    lab = np.zeros((30, 30), np.uint8)
+    lab[2:8, 2:8] = 2
+    lab[2:8, 8:14] = 2  # touches the first: one painted region
+    lab[20:26, 2:8] = 3  # another class
+    lab[20:26, 8:14] = 2  # touches it, but is of another class
+    lab[15, 15] = 2  # too small
+    lab[28, :] = 1  # background stroke
+    obj = painted_objects(lab, "sparse")
+    assert len(np.unique(obj[obj > 0])) == 3
+    assert len(np.unique(obj[2:8, 2:14])) == 1 and obj[15, 15] == 0 and obj[28].max() == 0
+    assert obj[22, 4] != obj[22, 10]
+    dense = np.zeros((30, 30), np.int32)
+    dense[2:8, 2:8] = 7
+    dense[2:8, 8:14] = 9  # touching instances stay distinct
+    obj = painted_objects(dense, "dense")
+    assert len(np.unique(obj[obj > 0])) == 2 and obj[4, 4] != obj[4, 10]
+
+
+def test_object_ious():
+    painted = np.zeros((30, 30), np.int32)
+    painted[5:15, 5:15] = 1  # 100 px
+    painted[20:25, 20:25] = 2  # 25 px
+    pred = np.zeros((30, 30), np.int32)
+    pred[5:15, 5:16] = 4  # 110 px, 100 inside object 1
+    pred[20:25, 20:23] = 5  # 15 px inside object 2 ...
+    pred[20:25, 23:29] = 6  # ... and a predicted object mostly outside it: not its match
+    ious = object_ious(painted, pred)
+    np.testing.assert_allclose(ious, [100 / 110, 15 / 25])
+    pred[20:25, 26:29] = 7  # now 6 lies 2/3 inside object 2: it counts (7 does not)
+    np.testing.assert_allclose(object_ious(painted, pred)[1], 25 / 30)
+
+
+# -- calibration --------------------------------------------------------------------------------
+def _scene(seed=0, n=14):
+    """Nuclei (some touching) and a sparse painting of most of them, whole."""
+    rng = np.random.default_rng(seed)
+    centres, shape = [], (200, 200)
+    while len(centres) < n:
+        c = rng.integers(15, 185, 2)
+        if all(np.hypot(*(c - d)) > 17 for d in centres):
+            centres.append(c)
+    truth = discs(shape, centres, 9)
+    lab = np.zeros(shape, np.uint8)
+    for i in range(1, n - 3):
+        lab[truth == i] = 2
+    lab[~grown(truth > 0, 3) & (np.arange(200)[None, :] % 37 == 0)] = 1  # background strokes
+    return truth, lab
+
+
+@pytest.mark.parametrize("px, expected", [(2, 2.0), (1, 1.0), (0, 0.0)])
+def test_calibration_finds_how_far_predictions_overgrow(px, expected):
+    truth, lab = _scene()
+    pred = grown(truth > 0, px).astype(np.uint8)
+    cal = calibrate_edges([pred], [painted_objects(lab, "sparse")])
+    assert cal.offset == expected, cal
+    objects = painted_objects(lab, "sparse")
+    assert cal.objects == len(np.unique(objects)) - 1 >= 8  # touching painted nuclei count once
+    assert cal.scores[expected] == max(cal.scores.values())
+
+
+def test_calibration_grows_objects_that_come_out_too_small():
+    truth, lab = _scene(seed=1)
+    pred = ndi.binary_erosion(truth > 0, SQUARE, iterations=1).astype(np.uint8)
+    cal = calibrate_edges([pred], [painted_objects(lab, "sparse")])
+    assert cal.offset < 0
+
+
+def test_calibration_over_several_slices_pools_their_objects():
+    truth, lab = _scene(seed=2)
+    pred = grown(truth > 0, 2).astype(np.uint8)
+    objs = painted_objects(lab, "sparse")
+    half = np.where(np.arange(200)[None, :] < 100, objs, 0)
+    rest = np.where(np.arange(200)[None, :] >= 100, objs, 0)
+    cal = calibrate_edges([pred, pred], [half, rest])
+    assert cal.offset == 2.0 and cal.objects == len(np.unique(objs)) - 1
+
+
+def test_strokes_inside_objects_leave_the_offset_at_zero():
+    truth, _ = _scene(seed=3)
+    pred = grown(truth > 0, 2).astype(np.uint8)
+    strokes = np.zeros_like(truth)
+    for i in range(1, 12):  # a short stroke through each nucleus, not the whole nucleus
+        cy, cx = (int(v) for v in np.argwhere(truth == i).mean(0))
+        strokes[cy - 1 : cy + 2, cx - 4 : cx + 5] = i
+    cal = calibrate_edges([pred], [strokes])
+    assert cal.offset == 0.0 and "not painted whole" in cal.reason
+
+
+def test_too_few_objects_leave_the_offset_at_zero():
+    truth, _ = _scene(seed=4)
+    pred = grown(truth > 0, 2).astype(np.uint8)
+    two = np.where(truth <= 2, truth, 0)
+    cal = calibrate_edges([pred], [two])
+    assert cal.offset == 0.0 and "only 2" in cal.reason and not cal.scores
+    assert calibrate_edges([pred], [two], min_objects=2).offset == 2.0
+
+
+# -- segment applies it ---------------------------------------------------------------------------
+def test_segment_applies_the_models_edge_offset_unless_told_otherwise(threshold_unet):
+    from napari_tessera import segment
+    from napari_tessera.synthetic import nuclei_2d
+
+    model = threshold_unet()
+    image = nuclei_2d((96, 96), seed=0).image
+    plain = segment(image, model, device="cpu")
+    inst = segment(image, model, device="cpu", instances=True)
+    model.metadata["edge_offset"] = 1.5
+    shrunk = segment(image, model, device="cpu")
+    np.testing.assert_array_equal(shrunk, shift_edges(plain, 1.5))
+    assert (shrunk > 0).sum() < 0.9 * (plain > 0).sum()
+    np.testing.assert_array_equal(
+        segment(image, model, device="cpu", instances=True),
+        instances_from_classes(plain, edge_offset=1.5)[0],
+    )
+    np.testing.assert_array_equal(segment(image, model, device="cpu", edge_offset=0), plain)
+    np.testing.assert_array_equal(
+        segment(image, model, device="cpu", instances=True, edge_offset=0.0), inst
+    )
+    with pytest.raises(InputError, match="edge offset"):
+        segment(image, model, device="cpu", edge_offset=float("nan"))
