@@ -99,7 +99,8 @@ def main() -> None:
             res = train(s.image, lab, config=cfg, model=start)
             t_train = time.perf_counter() - t0
             classes = classes_from_probabilities(predict_tiled(res.model, s.image, device="cpu"))
-            cal = calibrate_edges([classes], [objects])
+            cal = res.edges  # what training stored with the model
+            assert cal == calibrate_edges([classes], [objects])  # from these very labels
             f1 = {}
             for off in EDGE_OFFSETS:
                 inst, _ = instances_from_classes(classes, edge_offset=off)

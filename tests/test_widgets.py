@@ -181,6 +181,29 @@ def test_segment_with_model_file_updates_in_place(
     assert seg.run_button.enabled and not seg.cancel_button.enabled
 
 
+def test_segment_applies_the_models_edge_offset_unless_unticked(
+    make_napari_viewer, qtbot, nuclei, saved_threshold_model, tmp_path
+):
+    from napari_tessera.postprocess import shift_edges
+
+    model = load_model(saved_threshold_model)  # a model that really finds the nuclei
+    model.metadata["edge_offset"] = 2.0
+    path = save_model(model, tmp_path / "edges.safetensors")
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei.image, name="cells")
+    seg = dock(viewer, "Segment")
+    use_file_model(seg, path)
+    seg.device.value = "cpu"
+    assert seg.model_edges.value  # ticked by default
+    segment(qtbot, seg)
+    shrunk = viewer.layers["cells labels"].data.copy()
+    seg.model_edges.value = False
+    segment(qtbot, seg)
+    plain = viewer.layers["cells labels"].data
+    assert (plain > 0).sum() > 1.2 * (shrunk > 0).sum() > 0
+    np.testing.assert_array_equal(shrunk, shift_edges(plain, 2.0))
+
+
 def test_segment_current_slice_of_stack(make_napari_viewer, qtbot, tiny_model_path):
     viewer = make_napari_viewer()
     stack = np.stack([nuclei_2d((64, 64), seed=s).image for s in range(3)])
@@ -348,6 +371,7 @@ def test_train_then_segment_with_the_result(make_napari_viewer, qtbot, nuclei, t
     # offered to the Segment widget at once
     assert session.last_trained_model is tr.model
     assert seg.model_source.value == "session"
+    assert "object edges" in tr.status.value  # what calibration did is said
     segment(qtbot, seg)
     assert viewer.layers["cells labels"].data.shape == image.data.shape
 
