@@ -11,6 +11,8 @@ and the best offset in hindsight.
     python benchmarks/bench_edge_offset.py --steps 650 --seeds 90000 90001 --train-seeds 1 2 \\
         --jsonl benchmarks/results/edge_offset.jsonl
     python benchmarks/bench_edge_offset.py --summarize benchmarks/results/edge_offset.jsonl
+
+``--set KEY=VALUE`` overrides a ``TrainConfig`` field (e.g. ``--set entropy=0.3``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _results import cpu_env  # noqa: E402
 from bench_accuracy import score_right, scribbles  # noqa: E402
+from bench_train_settings import _value  # noqa: E402
 
 from napari_tessera import predict_tiled  # noqa: E402
 from napari_tessera.io import load_model  # noqa: E402
@@ -78,6 +81,7 @@ def main() -> None:
     ap.add_argument("--time-limit", type=float, default=120.0)
     ap.add_argument("--steps", type=int, help="stop after N steps instead of --time-limit")
     ap.add_argument("--finetune", action="store_true", help="start from the built-in model")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="TrainConfig fields")
     ap.add_argument("--jsonl", help="append one JSON row per run here")
     ap.add_argument("--summarize", metavar="JSONL", help="only summarize this file")
     args = ap.parse_args()
@@ -85,6 +89,7 @@ def main() -> None:
         summarize(args.summarize)
         return
     torch.set_num_threads(2)
+    over = {k: _value(v) for k, _, v in (item.partition("=") for item in args.set)}
     env = cpu_env()
     print("env", json.dumps(env))
     for seed in args.seeds:
@@ -93,7 +98,7 @@ def main() -> None:
         objects = painted_objects(lab, "sparse")
         for train_seed in args.train_seeds or [seed]:
             budget = {"steps": args.steps} if args.steps else {"time_limit": args.time_limit}
-            cfg = TrainConfig(**budget, seed=train_seed, device="cpu")
+            cfg = TrainConfig(**{**budget, "seed": train_seed, "device": "cpu", **over})
             t0 = time.perf_counter()
             start = load_model(default_model_path()) if args.finetune else None
             res = train(s.image, lab, config=cfg, model=start)
@@ -108,7 +113,9 @@ def main() -> None:
             best = max(f1, key=f1.get)
             fg_truth = float((s.labels[:, 256:] > 0).mean())
             row = {
-                "start": "built-in" if args.finetune else "scratch",
+                "start": ("built-in" if args.finetune else "scratch")
+                + "".join(f", {k}={v}" for k, v in over.items()),
+                "settings": over,
                 "seed": seed,
                 "train_seed": train_seed,
                 "offset": cal.offset,
