@@ -40,3 +40,26 @@ def report(rows: list, env: dict, args) -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"rows": rows, "env": env, "args": vars(args)}, f, indent=1)
+
+
+def settings(items: list[str]) -> dict:
+    """``KEY=VALUE`` strings (``--set``) as TrainConfig overrides: ints, floats, booleans,
+    else text."""
+
+    def value(text: str):
+        for cast in (int, float):
+            try:
+                return cast(text)
+            except ValueError:
+                pass
+        return {"true": True, "false": False}.get(text.lower(), text)
+
+    return {k: value(v) for k, _, v in (item.partition("=") for item in items)}
+
+
+def append_row(row: dict, jsonl: str | None, hide: tuple[str, ...] = ("env",)) -> None:
+    """Print one run's row (without the ``hide`` keys) and append it whole to ``jsonl``."""
+    print(json.dumps({k: v for k, v in row.items() if k not in hide}), flush=True)
+    if jsonl:
+        with open(jsonl, "a") as f:
+            f.write(json.dumps(row) + "\n")

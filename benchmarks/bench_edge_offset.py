@@ -20,26 +20,21 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _results import cpu_env  # noqa: E402
-from bench_accuracy import score_right, scribbles  # noqa: E402
-from bench_train_settings import _value  # noqa: E402
+from _results import append_row, cpu_env, settings  # noqa: E402
+from bench_accuracy import score_right  # noqa: E402
+from bench_train_settings import scribble_runs  # noqa: E402
 
 from napari_tessera import predict_tiled  # noqa: E402
-from napari_tessera.io import load_model  # noqa: E402
-from napari_tessera.models import default_model_path  # noqa: E402
 from napari_tessera.postprocess import (  # noqa: E402
     classes_from_probabilities,
     instances_from_classes,
 )
-from napari_tessera.synthetic import nuclei_2d  # noqa: E402
-from napari_tessera.training import TrainConfig, train  # noqa: E402
 from napari_tessera.training.edges import (  # noqa: E402
     EDGE_OFFSETS,
     calibrate_edges,
@@ -89,54 +84,42 @@ def main() -> None:
         summarize(args.summarize)
         return
     torch.set_num_threads(2)
-    over = {k: _value(v) for k, _, v in (item.partition("=") for item in args.set)}
+    over = settings(args.set)
     env = cpu_env()
     print("env", json.dumps(env))
-    for seed in args.seeds:
-        s = nuclei_2d((512, 512), seed=seed, radius=(6.0, 11.0), touching=0.35)
-        lab = scribbles(s.labels, np.random.default_rng(seed))
-        objects = painted_objects(lab, "sparse")
-        for train_seed in args.train_seeds or [seed]:
-            budget = {"steps": args.steps} if args.steps else {"time_limit": args.time_limit}
-            cfg = TrainConfig(**{**budget, "seed": train_seed, "device": "cpu", **over})
-            t0 = time.perf_counter()
-            start = load_model(default_model_path()) if args.finetune else None
-            res = train(s.image, lab, config=cfg, model=start)
-            t_train = time.perf_counter() - t0
-            classes = classes_from_probabilities(predict_tiled(res.model, s.image, device="cpu"))
-            cal = res.edges  # what training stored with the model
-            assert cal == calibrate_edges([classes], [objects])  # from these very labels
-            f1 = {}
-            for off in EDGE_OFFSETS:
-                inst, _ = instances_from_classes(classes, edge_offset=off)
-                f1[off] = score_right(s.labels, inst).f1
-            best = max(f1, key=f1.get)
-            fg_truth = float((s.labels[:, 256:] > 0).mean())
-            row = {
-                "start": ("built-in" if args.finetune else "scratch")
-                + "".join(f", {k}={v}" for k, v in over.items()),
-                "settings": over,
-                "seed": seed,
-                "train_seed": train_seed,
-                "offset": cal.offset,
-                "reason": cal.reason,
-                "f1_0": round(f1[0.0], 4),
-                "f1_cal": round(f1[cal.offset], 4),
-                "f1_best": round(f1[best], 4),
-                "best_offset": best,
-                "f1_by_offset": {f"{k:g}": round(v, 4) for k, v in f1.items()},
-                "painted_iou_by_offset": {f"{k:g}": round(v, 4) for k, v in cal.scores.items()},
-                "foreground_right": round(float((classes[:, 256:] > 0).mean()), 4),
-                "foreground_right_truth": round(fg_truth, 4),
-                "steps": res.steps,
-                "kept_step": res.best_step,
-                "train_s": round(t_train, 1),
-                "env": env,
-            }
-            print(json.dumps({k: v for k, v in row.items() if k != "env"}), flush=True)
-            if args.jsonl:
-                with open(args.jsonl, "a") as f:
-                    f.write(json.dumps(row) + "\n")
+    budget = {"steps": args.steps} if args.steps else {"time_limit": args.time_limit}
+    runs = scribble_runs(args.seeds, args.train_seeds, budget, over, args.finetune)
+    for seed, train_seed, s, lab, res, t_train in runs:
+        classes = classes_from_probabilities(predict_tiled(res.model, s.image, device="cpu"))
+        cal = res.edges  # what training stored with the model
+        assert cal == calibrate_edges([classes], [painted_objects(lab, "sparse")])
+        f1 = {}
+        for off in EDGE_OFFSETS:
+            inst, _ = instances_from_classes(classes, edge_offset=off)
+            f1[off] = score_right(s.labels, inst).f1
+        best = max(f1, key=f1.get)
+        row = {
+            "start": ("built-in" if args.finetune else "scratch")
+            + "".join(f", {k}={v}" for k, v in over.items()),
+            "settings": over,
+            "seed": seed,
+            "train_seed": train_seed,
+            "offset": cal.offset,
+            "reason": cal.reason,
+            "f1_0": round(f1[0.0], 4),
+            "f1_cal": round(f1[cal.offset], 4),
+            "f1_best": round(f1[best], 4),
+            "best_offset": best,
+            "f1_by_offset": {f"{k:g}": round(v, 4) for k, v in f1.items()},
+            "painted_iou_by_offset": {f"{k:g}": round(v, 4) for k, v in cal.scores.items()},
+            "foreground_right": round(float((classes[:, 256:] > 0).mean()), 4),
+            "foreground_right_truth": round(float((s.labels[:, 256:] > 0).mean()), 4),
+            "steps": res.steps,
+            "kept_step": res.best_step,
+            "train_s": round(t_train, 1),
+            "env": env,
+        }
+        append_row(row, args.jsonl)
 
 
 if __name__ == "__main__":

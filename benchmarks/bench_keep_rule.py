@@ -31,9 +31,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _results import cpu_env  # noqa: E402
+from _results import append_row, cpu_env, settings  # noqa: E402
 from bench_accuracy import score_right, scribbles  # noqa: E402
-from bench_train_settings import _value  # noqa: E402
 
 import napari_tessera.training.loop as loop  # noqa: E402
 from napari_tessera import segment  # noqa: E402
@@ -80,7 +79,7 @@ def main() -> None:
         summarize(args.summarize)
         return
     torch.set_num_threads(2)
-    over = {k: _value(v) for k, _, v in (item.partition("=") for item in args.set)}
+    over = settings(args.set)
     env = cpu_env()
     print("env", json.dumps(env))
 
@@ -108,7 +107,9 @@ def main() -> None:
             steps = []
             for h, state in zip(validated, judged, strict=True):
                 net.load_state_dict(state)
-                pred = segment(s.image, net, instances=True, device="cpu")
+                # edges as predicted: the offset training stores is calibrated for the kept
+                # step only, and this study compares the steps themselves
+                pred = segment(s.image, net, instances=True, device="cpu", edge_offset=0)
                 steps.append(
                     {
                         "step": h["step"],
@@ -132,13 +133,7 @@ def main() -> None:
                 "validated": steps,
                 "env": env,
             }
-            print(
-                json.dumps({k: v for k, v in row.items() if k not in ("env", "validated")}),
-                flush=True,
-            )
-            if args.jsonl:
-                with open(args.jsonl, "a") as f:
-                    f.write(json.dumps(row) + "\n")
+            append_row(row, args.jsonl, hide=("env", "validated"))
 
 
 if __name__ == "__main__":

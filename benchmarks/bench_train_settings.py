@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _results import cpu_env  # noqa: E402
+from _results import append_row, cpu_env, settings  # noqa: E402
 from bench_accuracy import score_right, scribbles  # noqa: E402
 
 from napari_tessera import segment  # noqa: E402
@@ -38,13 +38,21 @@ from napari_tessera.synthetic import nuclei_2d  # noqa: E402
 from napari_tessera.training import TrainConfig, train  # noqa: E402
 
 
-def _value(text: str):
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(text.lower(), text)
+def scribble_runs(seeds, train_seeds, budget: dict, over: dict, finetune: bool = False):
+    """Train on each image's scribbles with each training seed (default: the image's seed).
+
+    Yields ``(seed, train_seed, sample, labels, result, seconds)``; ``budget`` is
+    ``{"steps": N}`` or ``{"time_limit": S}``, ``over`` overrides TrainConfig fields.
+    """
+    for seed in seeds:
+        s = nuclei_2d((512, 512), seed=seed, radius=(6.0, 11.0), touching=0.35)
+        lab = scribbles(s.labels, np.random.default_rng(seed))
+        for train_seed in train_seeds or [seed]:
+            cfg = TrainConfig(**{**budget, "seed": train_seed, "device": "cpu", **over})
+            t0 = time.perf_counter()
+            start = load_model(default_model_path()) if finetune else None
+            res = train(s.image, lab, config=cfg, model=start)
+            yield seed, train_seed, s, lab, res, time.perf_counter() - t0
 
 
 def summarize(path: str) -> None:
@@ -79,42 +87,30 @@ def main() -> None:
         summarize(args.summarize)
         return
     torch.set_num_threads(2)
-    over = {}
-    for item in args.set:
-        key, _, val = item.partition("=")
-        over[key] = _value(val)
+    over = settings(args.set)
     env = cpu_env()
     print("env", json.dumps(env))
-    for seed in args.seeds:
-        s = nuclei_2d((512, 512), seed=seed, radius=(6.0, 11.0), touching=0.35)
-        lab = scribbles(s.labels, np.random.default_rng(seed))
-        for train_seed in args.train_seeds or [seed]:
-            budget = {"steps": args.steps} if args.steps else {"time_limit": args.time_limit}
-            cfg = TrainConfig(**{**budget, "seed": train_seed, "device": "cpu", **over})
-            t0 = time.perf_counter()
-            start = load_model(default_model_path()) if args.finetune else None
-            res = train(s.image, lab, config=cfg, model=start)
-            t_train = time.perf_counter() - t0
-            pred = segment(s.image, res.model, instances=True, device="cpu")
-            m = score_right(s.labels, pred)
-            row = {
-                "name": args.name,
-                "settings": over,
-                "start": "built-in" if args.finetune else "scratch",
-                "seed": seed,
-                "train_seed": train_seed,
-                "f1": round(m.f1, 4),
-                "precision": round(m.precision, 4),
-                "recall": round(m.recall, 4),
-                "steps": res.steps,
-                "kept_step": res.best_step,
-                "train_s": round(t_train, 1),
-                "env": env,
-            }
-            print(json.dumps({k: v for k, v in row.items() if k != "env"}), flush=True)
-            if args.jsonl:
-                with open(args.jsonl, "a") as f:
-                    f.write(json.dumps(row) + "\n")
+    budget = {"steps": args.steps} if args.steps else {"time_limit": args.time_limit}
+    runs = scribble_runs(args.seeds, args.train_seeds, budget, over, args.finetune)
+    for seed, train_seed, s, _, res, t_train in runs:
+        pred = segment(s.image, res.model, instances=True, device="cpu")
+        m = score_right(s.labels, pred)
+        row = {
+            "name": args.name,
+            "settings": over,
+            "start": "built-in" if args.finetune else "scratch",
+            "seed": seed,
+            "train_seed": train_seed,
+            "f1": round(m.f1, 4),
+            "precision": round(m.precision, 4),
+            "recall": round(m.recall, 4),
+            "edge_offset": res.model.metadata.get("edge_offset", 0.0),
+            "steps": res.steps,
+            "kept_step": res.best_step,
+            "train_s": round(t_train, 1),
+            "env": env,
+        }
+        append_row(row, args.jsonl)
 
 
 if __name__ == "__main__":
