@@ -447,11 +447,10 @@ class TrainWidget(Container):
             if result.best_val_iou is not None
             else ""
         )
+        edges = f"; {result.edges.describe()}" if result.edges is not None else ""
         self.status.value = (
             f"done: {result.steps} steps in {result.elapsed:.0f} s "
-            f"(stopped: {result.stopped}){iou}; "
-            f"{result.edges.describe() + '. ' if result.edges is not None else ''}"
-            "The model is selected in Segment."
+            f"(stopped: {result.stopped}){iou}{edges}. The model is selected in Segment."
         )
         self.progress.value = 1000
         session.set_trained_model(result.model, f"trained on {name}, {result.steps} steps")

@@ -100,19 +100,18 @@ def object_ious(objects: np.ndarray, instances: np.ndarray) -> np.ndarray:
     ins = np.asarray(instances).ravel().astype(np.int64)
     n_obj, n_ins = int(obj.max()) + 1, int(ins.max()) + 1
     both = (obj > 0) & (ins > 0)
-    inter = np.bincount(obj[both] * n_ins + ins[both], minlength=n_obj * n_ins).reshape(
-        n_obj, n_ins
-    )
+    # overlapping (object, instance) pairs only: thousands of each stay cheap
+    pairs, inter = np.unique(obj[both] * n_ins + ins[both], return_counts=True)
+    o, i = pairs // n_ins, pairs % n_ins
     ins_size = np.bincount(ins, minlength=n_ins)
     obj_size = np.bincount(obj, minlength=n_obj)
-    inside = 2 * inter > ins_size[None, :]
-    inside[:, 0] = False
-    common = (inter * inside).sum(1)
-    pred = (ins_size[None, :] * inside).sum(1)
-    union = obj_size + pred - common
+    inside = 2 * inter > ins_size[i]  # the instance lies mostly inside the object
+    common = np.bincount(o[inside], weights=inter[inside], minlength=n_obj)
+    pred = np.bincount(o[inside], weights=ins_size[i][inside], minlength=n_obj)
     present = np.flatnonzero(obj_size > 0)
     present = present[present > 0]
-    return common[present] / np.maximum(union[present], 1)
+    union = obj_size[present] + pred[present] - common[present]
+    return common[present] / np.maximum(union, 1)
 
 
 def calibrate_edges(
