@@ -6,16 +6,18 @@ statistics) on one synthetic fluorescence image, in one process, alternating bet
 settings on every repeat (best of --repeats kept, so background load hits all alike):
 
   B0  forward only: the fast (folded-BatchNorm, channels-last) network on a batch of tiles of
-      the default tile size, no tiling work; megapixels of kept tile cores per second. This is
-      the ceiling for predict_tiled's default tiles.
+      the default tile size (auto halo), no tiling work; megapixels of kept tile cores per
+      second. This is the ceiling for predict_tiled's default tiles.
   B1  whole: predict_whole, the plain network once over the whole reflect-padded image.
-  B2  tessera: predict_tiled with its defaults (exact halo, crop blending, fast network), and
-      with fast=False (the same network as given); against
+  B2  tessera: predict_tiled with its defaults (auto halo, crop blending, fast network), with
+      the exact halo, and with fast=False (the same network as given); against
       monai.inferers.sliding_window_inference (roi 512, overlap 0.25, gaussian blending,
       reflect padding, sw_batch_size 1 and 4) on the same network, with the same percentile
       normalisation and softmax inside the timing.
-      Also: the previous default tile (512-pixel cores), a 32-px halo (approximate) and bf16
-      autocast (approximate; fast where the CPU has bf16 units, e.g. AMX).
+      Also: the default with its auto halo measured inside the timed call (what a network
+      without a stored halo costs the first time), the previous default tile (512-pixel cores,
+      exact halo), a 32-px halo and bf16 autocast (approximate; fast where the CPU has bf16
+      units, e.g. AMX).
   B3  end to end: segment() on the uint16 image (normalise, tile, infer, argmax) -> labels.
   B6  agreement: share of pixels whose label (argmax) equals one whole-image pass.
 
@@ -42,6 +44,8 @@ import torch
 from _results import report  # noqa: E402  (benchmarks/, on sys.path when run)
 
 from napari_tessera import UNet, UNetConfig, __version__
+from napari_tessera.axes import layout
+from napari_tessera.halo import measure_halo, read_probes
 from napari_tessera.inference import predict_tiled, predict_whole, prepare, segment
 from napari_tessera.model.fast import inference_copy
 from napari_tessera.normalize import normalize_slice
@@ -82,15 +86,13 @@ def monai_runner(model, image: np.ndarray, sw_batch_size: int):
     return run
 
 
-def forward_only(model, image: np.ndarray, batch_size: int):
+def forward_only(model, image: np.ndarray, batch_size: int, halo):
     """B0: the fast network on ``batch_size`` default tiles; returns (run, core megapixels)."""
-    from napari_tessera.axes import layout
-
     st = prepare(
         model,
         layout(image.shape, "YX"),
         tile_size=None,
-        halo="exact",
+        halo=halo,
         device="cpu",
         precision="fp32",
     )
@@ -134,11 +136,31 @@ def main() -> None:
             model = load_model(default_model_path())
         else:
             model = make_network(int(width), args.depth)
-        b0, b0_mp, tile, plan = forward_only(model, image, batch_size=1)
+        stored = model.metadata.get("halo")
+        t0 = time.perf_counter()
+        found = measure_halo(model, read_probes(model, image, layout(image.shape, "YX")))
+        measure_s = time.perf_counter() - t0
+        auto = stored["pixels"] if stored else found.pixels
+        b0, b0_mp, tile, plan = forward_only(model, image, batch_size=1, halo=auto)
+        exact_plan = forward_only(model, image, batch_size=1, halo="exact")[3]
+
+        def measured_in_call(m=model, stored=stored):
+            m.metadata.pop("halo", None)
+            m.__dict__.pop("_tessera_auto_halo", None)  # forget the cached measurement
+            try:
+                return predict_tiled(m, image, device="cpu")
+            finally:
+                if stored:
+                    m.metadata["halo"] = stored
+
         runs = {
             "B0 forward only (1 tile)": b0,
             "B2 tessera predict_tiled (default)": lambda m=model: predict_tiled(
                 m, image, device="cpu"
+            ),
+            "B2 tessera default, halo measured in the call": measured_in_call,
+            "B2 tessera halo exact": lambda m=model: predict_tiled(
+                m, image, device="cpu", halo="exact"
             ),
             "B2 tessera predict_tiled fast=False": lambda m=model: predict_tiled(
                 m, image, device="cpu", fast=False
@@ -148,8 +170,10 @@ def main() -> None:
             "B3 tessera segment (uint16 -> labels)": lambda m=model: segment(
                 image, m, device="cpu"
             ),
-            "B2 tessera core 512 (previous default)": lambda m=model, h=plan: predict_tiled(
-                m, image, device="cpu", tile_size=512 + 2 * h.y.keep_offset
+            "B2 tessera core 512, exact (earlier default)": lambda m=model, h=exact_plan: (
+                predict_tiled(
+                    m, image, device="cpu", halo="exact", tile_size=512 + 2 * h.y.keep_offset
+                )
             ),
             f"B2 tessera halo {args.fast_halo} (approximate)": lambda m=model: predict_tiled(
                 m, image, device="cpu", halo=args.fast_halo
@@ -192,6 +216,14 @@ def main() -> None:
             print(json.dumps(row), flush=True)
         info = {
             "width": width,
+            "auto_halo": auto,
+            "auto_halo_stored": bool(stored),
+            "exact_halo": found.exact,
+            "auto_halo_measured_here": found.pixels,
+            "auto_halo_measure_s": round(measure_s, 3),
+            "profile_at_auto": found.at(auto),
+            "exact_tile_shape": exact_plan.tile_shape,
+            "exact_tiling_overhead": round(exact_plan.overhead, 3),
             "tile_shape": tile,
             "core": [plan.y.core, plan.x.core],
             "tiles_per_image": plan.n_tiles,

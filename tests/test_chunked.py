@@ -17,7 +17,7 @@ from napari_tessera.inference import Notice, Progress, prepare
 from napari_tessera.io import save_model
 from napari_tessera.synthetic import nuclei_stack
 
-SETTINGS = dict(tile_size=64, device="cpu")  # several tiles per slice
+SETTINGS = dict(tile_size=64, halo="exact", device="cpu")  # several tiles per slice
 
 
 @pytest.fixture(scope="module")
@@ -312,7 +312,7 @@ def test_cli_ctrl_c_keeps_finished_slices_and_the_same_command_resumes(
     np.save(tmp_path / "s.npy", stack)
     out = tmp_path / "l.zarr"
     argv = ["segment", tmp_path / "s.npy", "-o", out, "--model", mpath, "--axes", "ZYX"]
-    argv += ["--tile-size", "64", "--device", "cpu", "--instances", "-q"]
+    argv += ["--tile-size", "64", "--halo", "exact", "--device", "cpu", "--instances", "-q"]
     calls = {"n": 0}
     plain = UNet.forward
     limit = 2 * tiles_per_slice(model) + 1  # Ctrl-C in the third slice
@@ -370,6 +370,29 @@ def test_blocks_give_the_labels_of_whole_slices_and_read_only_their_region(loud,
     assert zarr.open_array(str(out)).chunks == (1, 48, 48)  # one block = one chunk
     big = [r for r in src.reads if len(r) == 3 and r[1] * r[2] > (48 + 2 * margin) ** 2]
     assert not big, big  # never more than a block and its margin (or a level chunk)
+
+
+def test_an_auto_halo_is_measured_once_and_used_by_every_block(loud, tmp_path, monkeypatch):
+    import napari_tessera.halo as halo_mod
+    from napari_tessera.inference import predict_tiled
+
+    img = nuclei_stack((2, 150, 130), seed=8).image
+    calls = []
+    real = halo_mod.measure_halo
+    monkeypatch.setattr(halo_mod, "measure_halo", lambda *a, **k: calls.append(1) or real(*a, **k))
+    kw = dict(axes="ZYX", block_size=48, device="cpu")
+    out = segment_to_zarr(loud, img, tmp_path / "a.zarr", **kw)  # halo="auto"
+    assert len(calls) == 1  # by the driver, before any block ran
+    found = halo_mod.last_measurement(loud)
+    assert found.pixels < found.exact  # a real saving, so the numbers below can differ
+    fixed = segment_to_zarr(loud, img, tmp_path / "f.zarr", halo=found.pixels, **kw)
+    np.testing.assert_array_equal(read_zarr(out), read_zarr(fixed))
+    # labels differ from exact ones only where two classes were nearly tied
+    exact = read_zarr(segment_to_zarr(loud, img, tmp_path / "e.zarr", halo="exact", **kw))
+    top2 = np.sort(predict_tiled(loud, img, axes="ZYX", device="cpu", halo="exact"), axis=0)
+    tied = top2[-1] - top2[-2] < 2 * halo_mod.AUTO_TOLERANCE
+    differ = read_zarr(out) != exact
+    assert differ.any() and not (differ & ~tied).any()
 
 
 def test_blocks_without_their_margin_would_differ(loud, tmp_path, monkeypatch):

@@ -92,6 +92,20 @@ def test_segment_classes(sample_2d, saved_threshold_model, out_dir, capsys):
     np.testing.assert_array_equal(labels, segment(read_image(image)[0], model, device="cpu"))
     assert leftovers(out_dir) == []
     assert "wrote" in err  # summary line when not --quiet
+    # the halo it measured: one pooling step, as a pixel-wise model needs no more
+    assert f"halo {model.size_multiple} px (auto, exact {model.exact_halo()} px)" in err
+
+
+def test_segment_halo_exact_and_pixels_say_no_auto_line(
+    sample_2d, saved_threshold_model, tmp_path, capsys
+):
+    image, _ = sample_2d
+    for halo in ("exact", "8"):
+        out = tmp_path / f"{halo}.tif"
+        argv = ["segment", image, "-o", out, "--model", saved_threshold_model, "--halo", halo]
+        code, _, err = run(argv, capsys)
+        assert code == 0, err
+        assert "wrote" in err and "auto" not in err
 
 
 def test_segment_instances(sample_2d, saved_threshold_model, out_dir, capsys):
@@ -287,7 +301,17 @@ def bad_inputs(tmp_path, sample_2d, saved_threshold_model):
         "edge offset nan": [image, "--model", model, "--edge-offset", "nan"],
         "rgb for 1-channel model": [rgb, "--model", model, "--axes", "YXC"],
         "rgb, axes from file": [rgb, "--model", model],
-        "tile too small for halo": [image, "--model", model, "--tile-size", "16"],
+        "tile too small for halo": [
+            image,
+            "--model",
+            model,
+            "--tile-size",
+            "16",
+            "--halo",
+            "exact",
+        ],
+        "tile too small for auto halo": [image, "--model", model, "--tile-size", "8"],
+        "unknown halo word": [image, "--model", model, "--halo", "fast"],
         "unknown device": [image, "--model", model, "--device", "tpu"],
         "fp16 on cpu": [image, "--model", model, "--device", "cpu", "--precision", "fp16"],
         "float image with NaN": [nan, "--model", model],
@@ -316,6 +340,8 @@ CASES = {
     "rgb for 1-channel model": "channel",
     "rgb, axes from file": "channel",
     "tile too small for halo": "tile size",
+    "tile too small for auto halo": "tile size",
+    "unknown halo word": "'auto', 'exact' or pixels",
     "unknown device": "device",
     "fp16 on cpu": "fp16",
     "float image with NaN": "NaN",

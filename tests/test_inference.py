@@ -28,7 +28,9 @@ def image():
 
 
 def _tiled(model, img, **kwargs):
+    """predict_tiled on the CPU; exact halo unless told otherwise (tests of "auto": test_halo)."""
     kwargs.setdefault("device", "cpu")
+    kwargs.setdefault("halo", "exact")
     return predict_tiled(model, img, **kwargs)
 
 
@@ -266,7 +268,7 @@ def test_sigmoid_single_class(deep_unet, image):
     np.testing.assert_allclose(p, predict_whole(model, image), atol=1e-5)
     # sigmoid of the logits, not a softmax over one class (which would be all ones)
     assert p.std() > 0.01
-    labels = segment(image, model, device="cpu")
+    labels = segment(image, model, device="cpu", halo="exact")
     np.testing.assert_array_equal(labels, (p[0] > 0.5).astype(np.uint8))
     assert 0 < labels.mean() < 1
 
@@ -355,7 +357,7 @@ def test_segment_is_argmax_of_probabilities(deep_unet, image):
     model = deep_unet(UNetConfig(depth=3, base_channels=4, n_classes=4), bias_std=0.3)
     tile = 2 * model.exact_halo() + 5 * model.size_multiple
     p = _tiled(model, image, tile_size=tile)
-    labels = segment(image, model, tile_size=tile, device="cpu")
+    labels = segment(image, model, tile_size=tile, device="cpu", halo="exact")
     assert labels.shape == SHAPE and labels.dtype == np.uint8
     np.testing.assert_array_equal(labels, p.argmax(0))
     assert len(np.unique(labels)) >= 2
@@ -366,10 +368,13 @@ def test_probabilities_out_is_completely_filled(deep_unet):
     model = deep_unet(UNetConfig(depth=2, base_channels=4, n_classes=3))
     stack = np.random.default_rng(10).random((3, 45, 38)).astype(np.float32)
     probs = np.full((3, 3, 45, 38), np.nan, np.float32)
-    labels = segment(stack, model, axes="ZYX", probabilities_out=probs, tile_size=64, device="cpu")
+    labels = segment(
+        stack, model, axes="ZYX", probabilities_out=probs, tile_size=64, device="cpu", halo=8
+    )
     _assert_probabilities(probs, 3)
     np.testing.assert_array_equal(labels, probs.argmax(0))
-    np.testing.assert_allclose(probs, _tiled(model, stack, axes="ZYX", tile_size=64), atol=1e-6)
+    want = _tiled(model, stack, axes="ZYX", tile_size=64, halo=8)
+    np.testing.assert_allclose(probs, want, atol=1e-6)
 
 
 def test_segment_instances_on_a_stack(threshold_unet):

@@ -561,7 +561,7 @@ def test_validation_sees_each_block_as_whole_image_inference_does(deep_unet):
     )
     regions = sampler.val_regions
     assert len(regions) >= 2
-    whole = predict_tiled(model, image, device="cpu", tile_size=SIDE)[1]  # P(object)
+    whole = predict_tiled(model, image, device="cpu", tile_size=SIDE, halo="exact")[1]
     context = model.exact_halo()
     assert context > 0
     for ctx, should_match in ((context, True), (0, False)):
@@ -1202,17 +1202,26 @@ def test_training_stores_the_edge_offset_of_its_painted_objects(nuclei):
     # and segment applies it by default
     expected = segment(img.image, result.model, device="cpu", edge_offset=edges.offset)
     np.testing.assert_array_equal(segment(img.image, result.model, device="cpu"), expected)
+    # the auto halo of the kept weights, measured on the painted image, is stored with them
+    from napari_tessera.axes import layout
+    from napari_tessera.halo import measure_halo, read_probes
+
+    probes = read_probes(result.model, img.image, layout(img.image.shape, "YX"), slices=[0])
+    assert meta["halo"] == measure_halo(result.model, probes).as_metadata()
 
 
 def test_fine_tuning_without_calibration_drops_the_base_models_offset(nuclei):
     img = nuclei[0]
     painted = paint_sparse(img.labels.astype(np.int64))
     torch.manual_seed(0)
-    base = UNet(UNetConfig(base_channels=4, depth=2), metadata={"edge_offset": 2.0})
+    base = UNet(
+        UNetConfig(base_channels=4, depth=2), metadata={"edge_offset": 2.0, "halo": {"pixels": 48}}
+    )
     cfg = small_config(mode="sparse", steps=3, calibrate_edges=False)
     result = train(img.image, painted, config=cfg, model=base)
     assert result.edges is None and result.model.metadata["provenance"]["edges"] is None
     assert "edge_offset" not in result.model.metadata  # it belonged to the old weights
+    assert result.model.metadata["halo"]["pixels"] != 48  # so did its halo: measured anew
     assert result.model.metadata["provenance"]["config"]["calibrate_edges"] is False
 
 

@@ -168,6 +168,12 @@ def test_segment_with_model_file_updates_in_place(
     assert isinstance(prob, Image) and prob.data.shape == image.data.shape
     assert 0.0 <= prob.data.min() and prob.data.max() <= 1.0
     assert seg.progress.value == seg.progress.max
+    # the default halo is the measured one, as in the library and the CLI
+    assert seg.halo.value == "auto"
+    from napari_tessera.inference import segment as segment_library
+
+    want = segment_library(nuclei.image, load_model(tiny_model_path), tile_size=64, device="cpu")
+    np.testing.assert_array_equal(labels.data, want)
     n_layers = len(viewer.layers)
 
     # re-run (instances, fast halo): the same layers are updated, none added

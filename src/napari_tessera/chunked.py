@@ -40,6 +40,7 @@ from .inference import (
     SliceResult,
     iter_slice_predictions,
     prepare,
+    probe_slices,
     resolve_halo,
 )
 from .normalize import check_dtype, slice_levels
@@ -171,7 +172,7 @@ def _run_state(
         "min_size": int(min_size),
         "edge_offset": float(edge_offset),
         "tile_size": kw.get("tile_size"),
-        "halo": kw.get("halo", "exact"),
+        "halo": kw.get("halo", "auto"),
         "blend": kw.get("blend", "crop"),
         "precision": kw.get("precision", "fp32"),
     }
@@ -205,6 +206,8 @@ def choose_block(block_size: int | None, lay: SliceLayout, model, halo, instance
     border, like the whole plane) and its core is kept: with the exact halo and the
     whole-plane intensity levels the labels equal those of whole slices.
     """
+    if isinstance(halo, str) and halo.lower() == "auto":
+        halo = "exact"  # decided before the auto halo is measured: its largest margin
     h, w = lay.yx
     if block_size is None:
         if instances or h * w <= AUTO_BLOCK_PIXELS:
@@ -507,18 +510,21 @@ def iter_segment_to_zarr(
             f"the model reads {model.config.in_channels} channel(s) but the image has "
             f"{lay.channels} (axes {lay.axes}, shape {lay.shape})"
         )
-    # settings are checked here (tile size against halo, device) before anything is written
-    prepare(
+    # settings are checked here (tile size against halo, device) before anything is written;
+    # an auto halo is measured here once, and every slice, block and worker uses that number
+    st = prepare(
         model,
         lay,
         tile_size=kwargs.get("tile_size"),
-        halo=kwargs.get("halo", "exact"),
+        halo=kwargs.get("halo", "auto"),
         device=kwargs.get("device", "auto") if scheduler is None else "cpu",
         precision=kwargs.get("precision", "fp32"),
+        probe=probe_slices(model, image, lay),
     )
-    halo = kwargs.get("halo", "exact")
+    block = choose_block(block_size, lay, model, kwargs.get("halo", "auto"), instances)
+    kwargs = {**kwargs, "halo": st.halo}
+    halo = st.halo
     offset = resolve_edge_offset(model, edge_offset)
-    block = choose_block(block_size, lay, model, halo, instances)
     state = _run_state(model, lay, instances, min_size, kwargs, block, offset)
     state["probabilities"] = str(prob_out.resolve()) if prob_out is not None else None
     out = ZarrOutput(

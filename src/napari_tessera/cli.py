@@ -80,15 +80,26 @@ def _edge_offset(text: str) -> float:
 
 
 def _halo(text: str) -> str | int:
-    if text.lower() == "exact":
-        return "exact"
+    if text.lower() in ("auto", "exact"):
+        return text.lower()
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'exact' or pixels, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected 'auto', 'exact' or pixels, got {text!r}"
+        ) from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
     return value
+
+
+def _say_halo(model, halo) -> None:
+    if halo == "auto":
+        from .halo import describe_auto
+
+        line = describe_auto(model)
+        if line:
+            _warn(line)
 
 
 def _warn(msg: str) -> None:
@@ -237,6 +248,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
             f"wrote {out} ({'x'.join(map(str, labels.shape))} {out_axes}, {labels.dtype}, {n}) "
             f"in {time.perf_counter() - t0:.1f} s"
         )
+        _say_halo(model, args.halo)
     return 0
 
 
@@ -316,6 +328,7 @@ def _segment_chunked(args: argparse.Namespace, inp: Path, out: Path) -> int:
     if not args.quiet:
         shape = "x".join(map(str, arr.shape))
         _warn(f"wrote {path} (labels of a {shape} image) in {time.perf_counter() - t0:.1f} s")
+        _say_halo(model, args.halo)
     return 0
 
 
@@ -561,8 +574,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--halo",
         type=_halo,
-        default="exact",
-        help="'exact' (receptive field: same as one whole-image pass) or pixels (default: exact)",
+        default="auto",
+        help="context around each tile: 'auto' (what this model needs for tile seams to change "
+        "probabilities by at most 0.01, measured), 'exact' (the receptive field: the same as "
+        "one whole-image pass, slower) or pixels (default: auto)",
     )
     s.add_argument("--blend", choices=["crop", "gaussian"], default="crop", help="tile merging")
     s.add_argument("--batch-size", type=_positive_int, default=1, help="tiles per forward pass")

@@ -245,6 +245,13 @@ def load_model(path: str | os.PathLike, *, device: str = "cpu"):
     except (SafetensorError, OSError, ValueError) as err:
         raise ModelFileError(f"{path.name} is corrupt: {err}") from err
     model = UNet(config, metadata=metadata)
+    if "halo" in metadata:
+        from .halo import stored_halo
+
+        try:
+            stored_halo(model)
+        except ModelFileError as err:
+            raise ModelFileError(f"{path.name}: {err}") from err
     sd = model.state_dict()
     tensors = {k: v.to(sd[k].dtype) for k, v in tensors.items()}
     model.load_state_dict(tensors, strict=True)

@@ -25,7 +25,7 @@ def percentiles(channel: np.ndarray, low: float, high: float) -> tuple[float, fl
     return float(lo), float(hi)
 
 
-def slice_levels(slice_cyx, norm: Normalization) -> list[tuple[float, float]]:
+def slice_levels(slice_cyx, norm: Normalization, where: str = "image") -> list[tuple[float, float]]:
     """The percentile levels ``(low, high)`` of each channel of a ``(C, Y, X)`` slice.
 
     Reads only the strided subsample :func:`percentiles` uses, so a lazy slice (zarr, dask)
@@ -37,7 +37,7 @@ def slice_levels(slice_cyx, norm: Normalization) -> list[tuple[float, float]]:
         step = max(1, int(np.ceil(np.sqrt(size / _MAX_SAMPLES))))
         sample = np.asarray(slice_cyx[c, ::step, ::step]).astype(np.float32)
         if not np.isfinite(sample).all():
-            raise InputError("image contains NaN or infinite pixels")
+            raise InputError(f"{where} contains NaN or infinite pixels")
         lo, hi = np.percentile(sample, [norm.low, norm.high])
         levels.append((float(lo), float(hi)))
     return levels

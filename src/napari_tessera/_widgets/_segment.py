@@ -155,10 +155,15 @@ class SegmentWidget(Container):
         )
         self.halo = ComboBox(
             label="halo",
-            choices=[("exact (tile-independent)", "exact"), ("fast (pixels below)", "fast")],
-            value="exact",
-            tooltip="exact: results equal one whole-image pass; fast: a smaller halo, "
-            "approximate near tile seams",
+            choices=[
+                ("auto (measured for this model)", "auto"),
+                ("exact (tile-independent)", "exact"),
+                ("fast (pixels below)", "fast"),
+            ],
+            value="auto",
+            tooltip="auto: the context this model needs, measured, so tile seams change "
+            "probabilities by at most 0.01; exact: results equal one whole-image pass (slower); "
+            "fast: the halo below, approximate near tile seams",
         )
         self.halo_px = SpinBox(label="fast halo (px)", min=0, max=1024, value=32)
         self.batch_size = SpinBox(label="batch size", min=1, max=256, value=1)
@@ -310,7 +315,7 @@ class SegmentWidget(Container):
             resolve_device(self.device.value)  # unavailable device: an error now, not later
             kwargs = {
                 "tile_size": self.tile_size.value or None,
-                "halo": "exact" if self.halo.value == "exact" else int(self.halo_px.value),
+                "halo": self.halo.value if self.halo.value != "fast" else int(self.halo_px.value),
                 "batch_size": int(self.batch_size.value),
                 "device": self.device.value,
                 "precision": self.precision.value,

@@ -24,6 +24,7 @@ from .. import __version__
 from ..axes import layout
 from ..config import UNetConfig
 from ..errors import InputError
+from ..halo import measure_halo, read_probes
 from ..inference import (
     is_out_of_memory,
     predict_tiled,
@@ -554,6 +555,14 @@ def iter_train(
         plain.load_state_dict(model.state_dict())
         model = plain.to(device)
     model.eval()
+    model.metadata = {k: v for k, v in model.metadata.items() if k != "halo"}  # a base model's
+    if main_rank and model.config.padding == "same":
+        # the context these weights need around a tile, measured on the annotated slices and
+        # stored, so segmenting with them (the edge calibration below too) needs no probe
+        found = measure_halo(
+            model, read_probes(model, image, lay, slices=targets.slices), device=device
+        )
+        model.metadata["halo"] = found.as_metadata()
     edges = None
     if cfg.calibrate_edges and main_rank:
         edges = _calibrate_edges(model, image, lay, lab, targets.slices, cfg.mode, device)

@@ -1,0 +1,171 @@
+"""The "auto" halo: the context a network needs around a tile, measured on the image."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import napari_tessera.halo as halo_mod
+from napari_tessera import ModelFileError, UNet, UNetConfig
+from napari_tessera.axes import layout
+from napari_tessera.halo import (
+    AUTO_TOLERANCE,
+    context_profile,
+    describe_auto,
+    last_measurement,
+    measure_halo,
+    probe_origin,
+    probe_tile,
+    read_probes,
+)
+from napari_tessera.inference import predict_tiled, prepare, resolve_halo
+from napari_tessera.io import load_model, save_model
+from napari_tessera.normalize import normalize_slice
+from napari_tessera.synthetic import nuclei_2d
+from napari_tessera.tiling import mirror_indices
+
+
+@pytest.fixture(scope="module")
+def builtin():
+    """The trained built-in model: it needs more context than one pooling step, less than its
+    receptive field (random networks hardly depend on their outer context at all)."""
+    from napari_tessera.models import default_model_path
+
+    model = load_model(default_model_path())
+    model.metadata.pop("halo", None)  # measure it here
+    return model
+
+
+@pytest.fixture(scope="module")
+def cells():
+    return nuclei_2d((384, 384), seed=3).image
+
+
+def count_measurements(monkeypatch) -> list:
+    calls = []
+    real = halo_mod.measure_halo
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(halo_mod, "measure_halo", counting)
+    return calls
+
+
+def test_auto_halo_keeps_seams_within_the_tolerance_and_no_smaller_halo_would(builtin, cells):
+    exact = predict_tiled(builtin, cells, device="cpu", halo="exact")
+    auto = predict_tiled(builtin, cells, device="cpu", tile_size=256)  # many seams
+    found = last_measurement(builtin)
+    m, pixels = builtin.size_multiple, found.pixels
+    assert m < pixels < found.exact
+    # "auto" is that number of pixels
+    np.testing.assert_array_equal(
+        auto, predict_tiled(builtin, cells, device="cpu", tile_size=256, halo=pixels)
+    )
+    # what the profile promised holds over the whole image, up to what the probes missed
+    assert np.abs(auto - exact).max() <= 1.5 * AUTO_TOLERANCE
+    assert (auto.argmax(0) == exact.argmax(0)).mean() >= 0.9999
+    # one grid step less breaks the tolerance, and a tiler ignoring the halo is far off
+    less = predict_tiled(builtin, cells, device="cpu", halo=pixels - m, tile_size=256 - 2 * m)
+    assert np.abs(less - exact).max() > AUTO_TOLERANCE
+    none = predict_tiled(builtin, cells, device="cpu", halo=0, tile_size=128)
+    assert np.abs(none - exact).max() > 0.3
+    assert (none.argmax(0) == exact.argmax(0)).mean() < 0.999
+
+
+def test_context_profile_falls_to_zero_at_the_receptive_field(builtin, cells):
+    probes = read_probes(builtin, cells, layout(cells.shape, "YX"))
+    profile = context_profile(builtin, probes)
+    exact = builtin.exact_halo()
+    assert len(profile) == exact + 1
+    assert np.all(np.diff(profile) <= 0)  # the worst over pixels d *or more* from the edge
+    assert profile[0] > 0.3  # zero padding next to a pixel changes it
+    assert profile[exact] < 1e-5  # beyond the receptive field padding cannot matter
+    found = measure_halo(builtin, probes)
+    assert found.at(found.pixels) <= AUTO_TOLERANCE < found.at(found.pixels - builtin.size_multiple)
+    assert found.describe().startswith(f"halo {found.pixels} px (auto, exact {exact} px)")
+
+
+def test_a_pointwise_model_needs_one_grid_step_and_a_loud_one_many(
+    threshold_unet, deep_unet, cells
+):
+    lay = layout(cells.shape, "YX")
+    point = threshold_unet()  # each output pixel reads only its own input pixel
+    found = measure_halo(point, read_probes(point, cells, lay))
+    assert found.pixels == point.size_multiple  # the floor
+    assert max(found.profile) < 1e-6
+    loud = deep_unet(UNetConfig(base_channels=4, depth=3, n_classes=2))
+    found = measure_halo(loud, read_probes(loud, cells, lay))
+    assert 4 * loud.size_multiple < found.pixels <= found.exact
+
+
+def test_probes_are_normalised_with_their_whole_slice_levels(builtin):
+    rng = np.random.default_rng(0)
+    stack = np.stack([rng.integers(0, 1000, (200, 230)) * (k + 1) for k in range(5)])
+    stack = stack.astype(np.uint16)
+    lay = layout(stack.shape, "ZYX")
+    windows = read_probes(builtin, stack, lay)
+    tile, exact, m = probe_tile(builtin), builtin.exact_halo(), builtin.size_multiple
+    n = tile + 2 * exact
+    for i, (window, s) in enumerate(zip(windows, (0, 2, 4))):  # first, middle, last slice
+        data = normalize_slice(stack[s][None], builtin.config.normalization)
+        y0, x0 = probe_origin((200, 230), tile, m, i)
+        iy = mirror_indices(y0 - exact, y0 - exact + n, 200)
+        ix = mirror_indices(x0 - exact, x0 - exact + n, 230)
+        np.testing.assert_allclose(window, data[:, iy][:, :, ix], rtol=1e-6, atol=1e-6)
+    assert probe_origin((200, 230), tile, m, 1) == (0, 0)  # the corner probe
+
+
+def test_auto_halo_is_measured_once_per_set_of_weights(monkeypatch, deep_unet, cells):
+    calls = count_measurements(monkeypatch)
+    model = deep_unet(UNetConfig(base_channels=2, depth=2, n_classes=2))
+    first = predict_tiled(model, cells, device="cpu")
+    np.testing.assert_array_equal(predict_tiled(model, cells, device="cpu"), first)
+    assert len(calls) == 1
+    with torch.no_grad():
+        model.outc.bias.add_(0.0)  # changed in place: the cached halo may no longer hold
+    predict_tiled(model, cells, device="cpu")
+    assert len(calls) == 2
+
+
+def test_a_stored_halo_is_used_without_measuring(monkeypatch, deep_unet, cells, tmp_path):
+    calls = count_measurements(monkeypatch)
+    model = deep_unet(UNetConfig(base_channels=2, depth=2, n_classes=2))
+    model.metadata["halo"] = {"pixels": 8}
+    lay = layout(cells.shape, "YX")
+    st = prepare(model, lay, tile_size=None, halo="auto", device="cpu", precision="fp32")
+    assert st.halo == 8 and not calls
+    path = save_model(model, tmp_path / "m.safetensors")
+    loaded = load_model(path)
+    np.testing.assert_array_equal(
+        predict_tiled(loaded, cells, device="cpu"),
+        predict_tiled(loaded, cells, device="cpu", halo=8),
+    )
+    assert not calls
+    assert describe_auto(loaded).startswith("halo 8 px (auto, measured when the model was")
+
+
+@pytest.mark.parametrize("bad", [6, -4, 10_000, "8", True, None])
+def test_a_bad_stored_halo_is_refused_on_load(bad, tmp_path):
+    model = UNet(UNetConfig(base_channels=2, depth=2))
+    model.metadata["halo"] = {"pixels": bad}
+    path = save_model(model, tmp_path / "bad.safetensors")
+    with pytest.raises(ModelFileError, match="bad.safetensors: the model's stored halo"):
+        load_model(path)
+
+
+def test_valid_padding_networks_keep_their_exact_rules():
+    transpose = UNet(UNetConfig(base_channels=2, depth=2, padding="valid"))
+    bilinear = UNet(UNetConfig(base_channels=2, depth=2, padding="valid", upsampling="bilinear"))
+    assert resolve_halo(transpose, "auto") == 0
+    assert resolve_halo(bilinear, "auto") == bilinear.exact_halo()
+
+
+def test_unknown_halo_words_are_refused(deep_unet):
+    from napari_tessera import InputError
+
+    model = deep_unet(UNetConfig(base_channels=2, depth=2))
+    with pytest.raises(InputError, match="'auto', 'exact' or a number"):
+        resolve_halo(model, "fast")
