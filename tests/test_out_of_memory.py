@@ -297,3 +297,25 @@ def test_training_out_of_memory_on_one_patch_is_a_clear_error(monkeypatch):
     )
     with pytest.raises(InputError, match="out of memory even one patch at a time"):
         list(iter_train(s.image, labels, config=cfg))
+
+
+def test_out_of_memory_while_measuring_the_halo_falls_back_to_the_exact_halo(model, image):
+    from napari_tessera.halo import probe_tile
+
+    window = probe_tile(model) + 2 * model.exact_halo()  # the probes' reference runs
+
+    plain = model.forward
+
+    def forward(x):
+        if x.shape[-1] == window:
+            raise OOM("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+        return plain(x)
+
+    model.forward = forward
+    events = list(iter_slice_predictions(model, image, device="cpu"))
+    notices = [e.message for e in events if isinstance(e, Notice)]
+    assert notices == ["out of memory while measuring the halo: using the exact halo"]
+    (result,) = [e for e in events if isinstance(e, SliceResult)]
+    model.forward = plain
+    want = predict_tiled(model, image, device="cpu", halo="exact")
+    np.testing.assert_allclose(result.probabilities, want, atol=1e-5)

@@ -170,6 +170,8 @@ def test_segment_with_model_file_updates_in_place(
     assert seg.progress.value == seg.progress.max
     # the default halo is the measured one, as in the library and the CLI
     assert seg.halo.value == "auto"
+    assert seg.status.value.endswith(f"; {seg.last_result.halo}")
+    assert seg.last_result.halo.startswith("halo ") and seg.last_result.halo.endswith(" px (auto)")
     from napari_tessera.inference import segment as segment_library
 
     want = segment_library(nuclei.image, load_model(tiny_model_path), tile_size=64, device="cpu")

@@ -54,6 +54,7 @@ class SegmentResult:
     slice_index: int | None  # None: the whole image
     seconds: float
     path: Path | None = None  # the zarr output of a lazy image
+    halo: str = ""  # e.g. "halo 64 px (auto)"
 
 
 def lazy_output_path(folder: str | Path, name: str) -> Path:
@@ -88,7 +89,8 @@ def segment_job(
             model, image, out_path, axes=axes, instances=instances, min_size=min_size, **kwargs
         )
         labels = zarr.open_array(str(path), mode="r")
-        return SegmentResult(labels, None, None, time.perf_counter() - t0, Path(path))
+        seconds = time.perf_counter() - t0
+        return SegmentResult(labels, None, None, seconds, Path(path), halo_used(model, kwargs))
     if slice_index is not None:
         image = inp.lay.slice_view(image, slice_index)  # (C, Y, X)
         axes = "CYX"
@@ -108,7 +110,25 @@ def segment_job(
     fg = None
     if probs is not None:
         fg = probs[0] if probs.shape[0] == 1 else 1.0 - probs[0]
-    return SegmentResult(labels, fg, slice_index, time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    return SegmentResult(labels, fg, slice_index, seconds, None, halo_used(model, kwargs))
+
+
+def halo_used(model, kwargs) -> str:
+    """A few words on the auto halo a run used ("" for other halos)."""
+    from ..halo import last_measurement, stored_halo
+
+    if kwargs.get("halo", "auto") != "auto" or model.config.padding == "valid":
+        return ""
+    pixels = stored_halo(model)
+    if pixels is None:
+        found = last_measurement(model)
+        pixels = found.pixels if found is not None else None
+    return f"halo {pixels} px (auto)" if pixels is not None else ""
+
+
+def _also(text: str) -> str:
+    return f"; {text}" if text else ""
 
 
 def layer_choices(viewer, kind):
@@ -390,13 +410,15 @@ class SegmentWidget(Container):
         if result.path is not None:  # lazy: say where, without reading the labels back
             n = lab.attrs.get("max_id") if self._instances else None
             what = f"{n} objects, " if n is not None else ""
-            self.status.value = f"done in {result.seconds:.1f} s: {what}labels in {result.path}"
+            self.status.value = (
+                f"done in {result.seconds:.1f} s: {what}labels in {result.path}{_also(result.halo)}"
+            )
             return
         if self._instances:
             what = f"{len(np.unique(lab[lab > 0]))} objects"
         else:
             what = f"{int((lab > 0).sum())} foreground pixels"
-        self.status.value = f"done in {result.seconds:.1f} s: {what}"
+        self.status.value = f"done in {result.seconds:.1f} s: {what}{_also(result.halo)}"
 
     @while_open
     def _on_errored(self, err: Exception) -> None:
