@@ -144,7 +144,7 @@ def test_a_stored_halo_is_used_without_measuring(monkeypatch, deep_unet, cells, 
         predict_tiled(loaded, cells, device="cpu", halo=8),
     )
     assert not calls
-    assert describe_auto(loaded).startswith("halo 8 px (auto, measured when the model was")
+    assert describe_auto(loaded).startswith("halo 8 px (auto, stored with the model")
 
 
 @pytest.mark.parametrize("bad", [6, -4, 10_000, "8", True, None])

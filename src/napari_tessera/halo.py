@@ -223,6 +223,6 @@ def describe_auto(model) -> str | None:
         pixels = stored_halo(model)
         worst = (entry.get("profile") or [])[pixels : pixels + 1]
         bound = f": seams change probabilities by {_bound(worst[0])}" if worst else ""
-        return f"halo {pixels} px (auto, measured when the model was trained{bound})"
+        return f"halo {pixels} px (auto, stored with the model{bound})"
     found = last_measurement(model)
     return found.describe() if found is not None else None
