@@ -22,8 +22,9 @@ settings on every repeat (best of --repeats kept, so background load hits all al
   B6  agreement: share of pixels whose label (argmax) equals one whole-image pass.
 
 Random weights make the deep levels nearly silent, so a small halo agrees with the whole-image
-pass almost perfectly on them; ``--widths builtin`` runs the trained built-in model, whose
-agreement numbers are the ones that mean something for approximate settings.
+pass almost perfectly on them; ``--widths builtin`` runs the trained built-in model, and a
+``.safetensors`` path any trained model: their agreement numbers are the ones that mean
+something for approximate settings.
 
 Megapixels per second count image pixels (not tile pixels). Ratios are against MONAI's better
 setting. Example:
@@ -115,7 +116,8 @@ def main() -> None:
         "--widths",
         nargs="+",
         default=["16", "64"],
-        help="base widths of random networks, or 'builtin' for the trained model",
+        help="base widths of random networks, 'builtin' for the trained built-in model, or a "
+        "model file (.safetensors)",
     )
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3)
@@ -129,11 +131,11 @@ def main() -> None:
     mp = image.size / 1e6
     rows = []
     for width in args.widths:
-        if width == "builtin":  # trained weights: what halo agreement means in practice
-            from napari_tessera.io import load_model
+        if width == "builtin" or width.endswith(".safetensors"):  # trained weights: what
+            from napari_tessera.io import load_model  # halo agreement means in practice
             from napari_tessera.models import default_model_path
 
-            model = load_model(default_model_path())
+            model = load_model(default_model_path() if width == "builtin" else width)
         else:
             model = make_network(int(width), args.depth)
         stored = model.metadata.get("halo")

@@ -169,3 +169,21 @@ def test_unknown_halo_words_are_refused(deep_unet):
     model = deep_unet(UNetConfig(base_channels=2, depth=2))
     with pytest.raises(InputError, match="'auto', 'exact' or a number"):
         resolve_halo(model, "fast")
+
+
+def test_training_probes_cover_the_painted_slices_up_to_a_cap(deep_unet):
+    from napari_tessera.halo import MAX_COVER_PROBES
+
+    model = deep_unet(UNetConfig(base_channels=2, depth=2))
+    tile, exact = probe_tile(model), model.exact_halo()
+    stack = np.random.default_rng(1).random((6, 2 * tile, 2 * tile)).astype(np.float32)
+    stack[4] += 10.0  # a slice with levels of its own: its probes use them
+    lay = layout(stack.shape, "ZYX")
+    one = read_probes(model, stack, lay, slices=[4], cover=True)
+    assert len(one) == 4  # 2 x 2 probe tiles side by side
+    centres = [w[0, exact : exact + tile, exact : exact + tile] for w in one]
+    whole = normalize_slice(stack[4][None], model.config.normalization)[0]
+    for k, (y, x) in enumerate([(0, 0), (0, tile), (tile, 0), (tile, tile)]):
+        np.testing.assert_allclose(centres[k], whole[y : y + tile, x : x + tile], atol=1e-6)
+    many = read_probes(model, stack, lay, slices=[0, 1, 2, 3, 4, 5], cover=True)
+    assert len(many) == MAX_COVER_PROBES < 6 * 4

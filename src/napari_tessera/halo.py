@@ -29,6 +29,7 @@ from .errors import ModelFileError
 from .tiling import _take_yx, mirror_indices
 
 AUTO_TOLERANCE = 0.01  # largest class-probability change the auto halo allows
+MAX_COVER_PROBES = 16  # probes when training measures the halo it stores
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class HaloMeasurement:
     tolerance: float
     profile: tuple[float, ...]  # worst probability change at each distance 0..exact
     probes: int  # probe windows measured
+    margin: int = 0  # pixels added to what the probes needed (a halo stored for other images)
 
     def at(self, distance: int) -> float:
         """Worst probability change of pixels ``distance`` or more pixels from a tile edge."""
@@ -60,6 +62,7 @@ class HaloMeasurement:
             "tolerance": self.tolerance,
             "profile": [float(f"{v:.3g}") for v in self.profile],
             "probes": self.probes,
+            "margin": self.margin,
         }
 
 
@@ -89,29 +92,42 @@ def probe_origin(shape: tuple[int, int], size: int, multiple: int, spot: int) ->
     return y - y % multiple, x - x % multiple
 
 
-def read_probes(model, image, lay, levels=None, slices=None) -> list[np.ndarray]:
+def read_probes(
+    model, image, lay, levels=None, slices=None, *, cover: bool = False
+) -> list[np.ndarray]:
     """Normalised probe windows of an image (a probe tile with the exact halo around it),
-    from its first, middle and last slices (or those of ``slices``), read without loading
-    whole slices.
+    read without loading whole slices.
 
-    ``levels``: intensity levels to normalise with (default: each slice's own, as inference
-    uses them).
+    Default: three probes (:data:`PROBE_SPOTS`) from the first, middle and last slices (of
+    ``slices`` if given). ``cover=True``: probe tiles side by side over every slice of
+    ``slices`` (at most :data:`MAX_COVER_PROBES`, spread evenly), as training measures the
+    halo it stores. ``levels``: intensity levels to normalise with (default: each slice's own,
+    as inference uses them).
     """
     from .normalize import normalize_slice, slice_levels
 
     tile, exact, m = probe_tile(model), model.exact_halo(), model.size_multiple
     n = tile + 2 * exact
     pool = list(slices) if slices else list(range(lay.n_slices))
-    picks = sorted({pool[0], pool[len(pool) // 2], pool[-1]})
+    if cover:
+        h, w = lay.yx
+        spots = [(s, y, x) for s in pool for y in range(0, h, tile) for x in range(0, w, tile)]
+        if len(spots) > MAX_COVER_PROBES:
+            keep = np.linspace(0, len(spots) - 1, MAX_COVER_PROBES).round().astype(int)
+            spots = [spots[k] for k in keep]
+    else:
+        picks = sorted({pool[0], pool[len(pool) // 2], pool[-1]})
+        spots = [
+            (picks[i % len(picks)], *probe_origin(lay.yx, tile, m, i))
+            for i in range(len(PROBE_SPOTS))
+        ]
+    norm = model.config.normalization
     out = []
-    for i in range(len(PROBE_SPOTS)):
-        s = picks[i % len(picks)]
+    for s, y0, x0 in spots:
         view = lay.slice_view(image, s)
-        y0, x0 = probe_origin(lay.yx, tile, m, i)
         iy = mirror_indices(y0 - exact, y0 - exact + n, lay.yx[0])
         ix = mirror_indices(x0 - exact, x0 - exact + n, lay.yx[1])
         where = f"slice {s}" if lay.n_slices > 1 else "image"
-        norm = model.config.normalization
         lv = levels if levels is not None else slice_levels(view, norm, where)
         out.append(normalize_slice(_take_yx(view, iy, ix), norm, where=where, levels=lv))
     return out
@@ -151,9 +167,12 @@ def context_profile(model, windows, *, device="cpu"):
     return tail[: exact + 1]
 
 
-def measure_halo(model, windows, *, tolerance: float = AUTO_TOLERANCE, device="cpu"):
+def measure_halo(
+    model, windows, *, tolerance: float = AUTO_TOLERANCE, device="cpu", margin_steps: int = 0
+):
     """The smallest halo on the pooling grid (at least one step) whose seams change class
-    probabilities by at most ``tolerance`` on the probe ``windows``; see the module."""
+    probabilities by at most ``tolerance`` on the probe ``windows``, plus ``margin_steps``
+    grid steps (for a halo stored to be used on other images); see the module."""
     m = model.size_multiple
     exact = model.exact_halo()
     windows = list(windows)
@@ -161,9 +180,10 @@ def measure_halo(model, windows, *, tolerance: float = AUTO_TOLERANCE, device="c
     pixels = exact
     for h in range(m, exact, m):
         if profile[h] <= tolerance:
-            pixels = h
+            pixels = min(h + margin_steps * m, exact)
             break
-    return HaloMeasurement(pixels, exact, tolerance, tuple(float(v) for v in profile), len(windows))
+    profile = tuple(float(v) for v in profile)
+    return HaloMeasurement(pixels, exact, tolerance, profile, len(windows), margin_steps * m)
 
 
 def stored_halo(model) -> int | None:

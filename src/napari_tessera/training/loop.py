@@ -557,11 +557,11 @@ def iter_train(
     model.eval()
     model.metadata = {k: v for k, v in model.metadata.items() if k != "halo"}  # a base model's
     if main_rank and model.config.padding == "same":
-        # the context these weights need around a tile, measured on the annotated slices and
-        # stored, so segmenting with them (the edge calibration below too) needs no probe
-        found = measure_halo(
-            model, read_probes(model, image, lay, slices=targets.slices), device=device
-        )
+        # the context these weights need around a tile, measured over the annotated slices and
+        # stored (one grid step more, for images it has not seen), so segmenting with them (the
+        # edge calibration below too) needs no probe
+        probes = read_probes(model, image, lay, slices=targets.slices, cover=True)
+        found = measure_halo(model, probes, device=device, margin_steps=1)
         model.metadata["halo"] = found.as_metadata()
     edges = None
     if cfg.calibrate_edges and main_rank:
