@@ -45,6 +45,19 @@ def training_stack(n_images: int, size: int, seed: int):
     return np.stack(images), np.stack(labels), params
 
 
+def store_halo(path: str, image: np.ndarray) -> None:
+    from napari_tessera.axes import layout
+    from napari_tessera.halo import STORED_TOLERANCE, measure_halo, read_probes
+    from napari_tessera.io import load_model
+
+    model = load_model(path)
+    probes = read_probes(model, image, layout(image.shape, "ZYX"), cover=True)
+    found = measure_halo(model, probes, tolerance=STORED_TOLERANCE)
+    model.metadata["halo"] = found.as_metadata()
+    save_model(model, path, half=True)
+    print(found.describe())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("-o", "--output", default=str(OUT))
@@ -53,9 +66,18 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=24)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument(
+        "--halo-only",
+        action="store_true",
+        help="measure the auto halo of the existing model on its training stack, as training "
+        "does, and store it in the file (weights unchanged)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     image, labels, params = training_stack(args.images, args.size, args.seed)
+    if args.halo_only:
+        store_halo(args.output, image)
+        return
     cfg = TrainConfig(
         mode="dense",
         steps=args.steps,

@@ -1204,15 +1204,21 @@ def test_training_stores_the_edge_offset_of_its_painted_objects(nuclei):
     np.testing.assert_array_equal(segment(img.image, result.model, device="cpu"), expected)
     # the auto halo of the kept weights, measured on the painted image, is stored with them
     from napari_tessera.axes import layout
-    from napari_tessera.halo import measure_halo, probe_tile, read_probes
+    from napari_tessera.halo import (
+        AUTO_TOLERANCE,
+        STORED_TOLERANCE,
+        measure_halo,
+        probe_tile,
+        read_probes,
+    )
 
     probes = read_probes(
         result.model, img.image, layout(img.image.shape, "YX"), slices=[0], cover=True
     )
     per_side = -(-img.image.shape[0] // probe_tile(result.model))
     assert len(probes) == per_side * per_side  # probe tiles over the whole painted image
-    found = measure_halo(result.model, probes, margin_steps=1)
-    assert meta["halo"] == found.as_metadata() and found.margin == result.model.size_multiple
+    found = measure_halo(result.model, probes, tolerance=STORED_TOLERANCE)
+    assert meta["halo"] == found.as_metadata() and found.tolerance == AUTO_TOLERANCE / 2
 
 
 def test_fine_tuning_without_calibration_drops_the_base_models_offset(nuclei):

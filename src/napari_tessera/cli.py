@@ -576,8 +576,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_halo,
         default="auto",
         help="context around each tile: 'auto' (what this model needs for tile seams to change "
-        "probabilities by at most 0.01, measured), 'exact' (the receptive field: the same as "
-        "one whole-image pass, slower) or pixels (default: auto)",
+        "99.9%% of probabilities by at most 0.01, measured), 'exact' (the receptive field: the "
+        "same as one whole-image pass, slower) or pixels (default: auto)",
     )
     s.add_argument("--blend", choices=["crop", "gaussian"], default="crop", help="tile merging")
     s.add_argument("--batch-size", type=_positive_int, default=1, help="tiles per forward pass")

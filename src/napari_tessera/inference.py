@@ -84,9 +84,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 def resolve_halo(model, halo: str | int, *, probe=None, device="cpu") -> int:
     """Halo in pixels: "exact" = the receptive field on the pooling grid; "auto" = what the
-    network needs for seams to change probabilities by at most 0.01 (stored with the model,
-    or measured on ``probe()``, normalised slices of the image; see :mod:`.halo`); ints as
-    given, rounded up to the pooling grid.
+    network needs for seams to change 99.9% of probabilities by at most 0.01 (stored with the
+    model, or measured on ``probe()``, normalised windows of the image; see :mod:`.halo`);
+    ints as given, rounded up to the pooling grid.
 
     A "valid"-padding network with transposed convolutions needs none (no padding inside it);
     with bilinear upsampling it does, because interpolation clamps at feature-map edges ("auto"
@@ -448,7 +448,7 @@ def predict_tiled(
     tile_size: network input per tile (int or (ty, tx)); default: 1024 kept pixels plus halos.
         Tiles shrink to fit small images.
     halo: context around each tile's kept core. "auto" (default): what this network needs
-        for tile seams to change class probabilities by at most 0.01, measured on the image
+        for tile seams to change 99.9% of class probabilities by at most 0.01, measured on the image
         (or stored with a model trained here; see :mod:`napari_tessera.halo`): not exact, but
         labels agree with one whole-image pass on all but a few pixels in a million in the
         benchmarks. "exact": the network's whole receptive field: the result does not depend

@@ -182,8 +182,8 @@ class SegmentWidget(Container):
             ],
             value="auto",
             tooltip="auto: the context this model needs, measured, so tile seams change "
-            "probabilities by at most 0.01; exact: results equal one whole-image pass (slower); "
-            "fast: the halo below, approximate near tile seams",
+            "99.9% of probabilities by at most 0.01; exact: results equal one whole-image "
+            "pass (slower); fast: the halo below, approximate near tile seams",
         )
         self.halo_px = SpinBox(label="fast halo (px)", min=0, max=1024, value=32)
         self.batch_size = SpinBox(label="batch size", min=1, max=256, value=1)

@@ -24,7 +24,7 @@ from .. import __version__
 from ..axes import layout
 from ..config import UNetConfig
 from ..errors import InputError
-from ..halo import measure_halo, read_probes
+from ..halo import STORED_TOLERANCE, measure_halo, read_probes
 from ..inference import (
     is_out_of_memory,
     predict_tiled,
@@ -558,10 +558,10 @@ def iter_train(
     model.metadata = {k: v for k, v in model.metadata.items() if k != "halo"}  # a base model's
     if main_rank and model.config.padding == "same":
         # the context these weights need around a tile, measured over the annotated slices and
-        # stored (one grid step more, for images it has not seen), so segmenting with them (the
-        # edge calibration below too) needs no probe
+        # stored (with half the tolerance, for images it has not seen), so segmenting with them
+        # (the edge calibration below too) needs no probe
         probes = read_probes(model, image, lay, slices=targets.slices, cover=True)
-        found = measure_halo(model, probes, device=device, margin_steps=1)
+        found = measure_halo(model, probes, device=device, tolerance=STORED_TOLERANCE)
         model.metadata["halo"] = found.as_metadata()
     edges = None
     if cfg.calibrate_edges and main_rank:
