@@ -47,12 +47,12 @@ def training_stack(n_images: int, size: int, seed: int):
 
 def store_halo(path: str, image: np.ndarray) -> None:
     from napari_tessera.axes import layout
-    from napari_tessera.halo import STORED_TOLERANCE, measure_halo, read_probes
+    from napari_tessera.halo import measure_halo, read_probes
     from napari_tessera.io import load_model
 
     model = load_model(path)
     probes = read_probes(model, image, layout(image.shape, "ZYX"), cover=True)
-    found = measure_halo(model, probes, tolerance=STORED_TOLERANCE)
+    found = measure_halo(model, probes)
     model.metadata["halo"] = found.as_metadata()
     save_model(model, path, half=True)
     print(found.describe())

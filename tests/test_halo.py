@@ -15,7 +15,6 @@ from napari_tessera.halo import (
     describe_auto,
     last_measurement,
     measure_halo,
-    probe_origin,
     probe_tile,
     read_probes,
 )
@@ -107,15 +106,53 @@ def test_probes_are_normalised_with_their_whole_slice_levels(builtin):
     stack = stack.astype(np.uint16)
     lay = layout(stack.shape, "ZYX")
     windows = read_probes(builtin, stack, lay)
-    tile, exact, m = probe_tile(builtin), builtin.exact_halo(), builtin.size_multiple
+    assert len(windows) == 3
+    tile, exact = probe_tile(builtin), builtin.exact_halo()
     n = tile + 2 * exact
-    for i, (window, s) in enumerate(zip(windows, (0, 2, 4))):  # first, middle, last slice
+    # each is a mirrored window around a probe tile on the grid, normalised with the levels of
+    # its whole slice (one of the first, middle and last)
+    crops = []
+    for s in (0, 2, 4):
         data = normalize_slice(stack[s][None], builtin.config.normalization)
-        y0, x0 = probe_origin((200, 230), tile, m, i)
-        iy = mirror_indices(y0 - exact, y0 - exact + n, 200)
-        ix = mirror_indices(x0 - exact, x0 - exact + n, 230)
-        np.testing.assert_allclose(window, data[:, iy][:, :, ix], rtol=1e-6, atol=1e-6)
-    assert probe_origin((200, 230), tile, m, 1) == (0, 0)  # the corner probe
+        for y0 in range(0, 200, tile):
+            for x0 in range(0, 230, tile):
+                iy = mirror_indices(y0 - exact, y0 - exact + n, 200)
+                ix = mirror_indices(x0 - exact, x0 - exact + n, 230)
+                crops.append(data[:, iy][:, :, ix])
+    for window in windows:
+        assert any(np.allclose(window, c, atol=1e-6) for c in crops)
+
+
+def test_probes_land_on_cells_not_on_empty_background(builtin):
+    """A mostly empty image with cells in one corner: the probes measure the cells."""
+    cells = nuclei_2d((256, 256), seed=3).image
+    image = np.full((1024, 1024), np.percentile(cells, 5), np.float32)
+    image += np.random.default_rng(0).normal(0, 1, image.shape).astype(np.float32)
+    image[768:, :256] = cells
+    lay = layout(image.shape, "YX")
+    windows = read_probes(builtin, image, lay)
+    exact, tile = builtin.exact_halo(), probe_tile(builtin)
+    normalised = normalize_slice(image[None], builtin.config.normalization)
+    cell_tile = normalised[:, 768:, :tile]
+    cores = [w[:, exact : exact + tile, exact : exact + tile] for w in windows]
+    assert any(np.allclose(c, cell_tile, atol=1e-6) for c in cores)  # the full tile is probed
+    on_cells = measure_halo(builtin, windows)
+    alone = measure_halo(builtin, read_probes(builtin, cells, layout(cells.shape, "YX")))
+    assert on_cells.pixels >= alone.pixels > builtin.size_multiple
+
+
+def test_a_halo_measured_on_one_image_is_not_reused_for_another(monkeypatch, builtin, cells):
+    import copy
+
+    builtin = copy.deepcopy(builtin)  # weights of its own: nothing cached yet
+    calls = count_measurements(monkeypatch)
+    blank = np.random.default_rng(0).normal(100, 1, cells.shape).astype(np.float32)
+    predict_tiled(builtin, blank, device="cpu")
+    on_blank = last_measurement(builtin).pixels
+    predict_tiled(builtin, cells, device="cpu")
+    assert len(calls) == 2 and last_measurement(builtin).pixels > on_blank
+    predict_tiled(builtin, blank, device="cpu")  # both are remembered
+    assert len(calls) == 2 and last_measurement(builtin).pixels == on_blank
 
 
 def test_auto_halo_is_measured_once_per_set_of_weights(monkeypatch, deep_unet, cells):
@@ -187,3 +224,12 @@ def test_training_probes_cover_the_painted_slices_up_to_a_cap(deep_unet):
         np.testing.assert_allclose(centres[k], whole[y : y + tile, x : x + tile], atol=1e-6)
     many = read_probes(model, stack, lay, slices=[0, 1, 2, 3, 4, 5], cover=True)
     assert len(many) == MAX_COVER_PROBES < 6 * 4
+
+
+@pytest.mark.parametrize("profile", [5, [None, 0.1], ["x"], [2.0]])
+def test_a_bad_stored_profile_is_refused_on_load(profile, tmp_path):
+    model = UNet(UNetConfig(base_channels=2, depth=2))
+    model.metadata["halo"] = {"pixels": 4, "profile": profile}
+    path = save_model(model, tmp_path / "bad.safetensors")
+    with pytest.raises(ModelFileError, match="bad.safetensors: the model's stored halo profile"):
+        load_model(path)

@@ -39,8 +39,8 @@ from .inference import (
     Progress,
     SliceResult,
     iter_slice_predictions,
+    measure_auto_halo,
     prepare,
-    probe_slices,
     resolve_halo,
 )
 from .normalize import check_dtype, slice_levels
@@ -512,14 +512,28 @@ def iter_segment_to_zarr(
         )
     # settings are checked here (tile size against halo, device) before anything is written;
     # an auto halo is measured here once, and every slice, block and worker uses that number
+    device = kwargs.get("device", "auto") if scheduler is None else "cpu"
+    precision = kwargs.get("precision", "fp32")
+    halo = kwargs.get("halo", "auto")
+    if isinstance(halo, str) and halo.lower() == "auto":
+        prepare(
+            model,
+            lay,
+            tile_size=kwargs.get("tile_size"),
+            halo=0,
+            device=device,
+            precision=precision,
+        )  # the other settings first
+        halo, notice = measure_auto_halo(model, image, lay, device)
+        if notice is not None:
+            yield notice
     st = prepare(
         model,
         lay,
         tile_size=kwargs.get("tile_size"),
-        halo=kwargs.get("halo", "auto"),
-        device=kwargs.get("device", "auto") if scheduler is None else "cpu",
-        precision=kwargs.get("precision", "fp32"),
-        probe=probe_slices(model, image, lay),
+        halo=halo,
+        device=device,
+        precision=precision,
     )
     block = choose_block(block_size, lay, model, kwargs.get("halo", "auto"), instances)
     kwargs = {**kwargs, "halo": st.halo}

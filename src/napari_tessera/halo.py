@@ -10,16 +10,19 @@ allows, and a random one's hardly at all. :func:`measure_halo` finds out by expe
   there, the rest zero padding, exactly as in a tile) and once with the exact halo around it;
 - for every distance ``d`` from the edge, the change of a pixel is the largest difference in
   any class probability between the two runs, and the **context profile** at ``d`` is the
-  99.9th percentile of that change over the pixels ``d`` from the edge (the worst over ``d`` and
-  beyond): a percentile, not the maximum, so more probes refine it rather than raise it;
+  99.9th percentile of that change over a probe's pixels ``d`` from the edge, the worst over
+  the probes and over ``d`` and beyond: a percentile, not the maximum, so a single odd pixel
+  does not decide, and the worst probe, so probes on empty background do not dilute one on
+  cells;
 - the auto halo is the smallest ``d`` on the pooling grid where the profile is at most
   ``tolerance`` (0.01 by default), and at least one grid step.
 
 Every kept pixel of a tile lies at least the halo away from the tile's edge, so at most about
 one pixel in a thousand next to a seam changes by more than the tolerance, as far as the probes
-represent the image. Training measures over probes covering the painted slices with half the
-tolerance, for the images it has not seen, and stores the result with the model (metadata
-``halo``); other models are measured on the image they segment and cached per set of weights.
+represent the image. Probes go where the image has the most in it (cells, not empty
+background). Training measures over up to 16 probes of the painted slices and stores the
+result with the model (metadata ``halo``); other models are measured on the image they
+segment, cached per set of weights and image.
 """
 
 from __future__ import annotations
@@ -29,12 +32,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .errors import ModelFileError
+from .errors import InputError, ModelFileError
 from .tiling import _take_yx, mirror_indices
 
 AUTO_TOLERANCE = 0.01  # class-probability change the auto halo allows ...
 PERCENTILE = 99.9  # ... at this share of the pixels at each distance from a tile edge
-STORED_TOLERANCE = AUTO_TOLERANCE / 2  # for a halo stored to be used on other images
 MAX_COVER_PROBES = 16  # probes when training measures the halo it stores
 
 
@@ -80,7 +82,8 @@ def _fingerprint(model) -> tuple:
     return tuple((t.data_ptr(), t._version) for t in (*model.parameters(), *model.buffers()))
 
 
-PROBE_SPOTS = ((0.5, 0.5), (0.0, 0.0), (0.25, 0.75))  # centre, corner, in between
+SEGMENT_PROBES = 3  # probes when measuring on the image being segmented
+MAX_CANDIDATES = 256  # probe places looked at per slice (spread over the slice)
 
 
 def probe_tile(model) -> int:
@@ -88,52 +91,63 @@ def probe_tile(model) -> int:
     return 2 * model.exact_halo() + 2 * model.size_multiple
 
 
-def probe_origin(shape: tuple[int, int], size: int, multiple: int, spot: int) -> tuple[int, int]:
-    """Origin, on the pooling grid, of probe tile number ``spot`` (of ``size`` pixels): the
-    image's centre, its top-left corner (half of the context mirrored) and a point between."""
-    fy, fx = PROBE_SPOTS[spot % len(PROBE_SPOTS)]
-    y = int(fy * shape[0]) - (size // 2 if fy else 0)
-    x = int(fx * shape[1]) - (size // 2 if fx else 0)
-    return y - y % multiple, x - x % multiple
+def probe_places(lay, tile: int, picks, image, norm, levels=None):
+    """Candidate probe tiles ``(score, slice, y, x)``: tiles side by side over the slices
+    ``picks`` (at most :data:`MAX_CANDIDATES` per slice, spread evenly), scored by how much
+    is in them (the intensity spread of a strided sample, in units of the slice's levels), so
+    probes land on cells rather than on empty background."""
+    from .normalize import slice_levels
+
+    h, w = lay.yx
+    step = max(1, tile // 32)
+    places = []
+    for s in picks:
+        view = lay.slice_view(image, s)
+        where = f"slice {s}" if lay.n_slices > 1 else "image"
+        lv = levels if levels is not None else slice_levels(view, norm, where)
+        grid = [(y, x) for y in range(0, h, tile) for x in range(0, w, tile)]
+        if len(grid) > MAX_CANDIDATES:
+            keep = np.linspace(0, len(grid) - 1, MAX_CANDIDATES).round().astype(int)
+            grid = [grid[k] for k in keep]
+        for y, x in grid:
+            sample = np.asarray(view[:, y : y + tile : step, x : x + tile : step], np.float32)
+            spread = [
+                float(sample[c].std()) / (hi - lo) if hi > lo else 0.0
+                for c, (lo, hi) in enumerate(lv)
+            ]
+            places.append((float(np.mean(spread)), s, y, x, lv))
+    return places
 
 
 def read_probes(
     model, image, lay, levels=None, slices=None, *, cover: bool = False
 ) -> list[np.ndarray]:
-    """Normalised probe windows of an image (a probe tile with the exact halo around it),
-    read without loading whole slices.
+    """Normalised probe windows of an image (a probe tile with the exact halo around it, the
+    part beyond the image mirrored), read without loading whole slices.
 
-    Default: three probes (:data:`PROBE_SPOTS`) from the first, middle and last slices (of
-    ``slices`` if given). ``cover=True``: probe tiles side by side over every slice of
-    ``slices`` (at most :data:`MAX_COVER_PROBES`, spread evenly), as training measures the
+    The probe tiles are the :data:`SEGMENT_PROBES` fullest (see :func:`probe_places`) of the
+    first, middle and last slices (of ``slices`` if given); ``cover=True``: the
+    :data:`MAX_COVER_PROBES` fullest of every slice of ``slices``, as training measures the
     halo it stores. ``levels``: intensity levels to normalise with (default: each slice's own,
     as inference uses them).
     """
-    from .normalize import normalize_slice, slice_levels
+    from .normalize import normalize_slice
 
-    tile, exact, m = probe_tile(model), model.exact_halo(), model.size_multiple
+    tile, exact = probe_tile(model), model.exact_halo()
     n = tile + 2 * exact
-    pool = list(slices) if slices else list(range(lay.n_slices))
-    if cover:
-        h, w = lay.yx
-        spots = [(s, y, x) for s in pool for y in range(0, h, tile) for x in range(0, w, tile)]
-        if len(spots) > MAX_COVER_PROBES:
-            keep = np.linspace(0, len(spots) - 1, MAX_COVER_PROBES).round().astype(int)
-            spots = [spots[k] for k in keep]
-    else:
-        picks = sorted({pool[0], pool[len(pool) // 2], pool[-1]})
-        spots = [
-            (picks[i % len(picks)], *probe_origin(lay.yx, tile, m, i))
-            for i in range(len(PROBE_SPOTS))
-        ]
     norm = model.config.normalization
+    pool = list(slices) if slices else list(range(lay.n_slices))
+    picks = pool if cover else sorted({pool[0], pool[len(pool) // 2], pool[-1]})
+    count = MAX_COVER_PROBES if cover else SEGMENT_PROBES
+    places = probe_places(lay, tile, picks, image, norm, levels)
+    order = sorted(range(len(places)), key=lambda k: -places[k][0])[:count]
     out = []
-    for s, y0, x0 in spots:
+    for k in sorted(order):  # in image order
+        _, s, y0, x0, lv = places[k]
         view = lay.slice_view(image, s)
         iy = mirror_indices(y0 - exact, y0 - exact + n, lay.yx[0])
         ix = mirror_indices(x0 - exact, x0 - exact + n, lay.yx[1])
         where = f"slice {s}" if lay.n_slices > 1 else "image"
-        lv = levels if levels is not None else slice_levels(view, norm, where)
         out.append(normalize_slice(_take_yx(view, iy, ix), norm, where=where, levels=lv))
     return out
 
@@ -164,19 +178,17 @@ def context_profile(model, windows, *, device="cpu"):
             return _probabilities(net(t.contiguous(memory_format=torch.channels_last)))[0]
 
     inner = (slice(None), slice(exact, exact + size), slice(exact, exact + size))
-    changes = []
+    worst = np.zeros(exact + 1)
     for window in windows:
         if window.shape[-2:] != (size + 2 * exact,) * 2:
             raise ValueError(f"probe windows must be {size + 2 * exact} pixels wide")
         ref = run(window)[inner]
-        err = (run(window[inner]) - ref).abs().amax(0).cpu().numpy()
-        changes.append(err.ravel()[order])
-    if not changes:
-        raise ValueError("no probe windows")
-    by_distance = np.stack(changes, axis=1)  # (pixels sorted by distance, probes)
-    rings = [by_distance[starts[d] : starts[d + 1]] for d in range(exact + 1)]
-    ring = np.array([np.percentile(r, PERCENTILE) for r in rings])
-    return np.maximum.accumulate(ring[::-1])[::-1]  # pixels d *or more* from the edge
+        change = (run(window[inner]) - ref).abs().amax(0).cpu().numpy().ravel()[order]
+        ring = [
+            np.percentile(change[starts[d] : starts[d + 1]], PERCENTILE) for d in range(exact + 1)
+        ]
+        worst = np.maximum(worst, ring)  # the worst probe: an empty one must not dilute a full one
+    return np.maximum.accumulate(worst[::-1])[::-1]  # pixels d *or more* from the edge
 
 
 def measure_halo(model, windows, *, tolerance: float = AUTO_TOLERANCE, device="cpu"):
@@ -215,31 +227,57 @@ def check_stored_halo(entry, multiple: int, exact: int) -> int:
             f"the model's stored halo must be a whole number of {multiple}-pixel steps "
             f"between 0 and {exact}, got {entry!r}"
         )
+    profile = entry.get("profile", [])
+    if not isinstance(profile, list) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in profile
+    ):
+        raise ModelFileError("the model's stored halo profile must be a list of probabilities")
     return pixels
 
 
+def _digest(windows) -> str:
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=16)
+    for w in windows:
+        h.update(np.ascontiguousarray(w).tobytes())
+    return h.hexdigest()
+
+
+_CACHE_SIZE = 8  # measurements kept per model (one per image it segmented)
+
+
 def auto_halo(model, probe, *, device="cpu") -> int:
-    """The model's auto halo: stored with it, cached for these weights, or measured now on
-    ``probe()`` (:func:`read_probes` of the image about to be segmented)."""
+    """The model's auto halo: stored with it, or measured on ``probe()`` (:func:`read_probes`
+    of the image about to be segmented), cached per set of weights and probe content, so the
+    same image with the same weights is measured once and another image is measured anew."""
     pixels = stored_halo(model)
     if pixels is not None:
         return pixels
-    key = _fingerprint(model)
-    cached = getattr(model, "_tessera_auto_halo", None)
-    if cached is not None and cached[0] == key:
-        return cached[1].pixels
     if probe is None:
-        raise ValueError("the auto halo of these weights is measured on the image: pass probe")
-    found = measure_halo(model, probe(), device=device)
-    model._tessera_auto_halo = (key, found)
+        raise InputError(
+            "halo='auto' is measured on the image: use predict_tiled or segment, "
+            "or give the halo in pixels"
+        )
+    windows = probe()
+    key = (_fingerprint(model), _digest(windows))
+    cache = model.__dict__.setdefault("_tessera_auto_halo", {})
+    found = cache.pop(key, None)
+    if found is None:
+        found = measure_halo(model, windows, device=device)
+    cache[key] = found  # most recent last
+    while len(cache) > _CACHE_SIZE:
+        cache.pop(next(iter(cache)))
     return found.pixels
 
 
 def last_measurement(model) -> HaloMeasurement | None:
-    """The measurement behind the model's cached auto halo, if its weights have not changed."""
-    cached = getattr(model, "_tessera_auto_halo", None)
-    if cached is not None and cached[0] == _fingerprint(model):
-        return cached[1]
+    """The model's most recent auto-halo measurement, if its weights have not changed since."""
+    cache = getattr(model, "_tessera_auto_halo", None) or {}
+    weights = _fingerprint(model)
+    for (key_weights, _), found in reversed(cache.items()):
+        if key_weights == weights:
+            return found
     return None
 
 

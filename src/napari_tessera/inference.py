@@ -117,6 +117,23 @@ def probe_slices(model, image, lay: SliceLayout, levels=None):
     return lambda: read_probes(model, image, lay, levels)
 
 
+def measure_auto_halo(model, image, lay: SliceLayout, device, *, levels=None, fallback=True):
+    """``(halo in pixels, None)`` for ``halo="auto"``; when measuring runs out of memory (and
+    ``fallback``), the exact halo and a :class:`Notice` saying so."""
+    dev = resolve_device(device)
+    try:
+        return resolve_halo(
+            model, "auto", probe=probe_slices(model, image, lay, levels), device=dev
+        ), None
+    except Exception as err:
+        if not (fallback and is_out_of_memory(err)):
+            raise
+    release_device_memory(dev)  # outside the handler: the probe's tensors are gone by now
+    # the exact halo is always right, and the tiles may still fit where the probes did not
+    notice = Notice("out of memory while measuring the halo: using the exact halo")
+    return resolve_halo(model, "exact"), notice
+
+
 def _autocast(device: torch.device, dtype: torch.dtype):
     if dtype == torch.float32:
         return contextlib.nullcontext()
@@ -275,19 +292,11 @@ def iter_slice_predictions(
     if isinstance(halo, str) and halo.lower() == "auto":
         # check the rest (channels, device, precision) before the network first runs
         prepare(model, lay, tile_size=tile_size, halo=0, device=device, precision=precision)
-        try:
-            halo = resolve_halo(
-                model,
-                halo,
-                probe=probe_slices(model, image, lay, levels),
-                device=resolve_device(device),
-            )
-        except Exception as err:
-            if not (out_of_memory_fallback and is_out_of_memory(err)):
-                raise
-            halo = "exact"  # always right; the tiles may still fit where the probes did not
-            release_device_memory(resolve_device(device))
-            yield Notice("out of memory while measuring the halo: using the exact halo")
+        halo, notice = measure_auto_halo(
+            model, image, lay, device, levels=levels, fallback=out_of_memory_fallback
+        )
+        if notice is not None:
+            yield notice
     st = prepare(model, lay, tile_size=tile_size, halo=halo, device=device, precision=precision)
     attempt = _Attempt(int(batch_size), st.plan, st.device, st.dtype)
     remaining = list(range(lay.n_slices)) if slices is None else list(slices)

@@ -24,7 +24,7 @@ from .. import __version__
 from ..axes import layout
 from ..config import UNetConfig
 from ..errors import InputError
-from ..halo import STORED_TOLERANCE, measure_halo, read_probes
+from ..halo import measure_halo, read_probes
 from ..inference import (
     is_out_of_memory,
     predict_tiled,
@@ -558,11 +558,14 @@ def iter_train(
     model.metadata = {k: v for k, v in model.metadata.items() if k != "halo"}  # a base model's
     if main_rank and model.config.padding == "same":
         # the context these weights need around a tile, measured over the annotated slices and
-        # stored (with half the tolerance, for images it has not seen), so segmenting with them
-        # (the edge calibration below too) needs no probe
-        probes = read_probes(model, image, lay, slices=targets.slices, cover=True)
-        found = measure_halo(model, probes, device=device, tolerance=STORED_TOLERANCE)
-        model.metadata["halo"] = found.as_metadata()
+        # stored, so segmenting with them (the edge calibration below too) needs no probe
+        try:
+            probes = read_probes(model, image, lay, slices=targets.slices, cover=True)
+            found = measure_halo(model, probes, device=device)
+            model.metadata["halo"] = found.as_metadata()
+        except Exception as err:  # out of memory: no halo stored; segmenting measures it
+            if not is_out_of_memory(err):
+                raise
     edges = None
     if cfg.calibrate_edges and main_rank:
         edges = _calibrate_edges(model, image, lay, lab, targets.slices, cfg.mode, device)
