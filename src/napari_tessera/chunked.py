@@ -471,7 +471,9 @@ def iter_segment_to_zarr(
     float32, to this zarr array, alongside the labels.
     ``edge_offset``: as in :func:`napari_tessera.segment` (None: the model's own).
     Other keyword arguments as in :func:`napari_tessera.predict_tiled`. Returns the output path.
-    Results are the same in every mode and equal to :func:`napari_tessera.segment`.
+    Results are the same in every mode and equal to :func:`napari_tessera.segment` (with the
+    default auto halo, blocks of large planes differ from whole slices only as much as tile
+    seams do; with ``halo="exact"`` they are equal).
     """
     output = Path(output)
     if not is_zarr(output):
