@@ -110,20 +110,15 @@ def resolve_halo(model, halo: str | int, *, probe=None, device="cpu") -> int:
     return round_up(int(halo), model.size_multiple)
 
 
-def probe_slices(model, image, lay: SliceLayout, levels=None):
-    """What ``halo="auto"`` measures on, read only when it is measured (see :mod:`.halo`)."""
-    from .halo import read_probes
-
-    return lambda: read_probes(model, image, lay, levels)
-
-
 def measure_auto_halo(model, image, lay: SliceLayout, device, *, levels=None, fallback=True):
     """``(halo in pixels, None)`` for ``halo="auto"``; when measuring runs out of memory (and
     ``fallback``), the exact halo and a :class:`Notice` saying so."""
+    from .halo import read_probes
+
     dev = resolve_device(device)
     try:
         return resolve_halo(
-            model, "auto", probe=probe_slices(model, image, lay, levels), device=dev
+            model, "auto", probe=lambda: read_probes(model, image, lay, levels), device=dev
         ), None
     except Exception as err:
         if not (fallback and is_out_of_memory(err)):
@@ -166,10 +161,9 @@ def prepare(
     halo: str | int,
     device: str | torch.device,
     precision: str,
-    probe=None,
 ) -> InferenceSettings:
-    """Check the settings against the model and image; plan the tiles. ``probe``: see
-    :func:`resolve_halo` (needed for ``halo="auto"`` unless the model has its halo stored)."""
+    """Check the settings against the model and image; plan the tiles (``halo="auto"`` only
+    for a model with its halo stored; :func:`measure_auto_halo` measures one)."""
     if lay.channels != model.config.in_channels:
         raise InputError(
             f"the model reads {model.config.in_channels} channel(s) but the image has "
@@ -181,7 +175,7 @@ def prepare(
     dtype = PRECISIONS[precision]
     if dtype == torch.float16 and dev.type == "cpu":
         raise InputError("fp16 is not supported on the CPU; use fp32 or bf16")
-    h = resolve_halo(model, halo, probe=probe, device=dev)
+    h = resolve_halo(model, halo, device=dev)
     if tile_size is None:
         tile_size = DEFAULT_CORE + 2 * h if model.config.padding == "same" else 572
     plan = plan_tiles(lay.yx, tile_size, multiple=model.size_multiple, halo=h, model=model)
