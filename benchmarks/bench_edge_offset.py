@@ -32,8 +32,8 @@ from bench_train_settings import scribble_runs  # noqa: E402
 
 from napari_tessera import predict_tiled  # noqa: E402
 from napari_tessera.postprocess import (  # noqa: E402
+    SplitRule,
     classes_from_probabilities,
-    instances_from_classes,
 )
 from napari_tessera.training.edges import (  # noqa: E402
     EDGE_OFFSETS,
@@ -95,7 +95,7 @@ def main() -> None:
         assert cal == calibrate_edges([classes], [painted_objects(lab, "sparse")])
         f1 = {}
         for off in EDGE_OFFSETS:
-            inst, _ = instances_from_classes(classes, edge_offset=off)
+            inst, _ = SplitRule(True, edge_offset=off, seed_depth=cal.seed_depth).labels(classes)
             f1[off] = score_right(s.labels, inst).f1
         best = max(f1, key=f1.get)
         row = {
@@ -111,7 +111,8 @@ def main() -> None:
             "f1_best": round(f1[best], 4),
             "best_offset": best,
             "f1_by_offset": {f"{k:g}": round(v, 4) for k, v in f1.items()},
-            "painted_iou_by_offset": {f"{k:g}": round(v, 4) for k, v in cal.scores.items()},
+            "seed_depth": cal.seed_depth,
+            "painted_iou_by_rule": cal.as_metadata()["scores"],
             "foreground_right": round(float((classes[:, 256:] > 0).mean()), 4),
             "foreground_right_truth": round(float((s.labels[:, 256:] > 0).mean()), 4),
             "steps": res.steps,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tifffile
@@ -422,11 +424,10 @@ def test_edges_moved_after_the_blocks_are_cut_would_differ(loud, tmp_path, monke
     ref = segment(img, loud, axes="ZYX", **SETTINGS)
     cut_first = chunked.unit_labels
 
-    def unit_labels(model, data, box, margin, levels, instances, min_size, kw, offset, plane):
-        labels, n, notes, prob = cut_first(
-            model, data, box, margin, levels, instances, min_size, kw, 0.0, plane
-        )
-        return chunked.shift_edges(labels, offset), n, notes, prob
+    def unit_labels(model, data, box, margin, levels, rule, kw, plane):
+        plain = dataclasses.replace(rule, edge_offset=0.0)
+        labels, n, notes, prob = cut_first(model, data, box, margin, levels, plain, kw, plane)
+        return chunked.shift_edges(labels, rule.edge_offset), n, notes, prob
 
     monkeypatch.setattr(chunked, "unit_labels", unit_labels)
     out = segment_to_zarr(loud, img, tmp_path / "b.zarr", axes="ZYX", block_size=48, **SETTINGS)

@@ -1,4 +1,4 @@
-"""Edge offsets: moving object edges, and calibrating the offset on painted objects."""
+"""The split rule: moving object edges, the seed depth, and calibrating both on painted objects."""
 
 from __future__ import annotations
 
@@ -8,9 +8,12 @@ from scipy import ndimage as ndi
 
 from napari_tessera import InputError
 from napari_tessera.postprocess import (
+    SplitRule,
     check_edge_offset,
-    instances_from_classes,
+    check_seed_depth,
     model_edge_offset,
+    model_seed_depth,
+    resolve_split,
     shift_edges,
     split_instances,
 )
@@ -74,15 +77,52 @@ def test_shrinking_an_overgrown_pair_restores_their_sizes():
     truth = discs((60, 80), [(30, 28), (30, 50)], 11)  # touching discs
     over = grown(truth > 0, 2).astype(np.uint8)
     area = (truth > 0).sum()
-    before = (instances_from_classes(over, min_size=1)[0] > 0).sum()
-    inst, nxt = instances_from_classes(over, edge_offset=2, min_size=1, start=5)
+    before = (SplitRule(True, min_size=1).labels(over)[0] > 0).sum()
+    inst, nxt = SplitRule(True, edge_offset=2, min_size=1).labels(over, start=5)
     assert nxt == 7 and set(np.unique(inst)) == {0, 5, 6}
     assert abs(int((inst > 0).sum()) - area) < 0.2 * abs(int(before) - area)
-    # instances_from_classes is split_instances of the shifted foreground
+    # shrinking: split_instances of the shifted foreground
     np.testing.assert_array_equal(
-        instances_from_classes(over, edge_offset=1.5)[0],
+        SplitRule(True, edge_offset=1.5).labels(over)[0],
         split_instances(shift_edges(over, 1.5) > 0)[0],
     )
+
+
+def test_growing_objects_never_joins_them():
+    truth = discs((60, 80), [(30, 28), (30, 52)], 11)  # 2 px apart
+    classes = (truth > 0).astype(np.uint8)
+    # a seed depth so deep that each connected component is one object
+    inst, _ = SplitRule(True, edge_offset=-2, seed_depth=30, min_size=1).labels(classes)
+    assert len(np.unique(inst)) == 3  # two objects, both grown
+    assert (inst > 0).sum() > (truth > 0).sum()
+    # growing before the split would have joined them into one
+    joined = split_instances(shift_edges(classes, -2) > 0, seed_depth=30)[0]
+    assert len(np.unique(joined)) == 2
+    # class labels grow as before
+    np.testing.assert_array_equal(
+        SplitRule(False, edge_offset=-2).labels(classes)[0], shift_edges(classes, -2)
+    )
+
+
+def _dumbbell(neck: int):
+    """One object: two discs (radius 12) joined by a neck ``neck`` px wide."""
+    yy, xx = np.mgrid[:40, :80]
+    fg = ((yy - 20) ** 2 + (xx - 20) ** 2 <= 144) | ((yy - 20) ** 2 + (xx - 58) ** 2 <= 144)
+    fg |= (abs(yy - 20) <= neck // 2) & (xx > 20) & (xx < 58)
+    return fg
+
+
+def test_seed_depth_cuts_only_at_deep_necks():
+    wide, thin = _dumbbell(17), _dumbbell(5)
+    # the plain rule cuts both, the wide one into more than two pieces; a depth of 4 px keeps
+    # the wide neck (about 2.6 px deep) whole and still cuts the thin one (about 8.6 px deep)
+    assert split_instances(wide)[0].max() > 2 and split_instances(thin)[0].max() > 2
+    assert split_instances(wide, seed_depth=4)[0].max() == 1
+    assert split_instances(thin, seed_depth=4)[0].max() == 2
+    # every component gets a seed, even one shallower than the depth
+    tiny = np.zeros((20, 20), bool)
+    tiny[5:8, 5:8] = True
+    assert split_instances(tiny, seed_depth=8, min_size=1)[0].max() == 1
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), 17, -40, "1", None, True])
@@ -91,16 +131,29 @@ def test_bad_edge_offsets_are_refused(bad):
         check_edge_offset(bad)
 
 
-def test_model_edge_offset_reads_the_metadata():
+@pytest.mark.parametrize("bad", [float("nan"), -1, 65, "2", None])
+def test_bad_seed_depths_are_refused(bad):
+    with pytest.raises(InputError, match="seed depth"):
+        check_seed_depth(bad)
+
+
+def test_model_split_rule_reads_the_metadata():
     class M:
         metadata = {}
 
-    assert model_edge_offset(M()) == 0.0
-    M.metadata = {"edge_offset": 1.5}
+    assert model_edge_offset(M()) == 0.0 and model_seed_depth(M()) == 0.0
+    M.metadata = {"edge_offset": 1.5, "seed_depth": 3}
     assert model_edge_offset(M()) == 1.5
+    assert resolve_split(M(), instances=True) == SplitRule(True, 1.5, 3.0, 8)
+    assert resolve_split(M(), instances=True, seed_depth=0, min_size=2) == SplitRule(
+        True, 1.5, 0.0, 2
+    )
     M.metadata = {"edge_offset": "wide"}
     with pytest.raises(InputError, match="the model's edge offset"):
         model_edge_offset(M())
+    M.metadata = {"seed_depth": -2}
+    with pytest.raises(InputError, match="the model's seed depth"):
+        resolve_split(M(), instances=True)
 
 
 # -- painted objects and their match ------------------------------------------------------------
@@ -129,12 +182,14 @@ def test_object_ious():
     painted[20:25, 20:25] = 2  # 25 px
     pred = np.zeros((30, 30), np.int32)
     pred[5:15, 5:16] = 4  # 110 px, 100 inside object 1
-    pred[20:25, 20:23] = 5  # 15 px inside object 2 ...
-    pred[20:25, 23:29] = 6  # ... and a predicted object mostly outside it: not its match
+    pred[20:25, 20:23] = 5  # 15 px inside object 2: IoU 15 / 25 ...
+    pred[20:25, 23:29] = 6  # ... 10 px inside and 20 outside: IoU 10 / 45
     ious = object_ious(painted, pred)
-    np.testing.assert_allclose(ious, [100 / 110, 15 / 25])
-    pred[20:25, 26:29] = 7  # now 6 lies 2/3 inside object 2: it counts (7 does not)
-    np.testing.assert_allclose(object_ious(painted, pred)[1], 25 / 30)
+    np.testing.assert_allclose(ious, [100 / 110, 15 / 25])  # the best single match counts
+    pred[20:25, 20:29] = 5  # one object over both: 25 inside, 20 outside
+    np.testing.assert_allclose(object_ious(painted, pred)[1], 25 / 45)
+    pred[:] = 0  # no prediction: 0
+    np.testing.assert_allclose(object_ious(painted, pred), [0, 0])
 
 
 # -- calibration --------------------------------------------------------------------------------
@@ -162,7 +217,7 @@ def test_calibration_finds_how_far_predictions_overgrow(px, expected):
     assert cal.offset == expected, cal
     objects = painted_objects(lab, "sparse")
     assert cal.objects == len(np.unique(objects)) - 1 >= 8  # touching painted nuclei count once
-    assert cal.scores[expected] == max(cal.scores.values())
+    assert cal.scores[(expected, cal.seed_depth)] == max(cal.scores.values()) == cal.score
 
 
 def test_calibration_grows_objects_that_come_out_too_small():
@@ -202,6 +257,21 @@ def test_too_few_objects_leave_the_offset_at_zero():
     assert calibrate_edges([pred], [two], min_objects=2).offset == 2.0
 
 
+def test_calibration_finds_the_seed_depth_that_keeps_big_objects_whole():
+    objects = np.zeros((120, 240), np.int32)
+    k = 0
+    for oy in (0, 60):
+        for ox in (0, 80, 160):
+            k += 1
+            objects[oy + 10 : oy + 50, ox : ox + 80][_dumbbell(17)] = k  # wide necks
+    pred = (objects > 0).astype(np.uint8)
+    plain = calibrate_edges([pred], [objects], depths=(0.0,))
+    cal = calibrate_edges([pred], [objects])
+    assert plain.score < 0.7  # the plain rule cuts every object in two
+    assert cal.seed_depth > 0 and cal.score > 0.95 and cal.offset == 0.0
+    assert "necks" in cal.describe()
+
+
 # -- segment applies it ---------------------------------------------------------------------------
 def test_segment_applies_the_models_edge_offset_unless_told_otherwise(threshold_unet):
     from napari_tessera import segment
@@ -217,7 +287,7 @@ def test_segment_applies_the_models_edge_offset_unless_told_otherwise(threshold_
     assert (shrunk > 0).sum() < 0.9 * (plain > 0).sum()
     np.testing.assert_array_equal(
         segment(image, model, device="cpu", instances=True),
-        instances_from_classes(plain, edge_offset=1.5)[0],
+        SplitRule(True, edge_offset=1.5).labels(plain)[0],
     )
     np.testing.assert_array_equal(segment(image, model, device="cpu", edge_offset=0), plain)
     np.testing.assert_array_equal(

@@ -90,7 +90,7 @@ def test_train_then_segment(files, tmp_path, capsys):
     assert prov["config"]["entropy"] == 0.3
     assert prov["edges"]["objects"] >= 3 and "scores" in prov["edges"]  # calibrated
     assert meta.get("edge_offset", 0.0) == prov["edges"]["offset"]
-    assert "object edges" in err
+    assert "painted objects come out at mean IoU" in err
     assert meta["class_names"] == ["background", "object"]
     assert isinstance(load_model(model), torch.nn.Module)
 
@@ -283,4 +283,25 @@ def test_no_edge_calibration_stores_no_offset(files, tmp_path, capsys):
     _, meta = read_model_info(model)
     assert "edge_offset" not in meta and meta["provenance"]["edges"] is None
     assert meta["provenance"]["config"]["calibrate_edges"] is False
-    assert "object edges" not in err
+    assert "painted objects come out" not in err
+
+
+def test_strokes_leave_the_band_around_painted_objects_unannotated(files, tmp_path, capsys):
+    model = tmp_path / "m.safetensors"
+    argv = ["train", files["image"], files["sparse"], "-o", model, "--steps", "2", *TINY]
+    code, _, err = run([*argv, "--strokes", "--no-edge-calibration"], capsys)
+    assert code == 0, err
+    assert read_model_info(model)[1]["provenance"]["config"]["surround"] == 0.0
+    code, _, err = run([*argv, "--no-edge-calibration"], capsys)
+    assert code == 0, err
+    assert read_model_info(model)[1]["provenance"]["config"]["surround"] == 2.0
+
+
+def test_a_time_limit_that_cuts_the_plan_is_said(files, tmp_path, capsys):
+    model = tmp_path / "m.safetensors"
+    argv = ["train", files["image"], files["sparse"], "-o", model, *TINY, "--no-edge-calibration"]
+    code, _, err = run([*argv, "--steps", "100000", "--time-limit", "1"], capsys)
+    assert code == 0, err
+    assert "the time limit cut the run at step" in err and "of 100000" in err
+    code, _, err = run([*argv, "--steps", "2", "--time-limit", "600"], capsys)
+    assert code == 0 and "time limit" not in err

@@ -422,7 +422,7 @@ def test_validation_blocks_never_overlap_training_windows(monkeypatch):
     size = patch + 2 * ELASTIC_MARGIN
     max_seen = 0.0
     for _ in range(25):
-        x, y, _w = sampler.sample(8)
+        x, y = sampler.sample(8)[:2]
         assert x.shape == (8, 1, patch, patch) and y.shape == (8, patch, patch)
         max_seen = max(max_seen, float(x.max()))
     assert len(drawn) == 200
@@ -536,7 +536,7 @@ def test_whole_slices_held_out_with_three_or_more_slices(monkeypatch):
     drawn = record_places(sampler, monkeypatch)
     max_seen = 0.0
     for _ in range(25):
-        x, _y, _w = sampler.sample(8)
+        x = sampler.sample(8).x
         max_seen = max(max_seen, float(x.max()))
     assert len(drawn) == 200
     used = {s for s, _, _ in drawn}
@@ -897,8 +897,21 @@ def test_time_limit_stops_by_time(dense_data):
     times = [0.0] + [u.elapsed for u in updates]
     slowest = max(b - a for a, b in zip(times, times[1:]))
     assert result.elapsed < limit + max(1.0, 3 * slowest)
-    assert updates[-1].total_steps is None and 0.9 < updates[-2].fraction < 1.0
-    assert updates[-1].lr < updates[len(updates) // 2].lr  # the schedule follows the clock
+    # the plan stays the default number of steps: the limit only cut it short
+    assert updates[-1].total_steps == 500 and 0.9 < updates[-2].fraction < 1.0
+
+
+def test_a_time_limit_does_not_change_the_schedule_or_the_result(dense_data):
+    """The same command gives the same model however fast the machine is: the learning rate
+    follows the planned steps, never the clock."""
+    image, labels = dense_data
+    plain = drive(iter_train(image, labels, config=small_config(steps=30, seed=0)))
+    timed = drive(
+        iter_train(image, labels, config=small_config(steps=30, seed=0, time_limit=600.0))
+    )
+    assert [u.lr for u in plain[0]] == [u.lr for u in timed[0]]
+    assert plain[0][-1].lr < plain[0][10].lr  # it decays over the planned steps
+    assert same_state(state_copy(plain[1].model), state_copy(timed[1].model))
 
 
 # -- does it learn? -----------------------------------------------------------------------------
@@ -1192,7 +1205,7 @@ def test_training_stores_the_edge_offset_of_its_painted_objects(nuclei):
     cfg = small_config(mode="sparse", steps=30, base_channels=8, batch_size=4, seed=0)
     result = train(img.image, painted, config=cfg)
     edges = result.edges
-    assert edges is not None and edges.objects >= 6 and edges.scores
+    assert edges is not None and edges.objects >= 3 and edges.scores
     meta = result.model.metadata
     assert meta["provenance"]["edges"] == edges.as_metadata()
     assert meta.get("edge_offset", 0.0) == edges.offset

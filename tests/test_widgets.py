@@ -379,7 +379,7 @@ def test_train_then_segment_with_the_result(make_napari_viewer, qtbot, nuclei, t
     # offered to the Segment widget at once
     assert session.last_trained_model is tr.model
     assert seg.model_source.value == "session"
-    assert "object edges" in tr.status.value  # what calibration did is said
+    assert "painted objects come out" in tr.status.value  # how well, and the rule, is said
     segment(qtbot, seg)
     assert viewer.layers["cells labels"].data.shape == image.data.shape
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -72,10 +73,10 @@ def unit_task(s, box, levels, digest: str, source, lay: SliceLayout, out_path: s
             data = read_region(image, lay, s, box, margin)
     else:  # the slice or the block itself, (C, y, x)
         data = source
+    rule = settings["rule"] if box is None else replace(settings["rule"], instances=False)
     labels, count, notices, prob = unit_labels(
-        plugin.model, data, box, margin, levels, settings["instances"], settings["min_size"],
-        settings["kw"], settings["edge_offset"], lay.yx,
-    )  # fmt: skip
+        plugin.model, data, box, margin, levels, rule, settings["kw"], lay.yx
+    )
     zarr.open_array(out_path, mode="r+")[unit_index(lay, s, box)] = labels
     if settings.get("prob_path"):
         zarr.open_array(settings["prob_path"], mode="r+")[

@@ -27,6 +27,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Generator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +46,9 @@ from .inference import (
 )
 from .normalize import check_dtype, slice_levels
 from .postprocess import (
+    SplitRule,
     classes_from_probabilities,
-    instances_from_classes,
-    resolve_edge_offset,
+    resolve_split,
     shift_edges,
 )
 from .tiling import mirror_indices, round_up
@@ -153,24 +154,14 @@ def _model_digest(model) -> str:
     return h.hexdigest()[:16]
 
 
-def _run_state(
-    model,
-    lay: SliceLayout,
-    instances: bool,
-    min_size: int,
-    kw: dict,
-    block: int,
-    edge_offset: float,
-) -> dict:
+def _run_state(model, lay: SliceLayout, rule: SplitRule, kw: dict, block: int) -> dict:
     """What must be equal for a partial output to be continued."""
     return {
         "block": int(block),
         "model": _model_digest(model),
         "axes": lay.axes,
         "shape": list(lay.shape),
-        "instances": bool(instances),
-        "min_size": int(min_size),
-        "edge_offset": float(edge_offset),
+        **rule.as_state(),
         "tile_size": kw.get("tile_size"),
         "halo": kw.get("halo", "auto"),
         "blend": kw.get("blend", "crop"),
@@ -261,9 +252,7 @@ def lazy_levels(image, lay: SliceLayout, s: int, norm) -> list[tuple[float, floa
         return slice_levels(lay.slice_view(image, s), norm)
 
 
-def unit_labels(
-    model, data, box, margin, levels, instances, min_size, kwargs, edge_offset=0.0, plane=None
-):
+def unit_labels(model, data, box, margin, levels, rule: SplitRule, kwargs, plane=None):
     """Labels of one unit of work: a whole slice ``(C, Y, X)`` (``box`` None) or a block read
     by :func:`read_region` from a plane of shape ``plane``. Returns
     ``(labels, object count, notices, probabilities)``.
@@ -282,17 +271,17 @@ def unit_labels(
         core = (slice(margin, margin + y1 - y0), slice(margin, margin + x1 - x0))
         prob_core = prob[(slice(None), *core)]
         classes = classes_from_probabilities(prob)
-        if edge_offset:
+        if rule.edge_offset:
             h, w = plane
             ty, tx = max(y0 - margin, 0), max(x0 - margin, 0)  # the region's part in the plane
             inside = (
                 slice(ty - (y0 - margin), min(y1 + margin, h) - (y0 - margin)),
                 slice(tx - (x0 - margin), min(x1 + margin, w) - (x0 - margin)),
             )
-            classes = shift_edges(classes[inside], edge_offset)
+            classes = shift_edges(classes[inside], rule.edge_offset)
             core = (slice(y0 - ty, y1 - ty), slice(x0 - tx, x1 - tx))
         return classes[core], 0, notices, prob_core
-    labels, count = slice_labels(prob, instances, min_size, edge_offset)
+    labels, count = slice_labels(prob, rule)
     return labels, count, notices, prob
 
 
@@ -429,16 +418,11 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def slice_labels(
-    prob: np.ndarray, instances: bool, min_size: int, edge_offset: float = 0.0
-) -> tuple[np.ndarray, int]:
+def slice_labels(prob: np.ndarray, rule: SplitRule) -> tuple[np.ndarray, int]:
     """Labels of one slice from its probabilities, and its object count (ids from 1)."""
-    classes = classes_from_probabilities(prob)
-    if not instances:
-        return shift_edges(classes, edge_offset), 0
-    labels, nxt = instances_from_classes(
-        classes, edge_offset=edge_offset, min_size=min_size, start=1
-    )
+    labels, nxt = rule.labels(classes_from_probabilities(prob), 1)
+    if not rule.instances:
+        return labels, 0
     return labels.astype(np.uint32), nxt - 1
 
 
@@ -452,6 +436,7 @@ def iter_segment_to_zarr(
     instances: bool = False,
     min_size: int = 8,
     edge_offset: float | None = None,
+    seed_depth: float | None = None,
     resume: bool = True,
     scheduler: str | None = None,
     workers: int | None = None,
@@ -469,7 +454,8 @@ def iter_segment_to_zarr(
     automatic for planes over 8192x8192 pixels, 0: never), so a plane need not fit in memory.
     ``probabilities``: also write the class probabilities ``(n_classes, *lead, Y, X)``,
     float32, to this zarr array, alongside the labels.
-    ``edge_offset``: as in :func:`napari_tessera.segment` (None: the model's own).
+    ``edge_offset``, ``seed_depth``: as in :func:`napari_tessera.segment` (None: the model's
+    own).
     Other keyword arguments as in :func:`napari_tessera.predict_tiled`. Returns the output path.
     Results are the same in every mode and equal to :func:`napari_tessera.segment` (with the
     default auto halo, blocks of large planes differ from whole slices only as much as tile
@@ -540,8 +526,14 @@ def iter_segment_to_zarr(
     block = choose_block(block_size, lay, model, kwargs.get("halo", "auto"), instances)
     kwargs = {**kwargs, "halo": st.halo}
     halo = st.halo
-    offset = resolve_edge_offset(model, edge_offset)
-    state = _run_state(model, lay, instances, min_size, kwargs, block, offset)
+    rule = resolve_split(
+        model,
+        instances=instances,
+        edge_offset=edge_offset,
+        seed_depth=seed_depth,
+        min_size=min_size,
+    )
+    state = _run_state(model, lay, rule, kwargs, block)
     state["probabilities"] = str(prob_out.resolve()) if prob_out is not None else None
     out = ZarrOutput(
         output,
@@ -562,28 +554,25 @@ def iter_segment_to_zarr(
         yield Notice(f"resuming: {out.resumed} of {len(units)} {what} already done")
     finished = out.done().keys()
     todo = [u for u, k in zip(units, keys) if k not in finished]
-    margin = block_margin(model, halo, offset) if block else 0
-    post = {"instances": instances, "min_size": min_size, "edge_offset": offset}
+    margin = block_margin(model, halo, rule.edge_offset) if block else 0
     if scheduler is not None:
         yield from _run_on_cluster(
-            model, image, source, lay, out, todo, margin, post, kwargs, scheduler, workers
+            model, image, source, lay, out, todo, margin, rule, kwargs, scheduler, workers
         )
     elif block:
-        yield from _run_blocks_here(model, image, lay, out, todo, margin, post, kwargs)
+        yield from _run_blocks_here(model, image, lay, out, todo, margin, rule, kwargs)
     else:
         slices = [u[0] for u in todo]
-        yield from _run_here(model, image, lay, out, slices, post, kwargs)
+        yield from _run_here(model, image, lay, out, slices, rule, kwargs)
     return out.finish(instances, keys)
 
 
-def _run_here(model, image, lay, out: ZarrOutput, todo, post, kwargs):
+def _run_here(model, image, lay, out: ZarrOutput, todo, rule: SplitRule, kwargs):
     if not todo:
         return
     for event in iter_slice_predictions(model, image, axes=lay.axes, slices=todo, **kwargs):
         if isinstance(event, SliceResult):
-            labels, count = slice_labels(
-                event.probabilities, post["instances"], post["min_size"], post["edge_offset"]
-            )
+            labels, count = slice_labels(event.probabilities, rule)
             out.array[unit_index(lay, event.index, None)] = labels
             if out.prob is not None:
                 out.prob[(slice(None), *unit_index(lay, event.index, None))] = event.probabilities
@@ -592,16 +581,15 @@ def _run_here(model, image, lay, out: ZarrOutput, todo, post, kwargs):
             yield event
 
 
-def _run_blocks_here(model, image, lay, out: ZarrOutput, todo, margin, post, kwargs):
+def _run_blocks_here(model, image, lay, out: ZarrOutput, todo, margin, rule: SplitRule, kwargs):
     levels: dict[int, list] = {}
     for k, (s, box) in enumerate(todo, 1):
         if s not in levels:
             levels = {s: lazy_levels(image, lay, s, model.config.normalization)}
         data = read_region(image, lay, s, box, margin)
         labels, _, notices, prob = unit_labels(
-            model, data, box, margin, levels[s], False, post["min_size"], kwargs,
-            post["edge_offset"], lay.yx,
-        )  # fmt: skip
+            model, data, box, margin, levels[s], replace(rule, instances=False), kwargs, lay.yx
+        )
         out.array[unit_index(lay, s, box)] = labels
         if out.prob is not None:
             out.prob[(slice(None), *unit_index(lay, s, box))] = prob
@@ -661,7 +649,7 @@ def open_client(scheduler: str, workers: int | None = None):
     return client, None, None
 
 
-def _run_on_cluster(model, image, source, lay, out: ZarrOutput, todo, margin, post, kwargs,
+def _run_on_cluster(model, image, source, lay, out: ZarrOutput, todo, margin, rule, kwargs,
                     scheduler, n):  # fmt: skip
     from distributed import as_completed
 
@@ -671,7 +659,7 @@ def _run_on_cluster(model, image, source, lay, out: ZarrOutput, todo, margin, po
         return
     kw = dict(kwargs)
     kw.setdefault("device", "auto")
-    settings = {**post, "kw": kw, "margin": margin}
+    settings = {"rule": rule, "kw": kw, "margin": margin}
     settings["prob_path"] = str(out.prob_partial) if out.prob is not None else None
     digest = out.state["model"]
     client, cluster, threads = open_client(scheduler, n)

@@ -360,8 +360,6 @@ def _train(args: argparse.Namespace, ctx) -> int:
         Path(args.checkpoint) if args.checkpoint else out.with_name(out.stem + ".ckpt.safetensors")
     )
     _check_output(ckpt, inp, lab_path)
-    if args.steps is None and args.time_limit is None and args.resume is None:
-        args.steps = 500
     cfg = TrainConfig(
         mode=args.labels,
         steps=args.steps,
@@ -376,6 +374,7 @@ def _train(args: argparse.Namespace, ctx) -> int:
         depth=args.depth,
         checkpoint=str(ckpt),
         calibrate_edges=args.calibrate_edges,
+        **({"surround": 0.0} if args.strokes else {}),
         **({} if args.entropy is None else {"entropy": args.entropy}),
     )
     model = None
@@ -420,8 +419,7 @@ def _train(args: argparse.Namespace, ctx) -> int:
 
     old_int = signal.signal(signal.SIGINT, request_stop)
     old_term = signal.signal(signal.SIGTERM, request_stop)
-    unit = "s" if cfg.time_limit and not cfg.steps else "step"
-    bar = _Progress(args.quiet, "train", unit)
+    bar = _Progress(args.quiet, "train", "step")
     gen = iter_train(
         image,
         labels,
@@ -452,10 +450,7 @@ def _train(args: argparse.Namespace, ctx) -> int:
             post = {"loss": f"{u.loss:.3f}"}
             if last_val is not None:
                 post["val IoU"] = f"{last_val:.3f}"
-            if u.total_steps:
-                bar.update(u.step, u.total_steps, **post)
-            elif u.time_limit:
-                bar.update(int(u.elapsed), int(u.time_limit), **post)
+            bar.update(u.step, u.total_steps, **post)
     finally:
         bar.close()
         if ctx is None:
@@ -478,6 +473,12 @@ def _train(args: argparse.Namespace, ctx) -> int:
                 )
                 if result.edges is not None:
                     _warn(result.edges.describe())
+                if result.stopped == "time":
+                    _warn(
+                        f"the time limit cut the run at step {result.steps} of "
+                        f"{result.planned_steps}: on another machine the same command gives "
+                        "another model (lower --steps to fit, or raise --time-limit)"
+                    )
         if ctx is not None:
             from .training import distributed as ddp
 
@@ -643,8 +644,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("-o", "--output", required=True, help="model file to write (.safetensors)")
     t.add_argument("--labels", choices=["sparse", "dense"], default="sparse", help="convention")
     t.add_argument("--axes", help="axes of the image (default: from the TIFF, else guessed)")
-    t.add_argument("--time-limit", type=_positive_float, metavar="S", help="stop after S seconds")
-    t.add_argument("--steps", type=_positive_int, help="stop after N steps (default 500)")
+    t.add_argument(
+        "--time-limit",
+        type=_positive_float,
+        metavar="S",
+        help="stop after S seconds even if the planned steps are not done",
+    )
+    t.add_argument(
+        "--steps",
+        type=_positive_int,
+        help="planned optimiser steps (default 500; the learning-rate schedule follows them, "
+        "so the same command gives the same model on any machine)",
+    )
     t.add_argument(
         "--from",
         dest="from_model",
@@ -677,9 +688,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-edge-calibration",
         dest="calibrate_edges",
         action="store_false",
-        help="do not store an edge offset calibrated on the painted objects (by default the "
-        "trained model is run on the painted slices, and the offset at which its objects best "
-        "match the whole painted objects is stored for `tessera segment`)",
+        help="do not store a split rule calibrated on the painted objects (by default the "
+        "trained model is run on the painted slices, and the edge offset and seed depth at "
+        "which its objects best match the whole painted objects are stored for `tessera "
+        "segment`)",
+    )
+    t.add_argument(
+        "--strokes",
+        action="store_true",
+        help="objects were painted as strokes inside them, not whole: the pixels around "
+        "painted objects stay not annotated (by default a 2-px band around each painted "
+        "object counts as background)",
     )
     t.add_argument(
         "--seed", type=_non_negative_int, default=0, help="random seed (CPU runs repeat exactly)"

@@ -534,6 +534,7 @@ def iter_segment(
     instances: bool = False,
     min_size: int = 8,
     edge_offset: float | None = None,
+    seed_depth: float | None = None,
     probabilities_out: np.ndarray | None = None,
     **kwargs,
 ):
@@ -544,15 +545,15 @@ def iter_segment(
     ``(n_classes, *lead, Y, X)`` as slices finish (e.g. a memory map or zarr array); they are
     the network's, before any edge offset.
     """
-    from .postprocess import (
-        classes_from_probabilities,
-        instances_from_classes,
-        labels_dtype,
-        resolve_edge_offset,
-        shift_edges,
-    )
+    from .postprocess import classes_from_probabilities, labels_dtype, resolve_split
 
-    offset = resolve_edge_offset(model, edge_offset)
+    rule = resolve_split(
+        model,
+        instances=instances,
+        edge_offset=edge_offset,
+        seed_depth=seed_depth,
+        min_size=min_size,
+    )
     lay = layout(np.shape(image), axes)
     labels = np.zeros((lay.n_slices, *lay.yx), np.uint32 if instances else np.uint8)
     next_id = 1
@@ -564,13 +565,7 @@ def iter_segment(
         if probabilities_out is not None:
             idx = np.unravel_index(event.index, lay.lead_shape) if lay.lead_shape else ()
             probabilities_out[(slice(None), *idx)] = prob
-        classes = classes_from_probabilities(prob)
-        if instances:
-            labels[event.index], next_id = instances_from_classes(
-                classes, edge_offset=offset, min_size=min_size, start=next_id
-            )
-        else:
-            labels[event.index] = shift_edges(classes, offset)
+        labels[event.index], next_id = rule.labels(classes_from_probabilities(prob), next_id)
     labels = labels.reshape(lay.out_shape)
     dt = labels_dtype(int(labels.max()) if labels.size else 0)
     return labels.astype(dt, copy=False)
@@ -582,8 +577,9 @@ def segment(image, model, *, axes: str = "YX", instances: bool = False, **kwargs
     stack). Shaped like the image without its channel axis. Keyword arguments as in
     :func:`predict_tiled`, plus ``min_size`` (smallest object kept, in pixels) and
     ``edge_offset`` (pixels to move object edges by before objects are split, positive
-    shrinks; None: the offset stored with the model, calibrated when it was trained, else 0;
-    see :func:`napari_tessera.postprocess.shift_edges`).
+    shrinks) and ``seed_depth`` (how deep a neck must be before touching objects are cut
+    apart); None: the values stored with the model, calibrated when it was trained, else 0.
+    See :class:`napari_tessera.postprocess.SplitRule`.
 
     Stacks go slice by slice: only the slices the current batch touches have probabilities in
     memory (one or two unless a batch holds more tiles than a slice has).

@@ -153,13 +153,17 @@ def read_model_info(path: str | os.PathLike) -> tuple[UNetConfig, dict[str, Any]
         raise ModelFileError(f"{path.name}: invalid model config: {err}") from err
     if not isinstance(metadata, dict):
         raise ModelFileError(f"{path.name}: model metadata must be a JSON object")
-    if "edge_offset" in metadata:
-        from .postprocess import check_edge_offset
+    from .postprocess import check_edge_offset, check_seed_depth
 
-        try:
-            check_edge_offset(metadata["edge_offset"], "its edge offset")
-        except InputError as err:
-            raise ModelFileError(f"{path.name}: {err}") from err
+    for key, check, what in (
+        ("edge_offset", check_edge_offset, "its edge offset"),
+        ("seed_depth", check_seed_depth, "its seed depth"),
+    ):
+        if key in metadata:
+            try:
+                check(metadata[key], what)
+            except InputError as err:
+                raise ModelFileError(f"{path.name}: {err}") from err
     return config, metadata
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.feature import peak_local_max
-from skimage.segmentation import watershed
+from skimage.morphology import local_maxima, reconstruction
+from skimage.segmentation import expand_labels, watershed
 
 
 def classes_from_probabilities(prob: np.ndarray) -> np.ndarray:
@@ -44,11 +47,88 @@ def model_edge_offset(model) -> float:
     return check_edge_offset(meta["edge_offset"], "the model's edge offset")
 
 
-def resolve_edge_offset(model, edge_offset) -> float:
-    """``edge_offset`` if given (None: the model's own)."""
-    if edge_offset is None:
-        return model_edge_offset(model)
-    return check_edge_offset(edge_offset)
+#: largest seed depth accepted, in pixels
+MAX_SEED_DEPTH = 64.0
+
+
+def check_seed_depth(value, where: str = "seed depth") -> float:
+    """``value`` as a float, or an error naming ``where`` if it is not a number in range."""
+    from .errors import InputError
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"{where} must be a number of pixels, got {value!r}")
+    v = float(value)
+    if not np.isfinite(v) or not 0 <= v <= MAX_SEED_DEPTH:
+        raise InputError(f"{where} must be between 0 and {MAX_SEED_DEPTH:g} px, got {value!r}")
+    return v
+
+
+@dataclass(frozen=True)
+class SplitRule:
+    """How a map of classes becomes labels: the one place that decides it.
+
+    instances: one id per object (else per-pixel classes).
+    edge_offset: pixels to move object edges by (positive shrinks; :func:`shift_edges`).
+        Objects shrink before they are split and grow after, so growing keeps them apart.
+    seed_depth: how touching objects are told apart (:func:`split_instances`): 0 seeds every
+        local maximum of the distance to the background at least 3 px from another; a depth
+        of d px seeds only maxima that rise d px above the pass to a higher one, so a large,
+        irregular cell is not cut into pieces.
+    min_size: objects smaller than this many pixels are dropped.
+    A model trained here stores the offset and depth that fit its painted objects
+    (:mod:`napari_tessera.training.edges`); :func:`resolve_split` reads them.
+    """
+
+    instances: bool = False
+    edge_offset: float = 0.0
+    seed_depth: float = 0.0
+    min_size: int = 8
+
+    def labels(self, classes: np.ndarray, start: int = 1) -> tuple[np.ndarray, int]:
+        """Labels of one 2D class map, and the next free id (``start`` for class labels)."""
+        if not self.instances:
+            return shift_edges(classes, self.edge_offset), start
+        # objects are cut apart before they grow, so growing never joins two of them
+        fg = shift_edges(classes, max(self.edge_offset, 0.0)) > 0
+        labels, nxt = split_instances(
+            fg, seed_depth=self.seed_depth, min_size=self.min_size, start=start
+        )
+        if self.edge_offset < 0:
+            labels = expand_labels(labels, -self.edge_offset)
+        return labels, nxt
+
+    def as_state(self) -> dict:
+        """The settings as plain values (for resume records)."""
+        return {
+            "instances": bool(self.instances),
+            "edge_offset": float(self.edge_offset),
+            "seed_depth": float(self.seed_depth),
+            "min_size": int(self.min_size),
+        }
+
+
+def model_seed_depth(model) -> float:
+    """The seed depth stored with a model (calibrated when it was trained), else 0."""
+    meta = getattr(model, "metadata", None) or {}
+    if "seed_depth" not in meta:
+        return 0.0
+    return check_seed_depth(meta["seed_depth"], "the model's seed depth")
+
+
+def resolve_split(
+    model, *, instances: bool, edge_offset=None, seed_depth=None, min_size: int = 8
+) -> SplitRule:
+    """The rule for ``model``'s output: given values win, None means the model's own."""
+    return SplitRule(
+        instances=bool(instances),
+        edge_offset=(
+            model_edge_offset(model) if edge_offset is None else check_edge_offset(edge_offset)
+        ),
+        seed_depth=(
+            model_seed_depth(model) if seed_depth is None else check_seed_depth(seed_depth)
+        ),
+        min_size=int(min_size),
+    )
 
 
 def shift_edges(classes: np.ndarray, offset: float) -> np.ndarray:
@@ -74,17 +154,10 @@ def shift_edges(classes: np.ndarray, offset: float) -> np.ndarray:
     return out
 
 
-def instances_from_classes(
-    classes: np.ndarray, *, edge_offset: float = 0.0, min_size: int = 8, start: int = 1
-) -> tuple[np.ndarray, int]:
-    """One id per object of a 2D class map: edges moved by ``edge_offset`` (see
-    :func:`shift_edges`), then :func:`split_instances`."""
-    return split_instances(shift_edges(classes, edge_offset) > 0, min_size=min_size, start=start)
-
-
 def split_instances(
     foreground: np.ndarray,
     *,
+    seed_depth: float = 0.0,
     min_distance: int = 3,
     smooth: float = 1.0,
     min_size: int = 8,
@@ -92,10 +165,12 @@ def split_instances(
 ) -> tuple[np.ndarray, int]:
     """Split a 2D foreground mask into objects; touching objects are cut apart.
 
-    A distance-transform watershed: seeds are the maxima of the (slightly smoothed) distance to
-    the background at least ``min_distance`` apart, one per connected component at least;
-    objects smaller than ``min_size`` pixels are dropped. Ids start at ``start``.
-    Returns ``(labels as int32, next free id)``.
+    A distance-transform watershed. Seeds are maxima of the (slightly smoothed) distance to
+    the background: with ``seed_depth`` 0, every local maximum at least ``min_distance`` from
+    another; with ``seed_depth`` d > 0, the regional maxima of depth d (h-maxima), so a neck
+    between two parts of one object must narrow by d px before it is cut. Every connected
+    component gets one seed at least; objects smaller than ``min_size`` pixels are dropped.
+    Ids start at ``start``. Returns ``(labels as int32, next free id)``.
     """
     fg = np.asarray(foreground, dtype=bool)
     labels = np.zeros(fg.shape, np.int32)
@@ -105,16 +180,22 @@ def split_instances(
     dist = ndi.distance_transform_edt(fg)
     if smooth > 0:
         dist = ndi.gaussian_filter(dist, smooth)
-    peaks = peak_local_max(dist, min_distance=min_distance, labels=components, exclude_border=False)
-    markers = np.zeros(fg.shape, np.int32)
-    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+    if seed_depth > 0:
+        markers, n_seeds = ndi.label(deep_maxima(dist, seed_depth) & fg, np.ones((3, 3)))
+    else:
+        peaks = peak_local_max(
+            dist, min_distance=min_distance, labels=components, exclude_border=False
+        )
+        markers = np.zeros(fg.shape, np.int32)
+        markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+        n_seeds = len(peaks)
     # every component gets at least one seed
     seeded = np.unique(components[markers > 0])
     missing = np.setdiff1d(np.arange(1, n + 1), seeded)
     if missing.size:
         coms = ndi.maximum_position(dist, components, missing)
         for k, pos in enumerate(coms):
-            markers[pos] = len(peaks) + 1 + k
+            markers[pos] = n_seeds + 1 + k
     ws = watershed(-dist, markers, mask=fg)
     if min_size > 1:
         sizes = np.bincount(ws.ravel())
@@ -127,6 +208,13 @@ def split_instances(
     lut[ids] = np.arange(start, start + len(ids))
     labels = lut[ws]
     return labels, start + len(ids)
+
+
+def deep_maxima(height: np.ndarray, depth: float) -> np.ndarray:
+    """Regional maxima that rise at least ``depth`` above the pass to any higher one (the
+    h-maxima transform, by grayscale reconstruction): a mask, one region per maximum."""
+    rec = reconstruction(height - depth, height, method="dilation")
+    return local_maxima(rec, connectivity=2, allow_borders=True)
 
 
 def labels_dtype(max_id: int):

@@ -27,7 +27,7 @@ from ..errors import InputError, TesseraError
 from ..inference import Notice, resolve_device
 from ..io import save_model, write_tiff
 from ..training.labels import CONVENTION
-from ..training.loop import TrainConfig, TrainResult, TrainUpdate, iter_train
+from ..training.loop import DEFAULT_STEPS, TrainConfig, TrainResult, TrainUpdate, iter_train
 from . import _models
 from ._common import (
     ImageInput,
@@ -53,8 +53,8 @@ PREVIEW_EVERY = 2.0  # seconds between live previews
 PREVIEW_COLOR = "yellow"  # unlike the annotation colours (1 = background, 2 = objects)
 
 HELP = {
-    "sparse": "Paint 2 on some objects and 1 on some background; unpainted (0) pixels are "
-    "not annotated and ignored.",
+    "sparse": "Paint a dozen whole objects with 2, edge to edge, and some background with 1; "
+    "unpainted (0) pixels are not annotated and ignored.",
     "dense": "Every pixel is annotated: 0 = background, each object its own value.",
 }
 
@@ -166,17 +166,25 @@ class TrainWidget(Container):
             orientation="horizontal",
         )
         self.convention = Label(label="")
+        self.whole = CheckBox(
+            text="objects are painted whole",
+            value=True,
+            tooltip="a 2-px band around each painted object then counts as background, which "
+            "teaches where objects end; untick it if you painted strokes inside objects",
+        )
         self.start_from = ComboBox(
             label="start from", choices=lambda _w=None: _models.choices(training=True)
         )
         self.start_file = FileEdit(label="model file", mode="r", filter="*.safetensors")
         self.limit_by = ComboBox(
             label="stop after",
-            choices=[("time limit", "time"), ("number of steps", "steps")],
-            value="time",
+            choices=[("number of steps", "steps"), ("time limit", "time")],
+            value="steps",
+            tooltip="a number of steps gives the same model on any machine; a time limit "
+            "stops wherever the machine has got to",
         )
-        self.time_limit = SpinBox(label="time limit (s)", min=1, max=7 * 24 * 3600, value=60)
-        self.steps = SpinBox(label="steps", min=1, max=10**7, value=200)
+        self.time_limit = SpinBox(label="time limit (s)", min=1, max=7 * 24 * 3600, value=120)
+        self.steps = SpinBox(label="steps", min=1, max=10**7, value=DEFAULT_STEPS)
         self.base_channels = SpinBox(label="base channels", min=1, max=256, value=16)
         self.depth = SpinBox(label="depth", min=1, max=7, value=4)
         self.patch_size = SpinBox(
@@ -208,6 +216,7 @@ class TrainWidget(Container):
                 self.new_annotations,
                 self.mode,
                 self.convention,
+                self.whole,
                 self.start_from,
                 self.start_file,
                 self.limit_by,
@@ -251,6 +260,7 @@ class TrainWidget(Container):
     def _update_convention(self, *_):
         mode = self.mode.value
         self.convention.value = f"{CONVENTION[mode]}.\n{HELP[mode]}"
+        self.whole.visible = mode == "sparse"
 
     def _update_visibility(self, *_):
         self.start_file.visible = self.start_from.value == _models.FILE
@@ -346,6 +356,7 @@ class TrainWidget(Container):
             device=device,
             preview_every=PREVIEW_EVERY if self.live_preview.value else 0.0,
             preview_slice=lead,
+            **({} if self.whole.value else {"surround": 0.0}),
         )
         run = _Run(inp, ann, labels, inp.lead_tuple(lead), threading.Event())
         return spec, config, run

@@ -1,17 +1,18 @@
-"""Where objects end: an edge offset calibrated on the painted objects.
+"""Where objects end and how touching ones are cut apart, calibrated on the painted objects.
 
 With sparse labels nothing is painted right beside an object (background strokes keep their
-distance from it), so no loss term fixes where the object ends, and a trained network's objects
-come out a pixel or two larger than the objects it was shown; touching neighbours then merge.
-The painted objects themselves show by how much: they are painted whole, edge to edge. After
-training, the model segments the slices it was trained on and the edge offset (see
-:func:`~napari_tessera.postprocess.shift_edges`) at which its objects best match the painted
-ones is stored with the model; segmenting applies it before objects are split.
+distance from it), so a network's objects may come out a pixel or two larger or smaller than
+the objects it was shown; and how deep a neck must be before an object is cut in two depends on
+the objects' size and shape (round nuclei or spread-out cells). The painted objects themselves
+show both: they are painted whole, edge to edge. After training, the model segments the slices
+it was trained on, and the :class:`~napari_tessera.postprocess.SplitRule` (edge offset and seed
+depth) whose objects best match the painted ones is stored with the model; segmenting applies
+it.
 
-The match of a painted object P: the predicted objects that lie mostly (more than half) inside
-P, taken together as R; its IoU is |P & R| / |P | R|. Objects painted as strokes inside a
-nucleus, not whole, match nothing (the predicted nucleus lies mostly outside the stroke), and
-calibration then leaves the offset at 0.
+The match of a painted object P is its IoU with the single predicted object that overlaps it
+best, so cutting P into pieces and merging P with a neighbour both lower it. Objects painted as
+strokes inside a cell, not whole, match nothing well at any setting, and calibration then keeps
+the plain rule.
 """
 
 from __future__ import annotations
@@ -21,47 +22,63 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..postprocess import instances_from_classes
+from ..postprocess import SplitRule
 
 #: offsets tried, in pixels (positive shrinks); steps of one pixel, diagonal and two pixels
 EDGE_OFFSETS = (-2.5, -2.0, -1.5, -1.0, 0.0, 1.0, 1.5, 2.0, 2.5)
+#: seed depths tried, in pixels (0: every local maximum of the distance map)
+SEED_DEPTHS = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)
 
 
 @dataclass(frozen=True)
 class EdgeCalibration:
-    """The chosen offset and how it was chosen.
+    """The chosen split rule and how it was chosen.
 
     offset: pixels to move edges by (positive shrinks objects); 0 when not calibrated.
+    seed_depth: how deep a neck must be to cut an object (0: the plain rule).
     objects: painted objects it was judged on.
-    scores: mean IoU of the painted objects at each offset tried (empty when not calibrated).
-    reason: "calibrated", or why the offset stays 0.
+    score: mean IoU of the painted objects with their best-matching predicted objects under
+        the chosen rule (how well objects come out where the user painted them).
+    scores: that mean for every (offset, seed depth) tried (empty when not calibrated).
+    reason: "calibrated", or why the plain rule is kept.
     """
 
     offset: float
     objects: int
-    scores: dict[float, float] = field(default_factory=dict)
+    scores: dict[tuple[float, float], float] = field(default_factory=dict)
     reason: str = "calibrated"
+    seed_depth: float = 0.0
+
+    @property
+    def score(self) -> float | None:
+        return self.scores.get((self.offset, self.seed_depth))
 
     def describe(self) -> str:
-        """One line for the user."""
-        if self.offset > 0:
-            return (
-                f"object edges moved in by {self.offset:g} px "
-                f"(calibrated on {self.objects} painted objects)"
-            )
-        if self.offset < 0:
-            return (
-                f"object edges moved out by {-self.offset:g} px "
-                f"(calibrated on {self.objects} painted objects)"
-            )
-        return f"object edges left as predicted ({self.reason})"
+        """One line for the user: how well the painted objects come out, and the rule."""
+        quality = (
+            f"painted objects come out at mean IoU {self.score:.2f}; "
+            if self.score is not None
+            else ""
+        )
+        if self.reason != "calibrated":
+            return f"{quality}objects split as predicted ({self.reason})"
+        parts = []
+        if self.offset:
+            way = "in" if self.offset > 0 else "out"
+            parts.append(f"edges moved {way} by {abs(self.offset):g} px")
+        if self.seed_depth:
+            parts.append(f"objects cut only at necks {self.seed_depth:g} px deep")
+        rule = ", ".join(parts) if parts else "objects split as predicted"
+        return f"{quality}{rule} (calibrated on {self.objects} painted objects)"
 
     def as_metadata(self) -> dict:
         return {
             "offset": self.offset,
+            "seed_depth": self.seed_depth,
             "objects": self.objects,
+            "score": self.score,
             "reason": self.reason,
-            "scores": {f"{k:g}": round(v, 4) for k, v in self.scores.items()},
+            "scores": {f"{o:g},{d:g}": round(v, 4) for (o, d), v in self.scores.items()},
         }
 
 
@@ -95,7 +112,7 @@ def painted_objects(labels2d: np.ndarray, mode: str, *, min_size: int = 8) -> np
 
 def object_ious(objects: np.ndarray, instances: np.ndarray) -> np.ndarray:
     """IoU of each painted object (ids 1..max of ``objects``, absent ids skipped) with the
-    predicted objects lying mostly inside it."""
+    predicted object that overlaps it best (0 when none does)."""
     obj = np.asarray(objects).ravel().astype(np.int64)
     ins = np.asarray(instances).ravel().astype(np.int64)
     n_obj, n_ins = int(obj.max()) + 1, int(ins.max()) + 1
@@ -105,13 +122,41 @@ def object_ious(objects: np.ndarray, instances: np.ndarray) -> np.ndarray:
     o, i = pairs // n_ins, pairs % n_ins
     ins_size = np.bincount(ins, minlength=n_ins)
     obj_size = np.bincount(obj, minlength=n_obj)
-    inside = 2 * inter > ins_size[i]  # the instance lies mostly inside the object
-    common = np.bincount(o[inside], weights=inter[inside], minlength=n_obj)
-    pred = np.bincount(o[inside], weights=ins_size[i][inside], minlength=n_obj)
+    best = np.zeros(n_obj)
+    np.maximum.at(best, o, inter / (obj_size[o] + ins_size[i] - inter))
     present = np.flatnonzero(obj_size > 0)
-    present = present[present > 0]
-    union = obj_size[present] + pred[present] - common[present]
-    return common[present] / np.maximum(union, 1)
+    return best[present[present > 0]]
+
+
+def _single_objects(object_maps, keep_at_least: int, factor: float = 2.0) -> list:
+    """The painted objects without those over ``factor`` times the median painted area.
+
+    Touching objects painted with the same label join into one painted region, and a split
+    rule that cuts it correctly would be scored as cutting an object in two; such regions are
+    usually much larger than the rest. They are left out unless too few objects would remain.
+    """
+    areas = [np.bincount(o.ravel())[1:] for o in object_maps]
+    flat = np.concatenate([a[a > 0] for a in areas]) if areas else np.zeros(0)
+    if len(flat) == 0:
+        return list(object_maps)
+    limit = factor * float(np.median(flat))
+    if (flat <= limit).sum() < keep_at_least:
+        return list(object_maps)
+    out = []
+    for o, a in zip(object_maps, areas, strict=True):
+        big = np.flatnonzero(a > limit) + 1
+        out.append(np.where(np.isin(o, big), 0, o) if big.size else o)
+    return out
+
+
+def _crop_to_objects(classes: np.ndarray, objects: np.ndarray, margin: int = 48):
+    """Both maps cut to the painted objects' bounding box plus ``margin`` (faster splits)."""
+    ys, xs = np.nonzero(objects)
+    box = (
+        slice(max(ys.min() - margin, 0), ys.max() + margin + 1),
+        slice(max(xs.min() - margin, 0), xs.max() + margin + 1),
+    )
+    return classes[box], objects[box]
 
 
 def calibrate_edges(
@@ -119,39 +164,47 @@ def calibrate_edges(
     object_maps,
     *,
     offsets=EDGE_OFFSETS,
+    depths=SEED_DEPTHS,
     min_size: int = 8,
     min_objects: int = 3,
-    min_whole: float = 0.5,
+    min_whole: float = 0.3,
     min_gain: float = 0.01,
 ) -> EdgeCalibration:
-    """Choose the edge offset at which predicted objects best match the painted ones.
+    """Choose the edge offset and seed depth at which predicted objects best match the painted.
 
     class_maps: per-pixel classes predicted for the painted slices (2D each, 0 = background).
     object_maps: the painted objects of the same slices (:func:`painted_objects`).
-    The offset stays 0 with fewer than ``min_objects`` painted objects, when at offset 0 their
-    mean IoU is below ``min_whole`` (objects not painted whole, or a model that has not learnt
-    them), or when no offset beats 0 by ``min_gain`` in mean IoU.
+    Painted regions over twice the median painted area are left out (:func:`_single_objects`).
+    The plain rule (0, 0) is kept with fewer than ``min_objects`` painted objects, when even
+    the best rule matches them at a mean IoU below ``min_whole`` (objects not painted whole, or
+    a model that has not learnt them), or when no rule beats it by ``min_gain``. Among rules
+    within ``min_gain`` of the best, the one closest to the plain rule wins.
     """
+    object_maps = _single_objects(object_maps, min_objects)
     n = sum(len(np.unique(o[o > 0])) for o in object_maps)
     if n < min_objects:
         return EdgeCalibration(0.0, n, reason=f"only {n} whole painted object(s)")
-    scores: dict[float, float] = {}
+    pairs = [
+        _crop_to_objects(c, o) for c, o in zip(class_maps, object_maps, strict=True) if o.any()
+    ]
+    scores: dict[tuple[float, float], float] = {}
     for off in offsets:
-        ious = [
-            object_ious(obj, instances_from_classes(cls, edge_offset=off, min_size=min_size)[0])
-            for cls, obj in zip(class_maps, object_maps, strict=True)
-        ]
-        scores[float(off)] = float(np.concatenate(ious).mean())
-    base = scores.get(0.0, 0.0)
-    if base < min_whole:
+        for depth in depths:
+            rule = SplitRule(True, float(off), float(depth), min_size)
+            ious = [object_ious(obj, rule.labels(cls)[0]) for cls, obj in pairs]
+            scores[(float(off), float(depth))] = float(np.concatenate(ious).mean())
+    top = max(scores.values())
+    if top < min_whole:
         return EdgeCalibration(
             0.0,
             n,
             scores,
-            reason=f"painted objects matched at mean IoU {base:.2f} < {min_whole}: "
+            reason=f"painted objects matched at mean IoU {top:.2f} < {min_whole} at best: "
             "not painted whole?",
         )
-    best = max(scores, key=lambda k: (scores[k], -abs(k)))
-    if scores[best] < base + min_gain:
-        return EdgeCalibration(0.0, n, scores, reason="no offset does better than 0")
-    return EdgeCalibration(best, n, scores)
+    base = scores.get((0.0, 0.0), 0.0)
+    if top < base + min_gain:
+        return EdgeCalibration(0.0, n, scores, reason="no other rule does better")
+    near = [k for k, v in scores.items() if v >= top - min_gain / 2]
+    off, depth = min(near, key=lambda k: (abs(k[0]) + k[1] / 2, -scores[k]))
+    return EdgeCalibration(off, n, scores, seed_depth=depth)

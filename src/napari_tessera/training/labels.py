@@ -63,11 +63,14 @@ def check_labels(labels, image_yx_shape: tuple[int, ...], mode: str) -> np.ndarr
     return arr
 
 
-def make_targets(labels: np.ndarray, mode: str, *, n_classes: int | None = None) -> Targets:
+def make_targets(
+    labels: np.ndarray, mode: str, *, n_classes: int | None = None, surround: float = 0.0
+) -> Targets:
     """Targets from checked labels shaped ``(S, Y, X)``.
 
     ``n_classes`` fixes the class count (fine-tuning a given model); otherwise it comes from
-    the labels.
+    the labels. ``surround`` (sparse labels painted as whole objects): unpainted pixels within
+    this many pixels outside a painted object count as background (see :func:`surroundings`).
     """
     if mode == "sparse":
         painted = [s for s in range(labels.shape[0]) if labels[s].any()]
@@ -92,6 +95,9 @@ def make_targets(labels: np.ndarray, mode: str, *, n_classes: int | None = None)
                 f"labels go up to {found} but the model has {n} classes (labels 1..{n})"
             )
         classes = labels - 1  # 0 (not annotated) -> -1 = IGNORE
+        if surround > 0:
+            for sl in painted:
+                classes[sl][surroundings(labels[sl], surround)] = 0
         return Targets(classes, None, n, painted)
     # dense: slices with no object at all count as not annotated and are skipped
     painted = [s for s in range(labels.shape[0]) if labels[s].any()]
@@ -102,3 +108,19 @@ def make_targets(labels: np.ndarray, mode: str, *, n_classes: int | None = None)
         raise InputError(f"dense labels train a 2-class model; the given model has {n} classes")
     classes = (labels > 0).astype(np.int64)
     return Targets(classes, labels, 2, painted)
+
+
+def surroundings(labels2d: np.ndarray, width: float) -> np.ndarray:
+    """Unpainted pixels within ``width`` px (Euclidean) outside the painted objects (2, 3, ...).
+
+    When objects are painted whole, edge to edge, these pixels are not part of them: they are
+    the gap to the background, or the edge of a touching neighbour. Taking them as background
+    teaches the network where an object ends and that touching objects are apart, which the
+    background strokes (painted at a distance) do not.
+    """
+    from scipy import ndimage as ndi
+
+    objects = labels2d >= 2
+    if not objects.any():
+        return np.zeros(labels2d.shape, bool)
+    return (labels2d == 0) & (ndi.distance_transform_edt(~objects) <= width)

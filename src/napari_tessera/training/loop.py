@@ -41,7 +41,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import DistContext
 from .edges import EdgeCalibration, calibrate_edges, painted_objects
 from .labels import check_labels, make_targets
-from .losses import annotated_iou, segmentation_loss
+from .losses import annotated_iou, kept_predictions, segmentation_loss
 from .sampling import PatchSampler
 from .weights import border_weights
 
@@ -54,7 +54,9 @@ class TrainConfig:
 
     mode: "sparse" (painted: 0 = not annotated, 1 = background, 2+ = objects) or "dense"
         (0 = background, distinct values = distinct objects).
-    steps / time_limit: stop after this many optimiser steps and/or seconds (default 500 steps).
+    steps: the planned optimiser steps (default 500); the learning-rate schedule follows
+        them, so a run does not depend on the machine's speed.
+    time_limit: stop after this many seconds even if the planned steps are not done.
     base_channels / depth: size of a network trained from scratch.
     val_fraction: share of annotated blocks (or slices) held out for validation.
     patience: stop after this many validations without improvement (None: never).
@@ -69,8 +71,15 @@ class TrainConfig:
         :func:`~napari_tessera.training.losses.unannotated_entropy`). It never calls them
         background. Validation and the kept step use the supervised loss alone.
     calibrate_edges: after training, segment the painted slices and store with the model the
-        edge offset at which its objects best match the painted whole objects (see
-        :mod:`~napari_tessera.training.edges`); segmenting applies it. False stores none.
+        edge offset and seed depth at which its objects best match the painted whole objects
+        (see :mod:`~napari_tessera.training.edges`); segmenting applies them. False stores none.
+    surround: sparse labels, objects painted whole: unpainted pixels within this many pixels
+        outside a painted object count as background (the gap to the background or the edge
+        of a touching neighbour; :func:`~napari_tessera.training.labels.surroundings`).
+        0 for objects painted as strokes inside them.
+    keep: fine-tuning only: weight of a term that keeps the starting model's own predictions
+        where nothing is painted (:func:`~napari_tessera.training.losses.kept_predictions`),
+        so a dozen painted objects correct the model without rewriting it. 0: off.
     """
 
     mode: str = "sparse"
@@ -95,6 +104,8 @@ class TrainConfig:
     ema: float = 0.0
     entropy: float = 0.0
     calibrate_edges: bool = True
+    surround: float = 2.0
+    keep: float = 1.0
     preview_every: float = 0.0
     preview_slice: int = 0
     checkpoint: str | None = None
@@ -113,6 +124,10 @@ class TrainConfig:
             raise InputError(f"seed must be a non-negative integer, got {self.seed!r}")
         if not 0 <= self.ema < 1:
             raise InputError(f"weight average decay must be in [0, 1), got {self.ema}")
+        for name in ("surround", "keep"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
+                raise InputError(f"{name} must be zero or a positive number, got {v!r}")
         if not 0 <= self.entropy < math.inf:
             raise InputError(f"entropy weight must be zero or positive, got {self.entropy}")
         if not 0 <= self.val_fraction < 1:
@@ -160,7 +175,8 @@ class TrainResult:
     elapsed: float
     stopped: str  # "steps", "time", "early", "requested"
     history: list[dict[str, Any]] = field(default_factory=list)
-    edges: EdgeCalibration | None = None  # the stored edge offset and how it was chosen
+    edges: EdgeCalibration | None = None  # the stored split rule and how it was chosen
+    planned_steps: int | None = None  # the run's plan (a time limit may stop it earlier)
 
 
 def _auto(cfg: TrainConfig, yx: tuple[int, int], device: torch.device, fine_tune: bool):
@@ -171,20 +187,18 @@ def _auto(cfg: TrainConfig, yx: tuple[int, int], device: torch.device, fine_tune
     # larger batch does (docs/benchmarks.md, "Batch size")
     batch = cfg.batch_size or (4 if device.type == "cpu" else 16)
     lr = cfg.lr or (3e-4 if fine_tune else 2e-3)
-    steps = cfg.steps if (cfg.steps or cfg.time_limit) else DEFAULT_STEPS
+    # a fixed plan of steps, whatever the machine's speed, so the same command gives the same
+    # model; a time limit only cuts a run short
+    steps = cfg.steps or DEFAULT_STEPS
     val_every = cfg.val_every or 25
     return patch, batch, lr, steps, val_every
 
 
-def _lr_at(base: float, step: int, steps: int | None, elapsed: float, limit: float | None):
-    """Linear warm-up over 20 steps, then cosine decay to 5% over the run (steps or time)."""
+def _lr_at(base: float, step: int, steps: int):
+    """Linear warm-up over 20 steps, then cosine decay to 5% over the planned steps."""
     warm = min(1.0, (step + 1) / 20)
-    frac = 0.0
-    if steps:
-        frac = max(frac, step / steps)
-    if limit:
-        frac = max(frac, elapsed / limit)
-    return base * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+    frac = min(step / steps, 1.0)
+    return base * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
 def iter_train(
@@ -213,9 +227,6 @@ def iter_train(
     lay = layout(np.shape(image), axes)
     lab = check_labels(labels, lay.out_shape, cfg.mode)
     lab = lab.reshape((lay.n_slices, *lay.yx))
-    targets = make_targets(
-        lab, cfg.mode, n_classes=model.config.n_classes if model is not None else None
-    )
     device = resolve_device(cfg.device)
     if dist_ctx is not None:
         device = ddp.setup(dist_ctx, device)
@@ -235,9 +246,17 @@ def iter_train(
             patch_size=cfg.patch_size or rc.get("patch_size"),
             ema=float(rc.get("ema", cfg.ema)),  # the same average as before the interruption
             entropy=float(rc.get("entropy", cfg.entropy)),  # and the same loss
+            surround=float(rc.get("surround", cfg.surround)),
+            keep=float(rc.get("keep", cfg.keep)),
         )
     else:
         fine_tune = model is not None
+    targets = make_targets(
+        lab,
+        cfg.mode,
+        n_classes=model.config.n_classes if model is not None else None,
+        surround=cfg.surround if cfg.mode == "sparse" else 0.0,
+    )
     torch.manual_seed(cfg.seed)  # before the network is built: the seed fixes its initial weights
     if model is None:
         model = UNet(
@@ -282,6 +301,10 @@ def iter_train(
         classes.append(targets.classes[s])
         if weights is not None:
             weights.append(border_weights(targets.instances[s], w0=cfg.w0, sigma=cfg.sigma))
+    # fine-tuning keeps the starting model's predictions where nothing is painted
+    soft = None
+    if fine_tune and cfg.keep > 0:
+        soft = _start_predictions(model, image, lay, targets.slices, device)
     sampler = PatchSampler(
         images,
         classes,
@@ -290,11 +313,19 @@ def iter_train(
         val_fraction=cfg.val_fraction,
         rng=rng,
         elastic=cfg.elastic,
+        soft=soft,
     )
     if sampler.val_regions and not sampler.can_place():
         # the image is too small to hold validation blocks apart from training patches
         sampler = PatchSampler(
-            images, classes, weights, patch=patch, val_fraction=0.0, rng=rng, elastic=cfg.elastic
+            images,
+            classes,
+            weights,
+            patch=patch,
+            val_fraction=0.0,
+            rng=rng,
+            elastic=cfg.elastic,
+            soft=soft,
         )
 
     model.to(device).train()
@@ -401,12 +432,14 @@ def iter_train(
         if reason is not None:
             stopped = reason
             break
-        lr = _lr_at(base_lr, step, steps, now, cfg.time_limit)
+        lr = _lr_at(base_lr, step, steps)
         for g in opt.param_groups:
             g["lr"] = lr
-        x, y, w = sampler.sample(batch)  # the global batch (the same on every process)
+        x, y, w, soft_t = sampler.sample(batch)  # the global batch (the same on every process)
         if dist_ctx is not None:
-            x, y, w = x[part], y[part], (w[part] if w is not None else None)
+            x, y = x[part], y[part]
+            w = w[part] if w is not None else None
+            soft_t = soft_t[part] if soft_t is not None else None
         notices: list[str] = []
         while True:
             try:
@@ -423,6 +456,8 @@ def iter_train(
                     dice=cfg.dice,
                     balance=balance,
                     entropy=cfg.entropy,
+                    soft=soft_t,
+                    keep=cfg.keep,
                 )
                 break
             except Exception as err:  # only out-of-memory errors are handled
@@ -569,9 +604,12 @@ def iter_train(
     edges = None
     if cfg.calibrate_edges and main_rank:
         edges = _calibrate_edges(model, image, lay, lab, targets.slices, cfg.mode, device)
-    meta = {k: v for k, v in model.metadata.items() if k != "edge_offset"}  # a base model's
+    # a base model's split rule gives way to this run's calibration
+    meta = {k: v for k, v in model.metadata.items() if k not in ("edge_offset", "seed_depth")}
     if edges is not None and edges.offset:
         meta["edge_offset"] = edges.offset
+    if edges is not None and edges.seed_depth:
+        meta["seed_depth"] = edges.seed_depth
     model.metadata = {
         **meta,
         "class_names": _class_names(targets.n_classes, cfg.mode),
@@ -592,16 +630,34 @@ def iter_train(
             "edges": edges.as_metadata() if edges is not None else None,
         },
     }
-    return TrainResult(model, best_step, best_iou, step, elapsed(), stopped, history, edges)
+    return TrainResult(
+        model, best_step, best_iou, step, elapsed(), stopped, history, edges, planned_steps=steps
+    )
 
 
 def _train_step(
-    model, opt, scaler, x, y, w, chunks, device, amp_dtype, *, dice, balance=False, entropy=0.0
+    model,
+    opt,
+    scaler,
+    x,
+    y,
+    w,
+    chunks,
+    device,
+    amp_dtype,
+    *,
+    dice,
+    balance=False,
+    entropy=0.0,
+    soft=None,
+    keep=0.0,
 ) -> float:
     """One optimiser step on a batch, run in ``chunks`` pieces whose gradients add up.
 
     Each piece's loss is weighted by its share of the batch, so the gradient matches the
     whole-batch one up to the Dice term (computed per piece) and BatchNorm batch statistics.
+    ``soft``: the starting model's predictions, kept with weight ``keep`` where nothing is
+    painted.
     """
     opt.zero_grad(set_to_none=True)
     n = len(x)
@@ -620,6 +676,9 @@ def _train_step(
             loss = segmentation_loss(
                 logits.float(), yt, wt, dice=dice, balance=balance, entropy=entropy
             )
+            if soft is not None and keep > 0:
+                st = torch.from_numpy(soft[a : a + size]).to(device)
+                loss = loss + keep * kept_predictions(logits.float(), yt, st)
             loss = loss * (len(xt) / n)
             if scaler is not None:
                 scaler.scale(loss).backward()
@@ -711,6 +770,18 @@ def _calibrate_edges(model, image, lay, labels, slices, mode, device) -> EdgeCal
         classes.append(classes_from_probabilities(prob))
         objects.append(obj)
     return calibrate_edges(classes, objects)
+
+
+@torch.no_grad()
+def _start_predictions(model, image, lay, slices, device) -> list[np.ndarray]:
+    """The starting model's class probabilities for each of the ``slices``, as it segments
+    them (float16 to halve the memory)."""
+    return [
+        predict_tiled(
+            model, lay.slice_view(image, s), axes="CYX", device=device, halo="exact"
+        ).astype(np.float16)
+        for s in slices
+    ]
 
 
 @torch.no_grad()

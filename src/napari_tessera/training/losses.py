@@ -85,6 +85,25 @@ def unannotated_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Ten
     return (ent * free).sum() / free.sum().clamp_min(1.0)
 
 
+def kept_predictions(
+    logits: torch.Tensor, target: torch.Tensor, soft: torch.Tensor
+) -> torch.Tensor:
+    """Cross-entropy from ``soft`` class probabilities to the predictions, over pixels nobody
+    painted (0 without such pixels).
+
+    When fine-tuning, ``soft`` holds the starting model's own predictions: the painted pixels
+    correct the model, and this term keeps what it did everywhere else (distillation, Hinton
+    et al. 2015). It is the KL divergence from the start's predictions up to a constant, so it
+    is smallest when the model still agrees with its start where nothing was painted.
+    """
+    free = (target == IGNORE).float()
+    if logits.shape[1] == 1:
+        ce = F.binary_cross_entropy_with_logits(logits[:, 0], soft[:, 0], reduction="none")
+    else:
+        ce = -(soft * torch.log_softmax(logits, dim=1)).sum(dim=1)
+    return (ce * free).sum() / free.sum().clamp_min(1.0)
+
+
 @torch.no_grad()
 def annotated_iou(logits: torch.Tensor, target: torch.Tensor) -> tuple[float, float]:
     """Intersection and union of the predicted and painted objects over annotated pixels.

@@ -9,6 +9,7 @@ sees validation pixels while it trains.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -21,6 +22,15 @@ ELASTIC_MARGIN = 16  # extra pixels read around a patch so the deformation has r
 
 class _NoRoom(RuntimeError):
     """No training window avoids the validation blocks."""
+
+
+class Batch(NamedTuple):
+    """Training patches: images, targets, pixel weights (or None), soft targets (or None)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    w: np.ndarray | None
+    soft: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,8 @@ class PatchSampler:
     images: list of normalised ``(C, Y, X)`` float32 slices.
     classes: list of int64 ``(Y, X)`` targets (``IGNORE`` = not annotated).
     weights: list of float32 ``(Y, X)`` pixel weights, or None.
+    soft: list of float32 ``(n_classes, Y, X)`` class probabilities to keep where nothing is
+        painted (a starting model's own predictions, when fine-tuning), or None.
     """
 
     def __init__(
@@ -59,8 +71,10 @@ class PatchSampler:
         val_fraction: float,
         rng: np.random.Generator,
         elastic: bool = True,
+        soft: list[np.ndarray] | None = None,
     ):
         self.images, self.classes, self.weights = images, classes, weights
+        self.soft = soft
         self.patch = patch
         self.rng = rng
         self.elastic = elastic
@@ -205,10 +219,11 @@ class PatchSampler:
         dy, dx = np.unravel_index(options[self.rng.integers(len(options))], box.shape)
         return s, cy - hi + 1 + int(dy), cx - hi + 1 + int(dx)
 
-    def sample(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """``n`` augmented patches: images ``(n, C, P, P)``, targets ``(n, P, P)``, weights."""
+    def sample(self, n: int) -> Batch:
+        """``n`` augmented patches: images ``(n, C, P, P)``, targets ``(n, P, P)``, weights
+        ``(n, P, P)`` and soft targets ``(n, K, P, P)`` where the sampler has them."""
         bg, fg = self._candidates
-        xs, ys, ws = [], [], []
+        xs, ys, ws, ss = [], [], [], []
         for i in range(n):
             pool = fg if (i % 2 == 0 and any(len(f) for _, f in fg)) else bg
             if not any(len(p) for _, p in pool):
@@ -219,16 +234,22 @@ class PatchSampler:
             img = _window(self.images[s], y0, x0, size)
             tgt = _window(self.classes[s], y0, x0, size)
             wt = _window(self.weights[s], y0, x0, size) if self.weights is not None else None
-            img, tgt, wt = augment(img, tgt, wt, self.rng, elastic=self.elastic)
+            soft = None
+            if self.soft is not None:
+                soft = _window(self.soft[s], y0, x0, size).astype(np.float32)
+            img, tgt, wt, soft = augment(img, tgt, wt, self.rng, elastic=self.elastic, soft=soft)
             crop = (slice(m, m + self.patch), slice(m, m + self.patch))
             xs.append(img[(slice(None), *crop)])
             ys.append(tgt[crop])
             if wt is not None:
                 ws.append(wt[crop])
-        return (
+            if soft is not None:
+                ss.append(soft[(slice(None), *crop)])
+        return Batch(
             np.ascontiguousarray(np.stack(xs), dtype=np.float32),
             np.stack(ys).astype(np.int64),
             np.stack(ws).astype(np.float32) if ws else None,
+            np.stack(ss).astype(np.float32) if ss else None,
         )
 
     # -- validation ------------------------------------------------------------------------------
@@ -266,11 +287,13 @@ class PatchSampler:
         return self._val_mask[s]
 
 
-def augment(img, tgt, wt, rng: np.random.Generator, *, elastic: bool = True):
+def augment(img, tgt, wt, rng: np.random.Generator, *, elastic: bool = True, soft=None):
     """Random flips, 90-degree rotations, elastic deformation, intensity scale/offset, noise.
 
     The elastic deformation follows the U-Net paper: random displacements on a coarse 3x3 grid
-    (10 px standard deviation) interpolated smoothly over the patch.
+    (10 px standard deviation) interpolated smoothly over the patch. Weights ``wt`` and soft
+    targets ``soft`` ``(K, Y, X)`` move with the pixels (they are not intensities). Returns
+    ``(img, tgt, wt, soft)``.
     """
     k = int(rng.integers(4))
     flip = bool(rng.integers(2))
@@ -281,7 +304,7 @@ def augment(img, tgt, wt, rng: np.random.Generator, *, elastic: bool = True):
         a = np.rot90(a, k, axes=(-2, -1))
         return a[..., ::-1] if flip else a
 
-    img, tgt, wt = geo(img), geo(tgt), geo(wt)
+    img, tgt, wt, soft = geo(img), geo(tgt), geo(wt), geo(soft)
     if elastic and rng.random() < 0.5:
         h, w = tgt.shape
         coarse = rng.normal(0, 10.0, size=(2, 3, 3))
@@ -292,6 +315,8 @@ def augment(img, tgt, wt, rng: np.random.Generator, *, elastic: bool = True):
         tgt = ndi.map_coordinates(tgt, coords, order=0, mode="mirror")
         if wt is not None:
             wt = ndi.map_coordinates(wt, coords, order=1, mode="mirror")
+        if soft is not None:
+            soft = np.stack([ndi.map_coordinates(c, coords, order=1, mode="mirror") for c in soft])
     img = img * rng.uniform(0.75, 1.25) + rng.uniform(-0.15, 0.15)
     sigma = rng.uniform(0, 0.05)
     if sigma > 0:
@@ -300,4 +325,5 @@ def augment(img, tgt, wt, rng: np.random.Generator, *, elastic: bool = True):
         np.ascontiguousarray(img),
         np.ascontiguousarray(tgt),
         (None if wt is None else np.ascontiguousarray(wt)),
+        (None if soft is None else np.ascontiguousarray(soft)),
     )

@@ -1,0 +1,219 @@
+#!/usr/bin/env python
+"""Training from a dozen painted objects, on real microscopy and on synthetic nuclei.
+
+Real images: the development set of ``../shared/realdata.py`` (15 fluorescence images with
+human-drawn whole-cell masks, three groups; the green channel). Synthetic: ``nuclei_2d`` images
+with seeds 90000, 90001, ... For every image the same paint is used by every method: a dozen
+whole objects (2) and background strokes (1) on the LEFT half; the RIGHT half, which nobody
+painted, is scored as instance F1 with objects matched at IoU >= 0.5.
+
+Methods (each on 2 CPU threads):
+  default   the built-in nuclei model, no training
+  scratch   ``tessera``'s default training from scratch
+  finetune  the default training, starting from the built-in model
+  rf        scikit-image's multiscale_basic_features + a random forest, same instance split
+
+One JSON line per (image, method, repeat) goes to ``--jsonl``; ``--summarize FILE`` prints the
+table (mean, lowest, per image) of a results file.
+
+    python ../shared/realdata.py   # once: fetch the real images
+    python benchmarks/bench_real.py --images real synthetic --methods scratch finetune rf \
+        --jsonl benchmarks/results/real.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from _results import append_row, cpu_env, settings
+from bench_accuracy import scribbles as synthetic_scribbles
+from skimage import feature, future
+from sklearn.ensemble import RandomForestClassifier
+
+from napari_tessera import segment
+from napari_tessera.io import load_model
+from napari_tessera.metrics import match_instances
+from napari_tessera.models import default_model_path
+from napari_tessera.postprocess import SplitRule
+from napari_tessera.synthetic import nuclei_2d
+from napari_tessera.training import TrainConfig, train
+from napari_tessera.training.edges import calibrate_edges, painted_objects
+
+SHARED = Path(os.environ.get("TESSERA_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+SYNTHETIC_SEEDS = [90_000 + k for k in range(6)]
+
+
+def realdata():
+    sys.path.insert(0, str(SHARED))
+    import realdata as rd  # noqa: PLC0415 - lives outside the repository
+
+    return rd
+
+
+def image_names(groups: list[str]) -> list[str]:
+    names: list[str] = []
+    for g in groups:
+        if g == "real":
+            names += realdata().NAMES
+        elif g == "synthetic":
+            names += [f"synthetic_{s}" for s in SYNTHETIC_SEEDS]
+        else:
+            names.append(g)
+    return names
+
+
+def load_case(name: str, paint_seed: int):
+    """``(image, truth, painted)`` for an image name."""
+    if name.startswith("synthetic_"):
+        seed = int(name.split("_")[1])
+        s = nuclei_2d((512, 512), seed=seed, radius=(6.0, 11.0), touching=0.35)
+        return s.image, s.labels, synthetic_scribbles(s.labels, np.random.default_rng(seed))
+    rd = realdata()
+    image, truth = rd.load(name)
+    return image.astype(np.float32), truth, rd.scribbles(truth, seed=paint_seed)
+
+
+def right_half(a: np.ndarray) -> np.ndarray:
+    return a[:, a.shape[1] // 2 :]
+
+
+def score(truth: np.ndarray, pred: np.ndarray) -> dict:
+    m = match_instances(right_half(truth), right_half(pred))
+    t, p = right_half(truth) > 0, right_half(pred) > 0
+    return {
+        "f1": m.f1,
+        "precision": m.precision,
+        "recall": m.recall,
+        "fg_iou": float((t & p).sum() / max((t | p).sum(), 1)),
+        "objects_true": int(len(np.unique(right_half(truth))) - 1),
+        "objects_pred": int(len(np.unique(right_half(pred))) - 1),
+    }
+
+
+def random_forest(image, painted, seed: int) -> tuple[np.ndarray, dict]:
+    """scikit-image's trainable segmentation; objects split by the same rule Tessera uses,
+    calibrated the same way on the painted objects."""
+    feats = feature.multiscale_basic_features(
+        image.astype(np.float32),
+        intensity=True,
+        edges=True,
+        texture=True,
+        sigma_min=1,
+        sigma_max=16,
+    )
+    clf = RandomForestClassifier(
+        n_estimators=50, n_jobs=2, max_depth=10, max_samples=0.05, random_state=seed
+    )
+    classes = future.predict_segmenter(feats, future.fit_segmenter(painted, feats, clf)) - 1
+    cal = calibrate_edges([classes], [painted_objects(painted, "sparse")])
+    rule = SplitRule(True, cal.offset, cal.seed_depth)
+    return rule.labels(classes)[0], {
+        "edge_offset": cal.offset,
+        "seed_depth": cal.seed_depth,
+        "calibration_score": cal.score,
+    }
+
+
+def run_method(method: str, image, painted, cfg: TrainConfig) -> tuple[np.ndarray, dict]:
+    """Instance labels of the whole image and facts about the run."""
+    if method == "rf":
+        return random_forest(image, painted, cfg.seed)
+    if method == "default":
+        return segment(image, load_model(default_model_path()), instances=True, device="cpu"), {}
+    start = load_model(default_model_path()) if method == "finetune" else None
+    t0 = time.perf_counter()
+    res = train(image, painted, config=cfg, model=start)
+    facts = {
+        "train_s": round(time.perf_counter() - t0, 1),
+        "steps": res.steps,
+        "kept_step": res.best_step,
+        "stopped": res.stopped,
+        "edge_offset": res.model.metadata.get("edge_offset", 0.0),
+        "seed_depth": res.model.metadata.get("seed_depth", 0.0),
+        "calibration_score": res.edges.score if res.edges is not None else None,
+        "calibration": res.edges.reason if res.edges is not None else None,
+    }
+    return segment(image, res.model, instances=True, device="cpu"), facts
+
+
+def summarize(path: str) -> None:
+    rows = [json.loads(line) for line in open(path)]
+    by = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        by[r["method"]][r["image"]].append(r["f1"])
+    images = sorted({r["image"] for r in rows})
+    print("| method | mean F1 | lowest | " + " | ".join(images) + " |")
+    print("|---" * (3 + len(images)) + "|")
+    for method, per in by.items():
+        means = [np.mean(v) for v in per.values()]
+        cells = ["/".join(f"{x:.3f}" for x in per[i]) if i in per else "-" for i in images]
+        print(f"| {method} | {np.mean(means):.3f} | {min(means):.3f} | " + " | ".join(cells) + " |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument(
+        "--images",
+        nargs="+",
+        default=["real", "synthetic"],
+        help="'real', 'synthetic', or image names (kc167_095, synthetic_90000, ...)",
+    )
+    ap.add_argument(
+        "--methods",
+        nargs="+",
+        default=["default", "scratch", "finetune", "rf"],
+        choices=["default", "scratch", "finetune", "rf"],
+    )
+    ap.add_argument("--time-limit", type=float, default=120.0)
+    ap.add_argument("--steps", type=int, help="a fixed number of steps instead of the default")
+    ap.add_argument("--seed", type=int, default=0, help="training seed")
+    ap.add_argument("--paint-seed", type=int, default=0, help="realdata.scribbles seed")
+    ap.add_argument("--repeats", type=int, default=1, help="runs of the same command per image")
+    ap.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="TrainConfig fields to override"
+    )
+    ap.add_argument("--tag", default="", help="a label stored with every row")
+    ap.add_argument("--jsonl", help="append one JSON line per run here")
+    ap.add_argument("--summarize", metavar="FILE", help="print the table of a results file")
+    args = ap.parse_args()
+    if args.summarize:
+        summarize(args.summarize)
+        return
+    torch.set_num_threads(2)
+    env = cpu_env()
+    cfg = TrainConfig(
+        time_limit=args.time_limit,
+        steps=args.steps,
+        seed=args.seed,
+        device="cpu",
+        **settings(args.set),
+    )
+    for name in image_names(args.images):
+        image, truth, painted = load_case(name, args.paint_seed)
+        for method in args.methods:
+            repeats = args.repeats if method in ("scratch", "finetune") else 1
+            for rep in range(repeats):
+                pred, facts = run_method(method, image, painted, cfg)
+                row = {
+                    "image": name,
+                    "method": method,
+                    "repeat": rep,
+                    "tag": args.tag,
+                    **score(truth, pred),
+                    **facts,
+                    "set": args.set,
+                    "env": env,
+                }
+                append_row(row, args.jsonl)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""Training from a few whole painted objects: the surroundings of painted objects, keeping a
+starting model's predictions when fine-tuning, and the split rule stored with the model.
+
+Each mechanism has a test that fails when it is switched off.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage as ndi
+
+from napari_tessera import UNet
+from napari_tessera.errors import ModelFileError
+from napari_tessera.inference import predict_tiled, segment
+from napari_tessera.io import load_model, save_model
+from napari_tessera.postprocess import SplitRule
+from napari_tessera.synthetic import nuclei_2d
+from napari_tessera.training import IGNORE, TrainConfig, make_targets, train
+from napari_tessera.training.edges import calibrate_edges
+from napari_tessera.training.labels import surroundings
+from napari_tessera.training.losses import kept_predictions
+from napari_tessera.training.sampling import PatchSampler
+
+
+def tiny(**kw) -> TrainConfig:
+    base = dict(
+        steps=20, base_channels=4, depth=2, patch_size=32, batch_size=2, val_every=5, device="cpu"
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+# -- the surroundings of painted objects ------------------------------------------------------
+def test_surroundings_of_whole_objects_are_background_and_nothing_else_is():
+    lab = np.zeros((1, 40, 40), np.int64)
+    lab[0, 10:20, 10:20] = 2
+    lab[0, 10:20, 21:30] = 3  # another class, 1 px apart
+    lab[0, 35, :] = 1
+    t = make_targets(lab, "sparse", surround=2)
+    ring = surroundings(lab[0], 2)
+    assert ring[9, 15] and ring[8, 15] and not ring[7, 15]  # 1 and 2 px out, not 3
+    assert ring[15, 20]  # the gap between the two objects
+    assert not ring[lab[0] > 0].any()  # painted pixels keep their label
+    np.testing.assert_array_equal(t.classes[0][ring], 0)
+    far = (lab[0] == 0) & ~ring
+    np.testing.assert_array_equal(t.classes[0][far], IGNORE)  # unpainted stays unpainted
+    assert (t.classes[0][lab[0] == 2] == 1).all() and (t.classes[0][lab[0] == 3] == 2).all()
+    # switched off: the ring is not annotated
+    off = make_targets(lab, "sparse")
+    np.testing.assert_array_equal(off.classes[0][ring], IGNORE)
+
+
+def test_training_uses_the_surroundings_by_default_and_can_leave_them_out(monkeypatch):
+    seen = {}
+    import napari_tessera.training.loop as loop
+
+    real = loop.make_targets
+
+    def spy(*args, **kwargs):
+        seen["surround"] = kwargs.get("surround")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "make_targets", spy)
+    img = nuclei_2d((96, 96), seed=1)
+    lab = np.zeros(img.labels.shape, np.int64)
+    lab[img.labels == 1] = 2
+    lab[img.labels == 2] = 2
+    lab[~ndi.binary_dilation(img.labels > 0, iterations=4)] = 1
+    train(img.image, lab, config=tiny(mode="sparse", steps=2, calibrate_edges=False))
+    assert seen["surround"] == 2.0
+    train(img.image, lab, config=tiny(mode="sparse", steps=2, surround=0, calibrate_edges=False))
+    assert seen["surround"] == 0
+
+
+# -- keeping the start's predictions ----------------------------------------------------------
+def test_kept_predictions_look_only_at_unpainted_pixels_and_prefer_the_start():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 8, 8, requires_grad=True)
+    target = torch.full((2, 8, 8), IGNORE)
+    target[:, :4] = 1  # top half painted
+    soft = torch.softmax(torch.randn(2, 3, 8, 8), 1)
+    loss = kept_predictions(logits, target, soft)
+    loss.backward()
+    assert logits.grad[:, :, :4].abs().max() == 0  # painted pixels: the labels decide
+    assert logits.grad[:, :, 4:].abs().max() > 0
+    # smallest when the model predicts what it predicted before
+    same = kept_predictions(soft.log(), target, soft)
+    assert same < loss
+    assert kept_predictions(logits, torch.zeros_like(target), soft) == 0  # all painted
+
+
+def test_the_sampler_moves_soft_targets_with_the_pixels():
+    rng = np.random.default_rng(0)
+    truth = nuclei_2d((96, 96), seed=2).labels > 0
+    classes = np.where(truth, 1, 0).astype(np.int64)
+    soft = np.stack([~truth, truth]).astype(np.float32)  # one-hot of the same map
+    img = truth[None].astype(np.float32)
+    sampler = PatchSampler([img], [classes], None, patch=32, val_fraction=0.0, rng=rng, soft=[soft])
+    batch = sampler.sample(16)
+    assert batch.soft.shape == (16, 2, 32, 32)
+    agree = (batch.soft.argmax(1) == batch.y).mean()
+    assert agree > 0.97  # flips, rotations and the elastic warp move them together
+
+
+def _start_and_paint():
+    """A model trained densely on one image, and a painting of a few objects of another."""
+    a, b = nuclei_2d((128, 128), seed=3), nuclei_2d((128, 128), seed=4)
+    cfg = tiny(mode="dense", steps=60, base_channels=8, batch_size=4, seed=0)
+    start = train(a.image, a.labels, config=cfg).model
+    lab = np.zeros(b.labels.shape, np.int64)
+    for i in (1, 2, 3):
+        lab[b.labels == i] = 2
+    lab[:, :6] = np.where(b.labels[:, :6] == 0, 1, lab[:, :6])
+    return start, b, lab
+
+
+def test_fine_tuning_keeps_the_start_where_nothing_is_painted():
+    start, b, lab = _start_and_paint()
+    before = predict_tiled(start, b.image, device="cpu", halo="exact")[1]
+    moved = {}
+    for keep in (3.0, 0.0):
+        cfg = tiny(
+            mode="sparse",
+            steps=40,
+            seed=1,
+            keep=keep,
+            lr=3e-3,
+            val_fraction=0,  # the last weights of both runs, not a step validation picked
+            calibrate_edges=False,
+        )
+        res = train(b.image, lab, config=cfg, model=_copy(start))
+        after = predict_tiled(res.model, b.image, device="cpu", halo="exact")[1]
+        moved[keep] = float(np.abs(after - before)[lab == 0].mean())
+    # switched off, the unpainted pixels drift much further from the start
+    assert moved[3.0] < 0.7 * moved[0.0], moved
+
+
+def _copy(model: UNet) -> UNet:
+    m = UNet(model.config, metadata=dict(model.metadata))
+    m.load_state_dict(model.state_dict())
+    return m
+
+
+# -- the split rule stored with the model -----------------------------------------------------
+def test_training_stores_the_calibrated_seed_depth_and_segment_applies_it(tmp_path):
+    img = nuclei_2d((128, 128), seed=5)
+    lab = np.zeros(img.labels.shape, np.int64)
+    for i in range(1, 9):
+        lab[img.labels == i] = 2
+    lab[~ndi.binary_dilation(img.labels > 0, iterations=4) & (np.arange(128) % 9 == 0)] = 1
+    res = train(img.image, lab, config=tiny(mode="sparse", steps=30, base_channels=8, seed=0))
+    meta = res.model.metadata
+    assert meta["provenance"]["edges"]["seed_depth"] == res.edges.seed_depth
+    assert meta.get("seed_depth", 0.0) == res.edges.seed_depth
+    classes = segment(img.image, res.model, device="cpu", edge_offset=0)
+    assert calibrate_edges([classes], [_objects(lab)]) == res.edges
+    rule = SplitRule(True, res.edges.offset, res.edges.seed_depth)
+    np.testing.assert_array_equal(
+        segment(img.image, res.model, device="cpu", instances=True), rule.labels(classes)[0]
+    )
+    # a stored depth travels with the model file; a bad one is refused on load
+    res.model.metadata["seed_depth"] = 5.0
+    path = save_model(res.model, tmp_path / "m.safetensors")
+    deep = segment(img.image, load_model(path), device="cpu", instances=True)
+    np.testing.assert_array_equal(deep, SplitRule(True, res.edges.offset, 5.0).labels(classes)[0])
+    np.testing.assert_array_equal(
+        segment(img.image, load_model(path), device="cpu", instances=True, seed_depth=0),
+        SplitRule(True, res.edges.offset, 0.0).labels(classes)[0],
+    )
+    res.model.metadata["seed_depth"] = 1e6
+    bad = save_model(res.model, tmp_path / "bad.safetensors")
+    with pytest.raises(ModelFileError, match="seed depth"):
+        load_model(bad)
+
+
+def _objects(lab):
+    from napari_tessera.training.edges import painted_objects
+
+    return painted_objects(lab, "sparse")
+
+
+def test_calibration_leaves_out_painted_regions_that_join_several_objects():
+    # ten single discs and two painted regions that each join three touching discs
+    yy, xx = np.mgrid[:200, :300]
+    objects = np.zeros((200, 300), np.int32)
+    k = 0
+    for cy in (30, 90):
+        for cx in range(30, 300, 60):
+            k += 1
+            objects[(yy - cy) ** 2 + (xx - cx) ** 2 <= 100] = k
+    for row in (150, 185):
+        k += 1
+        for cx in (40, 58, 76):
+            objects[(yy - row) ** 2 + (xx - cx) ** 2 <= 100] = k
+    pred = (objects > 0).astype(np.uint8)  # a perfect prediction of every disc
+    cal = calibrate_edges([pred], [objects])
+    assert cal.objects == 10  # the two joined regions do not count
+    assert cal.score > 0.95
