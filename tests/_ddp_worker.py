@@ -53,12 +53,12 @@ def main() -> None:
         plain_sample = PatchSampler.sample
 
         def sample(self, n):
-            x, y, w = plain_sample(self, n)
+            batch = plain_sample(self, n)
             h = n // 2
-            x[h:], y[h:] = x[:h], y[:h]
-            if w is not None:
-                w[h:] = w[:h]
-            return x, y, w
+            for part in batch:
+                if part is not None:
+                    part[h:] = part[:h]
+            return batch
 
         PatchSampler.sample = sample
 

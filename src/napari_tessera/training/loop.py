@@ -223,41 +223,478 @@ def iter_train(
     batch is shared between the processes, only rank 0 writes checkpoints and previews.
     Returns a :class:`TrainResult` (the generator's return value).
     """
-    cfg = config or TrainConfig()
-    lay = layout(np.shape(image), axes)
-    lab = check_labels(labels, lay.out_shape, cfg.mode)
-    lab = lab.reshape((lay.n_slices, *lay.yx))
-    device = resolve_device(cfg.device)
-    if dist_ctx is not None:
-        device = ddp.setup(dist_ctx, device)
-    main_rank = dist_ctx is None or dist_ctx.is_main
-    state = load_checkpoint(resume) if resume is not None else None
-    if state is not None:
-        model = state.model
-        fine_tune = bool(state.run_config.get("fine_tune", False))
-        rc = state.run_config
-        if rc.get("mode", cfg.mode) != cfg.mode:
-            raise InputError(f"the checkpoint was trained with {rc['mode']} labels, not {cfg.mode}")
-        # the same seed, validation share and patch size rebuild the same validation split
-        cfg = replace(
-            cfg,
-            seed=int(rc.get("seed", cfg.seed)),
-            val_fraction=float(rc.get("val_fraction", cfg.val_fraction)),
-            patch_size=cfg.patch_size or rc.get("patch_size"),
-            ema=float(rc.get("ema", cfg.ema)),  # the same average as before the interruption
-            entropy=float(rc.get("entropy", cfg.entropy)),  # and the same loss
-            surround=float(rc.get("surround", cfg.surround)),
-            keep=float(rc.get("keep", cfg.keep)),
+    run = _Run(image, labels, axes, config or TrainConfig(), model, resume, stop, dist_ctx)
+    while (reason := run.stop_reason()) is None:
+        yield run.step()
+        run.checkpoint_if_due()
+        if run.cfg.patience and run.bad_validations >= run.cfg.patience:
+            reason = "early"
+            break
+    return run.finish(reason)
+
+
+@dataclass
+class _Best:
+    """The weights a run returns: the best validated so far (None: the latest)."""
+
+    state: dict[str, Any] | None = None
+    score: tuple[float, float] | None = None
+    step: int = 0
+    iou: float | None = None
+
+
+class _Run:
+    """One training run, read in the order it happens.
+
+    ``__init__`` sets it up: labels, starting model, plan, patches, optimiser, resumed state.
+    :meth:`step` makes one optimiser step (and validates, previews) and reports it;
+    :meth:`validate` judges the weights and keeps the best; :meth:`checkpoint` writes what a
+    resume needs; :meth:`finish` restores the best weights, measures their halo and
+    calibrates their split rule.
+    """
+
+    def __init__(self, image, labels, axes, cfg: TrainConfig, model, resume, stop, dist_ctx):
+        self.image, self.stop, self.dist_ctx = image, stop, dist_ctx
+        self.lay = layout(np.shape(image), axes)
+        lab = check_labels(labels, self.lay.out_shape, cfg.mode)
+        self.labels = lab.reshape((self.lay.n_slices, *self.lay.yx))
+        device = resolve_device(cfg.device)
+        if dist_ctx is not None:
+            device = ddp.setup(dist_ctx, device)
+        self.device = device
+        self.main_rank = dist_ctx is None or dist_ctx.is_main
+        state = load_checkpoint(resume) if resume is not None else None
+        cfg, model, self.fine_tune = _starting_point(cfg, model, state)
+        self.targets = make_targets(
+            self.labels,
+            cfg.mode,
+            n_classes=model.config.n_classes if model is not None else None,
+            surround=cfg.surround if cfg.mode == "sparse" else 0.0,
         )
-    else:
-        fine_tune = model is not None
-    targets = make_targets(
-        lab,
-        cfg.mode,
-        n_classes=model.config.n_classes if model is not None else None,
-        surround=cfg.surround if cfg.mode == "sparse" else 0.0,
+        torch.manual_seed(cfg.seed)  # before the network is built: it fixes the initial weights
+        self.model = _network(model, self.targets, self.lay, cfg)
+        self.cfg = cfg
+        self._plan(state)
+        self.rng = np.random.default_rng(cfg.seed)
+        # dense labels carry the paper's class weights per image already (border_weights)
+        self.balance = cfg.balance and cfg.mode == "sparse"
+        self.sampler = self._sampler()
+        self._optimiser()
+        self.step_no, elapsed_before = 0, 0.0
+        self.best = _Best()
+        self.history: list[dict[str, Any]] = []
+        if state is not None:
+            self.opt.load_state_dict(state.optimizer)
+            self.step_no, elapsed_before = state.step, state.elapsed
+            self.best = _Best(
+                state.best_state if state.best_score is not None else None,
+                state.best_score,
+                state.best_step,
+                state.best_val_iou,
+            )
+            self.history = state.history
+            self.rng.bit_generator.state = state.rng_state
+            self.sampler.rng = self.rng
+        # the averaged weights: what validation judges, the preview shows and the run returns
+        self.ema = _Ema(self.model, cfg.ema) if cfg.ema > 0 else None
+        if self.ema is not None and state is not None and state.ema_state:
+            self.ema.model.load_state_dict(state.ema_state)
+        self.bad_validations = 0
+        self.chunks = 1  # pieces each batch is split into (more after an out-of-memory error)
+        self.last_validated = -1
+        self.t0 = time.perf_counter() - elapsed_before
+        self.last_preview = -math.inf
+        self.last_ckpt = time.perf_counter()
+
+    # -- set-up -----------------------------------------------------------------------------
+    def _plan(self, state) -> None:
+        """Patch and batch size, learning rate, planned steps, validation interval."""
+        cfg, lay, model = self.cfg, self.lay, self.model
+        patch, batch, lr, steps, self.val_every = _auto(cfg, lay.yx, self.device, self.fine_tune)
+        if self.dist_ctx is not None and cfg.batch_size is None:
+            batch = round_up(batch, self.dist_ctx.world_size)  # the automatic batch shares evenly
+        if state is not None:
+            lr = cfg.lr or float(state.run_config.get("lr") or lr)  # the same schedule
+            if not cfg.steps:
+                steps = int(state.run_config.get("steps") or steps)  # finish the interrupted run
+        if max(lay.yx) < 16:
+            raise InputError(f"image is too small to train on ({lay.yx[0]}x{lay.yx[1]} px)")
+        if cfg.patch_size is None and len(self.targets.slices) < 3 and cfg.val_fraction > 0:
+            # one image shares its area between training and validation: keep patches small
+            # enough that windows fit beside the validation blocks
+            patch = min(patch, max(32, (min(lay.yx) // 2 // 16) * 16))
+        patch = min(patch, max(32, (min(lay.yx) // 16) * 16))
+        m = model.size_multiple  # a patch must pool down to at least 2x2 at the deepest level
+        self.patch = max(round_up(patch, m), 2 * m)
+        self.batch, self.base_lr, self.steps = batch, lr, steps
+
+    def _sampler(self) -> PatchSampler:
+        """Normalised painted slices, their targets and weights, and the validation split."""
+        cfg, lay, targets = self.cfg, self.lay, self.targets
+        norm = self.model.config.normalization
+        images, classes, weights = [], [], [] if cfg.mode == "dense" else None
+        for s in targets.slices:
+            images.append(normalize_slice(lay.slice_view(self.image, s), norm, where=f"slice {s}"))
+            classes.append(targets.classes[s])
+            if weights is not None:
+                weights.append(border_weights(targets.instances[s], w0=cfg.w0, sigma=cfg.sigma))
+        soft = None  # fine-tuning keeps the starting model's predictions where nothing is painted
+        if self.fine_tune and cfg.keep > 0:
+            soft = _start_predictions(self.model, self.image, lay, targets.slices, self.device)
+
+        def make(val_fraction: float) -> PatchSampler:
+            return PatchSampler(
+                images,
+                classes,
+                weights,
+                patch=self.patch,
+                val_fraction=val_fraction,
+                rng=self.rng,
+                elastic=cfg.elastic,
+                soft=soft,
+            )
+
+        sampler = make(cfg.val_fraction)
+        if sampler.val_regions and not sampler.can_place():
+            # the image is too small to hold validation blocks apart from training patches
+            sampler = make(0.0)
+        return sampler
+
+    def _optimiser(self) -> None:
+        """The network the step runs (the model or its DDP wrapper), optimiser, precision."""
+        self.model.to(self.device).train()
+        self.net = self.model
+        self.part = slice(None)  # this process's share of each batch
+        if self.dist_ctx is not None:
+            self.part = ddp.share(self.batch, self.dist_ctx)
+            self.net = ddp.wrap(self.model, self.device)
+        self.opt = torch.optim.AdamW(
+            self.model.parameters(), lr=self.base_lr, weight_decay=self.cfg.weight_decay
+        )
+        self.amp_dtype, self.scaler = None, None
+        if self.device.type == "cuda":
+            bf16 = torch.cuda.is_bf16_supported()
+            self.amp_dtype = torch.bfloat16 if bf16 else torch.float16
+            if not bf16:
+                self.scaler = torch.amp.GradScaler("cuda")
+
+    # -- the loop ---------------------------------------------------------------------------
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def current(self) -> UNet:
+        """The weights a stop now would return (before validation picks among them)."""
+        return self.ema.model if self.ema is not None else self.model
+
+    def stop_reason(self) -> str | None:
+        """Why the run ends before the next step, or None. Under DDP every rank decides the
+        same, from agreed values only."""
+        now = self.elapsed()
+        # one look at the stop request per step: under DDP a request that arrives after the
+        # agreement below must wait for the next step, or this rank alone would stop
+        requested = self.stop is not None and self.stop.is_set()
+        if self.dist_ctx is None:
+            return self._reason(now, requested)
+        wants = self._reason(now, requested) is not None
+        anyone, now = ddp.agree(wants, now, self.device)  # on one clock (the slowest rank's)
+        return self._reason(now, False) or ("requested" if anyone else None)
+
+    def _reason(self, now: float, requested: bool) -> str | None:
+        if requested:
+            return "requested"
+        if self.step_no >= self.steps:
+            return "steps"
+        if self.cfg.time_limit and now >= self.cfg.time_limit:
+            return "time"
+        return None
+
+    def step(self) -> TrainUpdate:
+        """One optimiser step on a fresh batch, validated and previewed when due."""
+        lr = _lr_at(self.base_lr, self.step_no, self.steps)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        x, y, w, soft = self.sampler.sample(self.batch)  # the global batch (same on every rank)
+        if self.dist_ctx is not None:
+            p = self.part
+            x, y = x[p], y[p]
+            w = w[p] if w is not None else None
+            soft = soft[p] if soft is not None else None
+        notices: list[str] = []
+        loss = self._optimise(x, y, w, soft, notices)
+        self.step_no += 1
+        if self.ema is not None:
+            self.ema.update(self.model, self.step_no)
+        if self.dist_ctx is not None:
+            loss = ddp.mean(loss, self.device)
+        record: dict[str, Any] = {
+            "step": self.step_no,
+            "elapsed": self.elapsed(),
+            "loss": loss,
+            "lr": lr,
+        }
+        val_loss = val_iou = None
+        is_best = False
+        due = self.step_no % self.val_every == 0 or self.step_no == self.steps
+        if self.sampler.val_regions and due:
+            val_loss, val_iou, is_best = self.validate()
+            record.update(val_loss=val_loss, val_iou=val_iou)
+            self.bad_validations = 0 if is_best else self.bad_validations + 1
+        elif not self.sampler.val_regions:  # no validation: the latest model is the best
+            self.best = _Best(None, None, self.step_no, None)
+        self.history.append(record)
+        preview = self._preview_if_due(notices)
+        return TrainUpdate(
+            step=self.step_no,
+            total_steps=self.steps,
+            elapsed=self.elapsed(),
+            time_limit=self.cfg.time_limit,
+            loss=loss,
+            lr=lr,
+            val_loss=val_loss,
+            val_iou=val_iou,
+            best=is_best,
+            preview=preview,
+            preview_slice=self.cfg.preview_slice if preview is not None else None,
+            notice="; ".join(notices) or None,
+        )
+
+    def _optimise(self, x, y, w, soft, notices: list[str]) -> float:
+        """The optimiser step; out of memory: the same batch in smaller pieces (gradients
+        accumulated), then the CPU. Each fallback is added to ``notices``."""
+        while True:
+            try:
+                return _train_step(
+                    self.net,
+                    self.opt,
+                    self.scaler,
+                    x,
+                    y,
+                    w,
+                    self.chunks,
+                    self.device,
+                    self.amp_dtype,
+                    dice=self.cfg.dice,
+                    balance=self.balance,
+                    entropy=self.cfg.entropy,
+                    soft=soft,
+                    keep=self.cfg.keep,
+                )
+            except Exception as err:  # only out-of-memory errors are handled
+                if not is_out_of_memory(err):
+                    raise
+            self.opt.zero_grad(set_to_none=True)
+            release_device_memory(self.device)
+            notices.append(self._fall_back(len(x)))
+
+    def _fall_back(self, n: int) -> str:
+        """The next way to fit a batch of ``n`` after running out of memory, said."""
+        kind = self.device.type.upper()
+        if self.chunks < n:
+            self.chunks = min(n, self.chunks * 2)
+            return (
+                f"{kind} out of memory: retrying with {-(-n // self.chunks)} patches per pass "
+                f"(gradients accumulated, same batch of {n})"
+            )
+        if self.device.type != "cpu" and self.dist_ctx is not None:
+            raise InputError(
+                f"{kind} out of memory even one patch at a time; "
+                "use a smaller --patch-size or model"
+            )
+        if self.device.type != "cpu":
+            self.device = torch.device("cpu")
+            self.model.to(self.device)
+            if self.ema is not None:
+                self.ema.model.to(self.device)
+            _optimizer_to(self.opt, self.device)
+            self.amp_dtype, self.scaler = None, None
+            return f"{kind} out of memory: training on the CPU"
+        raise InputError(
+            "out of memory even one patch at a time on the CPU; use a smaller patch size or model"
+        )
+
+    def _preview_if_due(self, notices: list[str]) -> np.ndarray | None:
+        cfg = self.cfg
+        if not (self.main_rank and cfg.preview_every > 0):
+            return None
+        if time.perf_counter() - self.last_preview < cfg.preview_every:
+            return None
+        self.last_preview = time.perf_counter()
+        try:
+            return _preview(self.current(), self.image, self.lay, cfg.preview_slice)
+        except Exception as err:  # only out-of-memory errors are handled
+            if not is_out_of_memory(err):
+                raise
+        release_device_memory(self.device)
+        self.cfg = replace(cfg, preview_every=0.0)
+        notices.append(f"{self.device.type.upper()} out of memory: live preview turned off")
+        return None
+
+    def validate(self) -> tuple[float, float, bool]:
+        """Validate the current weights; keep them if they are the best so far."""
+        # each region is seen with the network's receptive field around it, as whole-image
+        # inference sees it; batches hold about as many pixels as a training batch
+        context = self.model.exact_halo()
+        win = self.sampler.val_regions[0].size + 2 * context
+        val_batch = max(1, (-(-self.batch // self.chunks)) * self.patch**2 // (win * win))
+        judged = self.current()
+        v_loss, v_iou = _validate(
+            judged, self.sampler, val_batch, self.device, self.cfg.dice, context, self.balance
+        )
+        if self.dist_ctx is not None:  # rank 0's numbers decide for every rank
+            v_loss, v_iou = ddp.from_rank0((v_loss, v_iou), self.device)
+        self.last_validated = self.step_no
+        # the lowest validation loss (IoU breaks ties): IoU on held-out scribbles often sits
+        # at 1.0 while the model still changes, and the loss keeps telling steps apart
+        score = (-v_loss, v_iou)
+        if self.best.score is None or score > self.best.score:
+            self.best = _Best(copy.deepcopy(judged.state_dict()), score, self.step_no, v_iou)
+            return v_loss, v_iou, True
+        return v_loss, v_iou, False
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def run_config(self) -> dict[str, Any]:
+        return {
+            **asdict(self.cfg),
+            "patch_size": self.patch,
+            "batch_size": self.batch,
+            "lr": self.base_lr,
+            "steps": self.steps,
+            "fine_tune": self.fine_tune,
+            "validation_regions": len(self.sampler.val_regions),
+        }
+
+    def checkpoint_if_due(self) -> None:
+        due = time.perf_counter() - self.last_ckpt >= self.cfg.checkpoint_every
+        if self.main_rank and self.cfg.checkpoint and due:
+            self.last_ckpt = time.perf_counter()
+            self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """The latest weights and optimiser state, and the best so far, to resume from."""
+        best = self.best
+        save_checkpoint(
+            self.cfg.checkpoint,
+            self.model,
+            self.opt,
+            step=self.step_no,
+            elapsed=self.elapsed(),
+            best_state=best.state if best.state is not None else self.current().state_dict(),
+            best_step=best.step,
+            best_val_iou=best.iou,
+            best_score=best.score,
+            history=self.history,
+            rng_state=self.rng.bit_generator.state,
+            run_config=self.run_config(),
+            ema_state=self.ema.model.state_dict() if self.ema is not None else None,
+        )
+
+    # -- the end ----------------------------------------------------------------------------
+    def finish(self, stopped: str) -> TrainResult:
+        """The kept weights with their halo, split rule and provenance."""
+        if self.sampler.val_regions and self.step_no > 0 and self.last_validated != self.step_no:
+            # the steps since the last validation (a stop, a time limit) get their chance too
+            v_loss, v_iou, _ = self.validate()
+            self.history[-1].update(val_loss=v_loss, val_iou=v_iou)
+        if self.cfg.checkpoint and self.main_rank:
+            self.checkpoint()
+        model = self._kept_model()
+        model.metadata = {k: v for k, v in model.metadata.items() if k != "halo"}  # a base's
+        if self.main_rank and model.config.padding == "same":
+            self._store_halo(model)
+        edges = None
+        if self.cfg.calibrate_edges and self.main_rank:
+            edges = _calibrate_edges(
+                model, self.image, self.lay, self.labels, self.targets.slices, self.cfg.mode,
+                self.device,
+            )  # fmt: skip
+        model.metadata = self._metadata(model, edges, stopped)
+        return TrainResult(
+            model,
+            self.best.step,
+            self.best.iou,
+            self.step_no,
+            self.elapsed(),
+            stopped,
+            self.history,
+            edges,
+            planned_steps=self.steps,
+        )
+
+    def _kept_model(self) -> UNet:
+        model = self.model
+        if self.best.state is not None:
+            model.load_state_dict(self.best.state)
+        elif self.ema is not None:  # no validation: the latest average is the result
+            model.load_state_dict(self.ema.model.state_dict())
+        syncbn = any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
+        if self.net is not model and syncbn:
+            plain = UNet(model.config, metadata=model.metadata)  # plain BatchNorm again
+            plain.load_state_dict(model.state_dict())
+            model = plain.to(self.device)
+        return model.eval()
+
+    def _store_halo(self, model: UNet) -> None:
+        """The context these weights need around a tile, measured over the annotated slices
+        and stored, so segmenting with them (the calibration too) needs no probe."""
+        try:
+            slices = self.targets.slices
+            probes = read_probes(model, self.image, self.lay, slices=slices, cover=True)
+            model.metadata["halo"] = measure_halo(model, probes, device=self.device).as_metadata()
+        except Exception as err:  # out of memory: no halo stored; segmenting measures it
+            if not is_out_of_memory(err):
+                raise
+
+    def _metadata(self, model: UNet, edges: EdgeCalibration | None, stopped: str) -> dict:
+        # a base model's split rule gives way to this run's calibration
+        meta = {k: v for k, v in model.metadata.items() if k not in ("edge_offset", "seed_depth")}
+        if edges is not None and edges.offset:
+            meta["edge_offset"] = edges.offset
+        if edges is not None and edges.seed_depth:
+            meta["seed_depth"] = edges.seed_depth
+        base = (model.metadata.get("provenance") or {}).get("name") if self.fine_tune else None
+        return {
+            **meta,
+            "class_names": _class_names(self.targets.n_classes, self.cfg.mode),
+            "provenance": {
+                "software": f"napari-tessera {__version__}",
+                "trained_from": "fine-tuned" if self.fine_tune else "scratch",
+                "base_model": base,
+                "label_mode": self.cfg.mode,
+                "steps": self.step_no,
+                "best_step": self.best.step,
+                "best_val_iou": self.best.iou,
+                "stopped": stopped,
+                "seed": self.cfg.seed,
+                "processes": self.dist_ctx.world_size if self.dist_ctx is not None else 1,
+                "config": self.run_config(),
+                "edges": edges.as_metadata() if edges is not None else None,
+            },
+        }
+
+
+def _starting_point(cfg: TrainConfig, model: UNet | None, state):
+    """``(config, model, fine_tune)``: a resumed run takes its model and the settings that
+    rebuild the same validation split and loss from its checkpoint."""
+    if state is None:
+        return cfg, model, model is not None
+    rc = state.run_config
+    if rc.get("mode", cfg.mode) != cfg.mode:
+        raise InputError(f"the checkpoint was trained with {rc['mode']} labels, not {cfg.mode}")
+    cfg = replace(
+        cfg,
+        seed=int(rc.get("seed", cfg.seed)),
+        val_fraction=float(rc.get("val_fraction", cfg.val_fraction)),
+        patch_size=cfg.patch_size or rc.get("patch_size"),
+        ema=float(rc.get("ema", cfg.ema)),  # the same average as before the interruption
+        entropy=float(rc.get("entropy", cfg.entropy)),  # and the same loss
+        surround=float(rc.get("surround", cfg.surround)),
+        keep=float(rc.get("keep", cfg.keep)),
     )
-    torch.manual_seed(cfg.seed)  # before the network is built: the seed fixes its initial weights
+    return cfg, state.model, bool(rc.get("fine_tune", False))
+
+
+def _network(model: UNet | None, targets, lay, cfg: TrainConfig) -> UNet:
+    """The model to train: a new one from the config, or the given one if it fits."""
     if model is None:
         model = UNet(
             UNetConfig(
@@ -274,365 +711,7 @@ def iter_train(
         )
     if model.config.padding != "same":
         raise InputError("training supports 'same'-padding networks")
-    patch, batch, base_lr, steps, val_every = _auto(cfg, lay.yx, device, fine_tune)
-    if dist_ctx is not None and cfg.batch_size is None:
-        batch = round_up(batch, dist_ctx.world_size)  # the automatic batch shares evenly
-    if state is not None:
-        base_lr = cfg.lr or float(state.run_config.get("lr") or base_lr)  # same schedule
-        if not (cfg.steps or cfg.time_limit):
-            steps = int(state.run_config.get("steps") or steps)  # finish the interrupted run
-    if max(lay.yx) < 16:
-        raise InputError(f"image is too small to train on ({lay.yx[0]}x{lay.yx[1]} px)")
-    if cfg.patch_size is None and len(targets.slices) < 3 and cfg.val_fraction > 0:
-        # one image shares its area between training and validation: keep patches small
-        # enough that windows fit beside the validation blocks
-        patch = min(patch, max(32, (min(lay.yx) // 2 // 16) * 16))
-    patch = min(patch, max(32, (min(lay.yx) // 16) * 16))
-    m = model.size_multiple  # a patch must pool down to at least 2x2 at the deepest level
-    patch = max(round_up(patch, m), 2 * m)
-    rng = np.random.default_rng(cfg.seed)
-    # dense labels carry the paper's class weights per image already (border_weights)
-    balance = cfg.balance and cfg.mode == "sparse"
-
-    norm = model.config.normalization
-    images, classes, weights = [], [], [] if cfg.mode == "dense" else None
-    for s in targets.slices:
-        images.append(normalize_slice(lay.slice_view(image, s), norm, where=f"slice {s}"))
-        classes.append(targets.classes[s])
-        if weights is not None:
-            weights.append(border_weights(targets.instances[s], w0=cfg.w0, sigma=cfg.sigma))
-    # fine-tuning keeps the starting model's predictions where nothing is painted
-    soft = None
-    if fine_tune and cfg.keep > 0:
-        soft = _start_predictions(model, image, lay, targets.slices, device)
-    sampler = PatchSampler(
-        images,
-        classes,
-        weights,
-        patch=patch,
-        val_fraction=cfg.val_fraction,
-        rng=rng,
-        elastic=cfg.elastic,
-        soft=soft,
-    )
-    if sampler.val_regions and not sampler.can_place():
-        # the image is too small to hold validation blocks apart from training patches
-        sampler = PatchSampler(
-            images,
-            classes,
-            weights,
-            patch=patch,
-            val_fraction=0.0,
-            rng=rng,
-            elastic=cfg.elastic,
-            soft=soft,
-        )
-
-    model.to(device).train()
-    net = model  # what the training step runs: the model, or its DDP wrapper
-    part = slice(None)  # this process's share of each batch
-    if dist_ctx is not None:
-        part = ddp.share(batch, dist_ctx)
-        net = ddp.wrap(model, device)
-    opt = torch.optim.AdamW(model.parameters(), lr=base_lr, weight_decay=cfg.weight_decay)
-    amp_dtype = None
-    scaler = None
-    if device.type == "cuda":
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        if amp_dtype == torch.float16:
-            scaler = torch.amp.GradScaler("cuda")
-    step, elapsed_before = 0, 0.0
-    best_state: dict[str, Any] | None = None  # None: the latest weights are the result
-    best_score: tuple[float, float] | None = None
-    best_step, best_iou = 0, None
-    history: list[dict[str, Any]] = []
-    if state is not None:
-        opt.load_state_dict(state.optimizer)
-        step, elapsed_before = state.step, state.elapsed
-        best_state = state.best_state if state.best_score is not None else None
-        best_step, best_iou = state.best_step, state.best_val_iou
-        best_score = state.best_score
-        history = state.history
-        rng.bit_generator.state = state.rng_state
-        sampler.rng = rng
-    # the averaged weights: what validation judges, the preview shows and the run returns
-    ema = _Ema(model, cfg.ema) if cfg.ema > 0 else None
-    if ema is not None and state is not None and state.ema_state:
-        ema.model.load_state_dict(state.ema_state)
-    bad_validations = 0
-    chunks = 1  # pieces each batch is split into (more after an out-of-memory error)
-    t0 = time.perf_counter() - elapsed_before
-    last_preview = -math.inf
-    last_ckpt = time.perf_counter()
-    stopped = "steps"
-
-    def elapsed() -> float:
-        return time.perf_counter() - t0
-
-    last_validated = -1
-
-    def current() -> UNet:
-        """The weights a stop now would return (before validation picks among them)."""
-        return ema.model if ema is not None else model
-
-    def validate_and_keep() -> tuple[float, float, bool]:
-        """Validate the current weights; keep them if they are the best so far."""
-        nonlocal best_score, best_step, best_iou, best_state, last_validated
-        # each region is seen with the network's receptive field around it, as whole-image
-        # inference sees it; batches hold about as many pixels as a training batch
-        context = model.exact_halo()
-        win = sampler.val_regions[0].size + 2 * context
-        val_batch = max(1, (-(-batch // chunks)) * patch * patch // (win * win))
-        judged = current()
-        v_loss, v_iou = _validate(judged, sampler, val_batch, device, cfg.dice, context, balance)
-        if dist_ctx is not None:  # rank 0's numbers decide for every rank
-            v_loss, v_iou = ddp.from_rank0((v_loss, v_iou), device)
-        last_validated = step
-        # the lowest validation loss (IoU breaks ties): IoU on held-out scribbles often sits
-        # at 1.0 while the model still changes, and the loss keeps telling steps apart
-        score = (-v_loss, v_iou)
-        if best_score is None or score > best_score:
-            best_score, best_step, best_iou = score, step, v_iou
-            best_state = copy.deepcopy(judged.state_dict())
-            return v_loss, v_iou, True
-        return v_loss, v_iou, False
-
-    def run_config() -> dict[str, Any]:
-        return {
-            **asdict(cfg),
-            "patch_size": patch,
-            "batch_size": batch,
-            "lr": base_lr,
-            "steps": steps,
-            "fine_tune": fine_tune,
-            "validation_regions": len(sampler.val_regions),
-        }
-
-    def stop_reason(now: float, requested: bool) -> str | None:
-        if requested:
-            return "requested"
-        if steps and step >= steps:
-            return "steps"
-        if cfg.time_limit and now >= cfg.time_limit:
-            return "time"
-        return None
-
-    while True:
-        now = elapsed()
-        # one look at the stop request per step: under DDP a request that arrives after the
-        # agreement below must wait for the next step, or this rank alone would stop
-        requested = stop is not None and stop.is_set()
-        if dist_ctx is not None:  # all stop together, on one clock (the slowest rank's)
-            wants = stop_reason(now, requested) is not None
-            anyone, now = ddp.agree(wants, now, device)
-            # from agreed values only (the same on every rank): steps and clock, then the flag
-            reason = stop_reason(now, False) or ("requested" if anyone else None)
-        else:
-            reason = stop_reason(now, requested)
-        if reason is not None:
-            stopped = reason
-            break
-        lr = _lr_at(base_lr, step, steps)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        x, y, w, soft_t = sampler.sample(batch)  # the global batch (the same on every process)
-        if dist_ctx is not None:
-            x, y = x[part], y[part]
-            w = w[part] if w is not None else None
-            soft_t = soft_t[part] if soft_t is not None else None
-        notices: list[str] = []
-        while True:
-            try:
-                loss_value = _train_step(
-                    net,
-                    opt,
-                    scaler,
-                    x,
-                    y,
-                    w,
-                    chunks,
-                    device,
-                    amp_dtype,
-                    dice=cfg.dice,
-                    balance=balance,
-                    entropy=cfg.entropy,
-                    soft=soft_t,
-                    keep=cfg.keep,
-                )
-                break
-            except Exception as err:  # only out-of-memory errors are handled
-                if not is_out_of_memory(err):
-                    raise
-            # out of memory: same batch in smaller pieces (gradients accumulated), then the CPU
-            opt.zero_grad(set_to_none=True)
-            release_device_memory(device)
-            if chunks < len(x):
-                chunks = min(len(x), chunks * 2)
-                notices.append(
-                    f"{device.type.upper()} out of memory: retrying with "
-                    f"{-(-len(x) // chunks)} patches per pass (gradients accumulated, "
-                    f"same batch of {len(x)})"
-                )
-            elif device.type != "cpu" and dist_ctx is not None:
-                raise InputError(
-                    f"{device.type.upper()} out of memory even one patch at a time; "
-                    "use a smaller --patch-size or model"
-                )
-            elif device.type != "cpu":
-                notices.append(f"{device.type.upper()} out of memory: training on the CPU")
-                device = torch.device("cpu")
-                model.to(device)
-                if ema is not None:
-                    ema.model.to(device)
-                _optimizer_to(opt, device)
-                amp_dtype, scaler = None, None
-            else:
-                raise InputError(
-                    "out of memory even one patch at a time on the CPU; "
-                    "use a smaller patch size or model"
-                )
-        step += 1
-        if ema is not None:
-            ema.update(model, step)
-        if dist_ctx is not None:
-            loss_value = ddp.mean(loss_value, device)
-        record: dict[str, Any] = {
-            "step": step,
-            "elapsed": elapsed(),
-            "loss": loss_value,
-            "lr": lr,
-        }
-        val_loss = val_iou = None
-        is_best = False
-        if sampler.val_regions and (step % val_every == 0 or step == steps):
-            val_loss, val_iou, is_best = validate_and_keep()
-            record.update(val_loss=val_loss, val_iou=val_iou)
-            bad_validations = 0 if is_best else bad_validations + 1
-        elif not sampler.val_regions:
-            best_state, best_step = None, step  # no validation: the latest model is the best
-        history.append(record)
-        preview = None
-        if (
-            main_rank
-            and cfg.preview_every > 0
-            and time.perf_counter() - last_preview >= cfg.preview_every
-        ):
-            last_preview = time.perf_counter()
-            try:
-                preview = _preview(current(), image, lay, cfg.preview_slice)
-            except Exception as err:  # only out-of-memory errors are handled
-                if not is_out_of_memory(err):
-                    raise
-                release_device_memory(device)
-                cfg = replace(cfg, preview_every=0.0)
-                notices.append(f"{device.type.upper()} out of memory: live preview turned off")
-        yield TrainUpdate(
-            step=step,
-            total_steps=steps,
-            elapsed=elapsed(),
-            time_limit=cfg.time_limit,
-            loss=loss_value,
-            lr=lr,
-            val_loss=val_loss,
-            val_iou=val_iou,
-            best=is_best,
-            preview=preview,
-            preview_slice=cfg.preview_slice if preview is not None else None,
-            notice="; ".join(notices) or None,
-        )
-        if main_rank and cfg.checkpoint and time.perf_counter() - last_ckpt >= cfg.checkpoint_every:
-            last_ckpt = time.perf_counter()
-            save_checkpoint(
-                cfg.checkpoint,
-                model,
-                opt,
-                step=step,
-                elapsed=elapsed(),
-                best_state=best_state if best_state is not None else current().state_dict(),
-                best_step=best_step,
-                best_val_iou=best_iou,
-                best_score=best_score,
-                history=history,
-                rng_state=rng.bit_generator.state,
-                run_config=run_config(),
-                ema_state=ema.model.state_dict() if ema is not None else None,
-            )
-        if cfg.patience and bad_validations >= cfg.patience:
-            stopped = "early"
-            break
-
-    if sampler.val_regions and step > 0 and last_validated != step:
-        # the steps since the last validation (a stop, a time limit) get their chance too
-        v_loss, v_iou, _ = validate_and_keep()
-        history[-1].update(val_loss=v_loss, val_iou=v_iou)
-    if cfg.checkpoint and main_rank:  # the latest weights and optimiser state, to resume from
-        save_checkpoint(
-            cfg.checkpoint,
-            model,
-            opt,
-            step=step,
-            elapsed=elapsed(),
-            best_state=best_state if best_state is not None else current().state_dict(),
-            best_step=best_step,
-            best_val_iou=best_iou,
-            best_score=best_score,
-            history=history,
-            rng_state=rng.bit_generator.state,
-            run_config=run_config(),
-            ema_state=ema.model.state_dict() if ema is not None else None,
-        )
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    elif ema is not None:  # no validation: the latest average is the result
-        model.load_state_dict(ema.model.state_dict())
-    if net is not model and any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules()):
-        plain = UNet(model.config, metadata=model.metadata)  # plain BatchNorm again
-        plain.load_state_dict(model.state_dict())
-        model = plain.to(device)
-    model.eval()
-    model.metadata = {k: v for k, v in model.metadata.items() if k != "halo"}  # a base model's
-    if main_rank and model.config.padding == "same":
-        # the context these weights need around a tile, measured over the annotated slices and
-        # stored, so segmenting with them (the edge calibration below too) needs no probe
-        try:
-            probes = read_probes(model, image, lay, slices=targets.slices, cover=True)
-            found = measure_halo(model, probes, device=device)
-            model.metadata["halo"] = found.as_metadata()
-        except Exception as err:  # out of memory: no halo stored; segmenting measures it
-            if not is_out_of_memory(err):
-                raise
-    edges = None
-    if cfg.calibrate_edges and main_rank:
-        edges = _calibrate_edges(model, image, lay, lab, targets.slices, cfg.mode, device)
-    # a base model's split rule gives way to this run's calibration
-    meta = {k: v for k, v in model.metadata.items() if k not in ("edge_offset", "seed_depth")}
-    if edges is not None and edges.offset:
-        meta["edge_offset"] = edges.offset
-    if edges is not None and edges.seed_depth:
-        meta["seed_depth"] = edges.seed_depth
-    model.metadata = {
-        **meta,
-        "class_names": _class_names(targets.n_classes, cfg.mode),
-        "provenance": {
-            "software": f"napari-tessera {__version__}",
-            "trained_from": "fine-tuned" if fine_tune else "scratch",
-            "base_model": (model.metadata.get("provenance") or {}).get("name")
-            if fine_tune
-            else None,
-            "label_mode": cfg.mode,
-            "steps": step,
-            "best_step": best_step,
-            "best_val_iou": best_iou,
-            "stopped": stopped,
-            "seed": cfg.seed,
-            "processes": dist_ctx.world_size if dist_ctx is not None else 1,
-            "config": run_config(),
-            "edges": edges.as_metadata() if edges is not None else None,
-        },
-    }
-    return TrainResult(
-        model, best_step, best_iou, step, elapsed(), stopped, history, edges, planned_steps=steps
-    )
+    return model
 
 
 def _train_step(
