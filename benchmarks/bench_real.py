@@ -144,18 +144,32 @@ def run_method(method: str, image, painted, cfg: TrainConfig) -> tuple[np.ndarra
     return segment(image, res.model, instances=True, device="cpu"), facts
 
 
-def summarize(path: str) -> None:
+def summarize(path: str, tag: str | None = None) -> None:
+    """A markdown table: one row per image, one column per method (F1; repeats joined by /),
+    then the mean and the lowest over the real and over the synthetic images."""
     rows = [json.loads(line) for line in open(path)]
-    by = defaultdict(lambda: defaultdict(list))
+    rows = [r for r in rows if tag is None or r.get("tag") == tag]
+    f1 = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        by[r["method"]][r["image"]].append(r["f1"])
-    images = sorted({r["image"] for r in rows})
-    print("| method | mean F1 | lowest | " + " | ".join(images) + " |")
-    print("|---" * (3 + len(images)) + "|")
-    for method, per in by.items():
-        means = [np.mean(v) for v in per.values()]
-        cells = ["/".join(f"{x:.3f}" for x in per[i]) if i in per else "-" for i in images]
-        print(f"| {method} | {np.mean(means):.3f} | {min(means):.3f} | " + " | ".join(cells) + " |")
+        f1[r["image"]][r["method"]].append(r["f1"])
+    methods = [
+        m for m in ("default", "rf", "scratch", "finetune") if any(m in v for v in f1.values())
+    ]
+    print("| image | " + " | ".join(methods) + " |")
+    print("|---" * (1 + len(methods)) + "|")
+    for image, per in f1.items():
+        cells = ["/".join(f"{x:.3f}" for x in per[m]) if m in per else "-" for m in methods]
+        print(f"| {image} | " + " | ".join(cells) + " |")
+    for kind in ("real", "synthetic"):
+        group = [i for i in f1 if i.startswith("synthetic") == (kind == "synthetic")]
+        if not group:
+            continue
+        for what, agg in (("mean", np.mean), ("lowest", np.min)):
+            cells = []
+            for m in methods:
+                vals = [np.mean(f1[i][m]) for i in group if m in f1[i]]
+                cells.append(f"{agg(vals):.3f}" if vals else "-")
+            print(f"| **{kind}: {what}** ({len(group)}) | " + " | ".join(cells) + " |")
 
 
 def main() -> None:
@@ -183,9 +197,10 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="a label stored with every row")
     ap.add_argument("--jsonl", help="append one JSON line per run here")
     ap.add_argument("--summarize", metavar="FILE", help="print the table of a results file")
+    ap.add_argument("--only-tag", help="with --summarize: only rows with this tag")
     args = ap.parse_args()
     if args.summarize:
-        summarize(args.summarize)
+        summarize(args.summarize, args.only_tag)
         return
     torch.set_num_threads(2)
     env = cpu_env()

@@ -315,6 +315,26 @@ def test_segment_rgb_layer_with_gray_model(make_napari_viewer, qtbot, tiny_model
     assert any("grayscale" in m for m in infos)
 
 
+def test_segment_rgb_layer_picks_a_channel(make_napari_viewer, qtbot, tiny_model_path):
+    viewer = make_napari_viewer()
+    gray = nuclei_2d((64, 64), seed=1).image
+    rgb = np.stack([gray[::-1], gray, gray[:, ::-1]], axis=-1)
+    rgb = (rgb / rgb.max() * 255).astype(np.uint8)
+    viewer.add_image(rgb, name="colour", rgb=True)
+    seg = dock(viewer, "Segment")
+    use_file_model(seg, tiny_model_path)
+    seg.channels.value = "1"
+    assert "gray" not in seg.info.value and "1 channel" in seg.info.value
+    segment(qtbot, seg)
+    from napari_tessera import segment as core_segment
+
+    model = load_model(tiny_model_path)
+    expected = core_segment(rgb[..., 1], model, device="cpu", instances=True)
+    np.testing.assert_array_equal(viewer.layers["colour labels"].data > 0, expected > 0)
+    seg.channels.value = "1,0"  # two channels for a 1-channel model: said inline
+    assert "reads 1 channel(s) but channels 1,0 pick 2" in seg.info.value
+
+
 def test_segment_cancel(make_napari_viewer, qtbot, tiny_model_path):
     viewer = make_napari_viewer()
     stack = np.stack([nuclei_2d((64, 64), seed=s).image for s in range(6)])

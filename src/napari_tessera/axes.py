@@ -19,6 +19,7 @@ class SliceLayout:
     ``slice_view(image, s)`` gives slice ``s`` shaped ``(C, Y, X)``. ``lead_axes`` and
     ``lead_shape`` are the non-channel axes before Y and X, in input
     order; predictions come back shaped ``(n_classes, *lead_shape, Y, X)``.
+    ``pick``: the image channels read, in this order (None: all); ``channels`` counts them.
     """
 
     axes: str
@@ -26,6 +27,12 @@ class SliceLayout:
     lead_axes: str
     lead_shape: tuple[int, ...]
     channels: int
+    pick: tuple[int, ...] | None = None
+
+    @property
+    def image_channels(self) -> int:
+        """Channels of the image itself (before ``pick``)."""
+        return self.shape[self.axes.index("C")] if "C" in self.axes else 1
 
     @property
     def n_slices(self) -> int:
@@ -62,11 +69,13 @@ class SliceLayout:
         sub = image[tuple(pos.get(a, slice(None)) for a in self.axes)]
         rest = [a for a in self.axes if a in "CYX"]
         if "C" not in rest:
-            return sub[None]
-        order = [rest.index("C"), rest.index("Y"), rest.index("X")]
-        if order == [0, 1, 2]:
-            return sub
-        return sub.transpose(order) if hasattr(sub, "transpose") else np.transpose(sub, order)
+            sub = sub[None]
+        else:
+            order = [rest.index("C"), rest.index("Y"), rest.index("X")]
+            if order != [0, 1, 2]:
+                tr = getattr(sub, "transpose", None)
+                sub = tr(order) if tr is not None else np.transpose(sub, order)
+        return sub if self.pick is None else sub[list(self.pick)]
 
 
 def normalize_axes(axes: str) -> str:
@@ -76,8 +85,31 @@ def normalize_axes(axes: str) -> str:
     return axes.upper().replace("S", "C")
 
 
-def layout(shape: Sequence[int], axes: str) -> SliceLayout:
-    """Check ``axes`` against ``shape`` and describe the slice layout."""
+def parse_channels(text) -> tuple[int, ...] | None:
+    """``"1"`` -> (1,), ``"1,0"`` -> (1, 0); ``None``, ``""`` or ``"all"`` -> None (all)."""
+    if text is None:
+        return None
+    if isinstance(text, (tuple, list)):
+        items = list(text)
+    else:
+        t = str(text).strip().lower()
+        if t in ("", "all"):
+            return None
+        items = [v.strip() for v in t.split(",")]
+    try:
+        pick = tuple(int(v) for v in items)
+    except (TypeError, ValueError):
+        raise InputError(
+            f"channels must be channel numbers from 0, such as 1 or 1,0; got {text!r}"
+        ) from None
+    if not pick or any(c < 0 for c in pick):
+        raise InputError(f"channels must be channel numbers from 0, such as 1 or 1,0; got {text!r}")
+    return pick
+
+
+def layout(shape: Sequence[int], axes: str, channels=None) -> SliceLayout:
+    """Check ``axes`` against ``shape`` and describe the slice layout; ``channels`` picks and
+    orders the channels read (see :func:`parse_channels`; None: all)."""
     axes = normalize_axes(axes)
     shape = tuple(int(s) for s in shape)
     bad = sorted(set(axes) - set(KNOWN_AXES))
@@ -94,12 +126,18 @@ def layout(shape: Sequence[int], axes: str) -> SliceLayout:
     if any(s == 0 for s in shape):
         raise InputError(f"image is empty (shape {shape})")
     lead = "".join(a for a in axes if a not in "CYX")
+    n = shape[axes.index("C")] if "C" in axes else 1
+    pick = parse_channels(channels)
+    if pick is not None and max(pick) >= n:
+        have = f"channels 0-{n - 1}" if n > 1 else "one channel (0)"
+        raise InputError(f"channel {max(pick)} does not exist: the image has {have}")
     return SliceLayout(
         axes=axes,
         shape=shape,
         lead_axes=lead,
         lead_shape=tuple(shape[axes.index(a)] for a in lead),
-        channels=shape[axes.index("C")] if "C" in axes else 1,
+        channels=len(pick) if pick is not None else n,
+        pick=pick,
     )
 
 

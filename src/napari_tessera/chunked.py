@@ -33,12 +33,14 @@ from typing import Any
 
 import numpy as np
 
-from .axes import SliceLayout, layout, normalize_axes
+from .axes import SliceLayout, normalize_axes
 from .errors import InputError
 from .inference import (
     Notice,
     Progress,
     SliceResult,
+    check_channels,
+    image_layout,
     iter_slice_predictions,
     measure_auto_halo,
     prepare,
@@ -437,6 +439,7 @@ def iter_segment_to_zarr(
     min_size: int = 8,
     edge_offset: float | None = None,
     seed_depth: float | None = None,
+    channels=None,
     resume: bool = True,
     scheduler: str | None = None,
     workers: int | None = None,
@@ -455,7 +458,7 @@ def iter_segment_to_zarr(
     ``probabilities``: also write the class probabilities ``(n_classes, *lead, Y, X)``,
     float32, to this zarr array, alongside the labels.
     ``edge_offset``, ``seed_depth``: as in :func:`napari_tessera.segment` (None: the model's
-    own).
+    own). ``channels``: as in :func:`napari_tessera.predict_tiled`.
     Other keyword arguments as in :func:`napari_tessera.predict_tiled`. Returns the output path.
     Results are the same in every mode and equal to :func:`napari_tessera.segment` (with the
     default auto halo, blocks of large planes differ from whole slices only as much as tile
@@ -488,16 +491,12 @@ def iter_segment_to_zarr(
             axes = file_axes
     if axes is None:
         raise InputError("pass axes (e.g. 'ZYX') for this image")
-    lay = layout(np.shape(image), axes)
+    lay = image_layout(model, image, axes, channels)
     check_dtype(image.dtype)
     bad = set(kwargs) - set(PREDICT_KEYS)
     if bad:
         raise TypeError(f"unexpected keyword argument {sorted(bad)[0]!r}")
-    if lay.channels != model.config.in_channels:
-        raise InputError(
-            f"the model reads {model.config.in_channels} channel(s) but the image has "
-            f"{lay.channels} (axes {lay.axes}, shape {lay.shape})"
-        )
+    check_channels(model, lay)
     # settings are checked here (tile size against halo, device) before anything is written;
     # an auto halo is measured here once, and every slice, block and worker uses that number
     device = kwargs.get("device", "auto") if scheduler is None else "cpu"
@@ -570,7 +569,9 @@ def iter_segment_to_zarr(
 def _run_here(model, image, lay, out: ZarrOutput, todo, rule: SplitRule, kwargs):
     if not todo:
         return
-    for event in iter_slice_predictions(model, image, axes=lay.axes, slices=todo, **kwargs):
+    for event in iter_slice_predictions(
+        model, image, axes=lay.axes, slices=todo, channels=lay.pick, **kwargs
+    ):
         if isinstance(event, SliceResult):
             labels, count = slice_labels(event.probabilities, rule)
             out.array[unit_index(lay, event.index, None)] = labels

@@ -68,6 +68,22 @@ def _tile_size(text: str) -> int | tuple[int, int]:
     return sizes[0] if len(sizes) == 1 else (sizes[0], sizes[1])
 
 
+def _channels(text: str) -> tuple[int, ...] | None:
+    from .axes import parse_channels
+    from .errors import InputError
+
+    try:
+        return parse_channels(text)
+    except InputError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+CHANNELS_HELP = (
+    "image channels the network reads, in order, from 0: e.g. 1 (green of an RGB image) or 1,0 "
+    "(cytoplasm, then nuclei); default: all"
+)
+
+
 def _edge_offset(text: str) -> float:
     from .errors import InputError
     from .postprocess import check_edge_offset
@@ -202,10 +218,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
         from .errors import InputError
 
         raise InputError(f"{inp.name} contains NaN or infinite pixels")
-    from .axes import layout
+    from .inference import image_layout
     from .normalize import check_dtype
 
-    lay = layout(arr.shape, axes)
+    lay = image_layout(model, arr, axes, args.channels)
     check_dtype(arr.dtype)
     notes = [note] if note else []
     if arr.min() == arr.max():  # said even with --quiet: the labels carry no information
@@ -226,6 +242,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         min_size=args.min_size,
         edge_offset=args.edge_offset,
         probabilities_out=probs,
+        channels=args.channels,
         tile_size=args.tile_size,
         halo=args.halo,
         blend=args.blend,
@@ -297,10 +314,10 @@ def _segment_chunked(args: argparse.Namespace, inp: Path, out: Path) -> int:
     arr, file_axes = open_image(inp)
     axes, note = _resolve_axes(arr, args.axes, file_axes, model.config.in_channels, args.quiet)
     t0 = time.perf_counter()
-    from .axes import layout
     from .chunked import choose_block
+    from .inference import image_layout
 
-    lay = layout(arr.shape, axes)
+    lay = image_layout(model, arr, axes, args.channels)
     blocks = choose_block(args.block_size, lay, model, args.halo, args.instances)
     unit = "block" if blocks else "slice" if args.scheduler else "tile"
     bar = _Progress(args.quiet, "segment", unit)
@@ -312,6 +329,7 @@ def _segment_chunked(args: argparse.Namespace, inp: Path, out: Path) -> int:
         instances=args.instances,
         min_size=args.min_size,
         edge_offset=args.edge_offset,
+        channels=args.channels,
         resume=not args.restart,
         scheduler=args.scheduler,
         workers=args.workers,
@@ -567,6 +585,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="axes of the image, e.g. YX, ZYX, CYX, ZCYX, YXC (default: TIFF metadata or a guess)",
     )
     s.add_argument(
+        "--channels",
+        type=_channels,
+        help=CHANNELS_HELP + ", or those a model trained here was trained on",
+    )
+    s.add_argument(
         "--tile-size",
         type=_tile_size,
         default=None,
@@ -644,6 +667,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("-o", "--output", required=True, help="model file to write (.safetensors)")
     t.add_argument("--labels", choices=["sparse", "dense"], default="sparse", help="convention")
     t.add_argument("--axes", help="axes of the image (default: from the TIFF, else guessed)")
+    t.add_argument("--channels", type=_channels, help=CHANNELS_HELP + " (stored with the model)")
     t.add_argument(
         "--time-limit",
         type=_positive_float,

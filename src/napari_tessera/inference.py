@@ -164,11 +164,7 @@ def prepare(
 ) -> InferenceSettings:
     """Check the settings against the model and image; plan the tiles (``halo="auto"`` only
     for a model with its halo stored; :func:`measure_auto_halo` measures one)."""
-    if lay.channels != model.config.in_channels:
-        raise InputError(
-            f"the model reads {model.config.in_channels} channel(s) but the image has "
-            f"{lay.channels} (axes {lay.axes}, shape {lay.shape})"
-        )
+    check_channels(model, lay)
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     dev = resolve_device(device)
@@ -180,6 +176,36 @@ def prepare(
         tile_size = DEFAULT_CORE + 2 * h if model.config.padding == "same" else 572
     plan = plan_tiles(lay.yx, tile_size, multiple=model.size_multiple, halo=h, model=model)
     return InferenceSettings(plan.tile_shape, h, plan, dev, dtype)
+
+
+def check_channels(model, lay: SliceLayout) -> None:
+    """A one-line error when the channels read from the image are not the model's number."""
+    want = model.config.in_channels
+    if lay.channels == want:
+        return
+    if lay.pick is not None:
+        picked = ",".join(str(c) for c in lay.pick)
+        raise InputError(
+            f"the model reads {want} channel(s) but {lay.channels} are chosen (channels {picked})"
+        )
+    hint = f"; choose {want} of them (channels, e.g. {','.join(map(str, range(want)))})"
+    raise InputError(
+        f"the model reads {want} channel(s) but the image has {lay.channels} "
+        f"(axes {lay.axes}, shape {lay.shape}){hint if lay.channels > want else ''}"
+    )
+
+
+def image_layout(model, image, axes: str, channels=None) -> SliceLayout:
+    """The layout of ``image`` for ``model``. ``channels`` picks the image channels read
+    (:func:`~napari_tessera.axes.parse_channels`); None reads all, unless the image has another
+    number of channels than the model reads and the model stores the channels it was trained
+    on: then those."""
+    shape = np.shape(image)
+    if channels is None:
+        stored = (getattr(model, "metadata", None) or {}).get("channels")
+        if stored is not None and layout(shape, axes).channels != model.config.in_channels:
+            channels = stored
+    return layout(shape, axes, channels)
 
 
 def is_out_of_memory(err: BaseException) -> bool:
@@ -260,12 +286,14 @@ def iter_slice_predictions(
     fast: bool = True,
     out_of_memory_fallback: bool = True,
     levels: list[tuple[float, float]] | None = None,
+    channels=None,
 ) -> Generator[Progress | SliceResult | Notice, None, None]:
     """Yield :class:`Progress` after every batch and a :class:`SliceResult` per finished slice.
 
     See :func:`predict_tiled` for the arguments; ``slices`` restricts the work to some flat
     slice indices (e.g. the slice on screen); ``levels`` fixes the intensity levels (see
-    :func:`~napari_tessera.normalize.normalize_slice`). Stop early by closing the generator.
+    :func:`~napari_tessera.normalize.normalize_slice`); ``channels`` as in
+    :func:`image_layout`. Stop early by closing the generator.
     The model passed in is not changed or moved (with ``fast=False`` it is moved to the
     device).
 
@@ -273,7 +301,7 @@ def iter_slice_predictions(
     then smaller tiles, then on the CPU (see :func:`next_fallback`); each step is announced by
     a :class:`Notice`. With an exact halo the result is the same as an unconstrained run.
     """
-    lay = layout(np.shape(image), axes)
+    lay = image_layout(model, image, axes, channels)
     check_dtype(image.dtype)
     if blend not in ("crop", "gaussian"):
         raise InputError(f"blend must be 'crop' or 'gaussian', got {blend!r}")
@@ -408,7 +436,7 @@ def _blend_tile(out, wsum, p, weight, plan: TilePlan, t) -> None:
 
 def iter_predict_tiled(model, image, *, axes: str = "YX", **kwargs):
     """Generator form of :func:`predict_tiled`: yields :class:`Progress`, returns the array."""
-    lay = layout(np.shape(image), axes)
+    lay = image_layout(model, image, axes, kwargs.get("channels"))
     out = np.empty((model.config.n_classes, lay.n_slices, *lay.yx), np.float32)
     for event in iter_slice_predictions(model, image, axes=axes, **kwargs):
         if isinstance(event, SliceResult):
@@ -443,6 +471,7 @@ def predict_tiled(
     device: str | torch.device = "auto",
     precision: str = "fp32",
     fast: bool = True,
+    channels=None,
 ) -> np.ndarray:
     """Class probabilities of every pixel by mirrored overlap-tile inference.
 
@@ -466,6 +495,8 @@ def predict_tiled(
     fast: run an inference copy of the model with BatchNorm folded into the convolutions and
         channels-last memory (the same function up to float rounding; the model passed in is
         left untouched). False runs the model as it is.
+    channels: the image channels the network reads, in order (e.g. ``(1,)`` or ``"1,0"``);
+        None: all, or those a model trained here stores when the image has another number.
 
     Returns float32 ``(n_classes, *non-channel axes)``, e.g. ``(n_classes, Z, Y, X)`` for "ZCYX".
     A 1-class network gives sigmoid probabilities, others softmax.
@@ -482,6 +513,7 @@ def predict_tiled(
             device=device,
             precision=precision,
             fast=fast,
+            channels=channels,
         )
     )
 
@@ -554,7 +586,7 @@ def iter_segment(
         seed_depth=seed_depth,
         min_size=min_size,
     )
-    lay = layout(np.shape(image), axes)
+    lay = image_layout(model, image, axes, kwargs.get("channels"))
     labels = np.zeros((lay.n_slices, *lay.yx), np.uint32 if instances else np.uint8)
     next_id = 1
     for event in iter_slice_predictions(model, image, axes=axes, **kwargs):

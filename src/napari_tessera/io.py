@@ -164,6 +164,14 @@ def read_model_info(path: str | os.PathLike) -> tuple[UNetConfig, dict[str, Any]
                 check(metadata[key], what)
             except InputError as err:
                 raise ModelFileError(f"{path.name}: {err}") from err
+    if "channels" in metadata:
+        ch = metadata["channels"]
+        ok = isinstance(ch, list) and all(type(c) is int and 0 <= c < 4096 for c in ch)
+        if not ok or len(ch) != config.in_channels:
+            raise ModelFileError(
+                f"{path.name}: its channels must be {config.in_channels} channel number(s), "
+                f"got {ch!r}"
+            )
     return config, metadata
 
 

@@ -18,7 +18,7 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from superqt.utils import GeneratorWorker
 
-from ..axes import SliceLayout, layout
+from ..axes import SliceLayout, layout, parse_channels
 from ..errors import InputError, TesseraError
 
 log = logging.getLogger("napari_tessera")
@@ -263,20 +263,48 @@ class ImageInput:
         return tuple(int(i) for i in np.unravel_index(s, self.lay.lead_shape))
 
 
-def image_input(layer, in_channels: int | None, axes_text: str = "auto") -> ImageInput:
+def image_input(
+    layer,
+    in_channels: int | None,
+    axes_text: str = "auto",
+    channels_text: str = "auto",
+    stored: tuple[int, ...] | None = None,
+) -> ImageInput:
     """Read an Image layer for a model with ``in_channels`` (None: a new model from scratch).
 
-    RGB(A) layers: a 1-channel model gets grayscale (with a note), a 3-channel model RGB (alpha
-    dropped), a 4-channel model RGBA; a new model reads RGB. Other channel counts are an error.
+    ``channels_text`` picks the channels read, in order ("1", "1,0"; "all": every channel;
+    "auto": the model's ``stored`` channels when the layer has another number than it reads,
+    else all).
+    RGB(A) layers without a pick: a 1-channel model gets grayscale (with a note), a 3-channel
+    model RGB (alpha dropped), a 4-channel model RGBA; a new model reads RGB. Other channel
+    counts are an error.
     """
     if layer is None:
         raise InputError("no image layer selected: open an image and pick it in the widget")
     data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
     shape = tuple(int(s) for s in data.shape)
     axes_text = (axes_text or "auto").strip().upper()
+    auto = (channels_text or "auto").strip().lower() == "auto"
+    pick = None if auto else parse_channels(channels_text)
+    if auto and stored is not None:
+        n = shape[-1] if getattr(layer, "rgb", False) else None
+        if n is None:
+            axes = _guess_axes(shape, in_channels) if axes_text in ("", "AUTO") else axes_text
+            n = layout(shape, axes).image_channels
+        if n != in_channels:
+            pick, channels_text = tuple(stored), ",".join(map(str, stored))
     to_gray = drop_alpha = False
     note = None
-    if getattr(layer, "rgb", False):
+    if getattr(layer, "rgb", False) and pick is not None:
+        lead = {2: "", 3: "Z", 4: "TZ"}.get(len(shape) - 1)
+        if lead is None:
+            raise InputError(
+                f"{layer.name}: RGB images with {len(shape)} dimensions are not handled"
+            )
+        dims = lead + "YX"
+        lay = layout(shape, dims + "C", pick)
+        axes = lay.axes
+    elif getattr(layer, "rgb", False):
         n_rgb = shape[-1]
         lead = {2: "", 3: "Z", 4: "TZ"}.get(len(shape) - 1)
         if lead is None:
@@ -306,13 +334,14 @@ def image_input(layer, in_channels: int | None, axes_text: str = "auto") -> Imag
         lay = layout(out_shape, axes)
     else:
         axes = _guess_axes(shape, in_channels) if axes_text in ("", "AUTO") else axes_text
-        lay = layout(shape, axes)
+        lay = layout(shape, axes, pick)
         dims = lay.axes
-        if in_channels is not None and lay.channels != in_channels:
-            raise InputError(
-                f"the model reads {in_channels} channel(s) but {layer.name} has {lay.channels} "
-                f"(shape {shape}, axes {lay.axes}); set the axes, e.g. CYX for channels first"
-            )
+    if in_channels is not None and lay.channels != in_channels:
+        what = f"channels {channels_text} pick {lay.channels}" if pick else f"it has {lay.channels}"
+        raise InputError(
+            f"the model reads {in_channels} channel(s) but {what} (of {layer.name}, shape "
+            f"{shape}, axes {lay.axes}); set the channels, or the axes (e.g. CYX)"
+        )
     keep = [i for i, a in enumerate(dims) if a != "C"]
     scale = tuple(float(layer.scale[i]) for i in keep)
     translate = tuple(float(layer.translate[i]) for i in keep)

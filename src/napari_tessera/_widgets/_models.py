@@ -31,6 +31,7 @@ class ModelSpec:
     in_channels: int | None  # None: a new network (training from scratch)
     n_classes: int | None
     load: Callable[[], Any] | None  # None: train from scratch
+    channels: tuple[int, ...] | None = None  # the image channels it was trained on, if stored
 
 
 def path_is_set(value) -> bool:
@@ -59,8 +60,15 @@ def file_spec(path) -> ModelSpec:
     if not path_is_set(path):
         raise InputError("no model file chosen: pick a .safetensors model file")
     path = Path(path)
-    config, _ = read_model_info(path)  # header only: fast, validates the file
-    return ModelSpec(path.name, config.in_channels, config.n_classes, _cached_loader(path))
+    config, meta = read_model_info(path)  # header only: fast, validates the file
+    return ModelSpec(
+        path.name, config.in_channels, config.n_classes, _cached_loader(path), _stored(meta)
+    )
+
+
+def _stored(metadata) -> tuple[int, ...] | None:
+    ch = (metadata or {}).get("channels")
+    return tuple(int(c) for c in ch) if ch else None
 
 
 def resolve(source: str, path=None, *, for_training: bool = False) -> ModelSpec:
@@ -76,7 +84,11 @@ def resolve(source: str, path=None, *, for_training: bool = False) -> ModelSpec:
         if model is None:
             raise InputError("no model has been trained in this session yet")
         spec = ModelSpec(
-            "last trained model", model.config.in_channels, model.config.n_classes, lambda: model
+            "last trained model",
+            model.config.in_channels,
+            model.config.n_classes,
+            lambda: model,
+            _stored(model.metadata),
         )
     elif source == FILE:
         spec = file_spec(path)

@@ -80,6 +80,7 @@ def segment_job(
     model = spec.load()
     image = inp.load()
     axes = inp.axes
+    kwargs = {**kwargs, "channels": inp.lay.pick}  # the whole image: pick its channels
     if out_path is not None and slice_index is None:
         import zarr
 
@@ -92,9 +93,10 @@ def segment_job(
         seconds = time.perf_counter() - t0
         return SegmentResult(labels, None, None, seconds, Path(path), halo_used(model, kwargs))
     if slice_index is not None:
-        image = inp.lay.slice_view(image, slice_index)  # (C, Y, X)
+        image = inp.lay.slice_view(image, slice_index)  # (C, Y, X), channels picked
         axes = "CYX"
-    lay = layout(np.shape(image), axes)
+        kwargs["channels"] = None
+    lay = layout(np.shape(image), axes, kwargs["channels"])
     probs = None
     if want_prob:
         probs = np.zeros((model.config.n_classes, *lay.out_shape), np.float32)
@@ -160,6 +162,13 @@ class SegmentWidget(Container):
             value="auto",
             tooltip="axes of the image data, e.g. YX, ZYX, CYX (channels first), ZCYX; "
             "'auto' guesses from the shape and the model (RGB layers are handled for you)",
+        )
+        self.channels = LineEdit(
+            label="channels",
+            value="auto",
+            tooltip="image channels the network reads, in order, from 0: e.g. 1 (green of an RGB "
+            "image) or 1,0 (cytoplasm, then nuclei); 'all'; 'auto': those a trained model "
+            "stores, else all",
         )
         self.model_source = ComboBox(
             label="model", choices=lambda _w=None: _models.choices(training=False)
@@ -228,6 +237,7 @@ class SegmentWidget(Container):
             [
                 self.image,
                 self.axes,
+                self.channels,
                 self.model_source,
                 self.model_file,
                 self.tile_size,
@@ -258,6 +268,7 @@ class SegmentWidget(Container):
         self.output.changed.connect(self._update_visibility)
         self.image.changed.connect(self._update_info)
         self.axes.changed.connect(self._update_info)
+        self.channels.changed.connect(self._update_info)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         session.changed.connect(self._on_session_model)
@@ -285,7 +296,13 @@ class SegmentWidget(Container):
             return
         try:
             spec = self._spec(quiet=True)
-            inp = image_input(layer, spec.in_channels if spec else None, self.axes.value)
+            inp = image_input(
+                layer,
+                spec.in_channels if spec else None,
+                self.axes.value,
+                self.channels.value,
+                spec.channels if spec else None,
+            )
         except TesseraError as err:
             self.info.value = f"⚠ {err}"
             return
@@ -328,7 +345,9 @@ class SegmentWidget(Container):
         try:
             layer = self.image.value
             spec = self._spec()
-            inp = image_input(layer, spec.in_channels, self.axes.value)
+            inp = image_input(
+                layer, spec.in_channels, self.axes.value, self.channels.value, spec.channels
+            )
             slice_index = None
             if self.scope.value == "slice" and inp.lay.lead_shape:
                 slice_index = inp.lead_index(layer, self._viewer.dims.point)

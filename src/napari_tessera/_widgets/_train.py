@@ -155,6 +155,13 @@ class TrainWidget(Container):
             value="auto",
             tooltip="axes of the image data, e.g. YX, ZYX, CYX; 'auto' guesses",
         )
+        self.channels = LineEdit(
+            label="channels",
+            value="auto",
+            tooltip="image channels the network reads, in order, from 0: e.g. 1 (green of an RGB "
+            "image) or 1,0 (cytoplasm, then nuclei); 'all'; 'auto': those the starting model "
+            "stores, else all",
+        )
         self.annotations = ComboBox(
             label="annotations", choices=layer_choices(napari_viewer, Labels)
         )
@@ -212,6 +219,7 @@ class TrainWidget(Container):
             [
                 self.image,
                 self.axes,
+                self.channels,
                 self.annotations,
                 self.new_annotations,
                 self.mode,
@@ -286,10 +294,11 @@ class TrainWidget(Container):
         try:
             layer = self.image.value
             try:
-                in_channels = self._spec().in_channels
+                spec = self._spec()
+                in_channels, stored = spec.in_channels, spec.channels
             except TesseraError:
-                in_channels = None
-            inp = image_input(layer, in_channels, self.axes.value)
+                in_channels, stored = None, None
+            inp = image_input(layer, in_channels, self.axes.value, self.channels.value, stored)
         except TesseraError as err:
             report_error("New annotation layer", err)
             return None
@@ -320,7 +329,9 @@ class TrainWidget(Container):
     def _prepare(self):
         layer = self.image.value
         spec = self._spec()
-        inp = image_input(layer, spec.in_channels, self.axes.value)
+        inp = image_input(
+            layer, spec.in_channels, self.axes.value, self.channels.value, spec.channels
+        )
         ann = self.annotations.value
         if ann is None:
             raise InputError(
@@ -356,6 +367,7 @@ class TrainWidget(Container):
             device=device,
             preview_every=PREVIEW_EVERY if self.live_preview.value else 0.0,
             preview_slice=lead,
+            channels=inp.lay.pick,
             **({} if self.whole.value else {"surround": 0.0}),
         )
         run = _Run(inp, ann, labels, inp.lead_tuple(lead), threading.Event())

@@ -27,7 +27,7 @@ from ..postprocess import SplitRule
 #: offsets tried, in pixels (positive shrinks); steps of one pixel, diagonal and two pixels
 EDGE_OFFSETS = (-2.5, -2.0, -1.5, -1.0, 0.0, 1.0, 1.5, 2.0, 2.5)
 #: seed depths tried, in pixels (0: every local maximum of the distance map)
-SEED_DEPTHS = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)
+SEED_DEPTHS = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0)
 
 
 @dataclass(frozen=True)

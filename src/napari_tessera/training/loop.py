@@ -21,11 +21,12 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..axes import layout
+from ..axes import layout, parse_channels
 from ..config import UNetConfig
 from ..errors import InputError
 from ..halo import measure_halo, read_probes
 from ..inference import (
+    image_layout,
     is_out_of_memory,
     predict_tiled,
     predict_whole,
@@ -77,6 +78,9 @@ class TrainConfig:
         outside a painted object count as background (the gap to the background or the edge
         of a touching neighbour; :func:`~napari_tessera.training.labels.surroundings`).
         0 for objects painted as strokes inside them.
+    channels: the image channels the network reads, in order (e.g. ``(1, 0)``); stored with
+        the model, so segmenting an image like this one reads the same. None: all (or, when
+        fine-tuning a model that stores them and the image has another number, those).
     keep: fine-tuning only: weight of a term that keeps the starting model's own predictions
         where nothing is painted (:func:`~napari_tessera.training.losses.kept_predictions`),
         so a dozen painted objects correct the model without rewriting it. 0: off.
@@ -106,6 +110,7 @@ class TrainConfig:
     calibrate_edges: bool = True
     surround: float = 2.0
     keep: float = 1.0
+    channels: tuple[int, ...] | None = None
     preview_every: float = 0.0
     preview_slice: int = 0
     checkpoint: str | None = None
@@ -124,6 +129,7 @@ class TrainConfig:
             raise InputError(f"seed must be a non-negative integer, got {self.seed!r}")
         if not 0 <= self.ema < 1:
             raise InputError(f"weight average decay must be in [0, 1), got {self.ema}")
+        object.__setattr__(self, "channels", parse_channels(self.channels))
         for name in ("surround", "keep"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
@@ -255,9 +261,9 @@ class _Run:
 
     def __init__(self, image, labels, axes, cfg: TrainConfig, model, resume, stop, dist_ctx):
         self.image, self.stop, self.dist_ctx = image, stop, dist_ctx
-        self.lay = layout(np.shape(image), axes)
-        lab = check_labels(labels, self.lay.out_shape, cfg.mode)
-        self.labels = lab.reshape((self.lay.n_slices, *self.lay.yx))
+        lay = layout(np.shape(image), axes, cfg.channels)
+        lab = check_labels(labels, lay.out_shape, cfg.mode)
+        self.labels = lab.reshape((lay.n_slices, *lay.yx))
         device = resolve_device(cfg.device)
         if dist_ctx is not None:
             device = ddp.setup(dist_ctx, device)
@@ -265,6 +271,7 @@ class _Run:
         self.main_rank = dist_ctx is None or dist_ctx.is_main
         state = load_checkpoint(resume) if resume is not None else None
         cfg, model, self.fine_tune = _starting_point(cfg, model, state)
+        self.lay = image_layout(model, image, axes, cfg.channels) if model is not None else lay
         self.targets = make_targets(
             self.labels,
             cfg.mode,
@@ -646,7 +653,10 @@ class _Run:
 
     def _metadata(self, model: UNet, edges: EdgeCalibration | None, stopped: str) -> dict:
         # a base model's split rule gives way to this run's calibration
-        meta = {k: v for k, v in model.metadata.items() if k not in ("edge_offset", "seed_depth")}
+        replaced = ("edge_offset", "seed_depth", "channels")
+        meta = {k: v for k, v in model.metadata.items() if k not in replaced}
+        if self.lay.pick is not None:
+            meta["channels"] = list(self.lay.pick)
         if edges is not None and edges.offset:
             meta["edge_offset"] = edges.offset
         if edges is not None and edges.seed_depth:
@@ -689,6 +699,7 @@ def _starting_point(cfg: TrainConfig, model: UNet | None, state):
         entropy=float(rc.get("entropy", cfg.entropy)),  # and the same loss
         surround=float(rc.get("surround", cfg.surround)),
         keep=float(rc.get("keep", cfg.keep)),
+        channels=cfg.channels if cfg.channels is not None else rc.get("channels"),
     )
     return cfg, state.model, bool(rc.get("fine_tune", False))
 
