@@ -39,9 +39,10 @@ def main() -> None:
     ap.add_argument("--start-steps", type=int, default=1000)
     ap.add_argument("--keeps", nargs="+", type=float, default=[1.0, 0.0])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--jsonl")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     env = cpu_env()
     start = cell_model(args.train, args.start_steps, args.seed)
     for name in args.targets:

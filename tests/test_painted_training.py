@@ -181,20 +181,43 @@ def _objects(lab):
     return painted_objects(lab, "sparse")
 
 
-def test_calibration_leaves_out_painted_regions_that_join_several_objects():
-    # ten single discs and two painted regions that each join three touching discs
+def test_a_painted_region_cut_into_object_sized_parts_is_not_penalised():
+    from napari_tessera.training.edges import object_ious
+
+    yy, xx = np.mgrid[:60, :120]
+    disc = lambda cy, cx: (yy - cy) ** 2 + (xx - cx) ** 2 <= 100  # noqa: E731
+    painted = np.zeros((60, 120), np.int32)
+    painted[disc(30, 20) | disc(30, 38)] = 1  # two touching objects painted as one region
+    painted[disc(30, 90)] = 2  # a single object
+    pred = np.zeros_like(painted)
+    pred[disc(30, 20)] = 1
+    pred[disc(30, 38) & ~disc(30, 20)] = 2  # the region cut into its two objects
+    pred[disc(30, 90) & (xx < 90)] = 3  # the single object cut in two halves
+    pred[disc(30, 90) & (xx >= 90)] = 4
+    half = 0.5 * np.median([(painted == 1).sum(), (painted == 2).sum()])
+    ious = object_ious(painted, pred, min_part=half)
+    assert ious[0] > 0.99  # the joined region: its two object-sized parts together
+    assert ious[1] < 0.6  # the single object: its halves are under half a painted object
+    # without the allowance (the plain best match), the joined region is penalised too
+    assert object_ious(painted, pred)[0] < 0.6
+
+
+def test_calibration_keeps_the_plain_rule_unless_most_objects_gain():
+    """A gain carried by one object of a dozen is noise, not a better rule."""
     yy, xx = np.mgrid[:200, :300]
     objects = np.zeros((200, 300), np.int32)
     k = 0
-    for cy in (30, 90):
-        for cx in range(30, 300, 60):
+    for cy in (30, 90, 150):
+        for cx in range(30, 300, 70):
             k += 1
             objects[(yy - cy) ** 2 + (xx - cx) ** 2 <= 100] = k
-    for row in (150, 185):
-        k += 1
-        for cx in (40, 58, 76):
-            objects[(yy - row) ** 2 + (xx - cx) ** 2 <= 100] = k
-    pred = (objects > 0).astype(np.uint8)  # a perfect prediction of every disc
+    # one more object: two discs joined by a wide neck, which the plain rule cuts in two
+    wide = ((yy - 20) ** 2 + (xx - 20) ** 2 <= 144) | ((yy - 20) ** 2 + (xx - 58) ** 2 <= 144)
+    wide |= (abs(yy - 20) <= 8) & (xx > 20) & (xx < 58)
+    objects[np.roll(wide, (170, 200), (0, 1)) & (objects == 0)] = k + 1
+    pred = (objects > 0).astype(np.uint8)  # a perfect prediction
+    plain = calibrate_edges([pred], [objects], depths=(0.0,))
+    deeper = max(v for (o, d), v in calibrate_edges([pred], [objects]).scores.items() if o == 0)
+    assert deeper > plain.score + 0.01  # a deeper seed keeps that one object whole ...
     cal = calibrate_edges([pred], [objects])
-    assert cal.objects == 10  # the two joined regions do not count
-    assert cal.score > 0.95
+    assert (cal.offset, cal.seed_depth) == (0.0, 0.0) and "clearly" in cal.reason  # ... only it

@@ -887,7 +887,11 @@ def test_time_limit_stops_by_time(dense_data):
     limit = 2.0
     torch.manual_seed(0)
     updates, result = drive(
-        iter_train(image, labels, config=small_config(steps=None, time_limit=limit, val_every=10))
+        iter_train(
+            image,
+            labels,
+            config=small_config(steps=None, time_limit=limit, val_every=10, calibrate_edges=False),
+        )
     )
     assert result.stopped == "time"
     assert result.steps == len(updates) > 3

@@ -10,7 +10,9 @@ depth) whose objects best match the painted ones is stored with the model; segme
 it.
 
 The match of a painted object P is its IoU with the single predicted object that overlaps it
-best, so cutting P into pieces and merging P with a neighbour both lower it. Objects painted as
+best, so cutting P into pieces and merging P with a neighbour both lower it; a painted region
+cut into object-sized parts is judged by their IoU together, since touching objects painted
+with one label join into one region (:func:`object_ious`). Objects painted as
 strokes inside a cell, not whole, match nothing well at any setting, and calibration then keeps
 the plain rule.
 """
@@ -110,9 +112,15 @@ def painted_objects(labels2d: np.ndarray, mode: str, *, min_size: int = 8) -> np
     return out
 
 
-def object_ious(objects: np.ndarray, instances: np.ndarray) -> np.ndarray:
-    """IoU of each painted object (ids 1..max of ``objects``, absent ids skipped) with the
-    predicted object that overlaps it best (0 when none does)."""
+def object_ious(objects: np.ndarray, instances: np.ndarray, min_part: float = np.inf) -> np.ndarray:
+    """How well each painted object (ids 1..max of ``objects``, absent ids skipped) comes out.
+
+    Its IoU with the predicted object that overlaps it best (0 when none does); or, when
+    two or more predicted objects lie mostly inside it and each has at least ``min_part``
+    pixels, their IoU taken together, if that is higher. Touching objects painted with the same
+    label join into one painted region, and cutting it into object-sized parts is then right;
+    cutting an object into small fragments is not.
+    """
     obj = np.asarray(objects).ravel().astype(np.int64)
     ins = np.asarray(instances).ravel().astype(np.int64)
     n_obj, n_ins = int(obj.max()) + 1, int(ins.max()) + 1
@@ -124,29 +132,27 @@ def object_ious(objects: np.ndarray, instances: np.ndarray) -> np.ndarray:
     obj_size = np.bincount(obj, minlength=n_obj)
     best = np.zeros(n_obj)
     np.maximum.at(best, o, inter / (obj_size[o] + ins_size[i] - inter))
+    inside = 2 * inter > ins_size[i]  # the instance lies mostly inside the object
+    parts = np.bincount(o[inside], minlength=n_obj)
+    small = np.bincount(o[inside], weights=ins_size[i][inside] < min_part, minlength=n_obj)
+    common = np.bincount(o[inside], weights=inter[inside], minlength=n_obj)
+    pred = np.bincount(o[inside], weights=ins_size[i][inside], minlength=n_obj)
+    together = common / np.maximum(obj_size + pred - common, 1)
+    joined = (parts >= 2) & (small == 0)
+    score = np.where(joined, np.maximum(best, together), best)
     present = np.flatnonzero(obj_size > 0)
-    return best[present[present > 0]]
+    return score[present[present > 0]]
 
 
-def _single_objects(object_maps, keep_at_least: int, factor: float = 2.0) -> list:
-    """The painted objects without those over ``factor`` times the median painted area.
-
-    Touching objects painted with the same label join into one painted region, and a split
-    rule that cuts it correctly would be scored as cutting an object in two; such regions are
-    usually much larger than the rest. They are left out unless too few objects would remain.
-    """
-    areas = [np.bincount(o.ravel())[1:] for o in object_maps]
-    flat = np.concatenate([a[a > 0] for a in areas]) if areas else np.zeros(0)
-    if len(flat) == 0:
-        return list(object_maps)
-    limit = factor * float(np.median(flat))
-    if (flat <= limit).sum() < keep_at_least:
-        return list(object_maps)
-    out = []
-    for o, a in zip(object_maps, areas, strict=True):
-        big = np.flatnonzero(a > limit) + 1
-        out.append(np.where(np.isin(o, big), 0, o) if big.size else o)
-    return out
+def _clearly_better(ious: np.ndarray, plain: np.ndarray, min_gain: float) -> bool:
+    """Whether per-object IoUs beat the plain rule's by ``min_gain`` on average, and by more
+    than twice the standard error of the paired differences: a gain carried by one or two of a
+    dozen objects is not trusted."""
+    d = ious - plain
+    if len(d) < 2:
+        return False
+    se = d.std(ddof=1) / np.sqrt(len(d))
+    return bool(d.mean() >= min_gain and d.mean() > 2 * se)
 
 
 def _crop_to_objects(classes: np.ndarray, objects: np.ndarray, margin: int = 48):
@@ -174,25 +180,29 @@ def calibrate_edges(
 
     class_maps: per-pixel classes predicted for the painted slices (2D each, 0 = background).
     object_maps: the painted objects of the same slices (:func:`painted_objects`).
-    Painted regions over twice the median painted area are left out (:func:`_single_objects`).
     The plain rule (0, 0) is kept with fewer than ``min_objects`` painted objects, when even
     the best rule matches them at a mean IoU below ``min_whole`` (objects not painted whole, or
-    a model that has not learnt them), or when no rule beats it by ``min_gain``. Among rules
-    within ``min_gain`` of the best, the one closest to the plain rule wins.
+    a model that has not learnt them), or when no rule beats it clearly (by ``min_gain`` on
+    average and by more than twice the standard error of the paired per-object differences).
+    Among the rules that do, those within ``min_gain / 2`` of the best, the one closest to the
+    plain rule wins.
     """
-    object_maps = _single_objects(object_maps, min_objects)
     n = sum(len(np.unique(o[o > 0])) for o in object_maps)
     if n < min_objects:
         return EdgeCalibration(0.0, n, reason=f"only {n} whole painted object(s)")
     pairs = [
         _crop_to_objects(c, o) for c, o in zip(class_maps, object_maps, strict=True) if o.any()
     ]
+    areas = np.concatenate([np.bincount(o.ravel())[1:] for _, o in pairs])
+    min_part = 0.5 * float(np.median(areas[areas > 0]))  # half a typical painted object
     scores: dict[tuple[float, float], float] = {}
+    per_object: dict[tuple[float, float], np.ndarray] = {}
     for off in offsets:
         for depth in depths:
             rule = SplitRule(True, float(off), float(depth), min_size)
-            ious = [object_ious(obj, rule.labels(cls)[0]) for cls, obj in pairs]
-            scores[(float(off), float(depth))] = float(np.concatenate(ious).mean())
+            ious = [object_ious(obj, rule.labels(cls)[0], min_part) for cls, obj in pairs]
+            per_object[(float(off), float(depth))] = np.concatenate(ious)
+    scores = {k: float(v.mean()) for k, v in per_object.items()}
     top = max(scores.values())
     if top < min_whole:
         return EdgeCalibration(
@@ -202,9 +212,11 @@ def calibrate_edges(
             reason=f"painted objects matched at mean IoU {top:.2f} < {min_whole} at best: "
             "not painted whole?",
         )
-    base = scores.get((0.0, 0.0), 0.0)
-    if top < base + min_gain:
-        return EdgeCalibration(0.0, n, scores, reason="no other rule does better")
-    near = [k for k, v in scores.items() if v >= top - min_gain / 2]
+    plain = per_object.get((0.0, 0.0), np.zeros(n))
+    better = [k for k, v in per_object.items() if _clearly_better(v, plain, min_gain)]
+    if not better:
+        return EdgeCalibration(0.0, n, scores, reason="no other rule does clearly better")
+    best = max(scores[k] for k in better)
+    near = [k for k in better if scores[k] >= best - min_gain / 2]
     off, depth = min(near, key=lambda k: (abs(k[0]) + k[1] / 2, -scores[k]))
     return EdgeCalibration(off, n, scores, seed_depth=depth)
