@@ -65,7 +65,9 @@ def score_right(truth, pred):
     return match_instances(truth[:, half:], pred[:, half:])
 
 
-def rf_baseline(image, labels, seed):
+def rf_classes(image, labels, seed):
+    """scikit-image's trainable segmentation: multiscale_basic_features and a random forest
+    fitted on the painted pixels; per-pixel classes (0 = background, as Tessera's)."""
     feats = feature.multiscale_basic_features(
         image.astype(np.float32),
         intensity=True,
@@ -78,8 +80,11 @@ def rf_baseline(image, labels, seed):
         n_estimators=50, n_jobs=2, max_depth=10, max_samples=0.05, random_state=seed
     )
     clf = future.fit_segmenter(labels, feats, clf)
-    pred = future.predict_segmenter(feats, clf)
-    inst, _ = split_instances(pred == 2)
+    return future.predict_segmenter(feats, clf) - 1
+
+
+def rf_baseline(image, labels, seed):
+    inst, _ = split_instances(rf_classes(image, labels, seed) == 1)
     return inst
 
 

@@ -34,9 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from _results import append_row, cpu_env, settings
+from bench_accuracy import rf_classes
 from bench_accuracy import scribbles as synthetic_scribbles
-from skimage import feature, future
-from sklearn.ensemble import RandomForestClassifier
 
 from napari_tessera import segment
 from napari_tessera.io import load_model
@@ -101,18 +100,7 @@ def score(truth: np.ndarray, pred: np.ndarray) -> dict:
 def random_forest(image, painted, seed: int) -> tuple[np.ndarray, dict]:
     """scikit-image's trainable segmentation; objects split by the same rule Tessera uses,
     calibrated the same way on the painted objects."""
-    feats = feature.multiscale_basic_features(
-        image.astype(np.float32),
-        intensity=True,
-        edges=True,
-        texture=True,
-        sigma_min=1,
-        sigma_max=16,
-    )
-    clf = RandomForestClassifier(
-        n_estimators=50, n_jobs=2, max_depth=10, max_samples=0.05, random_state=seed
-    )
-    classes = future.predict_segmenter(feats, future.fit_segmenter(painted, feats, clf)) - 1
+    classes = rf_classes(image, painted, seed)
     cal = calibrate_edges([classes], [painted_objects(painted, "sparse")])
     rule = SplitRule(True, cal.offset, cal.seed_depth)
     return rule.labels(classes)[0], {
