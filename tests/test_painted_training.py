@@ -221,3 +221,22 @@ def test_calibration_keeps_the_plain_rule_unless_most_objects_gain():
     assert deeper > plain.score + 0.01  # a deeper seed keeps that one object whole ...
     cal = calibrate_edges([pred], [objects])
     assert (cal.offset, cal.seed_depth) == (0.0, 0.0) and "clearly" in cal.reason  # ... only it
+
+
+def test_calibration_keeps_a_base_rule_unless_another_is_clearly_better():
+    """Fine-tuning starts from the start model's split rule, not from the plain one."""
+    yy, xx = np.mgrid[:200, :300]
+    objects = np.zeros((200, 300), np.int32)
+    k = 0
+    for cy in (30, 90, 150):
+        for cx in range(30, 300, 70):
+            k += 1
+            objects[(yy - cy) ** 2 + (xx - cx) ** 2 <= 100] = k
+    pred = (objects > 0).astype(np.uint8)  # perfect: most rules match every object
+    cal = calibrate_edges([pred], [objects], base=(0.0, 3.0))
+    assert (cal.offset, cal.seed_depth) == (0.0, 3.0) and "clearly" in cal.reason
+    assert "necks 3 px deep" in cal.describe()
+    # objects predicted 2 px too large: shrinking is clearly better than the base rule
+    grown = (ndi.distance_transform_edt(objects == 0) <= 2).astype(np.uint8)
+    cal = calibrate_edges([grown], [objects], base=(0.0, 3.0))
+    assert cal.offset == 2.0 and cal.reason == "calibrated"

@@ -62,8 +62,6 @@ class EdgeCalibration:
             if self.score is not None
             else ""
         )
-        if self.reason != "calibrated":
-            return f"{quality}objects split as predicted ({self.reason})"
         parts = []
         if self.offset:
             way = "in" if self.offset > 0 else "out"
@@ -71,6 +69,8 @@ class EdgeCalibration:
         if self.seed_depth:
             parts.append(f"objects cut only at necks {self.seed_depth:g} px deep")
         rule = ", ".join(parts) if parts else "objects split as predicted"
+        if self.reason != "calibrated":
+            return f"{quality}{rule} ({self.reason})"
         return f"{quality}{rule} (calibrated on {self.objects} painted objects)"
 
     def as_metadata(self) -> dict:
@@ -175,21 +175,25 @@ def calibrate_edges(
     min_objects: int = 3,
     min_whole: float = 0.3,
     min_gain: float = 0.01,
+    base: tuple[float, float] = (0.0, 0.0),
 ) -> EdgeCalibration:
     """Choose the edge offset and seed depth at which predicted objects best match the painted.
 
     class_maps: per-pixel classes predicted for the painted slices (2D each, 0 = background).
     object_maps: the painted objects of the same slices (:func:`painted_objects`).
-    The plain rule (0, 0) is kept with fewer than ``min_objects`` painted objects, when even
+    ``base``: the (offset, depth) kept unless another rule is clearly better: the plain rule
+    (0, 0), or the rule of the model that fine-tuning started from.
+    The base rule is kept with fewer than ``min_objects`` painted objects, when even
     the best rule matches them at a mean IoU below ``min_whole`` (objects not painted whole, or
     a model that has not learnt them), or when no rule beats it clearly (by ``min_gain`` on
     average and by more than twice the standard error of the paired per-object differences).
     Among the rules that do, those within ``min_gain / 2`` of the best, the one closest to the
-    plain rule wins.
+    base rule wins.
     """
+    base = (float(base[0]), float(base[1]))
     n = sum(len(np.unique(o[o > 0])) for o in object_maps)
     if n < min_objects:
-        return EdgeCalibration(0.0, n, reason=f"only {n} whole painted object(s)")
+        return EdgeCalibration(*_kept(base, n, {}, f"only {n} whole painted object(s)"))
     pairs = [
         _crop_to_objects(c, o) for c, o in zip(class_maps, object_maps, strict=True) if o.any()
     ]
@@ -197,26 +201,27 @@ def calibrate_edges(
     min_part = 0.5 * float(np.median(areas[areas > 0]))  # half a typical painted object
     scores: dict[tuple[float, float], float] = {}
     per_object: dict[tuple[float, float], np.ndarray] = {}
-    for off in offsets:
-        for depth in depths:
-            rule = SplitRule(True, float(off), float(depth), min_size)
-            ious = [object_ious(obj, rule.labels(cls)[0], min_part) for cls, obj in pairs]
-            per_object[(float(off), float(depth))] = np.concatenate(ious)
+    grid = {(float(o), float(d)) for o in offsets for d in depths} | {base}
+    for off, depth in sorted(grid):
+        rule = SplitRule(True, off, depth, min_size)
+        ious = [object_ious(obj, rule.labels(cls)[0], min_part) for cls, obj in pairs]
+        per_object[(off, depth)] = np.concatenate(ious)
     scores = {k: float(v.mean()) for k, v in per_object.items()}
     top = max(scores.values())
     if top < min_whole:
-        return EdgeCalibration(
-            0.0,
-            n,
-            scores,
-            reason=f"painted objects matched at mean IoU {top:.2f} < {min_whole} at best: "
-            "not painted whole?",
-        )
-    plain = per_object.get((0.0, 0.0), np.zeros(n))
-    better = [k for k, v in per_object.items() if _clearly_better(v, plain, min_gain)]
+        why = f"painted objects matched at mean IoU {top:.2f} < {min_whole} at best: "
+        return EdgeCalibration(*_kept(base, n, scores, why + "not painted whole?"))
+    better = [k for k, v in per_object.items() if _clearly_better(v, per_object[base], min_gain)]
     if not better:
-        return EdgeCalibration(0.0, n, scores, reason="no other rule does clearly better")
+        return EdgeCalibration(*_kept(base, n, scores, "no other rule does clearly better"))
     best = max(scores[k] for k in better)
     near = [k for k in better if scores[k] >= best - min_gain / 2]
-    off, depth = min(near, key=lambda k: (abs(k[0]) + k[1] / 2, -scores[k]))
+    off, depth = min(
+        near, key=lambda k: (abs(k[0] - base[0]) + abs(k[1] - base[1]) / 2, -scores[k])
+    )
     return EdgeCalibration(off, n, scores, seed_depth=depth)
+
+
+def _kept(base: tuple[float, float], n: int, scores: dict, reason: str) -> tuple:
+    """EdgeCalibration arguments for keeping the base rule, saying why."""
+    return base[0], n, scores, reason, base[1]

@@ -35,7 +35,7 @@ from ..inference import (
 )
 from ..model import UNet
 from ..normalize import normalize_slice
-from ..postprocess import classes_from_probabilities
+from ..postprocess import classes_from_probabilities, model_edge_offset, model_seed_depth
 from ..tiling import round_up
 from . import distributed as ddp
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -271,6 +271,10 @@ class _Run:
         self.main_rank = dist_ctx is None or dist_ctx.is_main
         state = load_checkpoint(resume) if resume is not None else None
         cfg, model, self.fine_tune = _starting_point(cfg, model, state)
+        # fine-tuning keeps the start's split rule unless the painted objects clearly want another
+        self.base_rule = (0.0, 0.0)
+        if self.fine_tune:
+            self.base_rule = (model_edge_offset(model), model_seed_depth(model))
         self.lay = image_layout(model, image, axes, cfg.channels) if model is not None else lay
         self.targets = make_targets(
             self.labels,
@@ -612,7 +616,7 @@ class _Run:
         if self.cfg.calibrate_edges and self.main_rank:
             edges = _calibrate_edges(
                 model, self.image, self.lay, self.labels, self.targets.slices, self.cfg.mode,
-                self.device,
+                self.device, self.base_rule,
             )  # fmt: skip
         model.metadata = self._metadata(model, edges, stopped)
         return TrainResult(
@@ -848,8 +852,8 @@ def _validate(
     return total_loss / max(n, 1), (inter / union if union else 1.0)
 
 
-def _calibrate_edges(model, image, lay, labels, slices, mode, device) -> EdgeCalibration:
-    """Edge offset from the painted objects of the annotated slices (see ``edges``)."""
+def _calibrate_edges(model, image, lay, labels, slices, mode, device, base) -> EdgeCalibration:
+    """The split rule from the painted objects of the annotated slices (see ``edges``)."""
     classes, objects = [], []
     for s in slices:
         obj = painted_objects(labels[s], mode)
@@ -859,7 +863,7 @@ def _calibrate_edges(model, image, lay, labels, slices, mode, device) -> EdgeCal
         prob = predict_tiled(model, sl, axes="CYX", device=device)
         classes.append(classes_from_probabilities(prob))
         objects.append(obj)
-    return calibrate_edges(classes, objects)
+    return calibrate_edges(classes, objects, base=base)
 
 
 @torch.no_grad()
