@@ -61,7 +61,7 @@ def main() -> None:
     for name in args.images:
         row, f1 = panel(name, args.seed)
         print(f"{name}: F1 {f1:.3f} on the right half")
-        rows.append(row[:, :, :] if not rows else row[:, : rows[0].shape[1]])
+        rows.append(row)
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0))) for r in rows]
     imsave(args.output, np.concatenate(rows, 0)[::2, ::2], check_contrast=False)

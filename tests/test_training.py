@@ -902,7 +902,9 @@ def test_time_limit_stops_by_time(dense_data):
     slowest = max(b - a for a, b in zip(times, times[1:]))
     assert result.elapsed < limit + max(1.0, 3 * slowest)
     # the plan stays the default number of steps: the limit only cut it short
-    assert updates[-1].total_steps == 500 and 0.9 < updates[-2].fraction < 1.0
+    assert updates[-1].total_steps == 500 and updates[-2].fraction < 1.0
+    # progress follows the clock while the limit comes before the planned steps
+    assert updates[-2].fraction == pytest.approx(updates[-2].elapsed / limit)
 
 
 def test_a_time_limit_does_not_change_the_schedule_or_the_result(dense_data):
