@@ -202,36 +202,33 @@ def test_a_painted_region_cut_into_object_sized_parts_is_not_penalised():
     assert object_ious(painted, pred)[0] < 0.6
 
 
-def test_calibration_keeps_the_plain_rule_unless_most_objects_gain():
-    """A gain carried by one object of a dozen is noise, not a better rule."""
+def _disc_grid():
+    """Twelve separate discs (radius 10) on a 200 x 300 image: ``(yy, xx, objects)``."""
     yy, xx = np.mgrid[:200, :300]
     objects = np.zeros((200, 300), np.int32)
-    k = 0
-    for cy in (30, 90, 150):
-        for cx in range(30, 300, 70):
-            k += 1
-            objects[(yy - cy) ** 2 + (xx - cx) ** 2 <= 100] = k
+    for k, (cy, cx) in enumerate(((y, x) for y in (30, 90, 150) for x in range(30, 300, 70)), 1):
+        objects[(yy - cy) ** 2 + (xx - cx) ** 2 <= 100] = k
+    return yy, xx, objects
+
+
+def test_calibration_keeps_the_plain_rule_unless_most_objects_gain():
+    """A gain carried by one object of a dozen is noise, not a better rule."""
+    yy, xx, objects = _disc_grid()
+    k = int(objects.max())
     # one more object: two discs joined by a wide neck, which the plain rule cuts in two
     wide = ((yy - 20) ** 2 + (xx - 20) ** 2 <= 144) | ((yy - 20) ** 2 + (xx - 58) ** 2 <= 144)
     wide |= (abs(yy - 20) <= 8) & (xx > 20) & (xx < 58)
     objects[np.roll(wide, (170, 200), (0, 1)) & (objects == 0)] = k + 1
     pred = (objects > 0).astype(np.uint8)  # a perfect prediction
-    plain = calibrate_edges([pred], [objects], depths=(0.0,))
-    deeper = max(v for (o, d), v in calibrate_edges([pred], [objects]).scores.items() if o == 0)
-    assert deeper > plain.score + 0.01  # a deeper seed keeps that one object whole ...
     cal = calibrate_edges([pred], [objects])
+    deeper = max(v for (o, d), v in cal.scores.items() if o == 0)
+    assert deeper > cal.scores[(0.0, 0.0)] + 0.01  # a deeper seed keeps that one object whole
     assert (cal.offset, cal.seed_depth) == (0.0, 0.0) and "clearly" in cal.reason  # ... only it
 
 
 def test_calibration_keeps_a_base_rule_unless_another_is_clearly_better():
     """Fine-tuning starts from the start model's split rule, not from the plain one."""
-    yy, xx = np.mgrid[:200, :300]
-    objects = np.zeros((200, 300), np.int32)
-    k = 0
-    for cy in (30, 90, 150):
-        for cx in range(30, 300, 70):
-            k += 1
-            objects[(yy - cy) ** 2 + (xx - cx) ** 2 <= 100] = k
+    _, _, objects = _disc_grid()
     pred = (objects > 0).astype(np.uint8)  # perfect: most rules match every object
     cal = calibrate_edges([pred], [objects], base=(0.0, 3.0))
     assert (cal.offset, cal.seed_depth) == (0.0, 3.0) and "clearly" in cal.reason
