@@ -54,15 +54,15 @@ def test_surroundings_of_whole_objects_are_background_and_nothing_else_is():
 
 def test_training_uses_the_surroundings_by_default_and_can_leave_them_out(monkeypatch):
     seen = {}
-    import napari_tessera.training.loop as loop
+    import napari_tessera.training.data as data
 
-    real = loop.make_targets
+    real = data.set_targets
 
     def spy(*args, **kwargs):
         seen["surround"] = kwargs.get("surround")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "make_targets", spy)
+    monkeypatch.setattr(data, "set_targets", spy)
     img = nuclei_2d((96, 96), seed=1)
     lab = np.zeros(img.labels.shape, np.int64)
     lab[img.labels == 1] = 2

@@ -105,7 +105,7 @@ def test_train_then_segment(files, tmp_path, capsys):
 def test_train_dense_instance_labels(files, tmp_path, capsys):
     model = tmp_path / "dense.safetensors"
     code, _, err = run(
-        ["train", files["image"], files["dense"], "--labels", "dense", "-o", model]
+        ["train", files["image"], files["dense"], "--label-mode", "dense", "-o", model]
         + ["--steps", "10", "-q", *TINY],
         capsys,
     )
@@ -265,7 +265,7 @@ def test_bad_numbers_are_usage_errors(files, tmp_path, capsys):
 
 def test_default_patch_size_on_a_small_image_does_not_crash(files, tmp_path, capsys):
     model = tmp_path / "m.safetensors"
-    args = ["train", files["image"], files["dense"], "--labels", "dense", "-o", model]
+    args = ["train", files["image"], files["dense"], "--label-mode", "dense", "-o", model]
     args += ["--steps", "2", "--base-channels", "4", "--depth", "2", "--device", "cpu", "-q"]
     code, _, err = run(args, capsys)  # a RuntimeError escaping main() fails the test here
     assert code in (0, 2)

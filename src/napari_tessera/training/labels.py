@@ -72,42 +72,63 @@ def make_targets(
     the labels. ``surround`` (sparse labels painted as whole objects): unpainted pixels within
     this many pixels outside a painted object count as background (see :func:`surroundings`).
     """
+    return set_targets([labels], mode, n_classes=n_classes, surround=surround)[0]
+
+
+def set_targets(
+    labels: list[np.ndarray], mode: str, *, n_classes: int | None = None, surround: float = 0.0
+) -> list[Targets]:
+    """Targets for a set of checked label arrays (each ``(S, Y, X)``), with one class count.
+
+    The checks hold for the set: one image may carry only background, or nothing at all (it
+    then has no annotated slices), as long as the set has background and objects painted.
+    """
+    painted = [[s for s in range(lab.shape[0]) if lab[s].any()] for lab in labels]
     if mode == "sparse":
-        painted = [s for s in range(labels.shape[0]) if labels[s].any()]
-        if not painted:
-            raise InputError(
-                "nothing is painted: paint some objects (2, 3, ...) and some background (1)"
-            )
-        values = np.unique(labels[painted])
-        values = values[values > 0]
-        if len(values) < 2:
-            what = "background (1)" if values[0] == 1 else f"objects ({values[0]})"
-            raise InputError(
-                f"only {what} is painted; sparse labels need background (1) and at least one "
-                "object class (2, 3, ...)"
-            )
-        if 1 not in values:
-            raise InputError("no background is painted: paint some background with label 1")
-        found = int(values.max())  # label L -> class L - 1
-        n = n_classes if n_classes is not None else found
-        if found > n:
-            raise InputError(
-                f"labels go up to {found} but the model has {n} classes (labels 1..{n})"
-            )
-        classes = labels - 1  # 0 (not annotated) -> -1 = IGNORE
-        if surround > 0:
-            for sl in painted:
-                classes[sl][surroundings(labels[sl], surround)] = 0
-        return Targets(classes, None, n, painted)
+        n = _sparse_classes(labels, painted, n_classes)
+        out = []
+        for lab, sl in zip(labels, painted, strict=True):
+            classes = lab - 1  # 0 (not annotated) -> -1 = IGNORE
+            if surround > 0:
+                for s in sl:
+                    classes[s][surroundings(lab[s], surround)] = 0
+            out.append(Targets(classes, None, n, sl))
+        return out
     # dense: slices with no object at all count as not annotated and are skipped
-    painted = [s for s in range(labels.shape[0]) if labels[s].any()]
-    if not painted:
+    if not any(painted):
         raise InputError("dense labels contain no objects (all 0 = background)")
     n = n_classes if n_classes is not None else 2
     if n != 2:
         raise InputError(f"dense labels train a 2-class model; the given model has {n} classes")
-    classes = (labels > 0).astype(np.int64)
-    return Targets(classes, labels, 2, painted)
+    return [
+        Targets((lab > 0).astype(np.int64), lab, 2, sl)
+        for lab, sl in zip(labels, painted, strict=True)
+    ]
+
+
+def _sparse_classes(labels: list[np.ndarray], painted: list[list[int]], n_classes) -> int:
+    """The class count of painted sparse labels, after checking that they can train."""
+    if not any(painted):
+        raise InputError(
+            "nothing is painted: paint some objects (2, 3, ...) and some background (1)"
+        )
+    values = np.unique(
+        np.concatenate([np.unique(lab[sl]) for lab, sl in zip(labels, painted) if sl])
+    )
+    values = values[values > 0]
+    if len(values) < 2:
+        what = "background (1)" if values[0] == 1 else f"objects ({values[0]})"
+        raise InputError(
+            f"only {what} is painted; sparse labels need background (1) and at least one "
+            "object class (2, 3, ...)"
+        )
+    if 1 not in values:
+        raise InputError("no background is painted: paint some background with label 1")
+    found = int(values.max())  # label L -> class L - 1
+    n = n_classes if n_classes is not None else found
+    if found > n:
+        raise InputError(f"labels go up to {found} but the model has {n} classes (labels 1..{n})")
+    return n
 
 
 def surroundings(labels2d: np.ndarray, width: float) -> np.ndarray:

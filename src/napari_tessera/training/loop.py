@@ -21,12 +21,11 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..axes import layout, parse_channels
+from ..axes import parse_channels
 from ..config import UNetConfig
 from ..errors import InputError
-from ..halo import measure_halo, read_probes
+from ..halo import MAX_COVER_PROBES, measure_halo, read_probes
 from ..inference import (
-    image_layout,
     is_out_of_memory,
     predict_tiled,
     predict_whole,
@@ -39,9 +38,9 @@ from ..postprocess import classes_from_probabilities, model_edge_offset, model_s
 from ..tiling import round_up
 from . import distributed as ddp
 from .checkpoint import load_checkpoint, save_checkpoint
+from .data import as_images, load_sources, painted_slices, smallest_side
 from .distributed import DistContext
 from .edges import EdgeCalibration, calibrate_edges, painted_objects
-from .labels import check_labels, make_targets
 from .losses import annotated_iou, kept_predictions, segmentation_loss
 from .sampling import PatchSampler
 from .weights import border_weights
@@ -209,7 +208,7 @@ def _lr_at(base: float, step: int, steps: int):
 
 def iter_train(
     image,
-    labels,
+    labels=None,
     *,
     axes: str = "YX",
     config: TrainConfig | None = None,
@@ -222,6 +221,9 @@ def iter_train(
 
     image: array with ``axes`` (2D, stacks, channels as in :func:`predict_tiled`).
     labels: integer array shaped like the image without its channel axis.
+    Or a set of images: ``image`` a sequence of :class:`TrainImage` (each with its labels and
+    axes) or of ``(image, labels)`` pairs with ``axes``, and ``labels`` None. Sizes may
+    differ; channels must not. Patches come from all of them, in proportion to their paint.
     resume: a checkpoint written by an earlier run (``config.checkpoint``) to continue from.
     stop: set it to end training cleanly after the current step; the best model is kept.
     dist_ctx: this process's place in a multi-process run (see
@@ -229,7 +231,8 @@ def iter_train(
     batch is shared between the processes, only rank 0 writes checkpoints and previews.
     Returns a :class:`TrainResult` (the generator's return value).
     """
-    run = _Run(image, labels, axes, config or TrainConfig(), model, resume, stop, dist_ctx)
+    items = as_images(image, labels, axes)
+    run = _Run(items, config or TrainConfig(), model, resume, stop, dist_ctx)
     while (reason := run.stop_reason()) is None:
         yield run.step()
         run.checkpoint_if_due()
@@ -259,11 +262,8 @@ class _Run:
     calibrates their split rule.
     """
 
-    def __init__(self, image, labels, axes, cfg: TrainConfig, model, resume, stop, dist_ctx):
-        self.image, self.stop, self.dist_ctx = image, stop, dist_ctx
-        lay = layout(np.shape(image), axes, cfg.channels)
-        lab = check_labels(labels, lay.out_shape, cfg.mode)
-        self.labels = lab.reshape((lay.n_slices, *lay.yx))
+    def __init__(self, items, cfg: TrainConfig, model, resume, stop, dist_ctx):
+        self.stop, self.dist_ctx = stop, dist_ctx
         device = resolve_device(cfg.device)
         if dist_ctx is not None:
             device = ddp.setup(dist_ctx, device)
@@ -275,15 +275,17 @@ class _Run:
         self.base_rule = (0.0, 0.0)
         if self.fine_tune:
             self.base_rule = (model_edge_offset(model), model_seed_depth(model))
-        self.lay = image_layout(model, image, axes, cfg.channels) if model is not None else lay
-        self.targets = make_targets(
-            self.labels,
-            cfg.mode,
-            n_classes=model.config.n_classes if model is not None else None,
+        self.sources = load_sources(
+            items,
+            mode=cfg.mode,
+            channels=cfg.channels,
+            model=model,
             surround=cfg.surround if cfg.mode == "sparse" else 0.0,
         )
+        self.painted = painted_slices(self.sources)  # the run's slices: (source, index)
+        self.n_classes = self.sources[0].targets.n_classes
         torch.manual_seed(cfg.seed)  # before the network is built: it fixes the initial weights
-        self.model = _network(model, self.targets, self.lay, cfg)
+        self.model = _network(model, self.n_classes, self.sources[0].lay.channels, cfg)
         self.cfg = cfg
         self._plan(state)
         self.rng = np.random.default_rng(cfg.seed)
@@ -320,38 +322,41 @@ class _Run:
     # -- set-up -----------------------------------------------------------------------------
     def _plan(self, state) -> None:
         """Patch and batch size, learning rate, planned steps, validation interval."""
-        cfg, lay, model = self.cfg, self.lay, self.model
-        patch, batch, lr, steps, self.val_every = _auto(cfg, lay.yx, self.device, self.fine_tune)
+        cfg, model = self.cfg, self.model
+        yx = smallest_side(self.sources)
+        patch, batch, lr, steps, self.val_every = _auto(cfg, yx, self.device, self.fine_tune)
         if self.dist_ctx is not None and cfg.batch_size is None:
             batch = round_up(batch, self.dist_ctx.world_size)  # the automatic batch shares evenly
         if state is not None:
             lr = cfg.lr or float(state.run_config.get("lr") or lr)  # the same schedule
             if not cfg.steps:
                 steps = int(state.run_config.get("steps") or steps)  # finish the interrupted run
-        if max(lay.yx) < 16:
-            raise InputError(f"image is too small to train on ({lay.yx[0]}x{lay.yx[1]} px)")
-        if cfg.patch_size is None and len(self.targets.slices) < 3 and cfg.val_fraction > 0:
+        if max(yx) < 16:
+            raise InputError(f"image is too small to train on ({yx[0]}x{yx[1]} px)")
+        if cfg.patch_size is None and len(self.painted) < 3 and cfg.val_fraction > 0:
             # one image shares its area between training and validation: keep patches small
             # enough that windows fit beside the validation blocks
-            patch = min(patch, max(32, (min(lay.yx) // 2 // 16) * 16))
-        patch = min(patch, max(32, (min(lay.yx) // 16) * 16))
+            patch = min(patch, max(32, (min(yx) // 2 // 16) * 16))
+        patch = min(patch, max(32, (min(yx) // 16) * 16))
         m = model.size_multiple  # a patch must pool down to at least 2x2 at the deepest level
         self.patch = max(round_up(patch, m), 2 * m)
         self.batch, self.base_lr, self.steps = batch, lr, steps
 
     def _sampler(self) -> PatchSampler:
         """Normalised painted slices, their targets and weights, and the validation split."""
-        cfg, lay, targets = self.cfg, self.lay, self.targets
+        cfg = self.cfg
         norm = self.model.config.normalization
         images, classes, weights = [], [], [] if cfg.mode == "dense" else None
-        for s in targets.slices:
-            images.append(normalize_slice(lay.slice_view(self.image, s), norm, where=f"slice {s}"))
-            classes.append(targets.classes[s])
+        for src, s in self.painted:
+            where = _where(src, s, len(self.sources))
+            images.append(normalize_slice(src.lay.slice_view(src.image, s), norm, where=where))
+            classes.append(src.targets.classes[s])
             if weights is not None:
-                weights.append(border_weights(targets.instances[s], w0=cfg.w0, sigma=cfg.sigma))
+                inst = src.targets.instances[s]
+                weights.append(border_weights(inst, w0=cfg.w0, sigma=cfg.sigma))
         soft = None  # fine-tuning keeps the starting model's predictions where nothing is painted
         if self.fine_tune and cfg.keep > 0:
-            soft = _start_predictions(self.model, self.image, lay, targets.slices, self.device)
+            soft = _start_predictions(self.model, self.painted, self.device)
 
         def make(val_fraction: float) -> PatchSampler:
             return PatchSampler(
@@ -531,7 +536,8 @@ class _Run:
             return None
         self.last_preview = time.perf_counter()
         try:
-            return _preview(self.current(), self.image, self.lay, cfg.preview_slice)
+            first = self.sources[0]
+            return _preview(self.current(), first.image, first.lay, cfg.preview_slice)
         except Exception as err:  # only out-of-memory errors are handled
             if not is_out_of_memory(err):
                 raise
@@ -571,6 +577,7 @@ class _Run:
             "lr": self.base_lr,
             "steps": self.steps,
             "fine_tune": self.fine_tune,
+            "images": len(self.sources),
             "validation_regions": len(self.sampler.val_regions),
         }
 
@@ -615,9 +622,8 @@ class _Run:
         edges = None
         if self.cfg.calibrate_edges and self.main_rank:
             edges = _calibrate_edges(
-                model, self.image, self.lay, self.labels, self.targets.slices, self.cfg.mode,
-                self.device, self.base_rule,
-            )  # fmt: skip
+                model, self.painted, self.cfg.mode, self.device, self.base_rule
+            )
         model.metadata = self._metadata(model, edges, stopped)
         return TrainResult(
             model,
@@ -648,8 +654,13 @@ class _Run:
         """The context these weights need around a tile, measured over the annotated slices
         and stored, so segmenting with them (the calibration too) needs no probe."""
         try:
-            slices = self.targets.slices
-            probes = read_probes(model, self.image, self.lay, slices=slices, cover=True)
+            probes = []
+            for src in self.sources:
+                if src.targets.slices:
+                    probes += read_probes(
+                        model, src.image, src.lay, slices=src.targets.slices, cover=True
+                    )
+            probes = _spread(probes, MAX_COVER_PROBES)
             model.metadata["halo"] = measure_halo(model, probes, device=self.device).as_metadata()
         except Exception as err:  # out of memory: no halo stored; segmenting measures it
             if not is_out_of_memory(err):
@@ -659,8 +670,9 @@ class _Run:
         # a base model's split rule gives way to this run's calibration
         replaced = ("edge_offset", "seed_depth", "channels")
         meta = {k: v for k, v in model.metadata.items() if k not in replaced}
-        if self.lay.pick is not None:
-            meta["channels"] = list(self.lay.pick)
+        pick = self.sources[0].lay.pick
+        if pick is not None:
+            meta["channels"] = list(pick)
         if edges is not None and edges.offset:
             meta["edge_offset"] = edges.offset
         if edges is not None and edges.seed_depth:
@@ -668,7 +680,7 @@ class _Run:
         base = (model.metadata.get("provenance") or {}).get("name") if self.fine_tune else None
         return {
             **meta,
-            "class_names": _class_names(self.targets.n_classes, self.cfg.mode),
+            "class_names": _class_names(self.n_classes, self.cfg.mode),
             "provenance": {
                 "software": f"napari-tessera {__version__}",
                 "trained_from": "fine-tuned" if self.fine_tune else "scratch",
@@ -708,21 +720,20 @@ def _starting_point(cfg: TrainConfig, model: UNet | None, state):
     return cfg, state.model, bool(rc.get("fine_tune", False))
 
 
-def _network(model: UNet | None, targets, lay, cfg: TrainConfig) -> UNet:
+def _network(model: UNet | None, n_classes: int, channels: int, cfg: TrainConfig) -> UNet:
     """The model to train: a new one from the config, or the given one if it fits."""
     if model is None:
         model = UNet(
             UNetConfig(
-                in_channels=lay.channels,
-                n_classes=targets.n_classes,
+                in_channels=channels,
+                n_classes=n_classes,
                 base_channels=cfg.base_channels,
                 depth=cfg.depth,
             )
         )
-    elif model.config.in_channels != lay.channels:
+    elif model.config.in_channels != channels:
         raise InputError(
-            f"the model reads {model.config.in_channels} channel(s) "
-            f"but the image has {lay.channels}"
+            f"the model reads {model.config.in_channels} channel(s) but the image has {channels}"
         )
     if model.config.padding != "same":
         raise InputError("training supports 'same'-padding networks")
@@ -852,14 +863,14 @@ def _validate(
     return total_loss / max(n, 1), (inter / union if union else 1.0)
 
 
-def _calibrate_edges(model, image, lay, labels, slices, mode, device, base) -> EdgeCalibration:
+def _calibrate_edges(model, painted, mode, device, base) -> EdgeCalibration:
     """The split rule from the painted objects of the annotated slices (see ``edges``)."""
     classes, objects = [], []
-    for s in slices:
-        obj = painted_objects(labels[s], mode)
+    for src, s in painted:
+        obj = painted_objects(src.labels[s], mode)
         if not obj.any():
             continue
-        sl = np.asarray(lay.slice_view(image, s))
+        sl = np.asarray(src.lay.slice_view(src.image, s))
         prob = predict_tiled(model, sl, axes="CYX", device=device)
         classes.append(classes_from_probabilities(prob))
         objects.append(obj)
@@ -867,15 +878,29 @@ def _calibrate_edges(model, image, lay, labels, slices, mode, device, base) -> E
 
 
 @torch.no_grad()
-def _start_predictions(model, image, lay, slices, device) -> list[np.ndarray]:
-    """The starting model's class probabilities for each of the ``slices``, as it segments
-    them (float16 to halve the memory)."""
+def _start_predictions(model, painted, device) -> list[np.ndarray]:
+    """The starting model's class probabilities for each painted ``(source, slice)``, as it
+    segments them (float16 to halve the memory)."""
     return [
         predict_tiled(
-            model, lay.slice_view(image, s), axes="CYX", device=device, halo="exact"
+            model, src.lay.slice_view(src.image, s), axes="CYX", device=device, halo="exact"
         ).astype(np.float16)
-        for s in slices
+        for src, s in painted
     ]
+
+
+def _spread(items: list, n: int) -> list:
+    """At most ``n`` of ``items``, evenly spread over the list."""
+    if len(items) <= n:
+        return items
+    return [items[int(k)] for k in np.linspace(0, len(items) - 1, n).round()]
+
+
+def _where(src, s: int, n_sources: int) -> str:
+    """How an error names slice ``s`` of ``src``."""
+    if n_sources == 1:
+        return f"slice {s}"
+    return f"{src.name}, slice {s}" if src.lay.n_slices > 1 else src.name
 
 
 @torch.no_grad()
@@ -887,7 +912,7 @@ def _preview(model, image, lay, s: int) -> np.ndarray:
     return (1.0 - prob[0]) if prob.shape[0] > 1 else prob[0]
 
 
-def train(image, labels, **kwargs) -> TrainResult:
+def train(image, labels=None, **kwargs) -> TrainResult:
     """Run :func:`iter_train` to the end and return its :class:`TrainResult`."""
     from ..inference import drain
 

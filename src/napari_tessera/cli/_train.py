@@ -1,0 +1,333 @@
+"""``tessera train``: a model from one or several painted images."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ._common import (
+    CHANNELS_HELP,
+    Progress,
+    arg_channels,
+    arg_non_negative_int,
+    arg_positive_float,
+    arg_positive_int,
+    check_output,
+    resolve_axes,
+    warn,
+)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """``tessera train``; under torchrun, one of several processes (rank 0 writes)."""
+    from ..training import distributed as ddp
+
+    ctx = ddp.from_env()
+    if ctx is not None and not ctx.is_main:
+        args.quiet = True
+    try:
+        return _train(args, ctx)
+    finally:
+        if ctx is not None:
+            ddp.teardown()
+
+
+def _train(args: argparse.Namespace, ctx) -> int:
+    import threading
+
+    from ..errors import InputError
+    from ..io import load_model, save_model
+    from ..models import default_model_path
+    from ..training import TrainConfig, TrainUpdate, iter_train
+
+    pairs = _train_pairs(args)
+    inputs = [p for pair in pairs for p in pair]
+    out = Path(args.output)
+    check_output(out, *inputs)
+    ckpt = (
+        Path(args.checkpoint) if args.checkpoint else out.with_name(out.stem + ".ckpt.safetensors")
+    )
+    check_output(ckpt, *inputs)
+    cfg = TrainConfig(
+        mode=args.label_mode,
+        steps=args.steps,
+        time_limit=args.time_limit,
+        batch_size=args.batch_size,
+        patch_size=args.patch_size,
+        lr=args.lr,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        device=args.device,
+        base_channels=args.base_channels,
+        depth=args.depth,
+        checkpoint=str(ckpt),
+        calibrate_edges=args.calibrate_edges,
+        **({"surround": 0.0} if args.strokes else {}),
+        **({} if args.entropy is None else {"entropy": args.entropy}),
+    )
+    model = None
+    if args.from_model:
+        src = default_model_path() if args.from_model == "default" else args.from_model
+        if src is None:
+            raise InputError("no default model is installed to fine-tune")
+        model = load_model(src)
+    in_channels = model.config.in_channels if model is not None else 1
+    items, notes = _read_training_set(pairs, args.axes, in_channels, args.quiet)
+    note = "; ".join(notes) or None
+    if ctx is not None and not ctx.is_main:
+        note = None  # said once, by rank 0
+    stop = threading.Event()
+    first_signal = [0.0]
+
+    def request_stop(signum, frame):  # first Ctrl-C: finish the step, keep the best model
+        if stop.is_set():
+            # under torchrun a stop can arrive twice at once (from the scheduler, e.g. SLURM,
+            # and forwarded by torchrun): only a later one aborts
+            if ctx is None or time.monotonic() - first_signal[0] > 5:
+                raise KeyboardInterrupt
+            return
+        stop.set()  # only the flag: printing here could re-enter a write the signal interrupted
+        first_signal[0] = time.monotonic()
+
+    told = [False]
+
+    def announce() -> None:  # the first stop request, said once, outside the signal handler
+        if stop.is_set() and not told[0]:
+            told[0] = True
+            if ctx is None or ctx.is_main:
+                warn("stopping after this step (press Ctrl-C again to abort without saving)")
+
+    old_int = signal.signal(signal.SIGINT, request_stop)
+    old_term = signal.signal(signal.SIGTERM, request_stop)
+    bar = Progress(args.quiet, "train", "step")
+    gen = iter_train(
+        items,
+        config=cfg,
+        model=model,
+        resume=args.resume,
+        stop=stop,
+        dist_ctx=ctx,
+    )
+    last_val = None
+    try:
+        while True:
+            try:
+                u: TrainUpdate = next(gen)
+            except StopIteration as done:
+                announce()
+                result = done.value
+                break
+            announce()
+            if note:
+                warn(note)
+                note = None
+            if u.notice:
+                warn(u.notice)
+            if u.val_iou is not None:
+                last_val = u.val_iou
+            post = {"loss": f"{u.loss:.3f}"}
+            if last_val is not None:
+                post["val IoU"] = f"{last_val:.3f}"
+            bar.update(u.step, u.total_steps, **post)
+    finally:
+        bar.close()
+        if ctx is None:
+            signal.signal(signal.SIGINT, old_int)
+            signal.signal(signal.SIGTERM, old_term)
+    try:  # under torchrun the stop handler stays until every rank is done
+        if note:
+            warn(note)
+        if ctx is None or ctx.is_main:  # rank 0 writes the model
+            save_model(result.model, out)
+            if not args.quiet:
+                iou = (
+                    f", kept step {result.best_step} (validation IoU {result.best_val_iou:.3f})"
+                    if (result.best_val_iou is not None)
+                    else " (no validation: too few annotated regions)"
+                )
+                warn(
+                    f"wrote {out} after {result.steps} steps in {result.elapsed:.0f} s "
+                    f"(stopped: {result.stopped}){iou}; resume with --resume {ckpt}"
+                )
+                if result.edges is not None:
+                    warn(result.edges.describe())
+                if result.stopped == "time":
+                    warn(
+                        f"the time limit cut the run at step {result.steps} of "
+                        f"{result.planned_steps}: on another machine the same command gives "
+                        "another model (lower --steps to fit, or raise --time-limit)"
+                    )
+        if ctx is not None:
+            from ..training import distributed as ddp
+
+            ddp.teardown(together=True)  # no rank leaves while rank 0 still writes
+    finally:
+        if ctx is not None:
+            signal.signal(signal.SIGINT, old_int)
+            signal.signal(signal.SIGTERM, old_term)
+    return 0
+
+
+def _train_pairs(args: argparse.Namespace) -> list[tuple[Path, Path]]:
+    """(image, labels) files: IMAGE LABELS pairs, or --images paired with the --labels
+    pattern; every file is checked to exist before anything is read."""
+    from ..errors import InputError
+    from ..sets import expand_inputs, pair_labels
+
+    if args.labels in ("sparse", "dense"):
+        raise InputError(
+            "--labels takes a labels file pattern; for the label convention use "
+            f"--label-mode {args.labels}"
+        )
+    if args.images:
+        if args.pairs:
+            raise InputError("give IMAGE LABELS pairs or --images with --labels, not both")
+        if not args.labels:
+            raise InputError("--images needs --labels PATTERN, e.g. --labels 'painted/{stem}.tif'")
+        return pair_labels(expand_inputs(args.images), args.labels)
+    if args.labels:
+        raise InputError("--labels PATTERN goes with --images; or give IMAGE LABELS pairs")
+    if not args.pairs or len(args.pairs) % 2:
+        raise InputError("give an image and its labels file (IMAGE LABELS [IMAGE LABELS ...])")
+    pairs = [(Path(a), Path(b)) for a, b in zip(args.pairs[::2], args.pairs[1::2])]
+    for path in (p for pair in pairs for p in pair):
+        if not path.exists():
+            raise InputError(f"input not found: {path}")
+    return pairs
+
+
+def _read_training_set(pairs, axes_arg, in_channels: int, quiet: bool):
+    """The images and labels as :class:`TrainImage` items, and notes to print once the run
+    has started (guessed axes; the paint of each image when there are several)."""
+    from ..errors import InputError
+    from ..io import read_image
+    from ..training import TrainImage
+
+    items, notes = [], []
+    for inp, lab_path in pairs:
+        image, image_axes = read_image(inp)
+        labels, _ = read_image(lab_path)
+        axes, note = resolve_axes(image, axes_arg, image_axes, in_channels, quiet)
+        if note:
+            notes.append(f"{inp.name}: {note}" if len(pairs) > 1 else note)
+        if image.dtype.kind == "f" and not np.isfinite(image).all():
+            raise InputError(f"{inp.name} contains NaN or infinite pixels")
+        items.append(TrainImage(image, labels, axes, inp.name))
+    if len(items) > 1 and not quiet:
+        painted = ", ".join(f"{it.name} {int(np.count_nonzero(it.labels)):,}" for it in items)
+        notes.append(f"training on {len(items)} images (painted pixels: {painted})")
+    return items, notes
+
+
+def add_parser(sub) -> None:
+    """The ``tessera train`` subcommand."""
+    from ..training.labels import CONVENTION
+
+    t = sub.add_parser(
+        "train",
+        help="train a U-Net from painted (sparse) or complete (dense) labels",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Train a U-Net on an image and its labels (or on several: IMAGE LABELS pairs, or "
+            "--images with a --labels pattern) and write a model file for "
+            "`tessera segment --model`.\n\nLabel conventions (--label-mode):\n"
+            f"  sparse (default): {CONVENTION['sparse']}\n"
+            f"  dense:            {CONVENTION['dense']}\n"
+            "Slices of a stack with nothing painted are skipped. Ctrl-C stops after the "
+            "current step and keeps the best model; --resume continues from the checkpoint."
+        ),
+    )
+    t.add_argument(
+        "pairs",
+        nargs="*",
+        metavar="IMAGE LABELS",
+        help="an image file (.tif/.tiff or .npy) and its labels file (the image's shape "
+        "without channels); several pairs train on all of them",
+    )
+    t.add_argument(
+        "--images",
+        nargs="+",
+        metavar="IMAGES",
+        help="image files, folders or patterns ('raw/*.tif'), each paired with its labels "
+        "file by --labels",
+    )
+    t.add_argument(
+        "--labels",
+        metavar="PATTERN",
+        help="with --images: where each image's labels are, {stem} standing for the image's "
+        "name without suffix, e.g. 'painted/{stem}_labels.tif'",
+    )
+    t.add_argument("-o", "--output", required=True, help="model file to write (.safetensors)")
+    t.add_argument(
+        "--label-mode", choices=["sparse", "dense"], default="sparse", help="label convention"
+    )
+    t.add_argument("--axes", help="axes of the image (default: from the TIFF, else guessed)")
+    t.add_argument("--channels", type=arg_channels, help=CHANNELS_HELP + " (stored with the model)")
+    t.add_argument(
+        "--time-limit",
+        type=arg_positive_float,
+        metavar="S",
+        help="stop after S seconds even if the planned steps are not done",
+    )
+    t.add_argument(
+        "--steps",
+        type=arg_positive_int,
+        help="planned optimiser steps (default 500; the learning-rate schedule follows them, "
+        "so the same command gives the same model on any machine)",
+    )
+    t.add_argument(
+        "--from",
+        dest="from_model",
+        metavar="MODEL",
+        help="fine-tune this model file, or 'default' for the built-in nuclei model",
+    )
+    t.add_argument("--resume", metavar="CHECKPOINT", help="continue an interrupted run")
+    t.add_argument(
+        "--checkpoint", help="checkpoint path (default: OUTPUT stem + .ckpt.safetensors)"
+    )
+    t.add_argument(
+        "--base-channels", type=arg_positive_int, default=16, help="width (from scratch)"
+    )
+    t.add_argument("--depth", type=arg_positive_int, default=4, help="poolings (from scratch)")
+    t.add_argument("--val-fraction", type=float, default=0.2, help="share held out (default 0.2)")
+    t.add_argument(
+        "--batch-size",
+        type=arg_positive_int,
+        help="patches per step; under torchrun the global batch, shared by the processes "
+        "(default: auto)",
+    )
+    t.add_argument("--patch-size", type=arg_positive_int, help="patch side (default: auto)")
+    t.add_argument("--lr", type=arg_positive_float, help="peak learning rate (default: auto)")
+    t.add_argument(
+        "--entropy",
+        type=float,
+        metavar="W",
+        help="weight of the term that asks the network to be decided about unpainted pixels "
+        "without giving them a class, e.g. 0.3 (default 0: off)",
+    )
+    t.add_argument(
+        "--no-edge-calibration",
+        dest="calibrate_edges",
+        action="store_false",
+        help="do not store a split rule calibrated on the painted objects (by default the "
+        "trained model is run on the painted slices, and the edge offset and seed depth at "
+        "which its objects best match the whole painted objects are stored for `tessera "
+        "segment`)",
+    )
+    t.add_argument(
+        "--strokes",
+        action="store_true",
+        help="objects were painted as strokes inside them, not whole: the pixels around "
+        "painted objects stay not annotated (by default a 2-px band around each painted "
+        "object counts as background)",
+    )
+    t.add_argument(
+        "--seed", type=arg_non_negative_int, default=0, help="random seed (CPU runs repeat exactly)"
+    )
+    t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    t.add_argument("-q", "--quiet", action="store_true")
+    t.set_defaults(func=cmd_train)
