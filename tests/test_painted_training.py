@@ -211,8 +211,9 @@ def _disc_grid():
     return yy, xx, objects
 
 
-def test_calibration_keeps_the_plain_rule_unless_most_objects_gain():
-    """A gain carried by one object of a dozen is noise, not a better rule."""
+def test_scratch_takes_the_best_rule_fine_tuning_needs_most_objects_to_gain():
+    """From scratch the best-scoring rule wins; a start's rule (fine-tuning) gives way only to
+    a gain that most objects share, not one carried by one object of a dozen."""
     yy, xx, objects = _disc_grid()
     k = int(objects.max())
     # one more object: two discs joined by a wide neck, which the plain rule cuts in two
@@ -223,17 +224,38 @@ def test_calibration_keeps_the_plain_rule_unless_most_objects_gain():
     cal = calibrate_edges([pred], [objects])
     deeper = max(v for (o, d), v in cal.scores.items() if o == 0)
     assert deeper > cal.scores[(0.0, 0.0)] + 0.01  # a deeper seed keeps that one object whole
-    assert (cal.offset, cal.seed_depth) == (0.0, 0.0) and "clearly" in cal.reason  # ... only it
+    assert cal.offset == 0.0 and cal.seed_depth > 0 and cal.reason == "calibrated"
+    kept = calibrate_edges([pred], [objects], trust_base=True)
+    assert (kept.offset, kept.seed_depth) == (0.0, 0.0) and "clearly" in kept.reason
 
 
 def test_calibration_keeps_a_base_rule_unless_another_is_clearly_better():
     """Fine-tuning starts from the start model's split rule, not from the plain one."""
     _, _, objects = _disc_grid()
     pred = (objects > 0).astype(np.uint8)  # perfect: most rules match every object
-    cal = calibrate_edges([pred], [objects], base=(0.0, 3.0))
+    cal = calibrate_edges([pred], [objects], base=(0.0, 3.0), trust_base=True)
     assert (cal.offset, cal.seed_depth) == (0.0, 3.0) and "clearly" in cal.reason
     assert "necks 3 px deep" in cal.describe()
     # objects predicted 2 px too large: shrinking is clearly better than the base rule
     grown = (ndi.distance_transform_edt(objects == 0) <= 2).astype(np.uint8)
-    cal = calibrate_edges([grown], [objects], base=(0.0, 3.0))
+    cal = calibrate_edges([grown], [objects], base=(0.0, 3.0), trust_base=True)
     assert cal.offset == 2.0 and cal.reason == "calibrated"
+
+
+def test_only_fine_tuning_asks_for_clear_evidence_against_the_start_rule(monkeypatch):
+    import napari_tessera.training.loop as loop
+
+    seen = []
+    real = loop.calibrate_edges
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs.get("base"), kwargs.get("trust_base")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "calibrate_edges", spy)
+    start, b, lab = _start_and_paint()
+    start.metadata["seed_depth"] = 2.0
+    seen.clear()
+    train(b.image, lab, config=tiny(mode="sparse", steps=2))
+    train(b.image, lab, config=tiny(mode="sparse", steps=2), model=_copy(start))
+    assert seen == [((0.0, 0.0), False), ((0.0, 2.0), True)]

@@ -5,8 +5,6 @@ Runs are tiny (base channels 4, depth 2, 32-pixel patches, batches of 2, a few s
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import tifffile

@@ -176,19 +176,21 @@ def calibrate_edges(
     min_whole: float = 0.3,
     min_gain: float = 0.01,
     base: tuple[float, float] = (0.0, 0.0),
+    trust_base: bool = False,
 ) -> EdgeCalibration:
     """Choose the edge offset and seed depth at which predicted objects best match the painted.
 
     class_maps: per-pixel classes predicted for the painted slices (2D each, 0 = background).
     object_maps: the painted objects of the same slices (:func:`painted_objects`).
-    ``base``: the (offset, depth) kept unless another rule is clearly better: the plain rule
-    (0, 0), or the rule of the model that fine-tuning started from.
+    ``base``: the (offset, depth) kept unless another rule does better: the plain rule (0, 0),
+    or the rule of the model that fine-tuning started from.
     The base rule is kept with fewer than ``min_objects`` painted objects, when even
     the best rule matches them at a mean IoU below ``min_whole`` (objects not painted whole, or
-    a model that has not learnt them), or when no rule beats it clearly (by ``min_gain`` on
-    average and by more than twice the standard error of the paired per-object differences).
-    Among the rules that do, those within ``min_gain / 2`` of the best, the one closest to the
-    base rule wins.
+    a model that has not learnt them), or when no rule beats it by ``min_gain`` on average.
+    ``trust_base`` (fine-tuning: the start's rule was chosen on far more objects than a dozen)
+    also asks a rule to beat it by more than twice the standard error of the paired
+    per-object differences. Among the rules that beat the base, those within ``min_gain / 2``
+    of the best, the one closest to the base rule wins.
     """
     base = (float(base[0]), float(base[1]))
     n = sum(len(np.unique(o[o > 0])) for o in object_maps)
@@ -211,9 +213,14 @@ def calibrate_edges(
     if top < min_whole:
         why = f"painted objects matched at mean IoU {top:.2f} < {min_whole} at best: "
         return EdgeCalibration(*_kept(base, n, scores, why + "not painted whole?"))
-    better = [k for k, v in per_object.items() if _clearly_better(v, per_object[base], min_gain)]
+    plain = per_object[base]
+    if trust_base:
+        better = [k for k, v in per_object.items() if _clearly_better(v, plain, min_gain)]
+    else:
+        better = [k for k, v in per_object.items() if v.mean() >= plain.mean() + min_gain]
     if not better:
-        return EdgeCalibration(*_kept(base, n, scores, "no other rule does clearly better"))
+        why = "no other rule does clearly better" if trust_base else "no other rule does better"
+        return EdgeCalibration(*_kept(base, n, scores, why))
     best = max(scores[k] for k in better)
     near = [k for k in better if scores[k] >= best - min_gain / 2]
     off, depth = min(

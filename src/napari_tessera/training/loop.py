@@ -42,7 +42,7 @@ from .data import as_images, load_sources, painted_slices, smallest_side
 from .distributed import DistContext
 from .edges import EdgeCalibration, calibrate_edges, painted_objects
 from .losses import annotated_iou, kept_predictions, segmentation_loss
-from .sampling import PatchSampler
+from .sampling import WHOLE_SLICES_FROM, PatchSampler
 from .weights import border_weights
 
 DEFAULT_STEPS = 500
@@ -333,8 +333,9 @@ class _Run:
                 steps = int(state.run_config.get("steps") or steps)  # finish the interrupted run
         if max(yx) < 16:
             raise InputError(f"image is too small to train on ({yx[0]}x{yx[1]} px)")
-        if cfg.patch_size is None and len(self.painted) < 3 and cfg.val_fraction > 0:
-            # one image shares its area between training and validation: keep patches small
+        blocks = len(self.painted) < WHOLE_SLICES_FROM
+        if cfg.patch_size is None and blocks and cfg.val_fraction > 0:
+            # each image shares its area between training and validation: keep patches small
             # enough that windows fit beside the validation blocks
             patch = min(patch, max(32, (min(yx) // 2 // 16) * 16))
         patch = min(patch, max(32, (min(yx) // 16) * 16))
@@ -622,7 +623,7 @@ class _Run:
         edges = None
         if self.cfg.calibrate_edges and self.main_rank:
             edges = _calibrate_edges(
-                model, self.painted, self.cfg.mode, self.device, self.base_rule
+                model, self.painted, self.cfg.mode, self.device, self.base_rule, self.fine_tune
             )
         model.metadata = self._metadata(model, edges, stopped)
         return TrainResult(
@@ -863,8 +864,9 @@ def _validate(
     return total_loss / max(n, 1), (inter / union if union else 1.0)
 
 
-def _calibrate_edges(model, painted, mode, device, base) -> EdgeCalibration:
-    """The split rule from the painted objects of the annotated slices (see ``edges``)."""
+def _calibrate_edges(model, painted, mode, device, base, trust_base) -> EdgeCalibration:
+    """The split rule from the painted objects of the annotated slices (see ``edges``);
+    ``trust_base``: fine-tuning keeps the start's rule unless another is clearly better."""
     classes, objects = [], []
     for src, s in painted:
         obj = painted_objects(src.labels[s], mode)
@@ -874,7 +876,7 @@ def _calibrate_edges(model, painted, mode, device, base) -> EdgeCalibration:
         prob = predict_tiled(model, sl, axes="CYX", device=device)
         classes.append(classes_from_probabilities(prob))
         objects.append(obj)
-    return calibrate_edges(classes, objects, base=base)
+    return calibrate_edges(classes, objects, base=base, trust_base=trust_base)
 
 
 @torch.no_grad()

@@ -1,9 +1,10 @@
 """Patches around annotated pixels, augmentation, and a validation split without leakage.
 
-Validation holds out whole slices when three or more slices are annotated, otherwise square
-blocks of the image. A training patch (with the margin its elastic deformation reads, and any
-mirrored pixels at the image border) never contains a validation pixel, so the network never
-sees validation pixels while it trains.
+Validation holds out whole slices (whole images of a set) when five or more slices are
+annotated, otherwise square blocks of each slice, so a few painted images all train. A
+training patch (with the margin its elastic deformation reads, and any mirrored pixels at the
+image border) never contains a validation pixel, so the network never sees validation pixels
+while it trains.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ..tiling import mirror_indices
 from .labels import IGNORE
 
 ELASTIC_MARGIN = 16  # extra pixels read around a patch so the deformation has real content
+WHOLE_SLICES_FROM = 5  # annotated slices from which validation holds out whole ones
 
 
 class _NoRoom(RuntimeError):
@@ -89,7 +91,7 @@ class PatchSampler:
         if fraction <= 0:
             return []
         n = len(self.classes)
-        if n >= 3:  # hold out whole slices
+        if n >= WHOLE_SLICES_FROM:  # hold out whole slices
             k = max(1, int(round(fraction * n)))
             order = self.rng.permutation(n)
             for start in range(n):
