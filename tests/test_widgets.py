@@ -411,6 +411,52 @@ def test_train_then_segment_with_the_result(make_napari_viewer, qtbot, nuclei, t
     np.testing.assert_array_equal(painted, ann.data)
 
 
+def test_train_on_every_annotated_image(make_napari_viewer, qtbot, nuclei, errors):
+    """Two image/annotation pairs (one made by the widget, one named '<image> annotations'):
+    ticked, both train, and the painted pixels of the others are shown; a segmentation
+    result (no image of its own) and an unpainted layer are left out."""
+    viewer = make_napari_viewer()
+    other = nuclei_2d((96, 112), seed=8)
+    viewer.add_image(nuclei.image, name="cells")
+    viewer.add_image(other.image, name="field 2")
+    tr = dock(viewer, "Train")
+    tr.image.value = viewer.layers["field 2"]
+    second = tr.create_annotations()
+    assert second.metadata["tessera_image"] == "field 2"
+    second.data = sparse_annotations(other.labels, n_objects=4, n_strokes=2, seed=2)
+    tr.image.value = viewer.layers["cells"]
+    first = viewer.add_labels(
+        sparse_annotations(nuclei.labels, n_objects=4, n_strokes=2, seed=1),
+        name="cells annotations",
+    )
+    viewer.add_labels(np.zeros((96, 112), np.uint8), name="field 2 annotations")  # unpainted
+    viewer.add_labels(nuclei.labels.astype(np.uint16), name="cells labels")  # a result
+    tr.annotations.reset_choices()
+    tr.annotations.value = first
+    tiny_training(tr, steps=3)
+    tr.all_images.value = True
+    painted = int(np.count_nonzero(second.data))
+    assert f"field 2 ({painted:,} px painted)" in tr.pairs_info.value
+    tr.train()
+    assert "2 images (cells:" in tr.status.value
+    wait_idle(qtbot, tr)
+    assert not errors
+    assert tr.result is not None and tr.result.steps == 3
+    assert tr.model.metadata["provenance"]["config"]["images"] == 2
+
+    tr.all_images.value = False  # one pair again
+    assert not tr.pairs_info.visible
+    tr.train()
+    wait_idle(qtbot, tr)
+    assert tr.model.metadata["provenance"]["config"]["images"] == 1
+
+    second.data = np.ones((80, 80), np.uint8)  # no longer the image's shape
+    tr.all_images.value = True
+    tr.train()
+    assert errors and "'field 2 annotations' have shape (80, 80)" in errors[-1]
+    assert not tr.running
+
+
 def test_fine_tune_a_model_file_on_a_stack(make_napari_viewer, qtbot, tiny_model_path):
     """Start from a file (the file's cached model is copied, not trained in place); a stack
     with one painted slice; the live preview shows the slice on screen."""

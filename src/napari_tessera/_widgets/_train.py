@@ -26,6 +26,7 @@ from napari.utils.colormaps import DirectLabelColormap
 from ..errors import InputError, TesseraError
 from ..inference import Notice, resolve_device
 from ..io import save_model, write_tiff
+from ..training.data import TrainImage
 from ..training.labels import CONVENTION
 from ..training.loop import DEFAULT_STEPS, TrainConfig, TrainResult, TrainUpdate, iter_train
 from . import _models
@@ -62,13 +63,18 @@ HELP = {
 NO_PATCH = "no training patch fits"  # the core sampler's RuntimeError on small images
 
 
-def train_job(inp: ImageInput, labels: np.ndarray, config: TrainConfig, spec, stop):
-    """Runs in the worker thread: yields TrainUpdate (or a Notice), returns the TrainResult."""
+def train_job(inp: ImageInput, labels: np.ndarray, config: TrainConfig, spec, stop, others=()):
+    """Runs in the worker thread: yields TrainUpdate (or a Notice), returns the TrainResult.
+
+    ``others``: more ``(ImageInput, labels)`` pairs to train on with the first.
+    """
     model = spec.load() if spec.load is not None else None
-    image = np.asarray(inp.load())
+    items = [
+        TrainImage(np.asarray(i.load()), lab, i.axes, i.name) for i, lab in [(inp, labels), *others]
+    ]
     started = False
     try:
-        gen = iter_train(image, labels, axes=inp.axes, config=config, model=model, stop=stop)
+        gen = iter_train(items, config=config, model=model, stop=stop)
         while True:
             try:
                 update = next(gen)
@@ -89,9 +95,7 @@ def train_job(inp: ImageInput, labels: np.ndarray, config: TrainConfig, spec, st
         model = spec.load()
     return (
         yield from iter_train(
-            image,
-            labels,
-            axes=inp.axes,
+            items,
             config=replace(config, val_fraction=0.0),
             model=model,
             stop=stop,
@@ -133,6 +137,18 @@ class _Run:
     labels: np.ndarray  # the painted labels the run trains on (a copy)
     preview_index: tuple[int, ...]
     stop: threading.Event
+    others: tuple = ()  # more (ImageInput, labels copy) pairs trained on with this one
+
+    def describe(self) -> str:
+        """The images trained on, with their painted pixels when there are several."""
+        if not self.others:
+            return self.inp.name
+        pairs = [(self.inp, self.labels), *self.others]
+        return (
+            f"{len(pairs)} images ("
+            + ", ".join(f"{i.name}: {int(np.count_nonzero(lab)):,} px painted" for i, lab in pairs)
+            + ")"
+        )
 
 
 class TrainWidget(Container):
@@ -166,6 +182,13 @@ class TrainWidget(Container):
             label="annotations", choices=layer_choices(napari_viewer, Labels)
         )
         self.new_annotations = PushButton(text="New annotation layer")
+        self.all_images = CheckBox(
+            text="also train on every other annotated image",
+            value=False,
+            tooltip="every annotation layer made with 'New annotation layer' (or named "
+            "'<image> annotations') whose image is open trains with the selected pair",
+        )
+        self.pairs_info = Label(label="")
         self.mode = RadioButtons(
             label="labels",
             choices=[("sparse (painted)", "sparse"), ("dense (complete)", "dense")],
@@ -222,6 +245,8 @@ class TrainWidget(Container):
                 self.channels,
                 self.annotations,
                 self.new_annotations,
+                self.all_images,
+                self.pairs_info,
                 self.mode,
                 self.convention,
                 self.whole,
@@ -247,17 +272,21 @@ class TrainWidget(Container):
         self.native.layout().insertWidget(self.index(self.status) + 1, self.loss_curve)
         text_label(self.convention)
         text_label(self.status)
+        text_label(self.pairs_info)
 
         self.mode.changed.connect(self._update_convention)
         self.start_from.changed.connect(self._update_visibility)
         self.limit_by.changed.connect(self._update_visibility)
         self.new_annotations.changed.connect(self.create_annotations)
+        self.all_images.changed.connect(self._update_pairs_info)
+        self.annotations.changed.connect(self._update_pairs_info)
         self.train_button.changed.connect(self.train)
         self.stop_button.changed.connect(self.stop)
         self.save_button.changed.connect(self.save)
         self.native.destroyed.connect(self._jobs.abort)  # closing napari ends the run
         self._update_convention()
         self._update_visibility()
+        self._update_pairs_info()
         _warm_up()
 
     # -- state --------------------------------------------------------------------------------
@@ -319,6 +348,7 @@ class TrainWidget(Container):
         self.annotations.reset_choices()
         self.annotations.value = ann
         self._viewer.layers.selection.active = ann
+        ann.metadata["tessera_image"] = layer.name  # pairs it with its image for training sets
         ann.selected_label = 2 if self.mode.value == "sparse" else 1
         ann.brush_size = 5
         ann.mode = "paint"
@@ -370,8 +400,55 @@ class TrainWidget(Container):
             channels=inp.lay.pick,
             **({} if self.whole.value else {"surround": 0.0}),
         )
-        run = _Run(inp, ann, labels, inp.lead_tuple(lead), threading.Event())
+        others = tuple(self._other_pairs(spec)) if self.all_images.value else ()
+        run = _Run(inp, ann, labels, inp.lead_tuple(lead), threading.Event(), others)
         return spec, config, run
+
+    def _paired_layers(self) -> list[tuple[Image, Labels]]:
+        """(image, annotations) layers other than the selected pair: annotation layers that
+        name their image (made by 'New annotation layer', or called '<image> annotations')."""
+        layers = self._viewer.layers
+        out = []
+        for ann in [la for la in layers if isinstance(la, Labels)]:
+            if ann is self.annotations.value:
+                continue
+            name = ann.metadata.get("tessera_image")
+            if name is None and ann.name.endswith(" annotations"):
+                name = ann.name[: -len(" annotations")]
+            image = find_layer(self._viewer, name, Image) if name else None
+            if image is not None:
+                out.append((image, ann))
+        return out
+
+    def _other_pairs(self, spec):
+        """The other annotated images as (ImageInput, labels copy); unpainted ones are left
+        out, a pair whose shapes disagree is an error that names it."""
+        for image, ann in self._paired_layers():
+            labels = np.array(ann.data)
+            if not labels.any():
+                continue
+            inp = image_input(image, spec.in_channels, "auto", self.channels.value, spec.channels)
+            if labels.shape != inp.lay.out_shape:
+                raise InputError(
+                    f"the annotations '{ann.name}' have shape {labels.shape} but their image "
+                    f"'{image.name}' is {inp.lay.out_shape} (without channels)"
+                )
+            yield inp, labels
+
+    def _update_pairs_info(self, *_) -> None:
+        """Under the checkbox: the other annotated images and how much of each is painted."""
+        if not self.all_images.value:
+            self.pairs_info.value = ""
+            self.pairs_info.visible = False
+            return
+        pairs = self._paired_layers()
+        painted = [(im.name, int(np.count_nonzero(np.asarray(an.data)))) for im, an in pairs]
+        self.pairs_info.value = (
+            "also: " + ", ".join(f"{n} ({c:,} px painted)" for n, c in painted)
+            if painted
+            else "no other annotated image is open"
+        )
+        self.pairs_info.visible = True
 
     def train(self, *_) -> None:
         """Start training in a worker thread (returns at once)."""
@@ -385,7 +462,8 @@ class TrainWidget(Container):
         if run.inp.note:
             notify_info(run.inp.note)
         self._run = run
-        worker = make_worker(train_job, run.inp, run.labels, config, spec, run.stop)
+        self._update_pairs_info()
+        worker = make_worker(train_job, run.inp, run.labels, config, spec, run.stop, run.others)
         # connect everything before the worker starts
         worker.yielded.connect(self._on_update)
         worker.returned.connect(self._on_returned)
@@ -399,7 +477,7 @@ class TrainWidget(Container):
         self.loss_curve.clear(config.steps)
         self.progress.value = 0
         self._set_running(True)
-        self.status.value = f"training from the {spec.label} on {run.inp.name} ..."
+        self.status.value = f"training from the {spec.label} on {run.describe()} ..."
         worker.start()
 
     def stop(self, *_) -> None:
@@ -464,7 +542,7 @@ class TrainWidget(Container):
         self.result = result
         self.model = result.model
         self._trained_on = self._run
-        name = self._run.inp.name if self._run is not None else "the image"
+        name = self._run.describe() if self._run is not None else "the image"
         iou = (
             f", kept step {result.best_step} (validation IoU {result.best_val_iou:.3f})"
             if result.best_val_iou is not None
