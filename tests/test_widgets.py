@@ -189,6 +189,31 @@ def test_segment_with_model_file_updates_in_place(
     assert seg.run_button.enabled and not seg.cancel_button.enabled
 
 
+def test_segment_all_open_images(make_napari_viewer, qtbot, tiny_model_path, errors):
+    """Every open image gets its labels layer; one that cannot be segmented is reported and
+    the others still finish."""
+    viewer = make_napari_viewer()
+    a, b = nuclei_2d((96, 96), seed=1), nuclei_2d((64, 80), seed=2)
+    viewer.add_image(a.image, name="first")
+    viewer.add_image(np.full((32, 32), np.nan, np.float32), name="broken")
+    viewer.add_image(b.image, name="second")
+    seg = dock(viewer, "Segment")
+    use_file_model(seg, tiny_model_path)
+    seg.device.value = "cpu"
+    seg.output.value = "instances"
+    seg.scope.value = "all"
+    segment(qtbot, seg)
+    model = load_model(tiny_model_path)
+    from napari_tessera.inference import segment as segment_library
+
+    for name, s in (("first", a), ("second", b)):
+        want = segment_library(s.image, model, instances=True, device="cpu")
+        np.testing.assert_array_equal(viewer.layers[f"{name} labels"].data, want)
+    assert "broken labels" not in [la.name for la in viewer.layers]
+    assert seg.status.value == "done: 2 of 3 images segmented; 1 failed"
+    assert errors and "broken: " in errors[-1] and "NaN" in errors[-1]
+
+
 def test_segment_applies_the_models_edge_offset_unless_unticked(
     make_napari_viewer, qtbot, nuclei, saved_threshold_model, tmp_path
 ):

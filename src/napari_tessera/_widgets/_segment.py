@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -116,6 +116,42 @@ def segment_job(
     return SegmentResult(labels, fg, slice_index, seconds, None, halo_used(model, kwargs))
 
 
+@dataclass
+class _AllImages:
+    """How an all-images run is going (main thread only)."""
+
+    total: int
+    done: int = 0
+    objects: int = 0
+    failed: list = field(default_factory=list)
+
+
+@dataclass
+class ImageDone:
+    """One image of an all-images run is through: its result, or why it failed."""
+
+    inp: ImageInput
+    result: SegmentResult | None
+    error: str | None = None
+
+
+def segment_all_job(inputs, spec, instances, min_size, want_prob, kwargs, folder):
+    """Runs in the worker thread: every image in turn (lazy ones into ``folder``); yields
+    Progress and an :class:`ImageDone` per image. An image that fails is reported and the
+    others go on."""
+    for inp in inputs:
+        out_path = lazy_output_path(folder, inp.name) if inp.lazy else None
+        prob = want_prob and not inp.lazy
+        try:
+            result = yield from segment_job(
+                inp, spec, None, instances, min_size, prob, kwargs, out_path
+            )
+        except TesseraError as err:
+            yield ImageDone(inp, None, str(err))
+            continue
+        yield ImageDone(inp, result)
+
+
 def halo_used(model, kwargs) -> str:
     """A few words on the auto halo a run used ("" for other halos)."""
     from ..halo import last_measurement, stored_halo
@@ -149,6 +185,7 @@ class SegmentWidget(Container):
         self._worker = None
         self._input: ImageInput | None = None
         self._instances = False
+        self._all: _AllImages | None = None  # an all-images run in progress
         self._jobs = JobHandle()
         self.last_result: SegmentResult | None = None
         self.labels_layer: Labels | None = None
@@ -220,7 +257,11 @@ class SegmentWidget(Container):
         )
         self.scope = RadioButtons(
             label="run on",
-            choices=[("whole stack", "stack"), ("current slice", "slice")],
+            choices=[
+                ("whole image", "stack"),
+                ("current slice", "slice"),
+                ("all open images", "all"),
+            ],
             value="stack",
             orientation="horizontal",
         )
@@ -292,7 +333,6 @@ class SegmentWidget(Container):
         layer = self.image.value
         if layer is None:
             self.info.value = "open an image layer to segment"
-            self.scope.enabled = False
             return
         try:
             spec = self._spec(quiet=True)
@@ -308,8 +348,7 @@ class SegmentWidget(Container):
             return
         self.info.value = describe(inp)
         self.zarr_folder.visible = inp.lazy
-        self.scope.enabled = bool(inp.lay.lead_shape)
-        if not inp.lay.lead_shape:
+        if not inp.lay.lead_shape and self.scope.value == "slice":
             self.scope.value = "stack"
 
     def _spec(self, quiet: bool = False):
@@ -343,51 +382,82 @@ class SegmentWidget(Container):
         if self.running:
             return
         try:
-            layer = self.image.value
             spec = self._spec()
-            inp = image_input(
-                layer, spec.in_channels, self.axes.value, self.channels.value, spec.channels
-            )
-            slice_index = None
-            if self.scope.value == "slice" and inp.lay.lead_shape:
-                slice_index = inp.lead_index(layer, self._viewer.dims.point)
             resolve_device(self.device.value)  # unavailable device: an error now, not later
-            kwargs = {
-                "tile_size": self.tile_size.value or None,
-                "halo": self.halo.value if self.halo.value != "fast" else int(self.halo_px.value),
-                "batch_size": int(self.batch_size.value),
-                "device": self.device.value,
-                "precision": self.precision.value,
-                "edge_offset": None if self.model_edges.value else 0.0,
-            }
+            kwargs = self._settings()
+            if self.scope.value == "all":
+                self._run_all(spec, kwargs)
+            else:
+                self._run_one(spec, kwargs)
         except TesseraError as err:
             report_error("Segment", err)
-            return
+
+    def _settings(self) -> dict:
+        return {
+            "tile_size": self.tile_size.value or None,
+            "halo": self.halo.value if self.halo.value != "fast" else int(self.halo_px.value),
+            "batch_size": int(self.batch_size.value),
+            "device": self.device.value,
+            "precision": self.precision.value,
+            "edge_offset": None if self.model_edges.value else 0.0,
+        }
+
+    def _zarr_folder(self) -> Path:
+        folder = Path(self.zarr_folder.value)
+        if not folder.is_dir():
+            raise TesseraError(f"zarr folder does not exist: {folder}")
+        return folder
+
+    def _run_one(self, spec, kwargs: dict) -> None:
+        layer = self.image.value
+        inp = image_input(
+            layer, spec.in_channels, self.axes.value, self.channels.value, spec.channels
+        )
+        slice_index = None
+        if self.scope.value == "slice" and inp.lay.lead_shape:
+            slice_index = inp.lead_index(layer, self._viewer.dims.point)
         out_path = None
         if inp.lazy:
-            folder = Path(self.zarr_folder.value)
-            if not folder.is_dir():
-                report_error("Segment", TesseraError(f"zarr folder does not exist: {folder}"))
-                return
-        if inp.lazy and slice_index is None:
-            out_path = lazy_output_path(folder, layer.name)
-        if inp.lazy and self.probabilities.value:
-            notify_info("a lazy image gets no probability layer (labels only)")
+            folder = self._zarr_folder()
+            if slice_index is None:
+                out_path = lazy_output_path(folder, layer.name)
+            if self.probabilities.value:
+                notify_info("a lazy image gets no probability layer (labels only)")
         if inp.note:
             notify_info(inp.note)
         self._input = inp
         self._instances = self.output.value == "instances"
+        want_prob = bool(self.probabilities.value) and not inp.lazy
         worker = make_worker(
-            segment_job,
-            inp,
-            spec,
-            slice_index,
-            self._instances,
-            int(self.min_size.value),
-            bool(self.probabilities.value) and not inp.lazy,
-            kwargs,
-            out_path,
-        )
+            segment_job, inp, spec, slice_index, self._instances, int(self.min_size.value),
+            want_prob, kwargs, out_path,
+        )  # fmt: skip
+        where = f"slice {slice_index}" if slice_index is not None else inp.name
+        self._start(worker, f"segmenting {where} with the {spec.label} ...")
+
+    def _run_all(self, spec, kwargs: dict) -> None:
+        """Every open image layer in turn; one that cannot be read is reported and skipped."""
+        inputs, skipped = [], []
+        for layer in [la for la in self._viewer.layers if isinstance(la, Image)]:
+            axes = self.axes.value if layer is self.image.value else "auto"
+            try:
+                inputs.append(
+                    image_input(layer, spec.in_channels, axes, self.channels.value, spec.channels)
+                )
+            except TesseraError as err:
+                skipped.append(f"{layer.name}: {err}")
+        if not inputs:
+            raise TesseraError("no open image can be segmented" + _also("; ".join(skipped)))
+        folder = self._zarr_folder() if any(i.lazy for i in inputs) else None
+        self._instances = self.output.value == "instances"
+        self._all = _AllImages(len(inputs) + len(skipped), failed=list(skipped))
+        worker = make_worker(
+            segment_all_job, inputs, spec, self._instances, int(self.min_size.value),
+            bool(self.probabilities.value), kwargs, folder,
+        )  # fmt: skip
+        self._start(worker, f"segmenting {len(inputs)} images with the {spec.label} ...")
+
+    def _start(self, worker, status: str) -> None:
         # connect everything before the worker starts
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(self._on_returned)
@@ -397,8 +467,7 @@ class SegmentWidget(Container):
         self._worker = self._jobs.worker = worker
         self._set_running(True)
         self.progress.value = 0
-        where = f"slice {slice_index}" if slice_index is not None else inp.name
-        self.status.value = f"segmenting {where} with the {spec.label} ..."
+        self.status.value = status
         worker.start()
 
     def cancel(self, *_) -> None:
@@ -413,13 +482,37 @@ class SegmentWidget(Container):
         if isinstance(event, Notice):
             notify_warning(event.message)
             return
+        if isinstance(event, ImageDone):
+            self._on_image_done(event)
+            return
         if self.progress.max != event.total:
             self.progress.max = max(int(event.total), 1)
         self.progress.value = int(event.done)
         self.status.value = f"tile {event.done} of {event.total}"
+        if self._all is not None:
+            self.status.value = f"image {self._all.done + 1} of {self._all.total}: " + (
+                self.status.value
+            )
+
+    def _on_image_done(self, event: ImageDone) -> None:
+        """An image of an all-images run: its layers now, or its failure noted."""
+        run = self._all
+        if event.result is None:
+            run.failed.append(f"{event.inp.name}: {event.error}")
+        else:
+            self._input = event.inp
+            self._on_returned(event.result)
+            run.done += 1
 
     @while_open
-    def _on_returned(self, result: SegmentResult) -> None:
+    def _on_returned(self, result: SegmentResult | None) -> None:
+        if result is None:  # the end of an all-images run
+            run = self._all
+            self.status.value = f"done: {run.done} of {run.total} images segmented"
+            if run.failed:
+                self.status.value += f"; {len(run.failed)} failed"
+                report_error("Segment", TesseraError("; ".join(run.failed)))
+            return
         inp = self._input
         self.last_result = result
         if result.foreground is not None:
@@ -451,6 +544,7 @@ class SegmentWidget(Container):
     @while_open
     def _on_finished(self) -> None:
         self._worker = self._jobs.worker = None
+        self._all = None
         self._set_running(False)
 
     # -- output layers ------------------------------------------------------------------------
