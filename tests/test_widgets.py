@@ -482,6 +482,56 @@ def test_train_on_every_annotated_image(make_napari_viewer, qtbot, nuclei, error
     assert not tr.running
 
 
+def test_correct_a_result_and_retrain(make_napari_viewer, qtbot, nuclei, tmp_path, errors):
+    """Segment, turn the result into corrections, fix it, mark a checked rectangle, train:
+    the checked region is complete labels (background 1, objects 2), earlier paint stays
+    elsewhere, retraining goes on from the last model on the same loss curve, and Save
+    records the checked corrections."""
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei.image, name="cells")
+    tr = dock(viewer, "Train")
+    ann = tr.create_annotations()
+    earlier = sparse_annotations(nuclei.labels, n_objects=3, n_strokes=2, seed=1)
+    earlier[:64, :64] = 0  # the earlier paint lies outside the region checked below
+    ann.data = earlier
+    tiny_training(tr, steps=3)
+    tr.train()
+    wait_idle(qtbot, tr)
+    assert len(tr.loss_curve.train) == 3
+
+    assert tr.correct_result() is None and "segment 'cells' first" in errors[-1]
+    viewer.add_labels(nuclei.labels.astype(np.uint16), name="cells labels")  # as if segmented
+    fix = tr.correct_result()
+    assert fix.name == "cells corrections" and fix.mode == "paint"
+    np.testing.assert_array_equal(fix.data, nuclei.labels)
+    assert fix.selected_label == int(nuclei.labels.max()) + 1
+    checked = viewer.layers["cells checked"]
+    assert tr.start_from.value == "session"  # retraining goes on from the last model
+
+    wrong = int(np.unique(nuclei.labels[8:56, 8:56])[1])  # an object inside the checked box
+    fix.data = np.where(fix.data == wrong, 0, fix.data)  # a wrong object deleted
+    checked.add_rectangles(np.array([[0, 0], [63, 63]]))
+    tr.steps.value = 2
+    tr.train()
+    wait_idle(qtbot, tr)
+    assert not errors[1:]
+    labels = tr._trained_on.labels
+    box = np.zeros(labels.shape, bool)
+    box[:64, :64] = True
+    inside = labels[box]
+    assert set(np.unique(inside)) == {1, 2}  # complete: nothing left "not annotated"
+    reached = np.isin(fix.data, np.unique(fix.data[box]))  # objects reaching in count whole
+    far = ~box & ~reached
+    np.testing.assert_array_equal(labels[far], earlier[far])
+    assert (labels[box & (nuclei.labels == wrong)] == 1).all()  # deleted: checked background
+    assert tr.model.metadata["provenance"]["trained_from"] == "fine-tuned"
+    assert [s for s, _ in tr.loss_curve.train] == [1, 2, 3, 4, 5]  # the same curve goes on
+
+    path = tr.save(path=tmp_path / "fixed.safetensors")
+    saved, _ = read_image(path.with_name("fixed.annotations.tif"))
+    np.testing.assert_array_equal(saved, labels)
+
+
 def test_fine_tune_a_model_file_on_a_stack(make_napari_viewer, qtbot, tiny_model_path):
     """Start from a file (the file's cached model is copied, not trained in place); a stack
     with one painted slice; the live preview shows the slice on screen."""

@@ -20,6 +20,7 @@ class LossCurve(QWidget):
         self.train: list[tuple[int, float]] = []
         self.val: list[tuple[int, float]] = []
         self.total_steps: int | None = None
+        self.offset = 0  # steps of earlier runs this one continues (retraining)
         self.setMinimumHeight(130)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
         self.setToolTip("training loss (blue) and validation loss (orange) per step")
@@ -29,6 +30,13 @@ class LossCurve(QWidget):
         self.train.clear()
         self.val.clear()
         self.total_steps = total_steps
+        self.offset = 0
+        self.update()
+
+    def go_on(self, more_steps: int | None = None) -> None:
+        """A run that continues the last one: its steps follow on the same curve."""
+        self.offset = max([s for s, _ in self.train] + [0])
+        self.total_steps = self.offset + more_steps if more_steps else None
         self.update()
 
     def add(self, step: int, loss: float, val_loss: float | None = None) -> None:

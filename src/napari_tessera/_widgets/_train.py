@@ -20,12 +20,13 @@ from magicgui.widgets import (
     RadioButtons,
     SpinBox,
 )
-from napari.layers import Image, Labels
+from napari.layers import Image, Labels, Shapes
 from napari.utils.colormaps import DirectLabelColormap
 
 from ..errors import InputError, TesseraError
 from ..inference import Notice, resolve_device
 from ..io import save_model, write_tiff
+from ..training.corrections import corrected_labels
 from ..training.data import TrainImage
 from ..training.labels import CONVENTION
 from ..training.loop import DEFAULT_STEPS, TrainConfig, TrainResult, TrainUpdate, iter_train
@@ -182,6 +183,11 @@ class TrainWidget(Container):
             label="annotations", choices=layer_choices(napari_viewer, Labels)
         )
         self.new_annotations = PushButton(text="New annotation layer")
+        self.correct = PushButton(
+            text="Correct the segmentation",
+            tooltip="turn this image's Segment result into a layer to fix, and a layer to "
+            "mark what you checked; training then learns from the checked region",
+        )
         self.all_images = CheckBox(
             text="also train on every other annotated image",
             value=False,
@@ -245,6 +251,7 @@ class TrainWidget(Container):
                 self.channels,
                 self.annotations,
                 self.new_annotations,
+                self.correct,
                 self.all_images,
                 self.pairs_info,
                 self.mode,
@@ -278,6 +285,7 @@ class TrainWidget(Container):
         self.start_from.changed.connect(self._update_visibility)
         self.limit_by.changed.connect(self._update_visibility)
         self.new_annotations.changed.connect(self.create_annotations)
+        self.correct.changed.connect(self.correct_result)
         self.all_images.changed.connect(self._update_pairs_info)
         self.annotations.changed.connect(self._update_pairs_info)
         self.train_button.changed.connect(self.train)
@@ -312,6 +320,7 @@ class TrainWidget(Container):
         self.train_button.enabled = not running
         self.stop_button.enabled = running
         self.new_annotations.enabled = not running
+        self.correct.enabled = not running
         self.save_button.enabled = not running and self.model is not None
 
     def _spec(self):
@@ -355,6 +364,75 @@ class TrainWidget(Container):
         notify_info(f"Annotations ({self.mode.value}): {CONVENTION[self.mode.value]}")
         return ann
 
+    def correct_result(self, *_) -> Labels | None:
+        """Start correcting this image's Segment result: a copy of it to fix ('<image>
+        corrections') and an empty Shapes layer ('<image> checked') to mark what was checked.
+        Existing ones are reused: corrections are never thrown away."""
+        image = self.image.value
+        try:
+            if image is None:
+                raise InputError("no image layer selected")
+            result = find_layer(self._viewer, f"{image.name} labels", Labels)
+            if result is None:
+                raise InputError(
+                    f"no result to correct: segment '{image.name}' first (Segment widget, "
+                    "output: instances)"
+                )
+            if self.annotations.value is None:
+                self.create_annotations()  # earlier paint (if any) and corrections train together
+        except TesseraError as err:
+            report_error("Correct", err)
+            return None
+        layers = self._viewer.layers
+        fix = find_layer(self._viewer, f"{image.name} corrections", Labels)
+        if fix is None or fix.data.shape != result.data.shape:
+            fix = self._viewer.add_labels(
+                np.array(result.data, np.int32), name=f"{image.name} corrections",
+                scale=result.scale, translate=result.translate, opacity=0.6,
+            )  # fmt: skip
+        if find_layer(self._viewer, f"{image.name} checked", Shapes) is None:
+            checked = self._viewer.add_shapes(
+                ndim=result.ndim, name=f"{image.name} checked", scale=result.scale,
+                translate=result.translate, face_color="transparent", edge_color="lime",
+                edge_width=2,
+            )  # fmt: skip
+            checked.mode = "add_rectangle"
+        layers.selection.active = fix
+        fix.selected_label = int(np.max(fix.data)) + 1
+        fix.mode = "paint"
+        if session.last_trained_model is not None:  # retraining goes on from the current model
+            self.start_from.reset_choices()
+            self.start_from.value = _models.SESSION
+        notify_info(
+            f"Fix '{fix.name}': delete wrong objects (paint 0), paint missed ones with a new "
+            f"label, give the parts of merged ones different labels. Draw rectangles over what "
+            f"you checked in '{image.name} checked'. Training takes the checked region as "
+            "complete labels, and keeps your earlier painting elsewhere."
+        )
+        return fix
+
+    def _with_corrections(self, image: Image, labels: np.ndarray) -> np.ndarray:
+        """The annotations with the checked corrections of ``image`` merged in (sparse)."""
+        fix = find_layer(self._viewer, f"{image.name} corrections", Labels)
+        checked = find_layer(self._viewer, f"{image.name} checked", Shapes)
+        if fix is None or checked is None:
+            return labels
+        if len(checked.data) == 0:
+            notify_warning(
+                f"nothing is marked as checked in '{checked.name}': draw a rectangle over what "
+                f"you checked, or '{fix.name}' is not used"
+            )
+            return labels
+        if self.mode.value != "sparse":
+            raise InputError("corrections train with sparse labels: choose 'sparse (painted)'")
+        if tuple(fix.data.shape) != labels.shape:
+            raise InputError(
+                f"'{fix.name}' has shape {tuple(fix.data.shape)} but the annotations are "
+                f"{labels.shape}"
+            )
+        mask = checked.to_labels(labels_shape=labels.shape) > 0
+        return corrected_labels(np.asarray(fix.data), mask, earlier=labels)
+
     # -- training -----------------------------------------------------------------------------
     def _prepare(self):
         layer = self.image.value
@@ -369,6 +447,7 @@ class TrainWidget(Container):
                 "and background (1)"
             )
         labels = np.array(ann.data)  # a copy: painting may go on while the model trains
+        labels = self._with_corrections(layer, labels)
         if labels.shape != inp.lay.out_shape:
             raise InputError(
                 f"the annotations '{ann.name}' have shape {labels.shape} but the image "
@@ -474,7 +553,10 @@ class TrainWidget(Container):
         self._jobs.stop = run.stop
         if config.preview_every > 0:
             self._preview_layer(run)  # created now: adding a layer mid-run would stall the GUI
-        self.loss_curve.clear(config.steps)
+        if self.start_from.value == _models.SESSION and self.loss_curve.train:
+            self.loss_curve.go_on(config.steps)  # retraining: the same curve goes on
+        else:
+            self.loss_curve.clear(config.steps)
         self.progress.value = 0
         self._set_running(True)
         self.status.value = f"training from the {spec.label} on {run.describe()} ..."
@@ -496,7 +578,7 @@ class TrainWidget(Container):
         if u.notice:
             notify_warning(u.notice)
         self.progress.value = int(round(1000 * u.fraction))
-        self.loss_curve.add(u.step, u.loss, u.val_loss)
+        self.loss_curve.add(self.loss_curve.offset + u.step, u.loss, u.val_loss)
         if self._run is not None and not self._run.stop.is_set():
             total = f"/{u.total_steps}" if u.total_steps else ""
             limit = f"/{u.time_limit:.0f}" if u.time_limit else ""
@@ -606,8 +688,9 @@ class TrainWidget(Container):
                 data = run.labels
                 if run.annotations in self._viewer.layers:  # include painting done since
                     current = np.asarray(run.annotations.data)
+                    image = find_layer(self._viewer, run.inp.name, Image)
                     if current.shape == run.labels.shape:
-                        data = current
+                        data = current if image is None else self._with_corrections(image, current)
                 write_tiff(ann_path, data, axes=run.inp.lay.out_axes)
         except (TesseraError, OSError) as err:
             report_error("Save", err)
