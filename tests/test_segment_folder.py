@@ -152,3 +152,18 @@ def test_an_interrupted_folder_run_keeps_finished_files(
     code, _, err = run(argv, capsys)
     assert code == 0 and "1 already done" in err
     assert os.path.exists(out / "field_2_labels.tif")
+
+
+def test_a_folder_run_loads_the_model_once(
+    raw, tmp_path, saved_threshold_model, capsys, monkeypatch
+):
+    import napari_tessera.io as tio
+
+    loads = []
+    real = tio.load_model
+    monkeypatch.setattr(tio, "load_model", lambda *a, **k: loads.append(1) or real(*a, **k))
+    code, _, err = run(
+        ["segment", raw, "-o", tmp_path / "out", "--model", saved_threshold_model], capsys
+    )
+    assert code == 0, err
+    assert len(loads) == 1

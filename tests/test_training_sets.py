@@ -84,6 +84,21 @@ def test_a_set_mixes_a_stack_and_a_plain_image(two):
     assert res.model.metadata["provenance"]["config"]["images"] == 2
 
 
+def test_a_set_mixes_sizes_and_dtypes(two):
+    """uint8, uint16 and float32 images, each normalised by its own levels, train together."""
+    a, b = two
+    c = nuclei_2d((80, 80), seed=5)
+    as_u8 = (255 * (a.image - a.image.min()) / np.ptp(a.image)).astype(np.uint8)
+    as_u16 = (60000 * (b.image - b.image.min()) / np.ptp(b.image)).astype(np.uint16)
+    items = [
+        TrainImage(as_u8, objects_only(a.labels).astype(np.uint16)),
+        TrainImage(as_u16, background_only(b.labels).astype(np.int32)),
+        TrainImage(c.image.astype(np.float32), objects_only(c.labels, 2)),
+    ]
+    res = train(items, config=TrainConfig(steps=2, **TINY_CFG))
+    assert res.model.metadata["provenance"]["config"]["images"] == 3
+
+
 def test_errors_name_the_image_they_are_about(two):
     a, b = two
     cfg = TrainConfig(steps=2, **TINY_CFG)
