@@ -22,6 +22,7 @@ Each segments images 4-5 (never painted, never corrected): instance F1 at IoU 0.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 from collections import defaultdict
 
@@ -107,19 +108,13 @@ def main() -> None:
         corrected = TrainImage(image2, corrected_labels(fixed, checked), name=names[1])
         models = {
             "first": first,
-            "corrected": train([painted, corrected], config=cfg, model=_copy(first)).model,
-            "more": train([painted], config=cfg, model=_copy(first)).model,
+            "corrected": train([painted, corrected], config=cfg, model=copy.deepcopy(first)).model,
+            "more": train([painted], config=cfg, model=copy.deepcopy(first)).model,
         }
         for method, model in models.items():
             row = {"group": group, "method": method, "fixed": n_fixed,
                    "f1": f1_on(model, unseen), "env": env}  # fmt: skip
             append_row(row, args.jsonl)
-
-
-def _copy(model):
-    import copy
-
-    return copy.deepcopy(model)
 
 
 if __name__ == "__main__":

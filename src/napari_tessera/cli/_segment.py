@@ -153,6 +153,7 @@ def _segment_folder(args: argparse.Namespace) -> int:
             out = output_for(inp, folder, ".zarr" if zarr else ".tif")
             if out.exists() and not args.restart:
                 skipped.append(inp)
+                bar.update(k + 1, len(images))
                 continue
             part = _FileBar(bar, k, len(images), inp.name)
             try:

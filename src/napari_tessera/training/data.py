@@ -43,9 +43,6 @@ class Source:
     targets: Targets
     name: str
 
-    def painted_slices(self) -> list[int]:
-        return self.targets.slices
-
 
 def as_images(image, labels, axes) -> list[TrainImage]:
     """The training set of an ``iter_train`` call: ``image`` and ``labels`` as one pair, or
