@@ -7,6 +7,9 @@ segmented with the built-in model (instances, CPU) in two ways, in one process, 
   folder    ``tessera segment FOLDER -o OUT``: one run over every file
   per-file  ``tessera segment FILE -o OUT_FILE``: one call per image (in-process, so Python and
             torch start once; a shell loop of separate commands also pays both every time)
+  cluster   ``tessera segment FOLDER -o OUT --scheduler local --workers W``: each file a
+            task on a local dask cluster (with --cluster-workers W; the cluster's start-up
+            is included)
 
     python benchmarks/bench_folder.py --json benchmarks/results/folder.json
 """
@@ -44,6 +47,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("-n", type=int, default=200, help="images")
     ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--cluster-workers", type=int, default=0, help="also the cluster way")
     ap.add_argument("--json")
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -54,7 +58,8 @@ def main() -> None:
         tifffile.imwrite(raw / f"img_{k:04d}.tif", nuclei_2d((args.size, args.size), seed=k).image)
     loads = counted_loads()
     rows = []
-    for way in ("per-file", "folder", "per-file", "folder"):  # alternated: the machine drifts
+    ways = ["per-file", "folder"] + (["cluster"] if args.cluster_workers else [])
+    for way in ways * 2:  # alternated: the machine drifts
         out = tmp / f"out-{way}-{len(rows)}"
         out.mkdir()
         loads.clear()
@@ -62,6 +67,9 @@ def main() -> None:
         opts = ["--instances", "--device", "cpu", "-q"]
         if way == "folder":
             assert cli.main(["segment", str(raw), "-o", str(out), *opts]) == 0
+        elif way == "cluster":
+            dask = ["--scheduler", "local", "--workers", str(args.cluster_workers)]
+            assert cli.main(["segment", str(raw), "-o", str(out), *opts, *dask]) == 0
         else:
             for f in sorted(raw.iterdir()):
                 target = out / f"{f.stem}_labels.tif"

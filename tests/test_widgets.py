@@ -214,6 +214,53 @@ def test_segment_all_open_images(make_napari_viewer, qtbot, tiny_model_path, err
     assert errors and "broken: " in errors[-1] and "NaN" in errors[-1]
 
 
+def test_segment_a_folder_of_files(make_napari_viewer, qtbot, tiny_model_path, tmp_path, errors):
+    """Every image file of a folder gets its labels file in another folder (the same labels
+    as the library's segment); a broken file is reported while the others finish; asked, the
+    results open as layers; a second run skips the finished files."""
+    import tifffile
+
+    from napari_tessera.inference import segment as segment_library
+
+    raw, out = tmp_path / "raw", tmp_path / "labels"
+    raw.mkdir()
+    fields = {f"field_{k}": nuclei_2d((64 + 16 * k, 80), seed=k).image for k in range(3)}
+    for name, image in fields.items():
+        tifffile.imwrite(raw / f"{name}.tif", image)
+    (raw / "broken.tif").write_bytes(b"not a tiff")
+    viewer = make_napari_viewer()
+    seg = dock(viewer, "Segment")
+    use_file_model(seg, tiny_model_path)
+    seg.device.value = "cpu"
+    seg.output.value = "instances"
+    seg.scope.value = "folder"
+    assert not seg.input_folder.native.isHidden() and not seg.output_folder.native.isHidden()
+    seg.run()
+    assert "choose the folder of images" in errors[-1] and not seg.running
+    seg.input_folder.value = raw
+    seg.run()
+    assert "choose the folder to write the labels to" in errors[-1]
+    seg.output_folder.value = out  # made by the run
+    seg.open_results.value = True
+    segment(qtbot, seg)
+    model = load_model(tiny_model_path)
+    for name, image in fields.items():
+        want = segment_library(image, model, instances=True, device="cpu")
+        np.testing.assert_array_equal(tifffile.imread(out / f"{name}_labels.tif"), want)
+        np.testing.assert_array_equal(viewer.layers[f"{name}_labels"].data, want)
+    assert sorted(p.name for p in out.iterdir()) == [f"{n}_labels.tif" for n in fields]
+    assert seg.status.value.startswith(f"done: 3 of 4 files segmented into {out}")
+    assert seg.status.value.endswith("; 1 failed")
+    assert errors[-1].startswith("Segment: broken.tif: broken.tif is not a readable TIFF")
+
+    seg.open_results.value = False
+    segment(qtbot, seg)
+    assert "; 3 already there, skipped; 1 failed" in seg.status.value
+    seg.output_folder.value = raw
+    seg.run()
+    assert "another folder than the images" in errors[-1] and not seg.running
+
+
 def test_segment_applies_the_models_edge_offset_unless_unticked(
     make_napari_viewer, qtbot, nuclei, saved_threshold_model, tmp_path
 ):
@@ -480,6 +527,52 @@ def test_train_on_every_annotated_image(make_napari_viewer, qtbot, nuclei, error
     tr.train()
     assert errors and "'field 2 annotations' have shape (80, 80)" in errors[-1]
     assert not tr.running
+
+
+def test_painting_during_training_reaches_the_run(
+    make_napari_viewer, qtbot, nuclei, tmp_path, errors
+):
+    """A stroke on the other image's annotations while the set trains is taken at the next
+    round (step 26); after the run the layers are no longer watched; Save writes the
+    annotations of both images, with the new stroke."""
+    viewer = make_napari_viewer()
+    other = nuclei_2d((96, 112), seed=8)
+    viewer.add_image(nuclei.image, name="cells")
+    viewer.add_image(other.image, name="field 2")
+    first = viewer.add_labels(
+        sparse_annotations(nuclei.labels, n_objects=4, n_strokes=2, seed=1),
+        name="cells annotations",
+    )
+    second = viewer.add_labels(
+        sparse_annotations(other.labels, n_objects=2, n_strokes=1, seed=2),
+        name="field 2 annotations",
+    )
+    tr = dock(viewer, "Train")
+    tr.image.value = viewer.layers["cells"]
+    tr.annotations.value = first
+    tiny_training(tr, steps=30)
+    tr.all_images.value = True
+    before = int(np.count_nonzero(first.data)) + int(np.count_nonzero(second.data))
+    tr.train()
+    obj = int(np.unique(other.labels[other.labels > 0])[-1])
+    y, x = np.argwhere(other.labels == obj).mean(axis=0).round().astype(int)
+    second.brush_size = 3
+    second.paint((y, x), 2)  # one stroke, as the mouse makes it
+    stroke = int(np.count_nonzero(second.data)) - int(np.count_nonzero(tr._run.others[0].labels))
+    assert stroke > 0
+    wait_idle(qtbot, tr)
+    assert not errors
+    assert tr.model.metadata["provenance"]["config"]["paint_updates"] == 1
+    assert tr._trained_on.new_paint == f"new painting from step 26 ({before + stroke:,} px)"
+    assert tr._paint_watch is None
+    watched = len(second.events.paint.callbacks)
+    second.paint((y, x + 6), 2)  # after the run: nothing listens for the run any more
+    assert len(second.events.paint.callbacks) == watched
+
+    path = tr.save(path=tmp_path / "set.safetensors")
+    saved, _ = read_image(path.with_name("set.field_2.annotations.tif"))
+    np.testing.assert_array_equal(saved, second.data)
+    assert "set.field_2.annotations.tif" in tr.status.value
 
 
 def test_correct_a_result_and_retrain(make_napari_viewer, qtbot, nuclei, tmp_path, errors):

@@ -83,3 +83,21 @@ def unit_task(s, box, levels, digest: str, source, lay: SliceLayout, out_path: s
             (slice(None), *unit_index(lay, s, box))
         ] = prob
     return s, box, count, notices
+
+
+def file_task(image: Path, out: Path, options, axes, digest: str):
+    """Run on a worker: segment one file of a folder run into ``out``; returns
+    ``(error or None, notices)``."""
+    from .files import FileDone, segment_one_file
+    from .inference import Notice
+
+    plugin = _worker_plugin()
+    if plugin.digest != digest:
+        raise RuntimeError("the worker holds another model")
+    notices, error = [], None
+    for event in segment_one_file(plugin.model, Path(image), Path(out), options, axes):
+        if isinstance(event, Notice):
+            notices.append(event.message)
+        elif isinstance(event, FileDone):
+            error = event.error
+    return error, notices

@@ -147,7 +147,7 @@ def _open_tiff(path: Path) -> tuple[Any, str | None]:
 
 
 # -- the output store ---------------------------------------------------------------------------
-def _model_digest(model) -> str:
+def model_digest(model) -> str:
     h = hashlib.sha256()
     h.update(json.dumps(model.config.to_dict(), sort_keys=True).encode())
     for k, v in model.state_dict().items():
@@ -160,7 +160,7 @@ def _run_state(model, lay: SliceLayout, rule: SplitRule, kw: dict, block: int) -
     """What must be equal for a partial output to be continued."""
     return {
         "block": int(block),
-        "model": _model_digest(model),
+        "model": model_digest(model),
         "axes": lay.axes,
         "shape": list(lay.shape),
         **rule.as_state(),
@@ -610,7 +610,7 @@ def segment_to_zarr(model, image, output, **kwargs) -> Path:
 # -- dask.distributed ---------------------------------------------------------------------------
 
 
-def _model_bytes(model) -> bytes:
+def model_bytes(model) -> bytes:
     from .io import save_model
 
     with tempfile.TemporaryDirectory() as d:
@@ -668,7 +668,7 @@ def _run_on_cluster(model, image, source, lay, out: ZarrOutput, todo, margin, ru
     futures: list = []
     try:
         client.register_plugin(
-            _dask_worker.ModelPlugin(_model_bytes(model), digest, threads), name=_dask_worker.PLUGIN
+            _dask_worker.ModelPlugin(model_bytes(model), digest, threads), name=_dask_worker.PLUGIN
         )
         n_workers = len(client.scheduler_info()["workers"])
         yield Notice(f"dask: {n_workers} worker(s) at {client.scheduler.address}")

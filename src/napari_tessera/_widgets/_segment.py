@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,8 +24,12 @@ from magicgui.widgets import (
 from napari.layers import Image, Labels
 
 from ..axes import layout
-from ..errors import TesseraError
+from ..errors import InputError, TesseraError
+from ..files import FileDone, FileProgress, FolderReport, iter_segment_files
 from ..inference import PRECISIONS, Notice, iter_segment, resolve_device
+from ..io import read_image
+from ..options import SegmentOptions
+from ..sets import expand_inputs
 from . import _models
 from ._common import (
     ImageInput,
@@ -69,7 +73,7 @@ def lazy_output_path(folder: str | Path, name: str) -> Path:
 
 
 def segment_job(
-    inp: ImageInput, spec, slice_index, instances, min_size, want_prob, kwargs, out_path=None
+    inp: ImageInput, spec, slice_index, options: SegmentOptions, want_prob, out_path=None
 ):
     """Runs in the worker thread: yields Progress, returns a :class:`SegmentResult`.
 
@@ -80,40 +84,34 @@ def segment_job(
     model = spec.load()
     image = inp.load()
     axes = inp.axes
-    kwargs = {**kwargs, "channels": inp.lay.pick}  # the whole image: pick its channels
+    options = replace(options, channels=inp.lay.pick)  # the whole image: pick its channels
     if out_path is not None and slice_index is None:
         import zarr
 
         from ..chunked import iter_segment_to_zarr
 
         path = yield from iter_segment_to_zarr(
-            model, image, out_path, axes=axes, instances=instances, min_size=min_size, **kwargs
+            model, image, out_path, axes=axes, **options.kwargs()
         )
         labels = zarr.open_array(str(path), mode="r")
         seconds = time.perf_counter() - t0
-        return SegmentResult(labels, None, None, seconds, Path(path), halo_used(model, kwargs))
+        return SegmentResult(labels, None, None, seconds, Path(path), halo_used(model, options))
     if slice_index is not None:
         image = inp.lay.slice_view(image, slice_index)  # (C, Y, X), channels picked
         axes = "CYX"
-        kwargs["channels"] = None
-    lay = layout(np.shape(image), axes, kwargs["channels"])
+        options = replace(options, channels=None)
+    lay = layout(np.shape(image), axes, options.channels)
     probs = None
     if want_prob:
         probs = np.zeros((model.config.n_classes, *lay.out_shape), np.float32)
     labels = yield from iter_segment(
-        model,
-        image,
-        axes=axes,
-        instances=instances,
-        min_size=min_size,
-        probabilities_out=probs,
-        **kwargs,
+        model, image, axes=axes, probabilities_out=probs, **options.kwargs()
     )
     fg = None
     if probs is not None:
         fg = probs[0] if probs.shape[0] == 1 else 1.0 - probs[0]
     seconds = time.perf_counter() - t0
-    return SegmentResult(labels, fg, slice_index, seconds, None, halo_used(model, kwargs))
+    return SegmentResult(labels, fg, slice_index, seconds, None, halo_used(model, options))
 
 
 @dataclass
@@ -135,7 +133,7 @@ class ImageDone:
     error: str | None = None
 
 
-def segment_all_job(inputs, spec, instances, min_size, want_prob, kwargs, folder):
+def segment_all_job(inputs, spec, options: SegmentOptions, want_prob, folder):
     """Runs in the worker thread: every image in turn (lazy ones into ``folder``); yields
     Progress and an :class:`ImageDone` per image. An image that fails is reported and the
     others go on."""
@@ -143,20 +141,25 @@ def segment_all_job(inputs, spec, instances, min_size, want_prob, kwargs, folder
         out_path = lazy_output_path(folder, inp.name) if inp.lazy else None
         prob = want_prob and not inp.lazy
         try:
-            result = yield from segment_job(
-                inp, spec, None, instances, min_size, prob, kwargs, out_path
-            )
+            result = yield from segment_job(inp, spec, None, options, prob, out_path)
         except TesseraError as err:
             yield ImageDone(inp, None, str(err))
             continue
         yield ImageDone(inp, result)
 
 
-def halo_used(model, kwargs) -> str:
+def segment_folder_job(spec, images, folder, options: SegmentOptions, restart: bool):
+    """Runs in the worker thread: every image file into ``folder`` with one loaded model
+    (:func:`~napari_tessera.files.iter_segment_files`); returns its FolderReport."""
+    model = spec.load()
+    return (yield from iter_segment_files(model, images, folder, options, restart=restart))
+
+
+def halo_used(model, options: SegmentOptions) -> str:
     """A few words on the auto halo a run used ("" for other halos)."""
     from ..halo import last_measurement, stored_halo
 
-    if kwargs.get("halo", "auto") != "auto" or model.config.padding == "valid":
+    if options.halo != "auto" or model.config.padding == "valid":
         return ""
     pixels = stored_halo(model)
     if pixels is None:
@@ -261,9 +264,27 @@ class SegmentWidget(Container):
                 ("whole image", "stack"),
                 ("current slice", "slice"),
                 ("all open images", "all"),
+                ("a folder of files", "folder"),
             ],
             value="stack",
             orientation="horizontal",
+        )
+        self.input_folder = FileEdit(
+            label="images folder",
+            mode="d",
+            tooltip="every .tif, .tiff, .npy and .zarr image in this folder is segmented",
+        )
+        self.output_folder = FileEdit(
+            label="write labels to",
+            mode="d",
+            tooltip="one {name}_labels.tif (.zarr for zarr images) per image; images whose "
+            "labels are already there are skipped, so a stopped run resumes",
+        )
+        self.open_results = CheckBox(
+            text="open each result as a layer",
+            value=False,
+            tooltip="for a few images; leave it off for large sets (the files are written "
+            "either way)",
         )
         self.info = Label(label="")
         self.run_button = PushButton(text="Segment")
@@ -293,6 +314,9 @@ class SegmentWidget(Container):
                 self.probabilities,
                 self.zarr_folder,
                 self.scope,
+                self.input_folder,
+                self.output_folder,
+                self.open_results,
                 self.info,
                 buttons,
                 self.progress,
@@ -307,6 +331,7 @@ class SegmentWidget(Container):
         self.model_file.changed.connect(self._update_info)
         self.halo.changed.connect(self._update_visibility)
         self.output.changed.connect(self._update_visibility)
+        self.scope.changed.connect(self._update_visibility)
         self.image.changed.connect(self._update_info)
         self.axes.changed.connect(self._update_info)
         self.channels.changed.connect(self._update_info)
@@ -327,6 +352,10 @@ class SegmentWidget(Container):
         self.model_file.visible = self.model_source.value == _models.FILE
         self.halo_px.visible = self.halo.value == "fast"
         self.min_size.visible = self.output.value == "instances"
+        folder = self.scope.value == "folder"
+        for w in (self.input_folder, self.output_folder, self.open_results):
+            w.visible = folder
+        self.probabilities.enabled = not folder
 
     def _update_info(self, *_):
         """Say how the image will be read; errors here are shown inline, not as pop-ups."""
@@ -384,23 +413,28 @@ class SegmentWidget(Container):
         try:
             spec = self._spec()
             resolve_device(self.device.value)  # unavailable device: an error now, not later
-            kwargs = self._settings()
+            options = self._options()
             if self.scope.value == "all":
-                self._run_all(spec, kwargs)
+                self._run_all(spec, options)
+            elif self.scope.value == "folder":
+                self._run_folder(spec, options)
             else:
-                self._run_one(spec, kwargs)
+                self._run_one(spec, options)
         except TesseraError as err:
             report_error("Segment", err)
 
-    def _settings(self) -> dict:
-        return {
-            "tile_size": self.tile_size.value or None,
-            "halo": self.halo.value if self.halo.value != "fast" else int(self.halo_px.value),
-            "batch_size": int(self.batch_size.value),
-            "device": self.device.value,
-            "precision": self.precision.value,
-            "edge_offset": None if self.model_edges.value else 0.0,
-        }
+    def _options(self) -> SegmentOptions:
+        """The settings as picked (channels are each image's own, set per run)."""
+        return SegmentOptions(
+            tile_size=self.tile_size.value or None,
+            halo=self.halo.value if self.halo.value != "fast" else int(self.halo_px.value),
+            batch_size=int(self.batch_size.value),
+            device=self.device.value,
+            precision=self.precision.value,
+            instances=self.output.value == "instances",
+            min_size=int(self.min_size.value),
+            edge_offset=None if self.model_edges.value else 0.0,
+        )
 
     def _zarr_folder(self) -> Path:
         folder = Path(self.zarr_folder.value)
@@ -408,7 +442,7 @@ class SegmentWidget(Container):
             raise TesseraError(f"zarr folder does not exist: {folder}")
         return folder
 
-    def _run_one(self, spec, kwargs: dict) -> None:
+    def _run_one(self, spec, options: SegmentOptions) -> None:
         layer = self.image.value
         inp = image_input(
             layer, spec.in_channels, self.axes.value, self.channels.value, spec.channels
@@ -426,16 +460,13 @@ class SegmentWidget(Container):
         if inp.note:
             notify_info(inp.note)
         self._input = inp
-        self._instances = self.output.value == "instances"
+        self._instances = options.instances
         want_prob = bool(self.probabilities.value) and not inp.lazy
-        worker = make_worker(
-            segment_job, inp, spec, slice_index, self._instances, int(self.min_size.value),
-            want_prob, kwargs, out_path,
-        )  # fmt: skip
+        worker = make_worker(segment_job, inp, spec, slice_index, options, want_prob, out_path)
         where = f"slice {slice_index}" if slice_index is not None else inp.name
         self._start(worker, f"segmenting {where} with the {spec.label} ...")
 
-    def _run_all(self, spec, kwargs: dict) -> None:
+    def _run_all(self, spec, options: SegmentOptions) -> None:
         """Every open image layer in turn; one that cannot be read is reported and skipped."""
         inputs, skipped = [], []
         for layer in [la for la in self._viewer.layers if isinstance(la, Image)]:
@@ -449,13 +480,28 @@ class SegmentWidget(Container):
         if not inputs:
             raise TesseraError("no open image can be segmented" + _also("; ".join(skipped)))
         folder = self._zarr_folder() if any(i.lazy for i in inputs) else None
-        self._instances = self.output.value == "instances"
+        self._instances = options.instances
         self._all = _AllImages(len(inputs) + len(skipped), failed=list(skipped))
-        worker = make_worker(
-            segment_all_job, inputs, spec, self._instances, int(self.min_size.value),
-            bool(self.probabilities.value), kwargs, folder,
-        )  # fmt: skip
+        want_prob = bool(self.probabilities.value)
+        worker = make_worker(segment_all_job, inputs, spec, options, want_prob, folder)
         self._start(worker, f"segmenting {len(inputs)} images with the {spec.label} ...")
+
+    def _run_folder(self, spec, options: SegmentOptions) -> None:
+        """Every image file of a folder into another folder, written as files."""
+        source, target = Path(self.input_folder.value), Path(self.output_folder.value)
+        if str(source) in ("", "."):
+            raise InputError("choose the folder of images to segment")
+        if str(target) in ("", "."):
+            raise InputError("choose the folder to write the labels to")
+        if not source.is_dir():
+            raise InputError(f"images folder does not exist: {source}")
+        images = expand_inputs([str(source)])
+        if target.resolve() == source.resolve():
+            raise InputError("write the labels to another folder than the images")
+        self._instances = options.instances
+        self._all = _AllImages(len(images))
+        worker = make_worker(segment_folder_job, spec, images, target, options, False)
+        self._start(worker, f"segmenting {len(images)} files with the {spec.label} ...")
 
     def _start(self, worker, status: str) -> None:
         # connect everything before the worker starts
@@ -485,6 +531,14 @@ class SegmentWidget(Container):
         if isinstance(event, ImageDone):
             self._on_image_done(event)
             return
+        if isinstance(event, FileDone):
+            self._on_file_done(event)
+            return
+        if isinstance(event, FileProgress):
+            self.progress.max = 1000
+            self.progress.value = int(1000 * event.fraction)
+            self.status.value = f"file {event.index + 1} of {event.n_files}: {event.name}"
+            return
         if self.progress.max != event.total:
             self.progress.max = max(int(event.total), 1)
         self.progress.value = int(event.done)
@@ -504,8 +558,33 @@ class SegmentWidget(Container):
             self._on_returned(event.result)
             run.done += 1
 
+    def _on_file_done(self, event: FileDone) -> None:
+        """A file of a folder run: noted, and opened as a layer when asked."""
+        run = self._all
+        if event.status == "failed":
+            run.failed.append(f"{event.image.name}: {event.error}")
+            return
+        run.done += 1
+        if self.open_results.value and event.output.suffix == ".tif":
+            labels, _ = read_image(event.output)
+            self._viewer.add_labels(labels, name=event.output.stem)
+
+    def _folder_done(self, report: FolderReport) -> None:
+        self.status.value = (
+            f"done: {len(report.done)} of {self._all.total} files segmented into "
+            f"{report.folder} in {report.seconds:.1f} s"
+        )
+        if report.skipped:
+            self.status.value += f"; {len(report.skipped)} already there, skipped"
+        if report.failed:
+            self.status.value += f"; {len(report.failed)} failed"
+            report_error("Segment", TesseraError("; ".join(self._all.failed)))
+
     @while_open
-    def _on_returned(self, result: SegmentResult | None) -> None:
+    def _on_returned(self, result: SegmentResult | FolderReport | None) -> None:
+        if isinstance(result, FolderReport):
+            self._folder_done(result)
+            return
         if result is None:  # the end of an all-images run
             run = self._all
             self.status.value = f"done: {run.done} of {run.total} images segmented"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,7 +28,7 @@ from ..errors import InputError, TesseraError
 from ..inference import Notice, resolve_device
 from ..io import save_model, write_tiff
 from ..training.corrections import corrected_labels
-from ..training.data import TrainImage
+from ..training.data import PaintFeed, TrainImage
 from ..training.labels import CONVENTION
 from ..training.loop import DEFAULT_STEPS, TrainConfig, TrainResult, TrainUpdate, iter_train
 from . import _models
@@ -45,6 +46,7 @@ from ._common import (
     while_open,
 )
 from ._loss_plot import LossCurve
+from ._paint_watch import PaintWatch
 from ._segment import layer_choices
 from ._session import session
 
@@ -64,10 +66,19 @@ HELP = {
 NO_PATCH = "no training patch fits"  # the core sampler's RuntimeError on small images
 
 
-def train_job(inp: ImageInput, labels: np.ndarray, config: TrainConfig, spec, stop, others=()):
+def train_job(
+    inp: ImageInput,
+    labels: np.ndarray,
+    config: TrainConfig,
+    spec,
+    stop,
+    others=(),
+    paint: PaintFeed | None = None,
+):
     """Runs in the worker thread: yields TrainUpdate (or a Notice), returns the TrainResult.
 
-    ``others``: more ``(ImageInput, labels)`` pairs to train on with the first.
+    ``others``: more ``(ImageInput, labels)`` pairs to train on with the first. ``paint``:
+    where the widget posts painting done while the run trains (image 0 is ``inp``).
     """
     model = spec.load() if spec.load is not None else None
     items = [
@@ -75,7 +86,7 @@ def train_job(inp: ImageInput, labels: np.ndarray, config: TrainConfig, spec, st
     ]
     started = False
     try:
-        gen = iter_train(items, config=config, model=model, stop=stop)
+        gen = iter_train(items, config=config, model=model, stop=stop, paint=paint)
         while True:
             try:
                 update = next(gen)
@@ -100,6 +111,7 @@ def train_job(inp: ImageInput, labels: np.ndarray, config: TrainConfig, spec, st
             config=replace(config, val_fraction=0.0),
             model=model,
             stop=stop,
+            paint=paint,
         )
     )
 
@@ -131,20 +143,31 @@ def _warm_up() -> None:
     threading.Thread(target=work, name="tessera-warm-up", daemon=True).start()
 
 
+@dataclass(frozen=True)
+class _Pair:
+    """Another image trained on with the selected one, its annotation layer and a copy of
+    the labels at the start."""
+
+    inp: ImageInput
+    annotations: Labels
+    labels: np.ndarray
+
+
 @dataclass
 class _Run:
     inp: ImageInput
     annotations: Labels
-    labels: np.ndarray  # the painted labels the run trains on (a copy)
+    labels: np.ndarray  # the painted labels the run starts from (a copy)
     preview_index: tuple[int, ...]
     stop: threading.Event
-    others: tuple = ()  # more (ImageInput, labels copy) pairs trained on with this one
+    others: tuple[_Pair, ...] = ()  # more images trained on with this one
+    new_paint: str = ""  # when the run last took new painting, for the status line
 
     def describe(self) -> str:
         """The images trained on, with their painted pixels when there are several."""
         if not self.others:
             return self.inp.name
-        pairs = [(self.inp, self.labels), *self.others]
+        pairs = [(self.inp, self.labels), *((p.inp, p.labels) for p in self.others)]
         return (
             f"{len(pairs)} images ("
             + ", ".join(f"{i.name}: {int(np.count_nonzero(lab)):,} px painted" for i, lab in pairs)
@@ -165,6 +188,7 @@ class TrainWidget(Container):
         self.model = None
         self.preview_layer: Labels | None = None
         self._trained_on: _Run | None = None
+        self._paint_watch: PaintWatch | None = None
 
         self.image = ComboBox(label="image", choices=layer_choices(napari_viewer, Image))
         self.axes = LineEdit(
@@ -411,17 +435,18 @@ class TrainWidget(Container):
         )
         return fix
 
-    def _with_corrections(self, image: Image, labels: np.ndarray) -> np.ndarray:
+    def _with_corrections(self, image: Image, labels: np.ndarray, warn: bool = True) -> np.ndarray:
         """The annotations with the checked corrections of ``image`` merged in (sparse)."""
         fix = find_layer(self._viewer, f"{image.name} corrections", Labels)
         checked = find_layer(self._viewer, f"{image.name} checked", Shapes)
         if fix is None or checked is None:
             return labels
         if len(checked.data) == 0:
-            notify_warning(
-                f"nothing is marked as checked in '{checked.name}': draw a rectangle over what "
-                f"you checked, or '{fix.name}' is not used"
-            )
+            if warn:
+                notify_warning(
+                    f"nothing is marked as checked in '{checked.name}': draw a rectangle over "
+                    f"what you checked, or '{fix.name}' is not used"
+                )
             return labels
         if self.mode.value != "sparse":
             raise InputError("corrections train with sparse labels: choose 'sparse (painted)'")
@@ -500,8 +525,8 @@ class TrainWidget(Container):
         return out
 
     def _other_pairs(self, spec):
-        """The other annotated images as (ImageInput, labels copy); unpainted ones are left
-        out, a pair whose shapes disagree is an error that names it."""
+        """The other annotated images as :class:`_Pair`; unpainted ones are left out, a pair
+        whose shapes disagree is an error that names it."""
         for image, ann in self._paired_layers():
             labels = np.array(ann.data)
             if not labels.any():
@@ -512,7 +537,7 @@ class TrainWidget(Container):
                     f"the annotations '{ann.name}' have shape {labels.shape} but their image "
                     f"'{image.name}' is {inp.lay.out_shape} (without channels)"
                 )
-            yield inp, labels
+            yield _Pair(inp, ann, labels)
 
     def _update_pairs_info(self, *_) -> None:
         """Under the checkbox: the other annotated images and how much of each is painted."""
@@ -542,7 +567,9 @@ class TrainWidget(Container):
             notify_info(run.inp.note)
         self._run = run
         self._update_pairs_info()
-        worker = make_worker(train_job, run.inp, run.labels, config, spec, run.stop, run.others)
+        feed = PaintFeed()
+        others = [(p.inp, p.labels) for p in run.others]
+        worker = make_worker(train_job, run.inp, run.labels, config, spec, run.stop, others, feed)
         # connect everything before the worker starts
         worker.yielded.connect(self._on_update)
         worker.returned.connect(self._on_returned)
@@ -560,7 +587,35 @@ class TrainWidget(Container):
         self.progress.value = 0
         self._set_running(True)
         self.status.value = f"training from the {spec.label} on {run.describe()} ..."
+        self._paint_watch = self._watch_paint(run, feed)
         worker.start()
+
+    def _watch_paint(self, run: _Run, feed: PaintFeed) -> PaintWatch:
+        """Painting on the run's annotation layers (and its corrections) while it trains
+        reaches the run at its next sampling round."""
+        watch = PaintWatch(feed)
+        image = find_layer(self._viewer, run.inp.name, Image)
+
+        def selected() -> np.ndarray | None:
+            labels = np.array(run.annotations.data)
+            if image is None or self.mode.value != "sparse":
+                return labels
+            try:
+                return self._with_corrections(image, labels, warn=False)
+            except InputError:  # reported when training starts again
+                return None
+
+        layer = run.annotations
+        events = [layer.events.paint, layer.events.data]
+        fix = find_layer(self._viewer, f"{run.inp.name} corrections", Labels)
+        checked = find_layer(self._viewer, f"{run.inp.name} checked", Shapes)
+        if fix is not None and checked is not None:
+            events += [fix.events.paint, fix.events.data, checked.events.data]
+        watch.watch(0, events, selected)
+        for k, pair in enumerate(run.others, 1):
+            ann = pair.annotations
+            watch.watch(k, [ann.events.paint, ann.events.data], lambda a=ann: np.array(a.data))
+        return watch
 
     def stop(self, *_) -> None:
         """End training after the current step; the best model so far is kept."""
@@ -579,12 +634,16 @@ class TrainWidget(Container):
             notify_warning(u.notice)
         self.progress.value = int(round(1000 * u.fraction))
         self.loss_curve.add(self.loss_curve.offset + u.step, u.loss, u.val_loss)
+        if self._run is not None and u.new_paint is not None:
+            self._run.new_paint = f"new painting from step {u.step} ({u.new_paint:,} px)"
         if self._run is not None and not self._run.stop.is_set():
             total = f"/{u.total_steps}" if u.total_steps else ""
             limit = f"/{u.time_limit:.0f}" if u.time_limit else ""
             text = f"step {u.step}{total}, {u.elapsed:.0f}{limit} s, loss {u.loss:.3f}"
             if self.loss_curve.val:
                 text += f", val loss {self.loss_curve.val[-1][1]:.3f}"
+            if self._run.new_paint:
+                text += f"; {self._run.new_paint}"
             self.status.value = text
         if u.preview is not None and self._run is not None:
             self._show_preview(self._run, u.preview)
@@ -661,13 +720,18 @@ class TrainWidget(Container):
 
     @while_open
     def _on_finished(self) -> None:
+        if self._paint_watch is not None:
+            self._paint_watch.close()
+            self._paint_watch = None
         self._worker = self._jobs.worker = None
         self._jobs.stop = None
         self._set_running(False)
 
     # -- saving -------------------------------------------------------------------------------
     def save(self, *_, path: str | Path | None = None) -> Path | None:
-        """Write the trained model and, beside it, the painted annotations (TIFF)."""
+        """Write the trained model and, beside it, the painted annotations (TIFF): those of
+        the selected image as ``<model>.annotations.tif``, those of each other image trained
+        on as ``<model>.<image>.annotations.tif``."""
         if self.model is None:
             report_error("Save", InputError("no trained model yet: train first"))
             return None
@@ -681,25 +745,40 @@ class TrainWidget(Container):
         if path.suffix.lower() != ".safetensors":
             path = path.with_name(path.name + ".safetensors")
         ann_path = path.with_name(path.stem + ".annotations.tif")
+        run = self._trained_on
+        written = [path]
         try:
             save_model(self.model, path)
-            run = self._trained_on
             if run is not None:
-                data = run.labels
-                if run.annotations in self._viewer.layers:  # include painting done since
-                    current = np.asarray(run.annotations.data)
-                    image = find_layer(self._viewer, run.inp.name, Image)
-                    if current.shape == run.labels.shape:
-                        data = current if image is None else self._with_corrections(image, current)
+                image = find_layer(self._viewer, run.inp.name, Image)
+                data = self._current(run.annotations, run.labels)
+                if data is not run.labels and image is not None:
+                    data = self._with_corrections(image, data)
                 write_tiff(ann_path, data, axes=run.inp.lay.out_axes)
+                written.append(ann_path)
+                for pair in run.others:
+                    name = re.sub(r"[^\w.-]+", "_", pair.inp.name)
+                    other = path.with_name(f"{path.stem}.{name}.annotations.tif")
+                    data = self._current(pair.annotations, pair.labels)
+                    write_tiff(other, data, axes=pair.inp.lay.out_axes)
+                    written.append(other)
         except (TesseraError, OSError) as err:
             report_error("Save", err)
             return None
         self.save_path.value = path
-        what = f"{path.name} and {ann_path.name}" if run is not None else path.name
+        what = ", ".join(p.name for p in written[:-1]) + " and " + written[-1].name
+        what = what if len(written) > 1 else path.name
         self.status.value = f"saved {what} in {path.parent}"
         notify_info(f"Saved {what} in {path.parent}")
         return path
+
+    def _current(self, layer: Labels, start: np.ndarray) -> np.ndarray:
+        """A run's annotations with the painting done since (``start`` if the layer is gone
+        or no longer fits)."""
+        if layer not in self._viewer.layers:
+            return start
+        current = np.asarray(layer.data)
+        return current if current.shape == start.shape else start
 
     def _ask_path(self) -> str | None:
         from qtpy.QtWidgets import QFileDialog

@@ -160,17 +160,35 @@ def resolve_axes(
     The note is printed once the work has started, so an error stays a single line (error
     messages about the layout name the axes themselves).
     """
-    from ..axes import guess_axes, layout
+    from ..files import choose_axes
 
-    if axes:
-        layout(arr.shape, axes)  # validates
-        return axes.upper(), None
-    if from_file:
+    chosen = choose_axes(arr.shape, axes, from_file, in_channels)
+    if chosen.source == "file":
         note = f"axes {from_file} (from the TIFF metadata); pass --axes to override"
-        return from_file, None if quiet else note
-    guessed = guess_axes(arr.shape, in_channels)
-    # a guess is always stated, --quiet or not: it may be wrong
-    return guessed, f"axes guessed as {guessed} from shape {arr.shape}; pass --axes to override"
+        return chosen.axes, None if quiet else note
+    if chosen.source == "guessed":  # a guess is always stated, --quiet or not: it may be wrong
+        return chosen.axes, (
+            f"axes guessed as {chosen.axes} from shape {arr.shape}; pass --axes to override"
+        )
+    return chosen.axes, None
+
+
+def segment_options(args: argparse.Namespace):
+    """The segmentation settings of ``tessera segment``'s arguments."""
+    from ..options import SegmentOptions
+
+    return SegmentOptions(
+        tile_size=args.tile_size,
+        halo=args.halo,
+        blend=args.blend,
+        batch_size=args.batch_size,
+        device=args.device,
+        precision=args.precision,
+        instances=args.instances,
+        min_size=args.min_size,
+        edge_offset=args.edge_offset,
+        channels=args.channels,
+    )
 
 
 def load_model_arg(path: str | None, device: str):

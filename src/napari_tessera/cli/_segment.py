@@ -23,6 +23,7 @@ from ._common import (
     load_model_arg,
     resolve_axes,
     say_halo,
+    segment_options,
     warn,
 )
 
@@ -30,6 +31,7 @@ from ._common import (
 def cmd_segment(args: argparse.Namespace) -> int:
     from ..chunked import is_zarr
     from ..errors import InputError
+    from ..files import iter_segment_file
 
     if _is_folder_run(args.input):
         return _segment_folder(args)
@@ -42,10 +44,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
         check_output(prob_path, inp)
         if prob_path.resolve() == out.resolve():
             raise InputError("--probabilities must name another file than -o")
+    options = segment_options(args)
     model = load_model_arg(args.model, args.device)
     t0 = time.perf_counter()
     bar = Progress(args.quiet, "segment", "tile")
-    labels, out_axes = _segment_tiff(args, model, inp, out, prob_path, bar, "")
+    gen = iter_segment_file(model, inp, out, options, args.axes, prob_path)
+    labels, out_axes = drive(gen, bar, [])
     n = (
         f"{len(np.unique(labels)) - (1 if (labels == 0).any() else 0)} objects"
         if args.instances
@@ -60,53 +64,6 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
-def _segment_tiff(args, model, inp: Path, out: Path, prob_path, bar, prefix: str):
-    """Segment one image file in memory and write its labels (and probabilities) as TIFF.
-    Returns ``(labels, their axes)``. ``prefix`` starts every note (the file's name in a
-    folder run)."""
-    from ..errors import InputError
-    from ..inference import image_layout, iter_segment
-    from ..io import read_image, write_tiff
-    from ..normalize import check_dtype
-
-    arr, file_axes = read_image(inp)
-    axes, note = resolve_axes(arr, args.axes, file_axes, model.config.in_channels, args.quiet)
-    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        raise InputError(f"{inp.name} contains NaN or infinite pixels")
-    lay = image_layout(model, arr, axes, args.channels)
-    check_dtype(arr.dtype)
-    notes = [prefix + note] if note else []
-    if arr.min() == arr.max():  # said even with --quiet: the labels carry no information
-        notes.append(
-            f"{inp.name} is constant (every pixel is {arr.flat[0]}): with no contrast, every "
-            "pixel gets the same label"
-        )
-    probs = None
-    if prob_path is not None:
-        probs = np.zeros((model.config.n_classes, *lay.out_shape), np.float32)
-    gen = iter_segment(
-        model,
-        arr,
-        axes=axes,
-        instances=args.instances,
-        min_size=args.min_size,
-        edge_offset=args.edge_offset,
-        probabilities_out=probs,
-        channels=args.channels,
-        tile_size=args.tile_size,
-        halo=args.halo,
-        blend=args.blend,
-        batch_size=args.batch_size,
-        device=args.device,
-        precision=args.precision,
-    )
-    labels = drive(gen, bar, notes)
-    write_tiff(out, labels, axes=lay.out_axes)
-    if prob_path is not None:
-        write_tiff(prob_path, probs, axes="C" + lay.out_axes)
-    return labels, lay.out_axes
-
-
 def _is_folder_run(inputs: list[str]) -> bool:
     """Several inputs, a pattern or a folder (not a .zarr one): one output per image."""
     from ..chunked import is_zarr
@@ -117,85 +74,63 @@ def _is_folder_run(inputs: list[str]) -> bool:
     return any(c in one for c in "*?[") or (Path(one).is_dir() and not is_zarr(Path(one)))
 
 
-class _FileBar:
-    """One file's tile progress as a share of the folder run's bar (counted in files)."""
-
-    def __init__(self, bar: Progress, k: int, n: int, name: str):
-        self.bar, self.k, self.n, self.name = bar, k, n, name
-
-    def update(self, done: int, total: int, **postfix) -> None:
-        self.bar.update(round(self.k + done / max(total, 1), 2), self.n, file=self.name)
-
-    def close(self) -> None:  # the folder run closes the bar
-        pass
-
-
 def _segment_folder(args: argparse.Namespace) -> int:
-    """One labels file per input image in the -o folder. Finished outputs are skipped (a
-    re-run resumes); a file that fails is reported and the others go on. Exit code 1 when
-    some failed, with a summary of which and why."""
-    from ..errors import InputError, TesseraError
-    from ..sets import check_unique_outputs, expand_inputs, output_for
+    """One labels file per input image in the -o folder (:func:`iter_segment_files`).
+    Exit code 1 when some failed, with a summary of which and why."""
+    from ..errors import InputError
+    from ..files import FileProgress, iter_segment_files, output_folder, plan_outputs
+    from ..inference import Notice
+    from ..sets import expand_inputs
 
     images = expand_inputs(args.input)
-    folder = _output_folder(Path(args.output))
     if args.probabilities:
         raise InputError("--probabilities takes one input image, not a folder of them")
-    zarr_out = bool(args.scheduler)
-    check_unique_outputs(images, folder, ".zarr" if zarr_out else ".tif")
+    folder = output_folder(args.output)
+    plan_outputs(images, folder)  # two inputs, one output: an error before the model loads
+    options = segment_options(args)
     model = load_model_arg(args.model, args.device)
-    t0 = time.perf_counter()
     bar = Progress(args.quiet, "segment", "file")
-    done, skipped, failed = [], [], []
+    gen = iter_segment_files(
+        model,
+        images,
+        folder,
+        options,
+        axes=args.axes,
+        restart=args.restart,
+        scheduler=args.scheduler,
+        workers=args.workers,
+    )
     try:
-        for k, inp in enumerate(images):
-            zarr = zarr_out or inp.name.lower().endswith(".zarr")
-            out = output_for(inp, folder, ".zarr" if zarr else ".tif")
-            if out.exists() and not args.restart:
-                skipped.append(inp)
-                bar.update(k + 1, len(images))
-                continue
-            part = _FileBar(bar, k, len(images), inp.name)
+        while True:
             try:
-                if zarr:
-                    _segment_zarr(args, model, inp, out, part, f"{inp.name}: ")
-                else:
-                    _segment_tiff(args, model, inp, out, None, part, f"{inp.name}: ")
-                done.append(inp)
-            except (TesseraError, OSError, MemoryError) as err:
-                failed.append((inp, str(err) or type(err).__name__))
-            bar.update(k + 1, len(images))
+                event = next(gen)
+            except StopIteration as stop:
+                report = stop.value
+                break
+            if isinstance(event, FileProgress):
+                bar.update(round(event.fraction * event.n_files, 2), event.n_files, file=event.name)
+            elif isinstance(event, Notice):
+                warn(event.message)
     finally:
         bar.close()
-    _folder_summary(args, folder, done, skipped, failed, time.perf_counter() - t0)
-    if not args.quiet and done:
+    _folder_summary(args, report)
+    if not args.quiet and report.done:
         say_halo(model, args.halo)
-    return 1 if failed else 0
+    return 1 if report.failed else 0
 
 
-def _output_folder(folder: Path) -> Path:
-    """The -o folder of a folder run, made if its parent exists."""
-    from ..errors import InputError
-
-    if folder.exists() and not folder.is_dir():
-        raise InputError(f"with several inputs, -o names a folder; {folder} is a file")
-    if not folder.exists():
-        if not folder.parent.is_dir():
-            raise InputError(f"output folder does not exist: {folder.parent}")
-        folder.mkdir()
-    return folder
-
-
-def _folder_summary(args, folder: Path, done, skipped, failed, seconds: float) -> None:
+def _folder_summary(args, report) -> None:
     """What a folder run did; failures are listed even with --quiet."""
     if not args.quiet:
-        said = f"segmented {len(done)} file(s) into {folder} in {seconds:.1f} s"
-        if skipped:
-            said += f"; {len(skipped)} already done, skipped (--restart redoes them)"
+        said = (
+            f"segmented {len(report.done)} file(s) into {report.folder} in {report.seconds:.1f} s"
+        )
+        if report.skipped:
+            said += f"; {len(report.skipped)} already done, skipped (--restart redoes them)"
         warn(said)
-    if failed:
-        warn(f"{len(failed)} file(s) failed:")
-        for inp, why in failed:
+    if report.failed:
+        warn(f"{len(report.failed)} file(s) failed:")
+        for inp, why in report.failed:
             print(f"  {inp}: {why}", file=sys.stderr)
 
 
@@ -241,21 +176,12 @@ def _segment_zarr(args, model, inp: Path, out: Path, bar, prefix: str) -> Path:
         str(inp) if args.scheduler else arr,
         out,
         axes=axes,
-        instances=args.instances,
-        min_size=args.min_size,
-        edge_offset=args.edge_offset,
-        channels=args.channels,
         resume=not args.restart,
         scheduler=args.scheduler,
         workers=args.workers,
         block_size=args.block_size,
         probabilities=args.probabilities,
-        tile_size=args.tile_size,
-        halo=args.halo,
-        blend=args.blend,
-        batch_size=args.batch_size,
-        device=args.device,
-        precision=args.precision,
+        **segment_options(args).kwargs(),
     )
     return drive(gen, bar, [prefix + note] if note else [])
 
@@ -281,7 +207,7 @@ def add_parser(sub) -> None:
         nargs="+",
         help="image: .tif/.tiff, .npy, or a zarr / OME-Zarr folder (.zarr); or several images, "
         "a folder of them or a pattern ('raw/*.tif'): then -o names a folder that gets one "
-        "{stem}_labels.tif (.zarr for .zarr inputs or --scheduler) per image",
+        "{stem}_labels.tif (.zarr for .zarr inputs) per image",
     )
     s.add_argument(
         "-o",
@@ -337,8 +263,9 @@ def add_parser(sub) -> None:
     s.add_argument(
         "--scheduler",
         metavar="local|ADDRESS",
-        help="run slices as dask tasks: 'local' (a cluster on this machine, 127.0.0.1 only) or "
-        "a dask scheduler's address; needs a .zarr output",
+        help="run on a dask cluster: 'local' (a cluster on this machine, 127.0.0.1 only) or a "
+        "dask scheduler's address; one input: its slices are tasks (needs a .zarr output); "
+        "several inputs: each file is a task (a remote cluster must see the files)",
     )
     s.add_argument(
         "--workers",

@@ -1,6 +1,6 @@
 """Training from painted (sparse) or complete (dense) labels; Qt-free."""
 
-from .data import TrainImage
+from .data import PaintFeed, TrainImage
 from .labels import CONVENTION, IGNORE, make_targets
 from .loop import TrainConfig, TrainResult, TrainUpdate, iter_train, train
 from .losses import annotated_iou, segmentation_loss, unannotated_entropy
@@ -9,6 +9,7 @@ from .weights import border_weights
 __all__ = [
     "CONVENTION",
     "IGNORE",
+    "PaintFeed",
     "TrainConfig",
     "TrainImage",
     "TrainResult",

@@ -8,6 +8,7 @@ across all of them, in proportion to how much each has painted.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,31 @@ class Source:
     name: str
 
 
+class PaintFeed:
+    """New labels for the images of a running training, posted while it trains.
+
+    The napari Train widget posts a copy of an annotation layer after each stroke (from the
+    main thread); the run takes what was posted at its next sampling round (every validation
+    interval) and learns from the new painting from then on. Thread-safe; later posts for
+    the same image replace earlier ones.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._new: dict[int, np.ndarray] = {}
+
+    def post(self, index: int, labels) -> None:
+        """The labels of image ``index`` (its place in the training set) are now ``labels``."""
+        with self._lock:
+            self._new[index] = np.array(labels)  # a copy: painting goes on
+
+    def take(self) -> dict[int, np.ndarray]:
+        """Everything posted since the last take, by image index."""
+        with self._lock:
+            new, self._new = self._new, {}
+        return new
+
+
 def as_images(image, labels, axes) -> list[TrainImage]:
     """The training set of an ``iter_train`` call: ``image`` and ``labels`` as one pair, or
     ``image`` a sequence of :class:`TrainImage` or ``(image, labels)`` pairs (``labels``
@@ -77,8 +103,9 @@ def load_sources(
 ) -> list[Source]:
     """Check every image and its labels, and make their targets with one class count.
 
-    ``model``: the network fine-tuning starts from (its stored channels and class count
-    apply), or None. Errors name the image they are about when there are several.
+    ``model``: the network fine-tuning starts from, or the one a run trains when it takes
+    new painting (its stored channels and class count apply), or None. Errors name the
+    image they are about when there are several.
     """
     lays, labels = [], []
     for k, it in enumerate(items):

@@ -38,7 +38,7 @@ from ..postprocess import classes_from_probabilities, model_edge_offset, model_s
 from ..tiling import round_up
 from . import distributed as ddp
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import as_images, load_sources, painted_slices, smallest_side
+from .data import PaintFeed, as_images, load_sources, painted_slices, smallest_side
 from .distributed import DistContext
 from .edges import EdgeCalibration, calibrate_edges, painted_objects
 from .losses import annotated_iou, kept_predictions, segmentation_loss
@@ -159,6 +159,7 @@ class TrainUpdate:
     preview: np.ndarray | None = None  # foreground probability of the preview slice
     preview_slice: int | None = None
     notice: str | None = None  # something to tell the user (e.g. an out-of-memory fallback)
+    new_paint: int | None = None  # painted pixels, on the step that took new painting
 
     @property
     def fraction(self) -> float:
@@ -216,6 +217,7 @@ def iter_train(
     resume: str | Path | None = None,
     stop: threading.Event | None = None,
     dist_ctx: DistContext | None = None,
+    paint: PaintFeed | None = None,
 ):
     """Train (or fine-tune ``model``) on painted labels; yields :class:`TrainUpdate`.
 
@@ -229,10 +231,17 @@ def iter_train(
     dist_ctx: this process's place in a multi-process run (see
     :mod:`napari_tessera.training.distributed`; ``from_env()`` under torchrun): the global
     batch is shared between the processes, only rank 0 writes checkpoints and previews.
+    paint: new labels posted while the run trains (:class:`PaintFeed`, by the image's place
+    in the set) are taken at the next validation interval: patches, validation blocks and
+    the split rule come from the new painting from then on, and the kept step is chosen
+    anew on it. Painting that cannot be used (a new class, nothing left painted) is
+    reported in the update's notice and the run goes on with what it had.
     Returns a :class:`TrainResult` (the generator's return value).
     """
     items = as_images(image, labels, axes)
-    run = _Run(items, config or TrainConfig(), model, resume, stop, dist_ctx)
+    if paint is not None and dist_ctx is not None:
+        raise InputError("new painting cannot be taken while training on several processes")
+    run = _Run(items, config or TrainConfig(), model, resume, stop, dist_ctx, paint)
     while (reason := run.stop_reason()) is None:
         yield run.step()
         run.checkpoint_if_due()
@@ -262,8 +271,8 @@ class _Run:
     calibrates their split rule.
     """
 
-    def __init__(self, items, cfg: TrainConfig, model, resume, stop, dist_ctx):
-        self.stop, self.dist_ctx = stop, dist_ctx
+    def __init__(self, items, cfg: TrainConfig, model, resume, stop, dist_ctx, paint=None):
+        self.stop, self.dist_ctx, self.paint = stop, dist_ctx, paint
         device = resolve_device(cfg.device)
         if dist_ctx is not None:
             device = ddp.setup(dist_ctx, device)
@@ -275,6 +284,7 @@ class _Run:
         self.base_rule = (0.0, 0.0)
         if self.fine_tune:
             self.base_rule = (model_edge_offset(model), model_seed_depth(model))
+        self.items, self.paint_updates = list(items), 0
         self.sources = load_sources(
             items,
             mode=cfg.mode,
@@ -291,7 +301,9 @@ class _Run:
         self.rng = np.random.default_rng(cfg.seed)
         # dense labels carry the paper's class weights per image already (border_weights)
         self.balance = cfg.balance and cfg.mode == "sparse"
-        self.sampler = self._sampler()
+        self._soft: dict[tuple[int, int], np.ndarray] = {}  # the start's predictions
+        self.start = copy.deepcopy(model) if self.fine_tune and cfg.keep > 0 else None
+        self.sampler = self._sampler(self.painted)
         self._optimiser()
         self.step_no, elapsed_before = 0, 0.0
         self.best = _Best()
@@ -343,12 +355,12 @@ class _Run:
         self.patch = max(round_up(patch, m), 2 * m)
         self.batch, self.base_lr, self.steps = batch, lr, steps
 
-    def _sampler(self) -> PatchSampler:
+    def _sampler(self, painted) -> PatchSampler:
         """Normalised painted slices, their targets and weights, and the validation split."""
         cfg = self.cfg
         norm = self.model.config.normalization
         images, classes, weights = [], [], [] if cfg.mode == "dense" else None
-        for src, s in self.painted:
+        for src, s in painted:
             where = _where(src, s, len(self.sources))
             images.append(normalize_slice(src.lay.slice_view(src.image, s), norm, where=where))
             classes.append(src.targets.classes[s])
@@ -356,8 +368,8 @@ class _Run:
                 inst = src.targets.instances[s]
                 weights.append(border_weights(inst, w0=cfg.w0, sigma=cfg.sigma))
         soft = None  # fine-tuning keeps the starting model's predictions where nothing is painted
-        if self.fine_tune and cfg.keep > 0:
-            soft = _start_predictions(self.model, self.painted, self.device)
+        if self.start is not None:
+            soft = self._start_predictions(painted)
 
         def make(val_fraction: float) -> PatchSampler:
             return PatchSampler(
@@ -376,6 +388,19 @@ class _Run:
             # the image is too small to hold validation blocks apart from training patches
             sampler = make(0.0)
         return sampler
+
+    def _start_predictions(self, painted) -> list[np.ndarray]:
+        """The starting model's class probabilities for each painted ``(source, slice)``, as
+        it segments them (float16 to halve the memory); kept for slices painted later."""
+        out = []
+        for src, s in painted:
+            key = (id(src.image), s)
+            if key not in self._soft:
+                sl = src.lay.slice_view(src.image, s)
+                prob = predict_tiled(self.start, sl, axes="CYX", device=self.device, halo="exact")
+                self._soft[key] = prob.astype(np.float16)
+            out.append(self._soft[key])
+        return out
 
     def _optimiser(self) -> None:
         """The network the step runs (the model or its DDP wrapper), optimiser, precision."""
@@ -430,13 +455,16 @@ class _Run:
         lr = _lr_at(self.base_lr, self.step_no, self.steps)
         for g in self.opt.param_groups:
             g["lr"] = lr
+        notices: list[str] = []
+        new_paint = None
+        if self.paint is not None and self.step_no and self.step_no % self.val_every == 0:
+            new_paint = self._take_paint(notices)
         x, y, w, soft = self.sampler.sample(self.batch)  # the global batch (same on every rank)
         if self.dist_ctx is not None:
             p = self.part
             x, y = x[p], y[p]
             w = w[p] if w is not None else None
             soft = soft[p] if soft is not None else None
-        notices: list[str] = []
         loss = self._optimise(x, y, w, soft, notices)
         self.step_no += 1
         if self.ema is not None:
@@ -473,7 +501,40 @@ class _Run:
             preview=preview,
             preview_slice=self.cfg.preview_slice if preview is not None else None,
             notice="; ".join(notices) or None,
+            new_paint=new_paint,
         )
+
+    def _take_paint(self, notices: list[str]) -> int | None:
+        """Learn from the painting posted since the last round: new targets, patches and
+        validation blocks; the kept step is chosen anew on them. Returns the painted pixels
+        (None: nothing new, or painting that cannot be used, told in ``notices``)."""
+        new = self.paint.take()
+        if not new:
+            return None
+        items = [replace(it, labels=new.get(k, it.labels)) for k, it in enumerate(self.items)]
+        cfg = self.cfg
+        try:
+            if max(new) >= len(items) or min(new) < 0:
+                raise InputError(f"there is no image {max(new)} in the training set")
+            sources = load_sources(
+                items,
+                mode=cfg.mode,
+                channels=cfg.channels,
+                model=self.model,  # the channels and classes the network has
+                surround=cfg.surround if cfg.mode == "sparse" else 0.0,
+            )
+            painted = painted_slices(sources)
+            sampler = self._sampler(painted)
+        except (InputError, RuntimeError) as err:  # RuntimeError: no patch fits
+            notices.append(
+                f"the new painting is not used, training goes on with the earlier: {err}"
+            )
+            return None
+        self.items, self.sources, self.painted, self.sampler = items, sources, painted, sampler
+        self.paint_updates += 1
+        # the validation blocks changed: scores on the earlier ones do not compare
+        self.best, self.bad_validations = _Best(), 0
+        return sum(int(np.count_nonzero(src.labels)) for src in sources)
 
     def _optimise(self, x, y, w, soft, notices: list[str]) -> float:
         """The optimiser step; out of memory: the same batch in smaller pieces (gradients
@@ -580,6 +641,7 @@ class _Run:
             "fine_tune": self.fine_tune,
             "images": len(self.sources),
             "validation_regions": len(self.sampler.val_regions),
+            "paint_updates": self.paint_updates,
         }
 
     def checkpoint_if_due(self) -> None:
@@ -877,18 +939,6 @@ def _calibrate_edges(model, painted, mode, device, base, trust_base) -> EdgeCali
         classes.append(classes_from_probabilities(prob))
         objects.append(obj)
     return calibrate_edges(classes, objects, base=base, trust_base=trust_base)
-
-
-@torch.no_grad()
-def _start_predictions(model, painted, device) -> list[np.ndarray]:
-    """The starting model's class probabilities for each painted ``(source, slice)``, as it
-    segments them (float16 to halve the memory)."""
-    return [
-        predict_tiled(
-            model, src.lay.slice_view(src.image, s), axes="CYX", device=device, halo="exact"
-        ).astype(np.float16)
-        for src, s in painted
-    ]
 
 
 def _spread(items: list, n: int) -> list:
