@@ -50,6 +50,7 @@ from napari_tessera.halo import auto_halo, last_measurement, measure_halo, read_
 from napari_tessera.inference import predict_tiled, predict_whole, prepare, segment
 from napari_tessera.model.fast import inference_copy
 from napari_tessera.normalize import normalize_slice
+from napari_tessera.options import SegmentOptions
 from napari_tessera.synthetic import nuclei_2d
 
 
@@ -89,14 +90,7 @@ def monai_runner(model, image: np.ndarray, sw_batch_size: int):
 
 def forward_only(model, image: np.ndarray, batch_size: int, halo):
     """B0: the fast network on ``batch_size`` default tiles; returns (run, core megapixels)."""
-    st = prepare(
-        model,
-        layout(image.shape, "YX"),
-        tile_size=None,
-        halo=halo,
-        device="cpu",
-        precision="fp32",
-    )
+    st = prepare(model, layout(image.shape, "YX"), SegmentOptions(halo=halo, device="cpu"))
     ty, tx = st.plan.tile_shape
     core = st.plan.y.core * st.plan.x.core
     fast = inference_copy(model, torch.device("cpu"))

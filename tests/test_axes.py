@@ -98,3 +98,46 @@ def test_normalize_rejects_nan_and_non_numbers():
         normalize_slice(bad, Normalization())
     with pytest.raises(InputError):
         normalize_slice(np.zeros((1, 4, 4), complex), Normalization())
+
+
+AXES_TABLE = [  # shape, model channels, the one guess
+    ((64, 64), 1, "YX"),
+    ((5, 64, 64), 1, "ZYX"),
+    ((2, 64, 64), 2, "CYX"),
+    ((3, 64, 64), 1, "ZYX"),
+    ((10, 64, 64), 3, "ZYX"),
+    ((10, 2, 64, 64), 2, "ZCYX"),
+    ((2, 10, 64, 64), 2, "CZYX"),
+    ((10, 3, 64, 64), 1, "ZCYX"),  # a 3-channel stack: channels must be picked, not sliced
+    ((10, 12, 64, 64), 1, "TZYX"),
+    ((2, 3, 2, 64, 64), 2, "TZCYX"),
+]
+
+
+@pytest.mark.parametrize("shape, in_channels, expected", AXES_TABLE)
+def test_cli_widget_and_python_guess_the_same_axes(shape, in_channels, expected):
+    """One rule: the CLI's guess for a file, the widget's for a (non-RGB) layer and Python's
+    ``guess_axes`` agree; where the guess has more channels than the model reads, all three
+    refuse in the same way (the image's channels are named)."""
+    napari_layers = pytest.importorskip("napari.layers")
+    from napari_tessera._widgets._common import image_input
+    from napari_tessera.cli._common import resolve_axes
+    from napari_tessera.config import UNetConfig
+    from napari_tessera.inference import check_channels, image_layout
+    from napari_tessera.model import UNet
+
+    data = np.zeros(shape, np.float32)
+    cli_axes, _ = resolve_axes(data, None, None, in_channels, quiet=True)
+    assert guess_axes(shape, in_channels) == cli_axes == expected
+    model = UNet(UNetConfig(in_channels=in_channels, base_channels=4, depth=2))
+    layer = napari_layers.Image(data, name="img")
+    fits = layout(shape, expected).image_channels == in_channels
+    if fits:
+        assert image_input(layer, in_channels, "auto").axes == expected
+        check_channels(model, image_layout(model, data, cli_axes))  # the CLI runs it too
+    else:
+        with pytest.raises(InputError, match="channel") as widget_err:
+            image_input(layer, in_channels, "auto")
+        with pytest.raises(InputError, match="channel") as core_err:
+            check_channels(model, image_layout(model, data, cli_axes))
+        assert str(widget_err.value) == f"img: {core_err.value}"

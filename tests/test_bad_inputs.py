@@ -239,6 +239,86 @@ def test_segment_with_a_huge_model_file_is_refused(segment_cases, tmp_path, out_
     assert_refused(result, "segment", "huge.safetensors", out_dir)
 
 
+# -- hostile image files: no huge allocation ---------------------------------------------------
+HOSTILE = (200_000, 200_000)  # float32: 149 GiB declared, 1 kB of data
+
+
+def _hostile_npy(path: Path) -> Path:
+    with open(path, "wb") as f:
+        header = {"descr": "<f4", "fortran_order": False, "shape": HOSTILE}
+        np.lib.format.write_array_header_1_0(f, header)
+        f.write(bytes(1024))
+    return path
+
+
+def _hostile_tiff(path: Path, rows: int = 1000) -> Path:
+    """A float32 TIFF whose header declares HOSTILE pixels in uncompressed strips, then 1 kB."""
+    h, w = HOSTILE
+    n, strip = -(-h // rows), rows * w * 4
+    arrays = 8 + 2 + 10 * 12 + 4  # after the header and the one IFD
+    tags = [(256, 4, 1, w), (257, 4, 1, h), (258, 3, 1, 32), (259, 3, 1, 1), (262, 3, 1, 1)]
+    tags += [(273, 4, n, arrays), (277, 3, 1, 1), (278, 4, 1, rows), (279, 4, n, arrays + 4 * n)]
+    tags += [(339, 3, 1, 3)]  # sample format: float
+    ifd = struct.pack("<H", len(tags)) + b"".join(struct.pack("<HHII", *t) for t in tags)
+    offsets = struct.pack(f"<{n}I", *[arrays + 8 * n] * n)
+    counts = struct.pack(f"<{n}I", *[strip] * n)
+    path.write_bytes(b"II" + struct.pack("<HI", 42, 8) + ifd + b"\0" * 4 + offsets + counts)
+    with open(path, "ab") as f:
+        f.write(bytes(1024))
+    return path
+
+
+def _truncated_tiff(path: Path) -> Path:
+    """A valid (uncompressed) TIFF stack cut to a third of its size."""
+    stack = np.arange(4 * 128 * 128, dtype=np.uint16).reshape(4, 128, 128)
+    tifffile.imwrite(path, stack, metadata={"axes": "ZYX"})
+    os.truncate(path, path.stat().st_size // 3)
+    return path
+
+
+HOSTILE_IMAGES = {
+    "npy header 200000x200000 float32, 1 kB of data": ("huge.npy", _hostile_npy),
+    "TIFF header 200000x200000 float32, 1 kB of data": ("huge.tif", _hostile_tiff),
+    "TIFF cut to a third": ("cut.tif", _truncated_tiff),
+}
+
+
+@pytest.mark.parametrize("output", ["labels.tif", "labels.zarr"])
+@pytest.mark.parametrize("case", list(HOSTILE_IMAGES))
+def test_an_image_whose_data_is_not_in_the_file_is_refused_unallocated(
+    case, output, saved_threshold_model, tmp_path, out_dir, capsys
+):
+    name, make = HOSTILE_IMAGES[case]
+    image = make(tmp_path / name)
+    assert image.stat().st_size < 100_000
+    argv = ["segment", image, "-o", out_dir / output, "--model", saved_threshold_model]
+    line = assert_refused(run(argv, capsys), "segment", "truncated", out_dir)
+    assert name in line
+    if case.startswith(("npy", "TIFF header")):
+        assert "200000x200000 float32" in line
+
+
+def test_a_zarr_larger_than_memory_is_read_lazily_but_not_whole(
+    saved_threshold_model, tmp_path, out_dir, capsys
+):
+    import zarr
+
+    from napari_tessera.chunked import open_image
+
+    side = 2_000_000  # 14.6 TiB of float32 declared, no chunk written
+    path = tmp_path / "vast.zarr"
+    zarr.open_array(str(path), mode="w", shape=(side, side), chunks=(1024, 1024), dtype="f4")
+    lazy, _ = open_image(path)  # lazily: fine, each chunk fits
+    assert lazy.shape == (side, side)
+    argv = ["segment", path, "-o", out_dir / "labels.tif", "--model", saved_threshold_model]
+    line = assert_refused(run(argv, capsys), "segment", "memory", out_dir)
+    assert "vast.zarr" in line and f"{side}x{side} float32" in line and ".zarr output" in line
+    one = tmp_path / "one_chunk.zarr"  # a single chunk of 14.6 TiB: cannot be read even lazily
+    zarr.open_array(str(one), mode="w", shape=(side, side), chunks=(side, side), dtype="f4")
+    argv[1], argv[3] = one, out_dir / "labels.zarr"
+    assert_refused(run(argv, capsys), "segment", "one_chunk.zarr", out_dir)
+
+
 def _checkpoint(path: Path, config: dict, tensors: dict, state: str) -> Path:
     return _craft_model(path, config, tensors, kind="napari-tessera-checkpoint", state=state)
 

@@ -17,6 +17,7 @@ from napari_tessera.chunked import iter_segment_to_zarr, open_image, segment_to_
 from napari_tessera.errors import InputError
 from napari_tessera.inference import Notice, Progress, prepare
 from napari_tessera.io import save_model
+from napari_tessera.options import SegmentOptions
 from napari_tessera.synthetic import nuclei_stack
 
 SETTINGS = dict(tile_size=64, halo="exact", device="cpu")  # several tiles per slice
@@ -109,7 +110,7 @@ def test_unreadable_inputs_are_one_line_errors(tmp_path):
 
 def tiles_per_slice(model, shape=(6, 96, 80)) -> int:
     lay = layout(shape, "ZYX")
-    n = prepare(model, lay, tile_size=64, halo="exact", device="cpu", precision="fp32").plan.n_tiles
+    n = prepare(model, lay, SegmentOptions(tile_size=64, halo="exact", device="cpu")).plan.n_tiles
     assert n > 1
     return n
 

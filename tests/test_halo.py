@@ -21,6 +21,7 @@ from napari_tessera.halo import (
 from napari_tessera.inference import predict_tiled, prepare, resolve_halo
 from napari_tessera.io import load_model, save_model
 from napari_tessera.normalize import normalize_slice
+from napari_tessera.options import SegmentOptions
 from napari_tessera.synthetic import nuclei_2d
 from napari_tessera.tiling import mirror_indices
 
@@ -172,7 +173,7 @@ def test_a_stored_halo_is_used_without_measuring(monkeypatch, deep_unet, cells, 
     model = deep_unet(UNetConfig(base_channels=2, depth=2, n_classes=2))
     model.metadata["halo"] = {"pixels": 8}
     lay = layout(cells.shape, "YX")
-    st = prepare(model, lay, tile_size=None, halo="auto", device="cpu", precision="fp32")
+    st = prepare(model, lay, SegmentOptions(halo="auto", device="cpu"))
     assert st.halo == 8 and not calls
     path = save_model(model, tmp_path / "m.safetensors")
     loaded = load_model(path)
@@ -200,12 +201,15 @@ def test_valid_padding_networks_keep_their_exact_rules():
     assert resolve_halo(bilinear, "auto") == bilinear.exact_halo()
 
 
-def test_unknown_halo_words_are_refused(deep_unet):
-    from napari_tessera import InputError
+@pytest.mark.parametrize("halo", ["fast", -8, 2.5, True])
+def test_unknown_halo_words_are_refused_where_the_settings_are_made(deep_unet, halo):
+    from napari_tessera import InputError, predict_tiled
 
     model = deep_unet(UNetConfig(base_channels=2, depth=2))
-    with pytest.raises(InputError, match="'auto', 'exact' or a number"):
-        resolve_halo(model, "fast")
+    with pytest.raises(InputError, match="'auto', 'exact' or"):
+        SegmentOptions(halo=halo)
+    with pytest.raises(InputError, match="'auto', 'exact' or"):
+        predict_tiled(model, np.zeros((32, 32), np.float32), halo=halo)
 
 
 def test_training_probes_cover_the_painted_slices_up_to_a_cap(deep_unet):

@@ -16,8 +16,15 @@ from napari_tessera.inference import (
     predict_whole,
     segment,
 )
+from napari_tessera.options import SegmentOptions
 from napari_tessera.postprocess import classes_from_probabilities, split_instances
 from napari_tessera.synthetic import nuclei_2d, nuclei_stack
+
+
+def OPTS(**settings) -> SegmentOptions:
+    """Tiling settings on the CPU."""
+    return SegmentOptions(device="cpu", **settings)
+
 
 SHAPE = (203, 150)  # odd, not a multiple of any pooling grid
 
@@ -410,7 +417,7 @@ def test_progress_events_and_slice_results(deep_unet):
     model = deep_unet(UNetConfig(depth=2, base_channels=4, n_classes=2))
     stack = np.random.default_rng(11).random((2, 40, 40)).astype(np.float32)
     events = list(
-        iter_slice_predictions(model, stack, axes="ZYX", tile_size=64, batch_size=2, device="cpu")
+        iter_slice_predictions(model, stack, axes="ZYX", options=OPTS(tile_size=64, batch_size=2))
     )
     progress = [e for e in events if isinstance(e, Progress)]
     results = [e for e in events if isinstance(e, SliceResult)]
@@ -422,7 +429,7 @@ def test_progress_events_and_slice_results(deep_unet):
     only = [
         e
         for e in iter_slice_predictions(
-            model, stack, axes="ZYX", tile_size=64, slices=[1], device="cpu"
+            model, stack, axes="ZYX", options=OPTS(tile_size=64), slices=[1]
         )
         if isinstance(e, SliceResult)
     ]
@@ -436,7 +443,7 @@ def test_generator_closed_early_restores_training_state(deep_unet, training, fas
     model = deep_unet(UNetConfig(depth=2, base_channels=4, n_classes=2))
     model.train(training)
     stack = np.random.default_rng(12).random((3, 40, 40)).astype(np.float32)
-    gen = iter_slice_predictions(model, stack, axes="ZYX", tile_size=64, device="cpu", fast=fast)
+    gen = iter_slice_predictions(model, stack, axes="ZYX", options=OPTS(tile_size=64), fast=fast)
     first = next(gen)
     assert isinstance(first, Progress) and first.done == 1 and first.total > 1
     # the plain path runs the model itself in eval mode; the fast path runs a copy of it

@@ -23,7 +23,14 @@ from napari_tessera.inference import (
     next_fallback,
     prepare,
 )
+from napari_tessera.options import SegmentOptions
 from napari_tessera.training import TrainConfig, iter_train
+
+
+def OPTS(**settings) -> SegmentOptions:
+    """Tiling settings on the CPU."""
+    return SegmentOptions(device="cpu", **settings)
+
 
 OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
@@ -78,14 +85,8 @@ def test_smaller_batches_give_the_same_probabilities(model, image):
 
 def test_smaller_tiles_give_the_same_probabilities_with_an_exact_halo(model, image):
     want = predict_tiled(model, image, device="cpu", halo="exact")  # one big tile
-    big = prepare(
-        model,
-        layout(image.shape, "YX"),
-        tile_size=None,
-        halo="exact",
-        device="cpu",
-        precision="fp32",
-    ).tile_shape
+    big = prepare(model, layout(image.shape, "YX"), SegmentOptions(halo="exact", device="cpu"))
+    big = big.tile_shape
     _fail_above(model, side=big[1] - 1)
     with pytest.warns(RuntimeWarning, match="retrying with .* tiles") as record:
         got = predict_tiled(model, image, device="cpu", halo="exact")
@@ -109,7 +110,7 @@ def test_a_stack_redoes_only_unfinished_slices(model):
 
     model.forward = forward
     events = list(
-        iter_slice_predictions(model, stack, axes="ZYX", tile_size=64, batch_size=4, device="cpu")
+        iter_slice_predictions(model, stack, axes="ZYX", options=OPTS(tile_size=64, batch_size=4))
     )
     finished = [e.index for e in events if isinstance(e, SliceResult)]
     assert sorted(finished) == [0, 1, 2] and len(finished) == 3  # each slice handed out once
@@ -159,7 +160,7 @@ def test_fallback_can_be_turned_off(model, image):
 
 def test_fallback_order_ends_on_the_cpu_in_fp32(model, image):
     lay = layout(image.shape, "YX")
-    st = prepare(model, lay, tile_size=None, halo="exact", device="cpu", precision="fp32")
+    st = prepare(model, lay, SegmentOptions(halo="exact", device="cpu"))
     a = _Attempt(4, st.plan, torch.device("cuda"), torch.float16)
     steps = []
     while (nxt := next_fallback(a, lay=lay, model=model, halo=st.halo)) is not None:
@@ -312,7 +313,7 @@ def test_out_of_memory_while_measuring_the_halo_falls_back_to_the_exact_halo(mod
         return plain(x)
 
     model.forward = forward
-    events = list(iter_slice_predictions(model, image, device="cpu"))
+    events = list(iter_slice_predictions(model, image, options=OPTS()))
     notices = [e.message for e in events if isinstance(e, Notice)]
     assert notices == ["out of memory while measuring the halo: using the exact halo"]
     (result,) = [e for e in events if isinstance(e, SliceResult)]

@@ -178,9 +178,9 @@ def test_segment_with_model_file_updates_in_place(
     np.testing.assert_array_equal(labels.data, want)
     n_layers = len(viewer.layers)
 
-    # re-run (instances, fast halo): the same layers are updated, none added
+    # re-run (instances, a halo in pixels): the same layers are updated, none added
     seg.output.value = "instances"
-    seg.halo.value = "fast"
+    seg.halo.value = "pixels"
     seg.halo_px.value = 8
     segment(qtbot, seg)
     assert len(viewer.layers) == n_layers
@@ -404,7 +404,7 @@ def test_segment_rgb_layer_picks_a_channel(make_napari_viewer, qtbot, tiny_model
     expected = core_segment(rgb[..., 1], model, device="cpu", instances=True)
     np.testing.assert_array_equal(viewer.layers["colour labels"].data > 0, expected > 0)
     seg.channels.value = "1,0"  # two channels for a 1-channel model: said inline
-    assert "reads 1 channel(s) but channels 1,0 pick 2" in seg.info.value
+    assert "reads 1 channel(s) but 2 are chosen (channels 1,0)" in seg.info.value
 
 
 def test_segment_cancel(make_napari_viewer, qtbot, tiny_model_path):
@@ -414,7 +414,7 @@ def test_segment_cancel(make_napari_viewer, qtbot, tiny_model_path):
     seg = dock(viewer, "Segment")
     use_file_model(seg, tiny_model_path)
     seg.tile_size.value = 32  # many tiles: time to cancel
-    seg.halo.value = "fast"
+    seg.halo.value = "pixels"
     seg.halo_px.value = 0
     seg.run()
     assert seg.running and seg.cancel_button.enabled
@@ -433,7 +433,7 @@ def test_closing_napari_ends_a_running_segmentation(make_napari_viewer, qtbot, t
     use_file_model(seg, tiny_model_path)
     seg.device.value = "cpu"
     seg.tile_size.value = 32  # 384 tiles: still running when napari closes
-    seg.halo.value = "fast"
+    seg.halo.value = "pixels"
     seg.halo_px.value = 0
     seg.run()
     worker = seg._worker

@@ -10,8 +10,7 @@ from typing import Any
 import numpy as np
 from distributed import WorkerPlugin, get_worker
 
-from .axes import SliceLayout
-from .chunked import open_image, read_region, unit_index, unit_labels
+from .chunked import UnitJob, open_image, read_region, unit_index, unit_labels
 
 PLUGIN = "napari-tessera-model"
 
@@ -56,32 +55,30 @@ def _worker_plugin() -> ModelPlugin:
     return get_worker().plugins[PLUGIN]
 
 
-def unit_task(s, box, levels, digest: str, source, lay: SliceLayout, out_path: str, settings):
+def unit_task(job: UnitJob, s: int, box, levels, source):
     """Run on a worker: one slice (``box`` None) or one block of slice ``s``; writes its labels
     and returns ``(s, box, object count, notices)``."""
     import zarr
 
     plugin = _worker_plugin()
-    if plugin.digest != digest:
+    if plugin.digest != job.digest:
         raise RuntimeError("the worker holds another model")
-    margin = settings["margin"]
+    lay = job.lay
     if isinstance(source, str):  # a file the worker opens (lazily) and reads its part of
         image = plugin.image(source)
         if box is None:
             data = np.asarray(lay.slice_view(image, s))
         else:
-            data = read_region(image, lay, s, box, margin)
+            data = read_region(image, lay, s, box, job.margin)
     else:  # the slice or the block itself, (C, y, x)
         data = source
-    rule = settings["rule"] if box is None else replace(settings["rule"], instances=False)
+    rule = job.rule if box is None else replace(job.rule, instances=False)
     labels, count, notices, prob = unit_labels(
-        plugin.model, data, box, margin, levels, rule, settings["kw"], lay.yx
+        plugin.model, data, box, job.margin, levels, rule, job.options, lay.yx
     )
-    zarr.open_array(out_path, mode="r+")[unit_index(lay, s, box)] = labels
-    if settings.get("prob_path"):
-        zarr.open_array(settings["prob_path"], mode="r+")[
-            (slice(None), *unit_index(lay, s, box))
-        ] = prob
+    zarr.open_array(job.out_path, mode="r+")[unit_index(lay, s, box)] = labels
+    if job.prob_path:
+        zarr.open_array(job.prob_path, mode="r+")[(slice(None), *unit_index(lay, s, box))] = prob
     return s, box, count, notices
 
 

@@ -141,8 +141,37 @@ def layout(shape: Sequence[int], axes: str, channels=None) -> SliceLayout:
     )
 
 
+def check_channel_count(want: int, lay: SliceLayout, name: str = "") -> None:
+    """The one check that an image gives a model its number of channels (``want``): a
+    one-line error that says what to set otherwise. ``name``: the image, for the message."""
+    if lay.channels == want:
+        return
+    of = f"{name}: " if name else ""
+    if lay.pick is not None:
+        picked = ",".join(str(c) for c in lay.pick)
+        raise InputError(
+            f"{of}the model reads {want} channel(s) but {lay.channels} are chosen "
+            f"(channels {picked})"
+        )
+    if lay.channels > want:
+        hint = f"choose {want} of them (channels, e.g. {','.join(map(str, range(want)))})"
+    else:
+        hint = "set the axes if another axis holds the channels (e.g. CYX)"
+    raise InputError(
+        f"{of}the model reads {want} channel(s) but the image has {lay.channels} "
+        f"(axes {lay.axes}, shape {lay.shape}); {hint}"
+    )
+
+
 def guess_axes(shape: Sequence[int], in_channels: int = 1) -> str:
-    """A best guess of the axes of an image from its shape alone (state it to the user)."""
+    """A best guess of the axes of an image from its shape alone (state it to the user).
+
+    The one rule for the CLI, the widgets and Python. A last axis of 3 or 4 after a larger
+    one is RGB(A) samples; a first (or, in 4D, second) axis as long as the model's channels
+    is channels; in 4D a short second axis (at most 8) after a longer first one is channels
+    too (a multichannel stack: a model for another number of channels then asks for the
+    channels to read, rather than running every channel as a slice).
+    """
     shape = tuple(shape)
     if len(shape) == 2:
         return "YX"
@@ -155,6 +184,10 @@ def guess_axes(shape: Sequence[int], in_channels: int = 1) -> str:
     if len(shape) == 4:
         if shape[-1] in (3, 4) and shape[1] > 4:
             return "ZYXC"
+        if in_channels > 1 and shape[1] == in_channels:
+            return "ZCYX"
+        if in_channels > 1 and shape[0] == in_channels:
+            return "CZYX"
         if shape[1] <= 8 and shape[0] > shape[1]:
             return "ZCYX"
         return "TZYX"

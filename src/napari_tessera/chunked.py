@@ -27,7 +27,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Generator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,20 +45,16 @@ from .inference import (
     measure_auto_halo,
     prepare,
     resolve_halo,
+    split_rule,
 )
 from .normalize import check_dtype, slice_levels
-from .postprocess import (
-    SplitRule,
-    classes_from_probabilities,
-    resolve_split,
-    shift_edges,
-)
+from .options import SegmentOptions
+from .postprocess import SplitRule, classes_from_probabilities, shift_edges
 from .tiling import mirror_indices, round_up
 
 PARTIAL = ".partial"
 _STATE = ".tessera-run.json"  # settings of the run that made a partial output
 _DONE = ".tessera-done"  # one small file per finished slice: its object count
-PREDICT_KEYS = ("tile_size", "halo", "blend", "batch_size", "device", "precision", "fast")
 
 
 # -- lazy inputs --------------------------------------------------------------------------------
@@ -72,6 +68,10 @@ def open_image(path: str | os.PathLike) -> tuple[Any, str | None]:
     zarr arrays and OME-Zarr images (their full-resolution level) are opened as zarr arrays,
     TIFFs through tifffile's zarr interface (pages, strips or tiles read on demand), ``.npy``
     memory-mapped. Slicing the result reads only what the slice needs.
+
+    A .npy or TIFF whose header declares data the file does not hold (truncated or hostile), and
+    an array whose every chunk is larger than this machine's memory, are refused here with an
+    :class:`InputError`, before any pixel is read.
     """
     path = Path(path)
     if not path.exists():
@@ -82,6 +82,9 @@ def open_image(path: str | os.PathLike) -> tuple[Any, str | None]:
     if path.is_dir():
         raise InputError(f"input is a folder, not an image file: {path}")
     if suffix == ".npy":
+        from .io import check_npy
+
+        check_npy(path)
         try:
             return np.load(path, mmap_mode="r", allow_pickle=False), None
         except (ValueError, OSError) as err:
@@ -106,6 +109,7 @@ def _open_zarr(path: Path) -> tuple[Any, str | None]:
     if isinstance(node, zarr.Array):
         names = node.attrs.get("axes") or node.attrs.get("_ARRAY_DIMENSIONS")
         axes = _letters(list(names)) if names else None
+        _check_chunks(path, node)
         return node, axes
     attrs = dict(node.attrs)
     multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
@@ -121,7 +125,27 @@ def _open_zarr(path: Path) -> tuple[Any, str | None]:
         raise InputError(f"{path.name}: its OME-Zarr metadata names no readable level") from err
     names = [a["name"] if isinstance(a, dict) else a for a in ms.get("axes", [])]
     axes = _letters(names) if len(names) == array.ndim else None
+    _check_chunks(path, array)
     return array, axes
+
+
+def _check_chunks(path: Path, array) -> None:
+    """Refuse an array whose chunks (the least that can be read of it) do not fit in memory."""
+    from .io import _array_text, _nbytes_text, physical_memory
+
+    try:
+        chunks = array.chunks
+    except (AttributeError, NotImplementedError, TypeError, ValueError):  # no regular grid
+        return
+    memory = physical_memory()
+    if not chunks or memory is None:
+        return
+    if math.prod(int(c) for c in chunks) * np.dtype(array.dtype).itemsize > memory:
+        raise InputError(
+            f"{path.name}: its {_array_text(array.shape, array.dtype)} image is stored in "
+            f"chunks of {'x'.join(str(int(c)) for c in chunks)}, each more than this machine's "
+            f"memory ({_nbytes_text(memory)})"
+        )
 
 
 def _open_tiff(path: Path) -> tuple[Any, str | None]:
@@ -130,17 +154,23 @@ def _open_tiff(path: Path) -> tuple[Any, str | None]:
     import tifffile
     import zarr
 
+    from .io import check_tiff_data
+
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
+            check_tiff_data(path, series)
             axes = normalize_axes(series.axes.upper())
             shape = series.shape
         store = tifffile.imread(path, aszarr=True)
         array = zarr.open(store, mode="r")
+    except InputError:
+        raise
     except (tifffile.TiffFileError, ValueError, IndexError, OSError, struct.error) as err:
         raise InputError(f"{path.name} is not a readable TIFF image ({err})") from err
     if not isinstance(array, zarr.Array):  # a pyramid: level 0
         array = array["0"]
+    _check_chunks(path, array)
     if len(axes) != len(shape) or set(axes) - set("TZCYX"):
         axes = None
     return array, axes
@@ -156,18 +186,19 @@ def model_digest(model) -> str:
     return h.hexdigest()[:16]
 
 
-def _run_state(model, lay: SliceLayout, rule: SplitRule, kw: dict, block: int) -> dict:
+def _run_state(model, lay: SliceLayout, rule: SplitRule, options: SegmentOptions, block: int):
     """What must be equal for a partial output to be continued."""
+    tile = options.tile_size
     return {
         "block": int(block),
         "model": model_digest(model),
         "axes": lay.axes,
         "shape": list(lay.shape),
         **rule.as_state(),
-        "tile_size": kw.get("tile_size"),
-        "halo": kw.get("halo", "auto"),
-        "blend": kw.get("blend", "crop"),
-        "precision": kw.get("precision", "fp32"),
+        "tile_size": list(tile) if isinstance(tile, tuple) else tile,
+        "halo": options.halo,
+        "blend": options.blend,
+        "precision": options.precision,
     }
 
 
@@ -254,7 +285,7 @@ def lazy_levels(image, lay: SliceLayout, s: int, norm) -> list[tuple[float, floa
         return slice_levels(lay.slice_view(image, s), norm)
 
 
-def unit_labels(model, data, box, margin, levels, rule: SplitRule, kwargs, plane=None):
+def unit_labels(model, data, box, margin, levels, rule: SplitRule, options, plane=None):
     """Labels of one unit of work: a whole slice ``(C, Y, X)`` (``box`` None) or a block read
     by :func:`read_region` from a plane of shape ``plane``. Returns
     ``(labels, object count, notices, probabilities)``.
@@ -263,7 +294,8 @@ def unit_labels(model, data, box, margin, levels, rule: SplitRule, kwargs, plane
     block's border as in a whole slice; the margin's mirrored part beyond the plane's border
     is left out first (the plane's border is not background)."""
     notices, prob = [], None
-    for event in iter_slice_predictions(model, data, axes="CYX", levels=levels, **kwargs):
+    opts = replace(options, channels=None)  # the data holds the picked channels already
+    for event in iter_slice_predictions(model, data, axes="CYX", options=opts, levels=levels):
         if isinstance(event, SliceResult):
             prob = event.probabilities
         elif isinstance(event, Notice):
@@ -301,7 +333,7 @@ def unit_index(lay: SliceLayout, s: int, box: Box | None) -> tuple:
 def _labels_dtype(model, instances: bool):
     if instances:
         return np.uint32
-    return np.uint8 if model.config.n_classes <= 256 else np.uint16
+    return np.uint8  # classes: at most MAX_CLASSES = 256
 
 
 class ZarrOutput:
@@ -435,17 +467,13 @@ def iter_segment_to_zarr(
     output: str | os.PathLike,
     *,
     axes: str = "YX",
-    instances: bool = False,
-    min_size: int = 8,
-    edge_offset: float | None = None,
-    seed_depth: float | None = None,
-    channels=None,
+    options: SegmentOptions | None = None,
     resume: bool = True,
     scheduler: str | None = None,
     workers: int | None = None,
     block_size: int | None = None,
     probabilities: str | os.PathLike | None = None,
-    **kwargs,
+    **settings,
 ) -> Generator[Progress | Notice, None, Path]:
     """Segment ``image`` slice by slice into the zarr array ``output``; yields progress.
 
@@ -457,13 +485,13 @@ def iter_segment_to_zarr(
     automatic for planes over 8192x8192 pixels, 0: never), so a plane need not fit in memory.
     ``probabilities``: also write the class probabilities ``(n_classes, *lead, Y, X)``,
     float32, to this zarr array, alongside the labels.
-    ``edge_offset``, ``seed_depth``: as in :func:`napari_tessera.segment` (None: the model's
-    own). ``channels``: as in :func:`napari_tessera.predict_tiled`.
-    Other keyword arguments as in :func:`napari_tessera.predict_tiled`. Returns the output path.
+    ``options`` (or its fields as keyword arguments): the settings, as in
+    :func:`napari_tessera.segment`. Returns the output path.
     Results are the same in every mode and equal to :func:`napari_tessera.segment` (with the
     default auto halo, blocks of large planes differ from whole slices only as much as tile
     seams do; with ``halo="exact"`` they are equal).
     """
+    options = SegmentOptions.build(options, **settings)
     output = Path(output)
     if not is_zarr(output):
         raise InputError(f"the output must be a .zarr folder, got {output.name}")
@@ -491,53 +519,29 @@ def iter_segment_to_zarr(
             axes = file_axes
     if axes is None:
         raise InputError("pass axes (e.g. 'ZYX') for this image")
-    lay = image_layout(model, image, axes, channels)
+    lay = image_layout(model, image, axes, options.channels)
     check_dtype(image.dtype)
-    bad = set(kwargs) - set(PREDICT_KEYS)
-    if bad:
-        raise TypeError(f"unexpected keyword argument {sorted(bad)[0]!r}")
     check_channels(model, lay)
     # settings are checked here (tile size against halo, device) before anything is written;
     # an auto halo is measured here once, and every slice, block and worker uses that number
-    device = kwargs.get("device", "auto") if scheduler is None else "cpu"
-    precision = kwargs.get("precision", "fp32")
-    halo = kwargs.get("halo", "auto")
-    if isinstance(halo, str) and halo.lower() == "auto":
-        prepare(
-            model,
-            lay,
-            tile_size=kwargs.get("tile_size"),
-            halo=0,
-            device=device,
-            precision=precision,
-        )  # the other settings first
-        halo, notice = measure_auto_halo(model, image, lay, device)
+    here = options if scheduler is None else replace(options, device="cpu")
+    halo = options.halo
+    if halo == "auto":
+        prepare(model, lay, here, halo=0)  # the other settings first
+        halo, notice = measure_auto_halo(model, image, lay, here.device)
         if notice is not None:
             yield notice
-    st = prepare(
-        model,
-        lay,
-        tile_size=kwargs.get("tile_size"),
-        halo=halo,
-        device=device,
-        precision=precision,
-    )
-    block = choose_block(block_size, lay, model, kwargs.get("halo", "auto"), instances)
-    kwargs = {**kwargs, "halo": st.halo}
+    st = prepare(model, lay, here, halo=halo)
+    block = choose_block(block_size, lay, model, options.halo, options.instances)
+    options = replace(options, halo=st.halo)  # the number every slice, block and worker uses
     halo = st.halo
-    rule = resolve_split(
-        model,
-        instances=instances,
-        edge_offset=edge_offset,
-        seed_depth=seed_depth,
-        min_size=min_size,
-    )
-    state = _run_state(model, lay, rule, kwargs, block)
+    rule = split_rule(model, options)
+    state = _run_state(model, lay, rule, options, block)
     state["probabilities"] = str(prob_out.resolve()) if prob_out is not None else None
     out = ZarrOutput(
         output,
         lay,
-        _labels_dtype(model, instances),
+        _labels_dtype(model, options.instances),
         state,
         resume=resume,
         prob_final=prob_out,
@@ -555,23 +559,22 @@ def iter_segment_to_zarr(
     todo = [u for u, k in zip(units, keys) if k not in finished]
     margin = block_margin(model, halo, rule.edge_offset) if block else 0
     if scheduler is not None:
-        yield from _run_on_cluster(
-            model, image, source, lay, out, todo, margin, rule, kwargs, scheduler, workers
-        )
+        prob_path = str(out.prob_partial) if out.prob is not None else None
+        job = UnitJob(rule, options, margin, lay, str(out.partial), prob_path, state["model"])
+        yield from _run_on_cluster(model, image, source, out, todo, job, scheduler, workers)
     elif block:
-        yield from _run_blocks_here(model, image, lay, out, todo, margin, rule, kwargs)
+        yield from _run_blocks_here(model, image, lay, out, todo, margin, rule, options)
     else:
         slices = [u[0] for u in todo]
-        yield from _run_here(model, image, lay, out, slices, rule, kwargs)
-    return out.finish(instances, keys)
+        yield from _run_here(model, image, lay, out, slices, rule, options)
+    return out.finish(options.instances, keys)
 
 
-def _run_here(model, image, lay, out: ZarrOutput, todo, rule: SplitRule, kwargs):
+def _run_here(model, image, lay, out: ZarrOutput, todo, rule: SplitRule, options):
     if not todo:
         return
-    for event in iter_slice_predictions(
-        model, image, axes=lay.axes, slices=todo, channels=lay.pick, **kwargs
-    ):
+    opts = replace(options, channels=lay.pick)
+    for event in iter_slice_predictions(model, image, axes=lay.axes, options=opts, slices=todo):
         if isinstance(event, SliceResult):
             labels, count = slice_labels(event.probabilities, rule)
             out.array[unit_index(lay, event.index, None)] = labels
@@ -582,14 +585,14 @@ def _run_here(model, image, lay, out: ZarrOutput, todo, rule: SplitRule, kwargs)
             yield event
 
 
-def _run_blocks_here(model, image, lay, out: ZarrOutput, todo, margin, rule: SplitRule, kwargs):
+def _run_blocks_here(model, image, lay, out: ZarrOutput, todo, margin, rule: SplitRule, options):
     levels: dict[int, list] = {}
     for k, (s, box) in enumerate(todo, 1):
         if s not in levels:
             levels = {s: lazy_levels(image, lay, s, model.config.normalization)}
         data = read_region(image, lay, s, box, margin)
         labels, _, notices, prob = unit_labels(
-            model, data, box, margin, levels[s], replace(rule, instances=False), kwargs, lay.yx
+            model, data, box, margin, levels[s], replace(rule, instances=False), options, lay.yx
         )
         out.array[unit_index(lay, s, box)] = labels
         if out.prob is not None:
@@ -650,30 +653,37 @@ def open_client(scheduler: str, workers: int | None = None):
     return client, None, None
 
 
-def _run_on_cluster(model, image, source, lay, out: ZarrOutput, todo, margin, rule, kwargs,
-                    scheduler, n):  # fmt: skip
+@dataclass(frozen=True)
+class UnitJob:
+    """What every task of a cluster run shares: how to label, where to write, which model."""
+
+    rule: SplitRule
+    options: SegmentOptions  # with the halo as a number
+    margin: int  # context read around a block
+    lay: SliceLayout
+    out_path: str  # the labels' partial zarr array
+    prob_path: str | None  # the probabilities' partial zarr array
+    digest: str  # the model every worker must hold
+
+
+def _run_on_cluster(model, image, source, out: ZarrOutput, todo, job: UnitJob, scheduler, n):
     from distributed import as_completed
 
     from . import _dask_worker
 
     if not todo:
         return
-    kw = dict(kwargs)
-    kw.setdefault("device", "auto")
-    settings = {"rule": rule, "kw": kw, "margin": margin}
-    settings["prob_path"] = str(out.prob_partial) if out.prob is not None else None
-    digest = out.state["model"]
+    lay = job.lay
     client, cluster, threads = open_client(scheduler, n)
     pending = iter(todo)
     futures: list = []
     try:
         client.register_plugin(
-            _dask_worker.ModelPlugin(model_bytes(model), digest, threads), name=_dask_worker.PLUGIN
+            _dask_worker.ModelPlugin(model_bytes(model), job.digest, threads),
+            name=_dask_worker.PLUGIN,
         )
         n_workers = len(client.scheduler_info()["workers"])
         yield Notice(f"dask: {n_workers} worker(s) at {client.scheduler.address}")
-        out_path = str(out.partial)
-
         levels: dict[int, list] = {}  # whole-slice levels, for blocks
 
         def submit():
@@ -689,11 +699,10 @@ def _run_on_cluster(model, image, source, lay, out: ZarrOutput, todo, margin, ru
             elif box is None:  # an array in this process: send only this slice
                 data = np.ascontiguousarray(lay.slice_view(image, s))
             else:
-                data = read_region(image, lay, s, box, margin)
+                data = read_region(image, lay, s, box, job.margin)
             fut = client.submit(
-                _dask_worker.unit_task, s, box, levels.get(s), digest, data, lay, out_path,
-                settings, pure=False,
-            )  # fmt: skip
+                _dask_worker.unit_task, job, s, box, levels.get(s), data, pure=False
+            )
             futures.append(fut)
             return fut
 

@@ -144,7 +144,7 @@ def iter_segment_file(
     if probabilities is not None:
         probs = np.zeros((model.config.n_classes, *lay.out_shape), np.float32)
     labels = yield from iter_segment(
-        model, arr, axes=chosen.axes, probabilities_out=probs, **options.kwargs()
+        model, arr, axes=chosen.axes, probabilities_out=probs, options=options
     )
     write_tiff(out, labels, axes=lay.out_axes)
     if probabilities is not None:
@@ -162,7 +162,7 @@ def iter_segment_zarr_file(model, image: Path, out: Path, options: SegmentOption
     note = _axes_notice(chosen, arr.shape, image.name)
     if note is not None:
         yield note
-    return (yield from iter_segment_to_zarr(model, arr, out, axes=chosen.axes, **options.kwargs()))
+    return (yield from iter_segment_to_zarr(model, arr, out, axes=chosen.axes, options=options))
 
 
 def iter_segment_files(

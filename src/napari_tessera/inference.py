@@ -15,9 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .axes import SliceLayout, layout
+from .axes import SliceLayout, check_channel_count, layout
 from .errors import InputError
 from .normalize import check_dtype, normalize_slice
+from .options import SegmentOptions
 from .tiling import TilePlan, plan_tiles, round_up
 
 DEFAULT_CORE = 1024  # pixels kept per tile side when no tile size is given (see benchmarks)
@@ -86,7 +87,8 @@ def resolve_halo(model, halo: str | int, *, probe=None, device="cpu") -> int:
     """Halo in pixels: "exact" = the receptive field on the pooling grid; "auto" = what the
     network needs for seams to change 99.9% of probabilities by at most 0.01 (stored with the
     model, or measured on ``probe()``, normalised windows of the image; see :mod:`.halo`);
-    ints as given, rounded up to the pooling grid.
+    pixels as given, rounded up to the pooling grid. ``halo`` is checked where the settings
+    are made (:class:`~napari_tessera.options.SegmentOptions`).
 
     A "valid"-padding network with transposed convolutions needs none (no padding inside it);
     with bilinear upsampling it does, because interpolation clamps at feature-map edges ("auto"
@@ -94,20 +96,13 @@ def resolve_halo(model, halo: str | int, *, probe=None, device="cpu") -> int:
     """
     if model.config.padding == "valid" and model.config.upsampling == "transpose":
         return 0  # no padding anywhere inside: exact by construction, whatever the tile
-    if isinstance(halo, str):
-        name = halo.lower()
-        if name == "exact" or (name == "auto" and model.config.padding == "valid"):
-            return model.exact_halo()
-        if name == "auto":
-            from .halo import auto_halo
+    if halo == "exact" or (halo == "auto" and model.config.padding == "valid"):
+        return model.exact_halo()
+    if halo == "auto":
+        from .halo import auto_halo
 
-            return auto_halo(model, probe, device=device)
-        raise InputError(f"halo must be 'auto', 'exact' or a number of pixels, got {halo!r}")
-    if isinstance(halo, bool) or not isinstance(halo, (int, np.integer)) or halo < 0:
-        raise InputError(
-            f"halo must be 'auto', 'exact' or a non-negative number of pixels, got {halo!r}"
-        )
-    return round_up(int(halo), model.size_multiple)
+        return auto_halo(model, probe, device=device)
+    return round_up(int(halo), model.size_multiple)  # checked by SegmentOptions
 
 
 def measure_auto_halo(model, image, lay: SliceLayout, device, *, levels=None, fallback=True):
@@ -154,21 +149,16 @@ def _gaussian_weight(shape: tuple[int, int], sigma_scale: float = 0.125) -> np.n
 
 
 def prepare(
-    model,
-    lay: SliceLayout,
-    *,
-    tile_size: int | tuple[int, int] | None,
-    halo: str | int,
-    device: str | torch.device,
-    precision: str,
+    model, lay: SliceLayout, options: SegmentOptions, *, halo: str | int | None = None
 ) -> InferenceSettings:
-    """Check the settings against the model and image; plan the tiles (``halo="auto"`` only
-    for a model with its halo stored; :func:`measure_auto_halo` measures one)."""
+    """Check the settings against the model and image and plan the tiles. ``halo``: the
+    halo to plan with instead of ``options.halo`` (the number an auto halo measured; "auto"
+    itself only for a model with its halo stored)."""
     check_channels(model, lay)
-    if precision not in PRECISIONS:
-        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    dev = resolve_device(device)
-    dtype = PRECISIONS[precision]
+    dev = resolve_device(options.device)
+    dtype = PRECISIONS[options.precision]
+    halo = options.halo if halo is None else halo
+    tile_size = options.tile_size
     if dtype == torch.float16 and dev.type == "cpu":
         raise InputError("fp16 is not supported on the CPU; use fp32 or bf16")
     h = resolve_halo(model, halo, device=dev)
@@ -180,19 +170,7 @@ def prepare(
 
 def check_channels(model, lay: SliceLayout) -> None:
     """A one-line error when the channels read from the image are not the model's number."""
-    want = model.config.in_channels
-    if lay.channels == want:
-        return
-    if lay.pick is not None:
-        picked = ",".join(str(c) for c in lay.pick)
-        raise InputError(
-            f"the model reads {want} channel(s) but {lay.channels} are chosen (channels {picked})"
-        )
-    hint = f"; choose {want} of them (channels, e.g. {','.join(map(str, range(want)))})"
-    raise InputError(
-        f"the model reads {want} channel(s) but the image has {lay.channels} "
-        f"(axes {lay.axes}, shape {lay.shape}){hint if lay.channels > want else ''}"
-    )
+    check_channel_count(model.config.in_channels, lay)
 
 
 def image_layout(model, image, axes: str, channels=None) -> SliceLayout:
@@ -276,24 +254,18 @@ def iter_slice_predictions(
     image,
     *,
     axes: str = "YX",
-    tile_size: int | tuple[int, int] | None = None,
-    halo: str | int = "auto",
-    blend: str = "crop",
-    batch_size: int = 1,
-    device: str | torch.device = "auto",
-    precision: str = "fp32",
+    options: SegmentOptions,
     slices: list[int] | None = None,
     fast: bool = True,
     out_of_memory_fallback: bool = True,
     levels: list[tuple[float, float]] | None = None,
-    channels=None,
 ) -> Generator[Progress | SliceResult | Notice, None, None]:
     """Yield :class:`Progress` after every batch and a :class:`SliceResult` per finished slice.
 
-    See :func:`predict_tiled` for the arguments; ``slices`` restricts the work to some flat
-    slice indices (e.g. the slice on screen); ``levels`` fixes the intensity levels (see
-    :func:`~napari_tessera.normalize.normalize_slice`); ``channels`` as in
-    :func:`image_layout`. Stop early by closing the generator.
+    ``options``: the tiling, device and channel settings (see :func:`predict_tiled`);
+    ``slices`` restricts the work to some flat slice indices (e.g. the slice on screen);
+    ``levels`` fixes the intensity levels (see
+    :func:`~napari_tessera.normalize.normalize_slice`). Stop early by closing the generator.
     The model passed in is not changed or moved (with ``fast=False`` it is moved to the
     device).
 
@@ -301,26 +273,20 @@ def iter_slice_predictions(
     then smaller tiles, then on the CPU (see :func:`next_fallback`); each step is announced by
     a :class:`Notice`. With an exact halo the result is the same as an unconstrained run.
     """
-    lay = image_layout(model, image, axes, channels)
+    lay = image_layout(model, image, axes, options.channels)
     check_dtype(image.dtype)
-    if blend not in ("crop", "gaussian"):
-        raise InputError(f"blend must be 'crop' or 'gaussian', got {blend!r}")
-    if (
-        isinstance(batch_size, bool)
-        or not isinstance(batch_size, (int, np.integer))
-        or batch_size < 1
-    ):
-        raise InputError(f"batch size must be a positive integer, got {batch_size!r}")
-    if isinstance(halo, str) and halo.lower() == "auto":
+    halo = options.halo
+    if halo == "auto":
         # check the rest (channels, device, precision) before the network first runs
-        prepare(model, lay, tile_size=tile_size, halo=0, device=device, precision=precision)
+        prepare(model, lay, options, halo=0)
         halo, notice = measure_auto_halo(
-            model, image, lay, device, levels=levels, fallback=out_of_memory_fallback
+            model, image, lay, options.device, levels=levels, fallback=out_of_memory_fallback
         )
         if notice is not None:
             yield notice
-    st = prepare(model, lay, tile_size=tile_size, halo=halo, device=device, precision=precision)
-    attempt = _Attempt(int(batch_size), st.plan, st.device, st.dtype)
+    st = prepare(model, lay, options, halo=halo)
+    attempt = _Attempt(options.batch_size, st.plan, st.device, st.dtype)
+    blend = options.blend
     remaining = list(range(lay.n_slices)) if slices is None else list(slices)
     finished_tiles = 0  # tiles of slices already handed out
     was_training = model.training
@@ -434,11 +400,30 @@ def _blend_tile(out, wsum, p, weight, plan: TilePlan, t) -> None:
     wsum[y0:y1, x0:x1] += wt
 
 
-def iter_predict_tiled(model, image, *, axes: str = "YX", **kwargs):
-    """Generator form of :func:`predict_tiled`: yields :class:`Progress`, returns the array."""
-    lay = image_layout(model, image, axes, kwargs.get("channels"))
+def iter_predict_tiled(
+    model,
+    image,
+    *,
+    axes: str = "YX",
+    options: SegmentOptions | None = None,
+    fast: bool = True,
+    out_of_memory_fallback: bool = True,
+    **settings,
+):
+    """Generator form of :func:`predict_tiled`: yields :class:`Progress`, returns the array.
+    ``out_of_memory_fallback=False``: an out-of-memory error is raised, not retried."""
+    options = SegmentOptions.build(options, **settings)
+    lay = image_layout(model, image, axes, options.channels)
     out = np.empty((model.config.n_classes, lay.n_slices, *lay.yx), np.float32)
-    for event in iter_slice_predictions(model, image, axes=axes, **kwargs):
+    run = iter_slice_predictions(
+        model,
+        image,
+        axes=axes,
+        options=options,
+        fast=fast,
+        out_of_memory_fallback=out_of_memory_fallback,
+    )
+    for event in run:
         if isinstance(event, SliceResult):
             out[:, event.index] = event.probabilities
         else:
@@ -464,16 +449,14 @@ def predict_tiled(
     image,
     *,
     axes: str = "YX",
-    tile_size: int | tuple[int, int] | None = None,
-    halo: str | int = "auto",
-    blend: str = "crop",
-    batch_size: int = 1,
-    device: str | torch.device = "auto",
-    precision: str = "fp32",
+    options: SegmentOptions | None = None,
     fast: bool = True,
-    channels=None,
+    **settings,
 ) -> np.ndarray:
     """Class probabilities of every pixel by mirrored overlap-tile inference.
+
+    The settings are a :class:`~napari_tessera.options.SegmentOptions` (``options``), or
+    its fields as keyword arguments (they change ``options`` when both are given):
 
     image: array-like with ``axes`` (letters from T, Z, C, Y, X; "S" is read as C), e.g.
         "YX", "ZYX", "CYX", "ZCYX", "YXC". Every 2D slice is done on its own.
@@ -502,19 +485,7 @@ def predict_tiled(
     A 1-class network gives sigmoid probabilities, others softmax.
     """
     return drain(
-        iter_predict_tiled(
-            model,
-            image,
-            axes=axes,
-            tile_size=tile_size,
-            halo=halo,
-            blend=blend,
-            batch_size=batch_size,
-            device=device,
-            precision=precision,
-            fast=fast,
-            channels=channels,
-        )
+        iter_predict_tiled(model, image, axes=axes, options=options, fast=fast, **settings)
     )
 
 
@@ -563,12 +534,9 @@ def iter_segment(
     image,
     *,
     axes: str = "YX",
-    instances: bool = False,
-    min_size: int = 8,
-    edge_offset: float | None = None,
-    seed_depth: float | None = None,
+    options: SegmentOptions | None = None,
     probabilities_out: np.ndarray | None = None,
-    **kwargs,
+    **settings,
 ):
     """Generator form of :func:`segment`: yields :class:`Progress` (and :class:`Notice`),
     returns the labels.
@@ -577,19 +545,14 @@ def iter_segment(
     ``(n_classes, *lead, Y, X)`` as slices finish (e.g. a memory map or zarr array); they are
     the network's, before any edge offset.
     """
-    from .postprocess import classes_from_probabilities, labels_dtype, resolve_split
+    from .postprocess import classes_from_probabilities, labels_dtype
 
-    rule = resolve_split(
-        model,
-        instances=instances,
-        edge_offset=edge_offset,
-        seed_depth=seed_depth,
-        min_size=min_size,
-    )
-    lay = image_layout(model, image, axes, kwargs.get("channels"))
-    labels = np.zeros((lay.n_slices, *lay.yx), np.uint32 if instances else np.uint8)
+    options = SegmentOptions.build(options, **settings)
+    rule = split_rule(model, options)
+    lay = image_layout(model, image, axes, options.channels)
+    labels = np.zeros((lay.n_slices, *lay.yx), np.uint32 if options.instances else np.uint8)
     next_id = 1
-    for event in iter_slice_predictions(model, image, axes=axes, **kwargs):
+    for event in iter_slice_predictions(model, image, axes=axes, options=options):
         if not isinstance(event, SliceResult):
             yield event
             continue
@@ -603,17 +566,32 @@ def iter_segment(
     return labels.astype(dt, copy=False)
 
 
-def segment(image, model, *, axes: str = "YX", instances: bool = False, **kwargs) -> np.ndarray:
+def segment(
+    image, model, *, axes: str = "YX", options: SegmentOptions | None = None, **settings
+) -> np.ndarray:
     """Labels for every pixel: the class (0 = background) or, with ``instances=True``, one id
     per object (touching objects split by a distance-transform watershed, ids unique across the
-    stack). Shaped like the image without its channel axis. Keyword arguments as in
-    :func:`predict_tiled`, plus ``min_size`` (smallest object kept, in pixels) and
-    ``edge_offset`` (pixels to move object edges by before objects are split, positive
-    shrinks) and ``seed_depth`` (how deep a neck must be before touching objects are cut
-    apart); None: the values stored with the model, calibrated when it was trained, else 0.
-    See :class:`napari_tessera.postprocess.SplitRule`.
+    stack). Shaped like the image without its channel axis. Settings as in
+    :func:`predict_tiled` (``options`` or keyword arguments), plus ``min_size`` (smallest
+    object kept, in pixels) and ``edge_offset`` (pixels to move object edges by before objects
+    are split, positive shrinks) and ``seed_depth`` (how deep a neck must be before touching
+    objects are cut apart); None: the values stored with the model, calibrated when it was
+    trained, else 0. See :class:`napari_tessera.postprocess.SplitRule`.
 
     Stacks go slice by slice: only the slices the current batch touches have probabilities in
     memory (one or two unless a batch holds more tiles than a slice has).
     """
-    return drain(iter_segment(model, image, axes=axes, instances=instances, **kwargs))
+    return drain(iter_segment(model, image, axes=axes, options=options, **settings))
+
+
+def split_rule(model, options: SegmentOptions):
+    """How this run turns classes into labels: the options' rule, or the model's own."""
+    from .postprocess import resolve_split
+
+    return resolve_split(
+        model,
+        instances=options.instances,
+        edge_offset=options.edge_offset,
+        seed_depth=options.seed_depth,
+        min_size=options.min_size,
+    )

@@ -1,14 +1,19 @@
 """How to segment: the settings a user picks, as one typed, checked object.
 
-The CLI builds :class:`SegmentOptions` from its arguments and the Segment widget from its
-controls; the runners (:mod:`napari_tessera.files`) take it as it is.
+The CLI builds :class:`SegmentOptions` from its arguments, the Segment widget from its
+controls, and the Python functions (``segment(..., halo="exact")``) from their keyword
+arguments. It is checked once, where it is built, and flows unchanged to the tiler
+(:func:`~napari_tessera.inference.iter_slice_predictions`), the zarr runner and the dask
+workers.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import numbers
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from .axes import parse_channels
 from .errors import InputError
 
 BLENDS = ("crop", "gaussian")
@@ -25,7 +30,10 @@ class SegmentOptions:
     blend: "crop" (each tile's valid centre) or "gaussian".
     instances: one id per object instead of classes; objects under ``min_size`` px dropped.
     edge_offset: pixels to move object edges (positive shrinks); None: the model's own.
-    channels: image channels the network reads, in order; None: all (or the model's).
+    seed_depth: how deep a neck must be before touching objects are cut apart; None: the
+        model's own.
+    channels: image channels the network reads, in order (``(1, 0)`` or ``"1,0"``); None:
+        all (or those the model stores).
     """
 
     tile_size: int | tuple[int, int] | None = None
@@ -37,14 +45,23 @@ class SegmentOptions:
     instances: bool = False
     min_size: int = 8
     edge_offset: float | None = None
+    seed_depth: float | None = None
     channels: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "channels", parse_channels(self.channels))
         halo = self.halo
+        if isinstance(halo, str):
+            object.__setattr__(self, "halo", halo.lower())
+            halo = self.halo
         if isinstance(halo, str) and halo not in ("auto", "exact"):
             raise InputError(f"halo must be 'auto', 'exact' or pixels, got {halo!r}")
-        if not isinstance(halo, str) and (isinstance(halo, bool) or int(halo) != halo or halo < 0):
-            raise InputError(f"halo must be a non-negative number of pixels, got {halo!r}")
+        if not isinstance(halo, str):
+            if isinstance(halo, bool) or not isinstance(halo, numbers.Integral) or halo < 0:
+                raise InputError(
+                    f"halo must be 'auto', 'exact' or a non-negative number of pixels, got {halo!r}"
+                )
+            object.__setattr__(self, "halo", int(halo))
         if self.blend not in BLENDS:
             raise InputError(f"blend must be one of {', '.join(BLENDS)}, got {self.blend!r}")
         if self.precision not in PRECISION_NAMES:
@@ -52,13 +69,25 @@ class SegmentOptions:
                 f"precision must be one of {', '.join(PRECISION_NAMES)}, got {self.precision!r}"
             )
         for name in ("batch_size", "min_size"):
-            if getattr(self, name) < 1:
-                raise InputError(f"{name.replace('_', ' ')} must be at least 1")
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+                raise InputError(f"{name.replace('_', ' ')} must be a positive integer, got {v!r}")
+        if isinstance(self.tile_size, list):
+            object.__setattr__(self, "tile_size", tuple(self.tile_size))
         sizes = self.tile_size if isinstance(self.tile_size, tuple) else (self.tile_size,)
-        if self.tile_size is not None and any(s is None or s < 1 for s in sizes):
-            raise InputError(f"tile size must be positive, got {self.tile_size}")
+        if self.tile_size is not None and any(
+            isinstance(t, bool) or not isinstance(t, numbers.Integral) or t < 1 for t in sizes
+        ):
+            raise InputError(f"tile size must be positive pixels, got {self.tile_size!r}")
 
-    def kwargs(self) -> dict[str, Any]:
-        """The settings as the keyword arguments of ``iter_segment`` and
-        ``iter_segment_to_zarr``."""
-        return asdict(self)
+    @classmethod
+    def build(cls, options: SegmentOptions | None = None, **settings: Any) -> SegmentOptions:
+        """``options`` (or the defaults) with ``settings`` changed, e.g. from a function's
+        keyword arguments; an unknown setting is an error that names it."""
+        known = {f.name for f in fields(cls)}
+        bad = sorted(set(settings) - known)
+        if bad:
+            raise TypeError(f"unexpected keyword argument {bad[0]!r}")
+        if options is None:
+            return cls(**settings)
+        return replace(options, **settings) if settings else options

@@ -18,8 +18,7 @@ def classes_from_probabilities(prob: np.ndarray) -> np.ndarray:
     """
     if prob.shape[0] == 1:
         return (prob[0] > 0.5).astype(np.uint8)
-    dtype = np.uint8 if prob.shape[0] <= 256 else np.uint16
-    return np.argmax(prob, axis=0).astype(dtype)
+    return np.argmax(prob, axis=0).astype(np.uint8)  # at most MAX_CLASSES = 256 classes
 
 
 #: largest edge offset accepted, in pixels

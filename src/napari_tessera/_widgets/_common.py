@@ -18,7 +18,7 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from superqt.utils import GeneratorWorker
 
-from ..axes import SliceLayout, layout, parse_channels
+from ..axes import SliceLayout, check_channel_count, guess_axes, layout, parse_channels
 from ..errors import InputError, TesseraError
 
 log = logging.getLogger("napari_tessera")
@@ -175,25 +175,6 @@ def available_devices() -> list[str]:
 
 
 # -- image layers -------------------------------------------------------------------------------
-def _guess_axes(shape: tuple[int, ...], in_channels: int | None) -> str:
-    """Axes of a (non-RGB) layer's data; a channel axis only where the model asks for one."""
-    n = len(shape)
-    k = in_channels or 1
-    if n == 2:
-        return "YX"
-    if n == 3:
-        return "CYX" if k > 1 and shape[0] == k else "ZYX"
-    if n == 4:
-        if k > 1 and shape[1] == k:
-            return "ZCYX"
-        if k > 1 and shape[0] == k:
-            return "CZYX"
-        return "TZYX"
-    if n == 5:
-        return "TZCYX"
-    raise InputError(f"cannot guess the axes of a {n}-dimensional image; type them in (e.g. TZCYX)")
-
-
 @dataclass
 class ImageInput:
     """An image layer read for the core: what to run and how the result maps back.
@@ -289,7 +270,7 @@ def image_input(
     if auto and stored is not None:
         n = shape[-1] if getattr(layer, "rgb", False) else None
         if n is None:
-            axes = _guess_axes(shape, in_channels) if axes_text in ("", "AUTO") else axes_text
+            axes = guess_axes(shape, in_channels or 1) if axes_text in ("", "AUTO") else axes_text
             n = layout(shape, axes).image_channels
         if n != in_channels:
             pick, channels_text = tuple(stored), ",".join(map(str, stored))
@@ -333,15 +314,11 @@ def image_input(
         out_shape = shape[:-1] if to_gray else (*shape[:-1], 3 if drop_alpha else n_rgb)
         lay = layout(out_shape, axes)
     else:
-        axes = _guess_axes(shape, in_channels) if axes_text in ("", "AUTO") else axes_text
+        axes = guess_axes(shape, in_channels or 1) if axes_text in ("", "AUTO") else axes_text
         lay = layout(shape, axes, pick)
         dims = lay.axes
-    if in_channels is not None and lay.channels != in_channels:
-        what = f"channels {channels_text} pick {lay.channels}" if pick else f"it has {lay.channels}"
-        raise InputError(
-            f"the model reads {in_channels} channel(s) but {what} (of {layer.name}, shape "
-            f"{shape}, axes {lay.axes}); set the channels, or the axes (e.g. CYX)"
-        )
+    if in_channels is not None:
+        check_channel_count(in_channels, lay, layer.name)
     keep = [i for i, a in enumerate(dims) if a != "C"]
     scale = tuple(float(layer.scale[i]) for i in keep)
     translate = tuple(float(layer.translate[i]) for i in keep)
@@ -376,12 +353,3 @@ def find_layer(viewer, name: str, kind: type):
         if isinstance(layer, kind):
             return layer
     return None
-
-
-def unique_name(viewer, name: str) -> str:
-    if name not in viewer.layers:
-        return name
-    k = 2
-    while f"{name} [{k}]" in viewer.layers:
-        k += 1
-    return f"{name} [{k}]"

@@ -90,9 +90,7 @@ def segment_job(
 
         from ..chunked import iter_segment_to_zarr
 
-        path = yield from iter_segment_to_zarr(
-            model, image, out_path, axes=axes, **options.kwargs()
-        )
+        path = yield from iter_segment_to_zarr(model, image, out_path, axes=axes, options=options)
         labels = zarr.open_array(str(path), mode="r")
         seconds = time.perf_counter() - t0
         return SegmentResult(labels, None, None, seconds, Path(path), halo_used(model, options))
@@ -105,7 +103,7 @@ def segment_job(
     if want_prob:
         probs = np.zeros((model.config.n_classes, *lay.out_shape), np.float32)
     labels = yield from iter_segment(
-        model, image, axes=axes, probabilities_out=probs, **options.kwargs()
+        model, image, axes=axes, probabilities_out=probs, options=options
     )
     fg = None
     if probs is not None:
@@ -227,14 +225,14 @@ class SegmentWidget(Container):
             choices=[
                 ("auto (measured for this model)", "auto"),
                 ("exact (tile-independent)", "exact"),
-                ("fast (pixels below)", "fast"),
+                ("pixels (below)", "pixels"),
             ],
             value="auto",
             tooltip="auto: the context this model needs, measured, so tile seams change "
             "99.9% of probabilities by at most 0.01; exact: results equal one whole-image "
-            "pass (slower); fast: the halo below, approximate near tile seams",
+            "pass (slower); pixels: the halo below, approximate near tile seams",
         )
-        self.halo_px = SpinBox(label="fast halo (px)", min=0, max=1024, value=32)
+        self.halo_px = SpinBox(label="halo (px)", min=0, max=1024, value=32)
         self.batch_size = SpinBox(label="batch size", min=1, max=256, value=1)
         self.device = ComboBox(label="device", choices=available_devices(), value="auto")
         self.precision = ComboBox(label="precision", choices=list(PRECISIONS), value="fp32")
@@ -350,7 +348,7 @@ class SegmentWidget(Container):
 
     def _update_visibility(self, *_):
         self.model_file.visible = self.model_source.value == _models.FILE
-        self.halo_px.visible = self.halo.value == "fast"
+        self.halo_px.visible = self.halo.value == "pixels"
         self.min_size.visible = self.output.value == "instances"
         folder = self.scope.value == "folder"
         for w in (self.input_folder, self.output_folder, self.open_results):
@@ -427,7 +425,7 @@ class SegmentWidget(Container):
         """The settings as picked (channels are each image's own, set per run)."""
         return SegmentOptions(
             tile_size=self.tile_size.value or None,
-            halo=self.halo.value if self.halo.value != "fast" else int(self.halo_px.value),
+            halo=self.halo.value if self.halo.value != "pixels" else int(self.halo_px.value),
             batch_size=int(self.batch_size.value),
             device=self.device.value,
             precision=self.precision.value,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from psygnal import Signal
@@ -18,19 +17,13 @@ class Session:
 
     def __init__(self) -> None:
         self.last_trained_model: Any = None
-        self.description: str = ""
-        self.trained_at: float | None = None
 
-    def set_trained_model(self, model, description: str = "") -> None:
+    def set_trained_model(self, model) -> None:
         self.last_trained_model = model
-        self.description = description
-        self.trained_at = time.time()
         self.changed.emit()
 
     def clear(self) -> None:
         self.last_trained_model = None
-        self.description = ""
-        self.trained_at = None
         self.changed.emit()
 
 

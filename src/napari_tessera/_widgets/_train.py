@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,7 +25,7 @@ from napari.layers import Image, Labels, Shapes
 from napari.utils.colormaps import DirectLabelColormap
 
 from ..errors import InputError, TesseraError
-from ..inference import Notice, resolve_device
+from ..inference import resolve_device
 from ..io import save_model, write_tiff
 from ..training.corrections import corrected_labels
 from ..training.data import PaintFeed, TrainImage
@@ -63,9 +63,6 @@ HELP = {
 }
 
 
-NO_PATCH = "no training patch fits"  # the core sampler's RuntimeError on small images
-
-
 def train_job(
     inp: ImageInput,
     labels: np.ndarray,
@@ -75,7 +72,7 @@ def train_job(
     others=(),
     paint: PaintFeed | None = None,
 ):
-    """Runs in the worker thread: yields TrainUpdate (or a Notice), returns the TrainResult.
+    """Runs in the worker thread: yields TrainUpdate, returns the TrainResult.
 
     ``others``: more ``(ImageInput, labels)`` pairs to train on with the first. ``paint``:
     where the widget posts painting done while the run trains (image 0 is ``inp``).
@@ -84,36 +81,7 @@ def train_job(
     items = [
         TrainImage(np.asarray(i.load()), lab, i.axes, i.name) for i, lab in [(inp, labels), *others]
     ]
-    started = False
-    try:
-        gen = iter_train(items, config=config, model=model, stop=stop, paint=paint)
-        while True:
-            try:
-                update = next(gen)
-            except StopIteration as done:
-                return done.value
-            started = True
-            yield update
-    except RuntimeError as err:
-        # Small images: the core's sampler may find no training window that avoids the
-        # validation blocks. Before the first step, train again without validation.
-        if NO_PATCH not in str(err) or started or config.val_fraction == 0:
-            raise
-    yield Notice(
-        "the annotations are too few (or the image too small) to hold some out for "
-        "validation: training on all of them, without validation"
-    )
-    if spec.load is not None:
-        model = spec.load()
-    return (
-        yield from iter_train(
-            items,
-            config=replace(config, val_fraction=0.0),
-            model=model,
-            stop=stop,
-            paint=paint,
-        )
-    )
+    return (yield from iter_train(items, config=config, model=model, stop=stop, paint=paint))
 
 
 _warm = threading.Event()
@@ -626,10 +594,7 @@ class TrainWidget(Container):
 
     # -- worker signals (main thread) ---------------------------------------------------------
     @while_open
-    def _on_update(self, u: TrainUpdate | Notice) -> None:
-        if isinstance(u, Notice):
-            notify_warning(u.message)
-            return
+    def _on_update(self, u: TrainUpdate) -> None:
         if u.notice:
             notify_warning(u.notice)
         self.progress.value = int(round(1000 * u.fraction))
@@ -683,7 +648,6 @@ class TrainWidget(Container):
         self.result = result
         self.model = result.model
         self._trained_on = self._run
-        name = self._run.describe() if self._run is not None else "the image"
         iou = (
             f", kept step {result.best_step} (validation IoU {result.best_val_iou:.3f})"
             if result.best_val_iou is not None
@@ -695,7 +659,7 @@ class TrainWidget(Container):
             f"(stopped: {result.stopped}){iou}{edges}. The model is selected in Segment."
         )
         self.progress.value = 1000
-        session.set_trained_model(result.model, f"trained on {name}, {result.steps} steps")
+        session.set_trained_model(result.model)
         notify_info(
             f"Training finished after {result.steps} steps{iou}; the model is ready in the "
             "Segment widget (Save keeps it)."
@@ -703,14 +667,6 @@ class TrainWidget(Container):
 
     @while_open
     def _on_errored(self, err: Exception) -> None:
-        inner = getattr(err, "error", err)
-        if isinstance(inner, RuntimeError) and "no training patch fits" in str(inner):
-            # the core's sampler on images not much larger than a patch
-            err = InputError(
-                "no training patch fits beside the blocks held out for validation (the image "
-                "is small for this patch size): set a smaller patch size, or annotate a larger "
-                "area or more slices"
-            )
         report_error("Train", err)
         self.status.value = "failed (see the notification)"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -87,17 +88,16 @@ def arg_edge_offset(text: str) -> float:
 
 
 def arg_halo(text: str) -> str | int:
-    if text.lower() in ("auto", "exact"):
-        return text.lower()
+    """--halo as the options take it ('auto', 'exact' or pixels; checked by the options)."""
+    from ..errors import InputError
+    from ..options import SegmentOptions
+
+    word = text.strip().lower()
+    value: str | int = int(word) if word.lstrip("-").isdigit() else word
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected 'auto', 'exact' or pixels, got {text!r}"
-        ) from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
-    return value
+        return SegmentOptions(halo=value).halo
+    except InputError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def say_halo(model, halo) -> None:
@@ -114,30 +114,128 @@ def warn(msg: str) -> None:
 
 
 class Progress:
-    """A progress bar on stderr (tqdm), silent with --quiet."""
+    """A progress bar on stderr, silent with --quiet.
+
+    ``update(done, total, **postfix)`` reports the count so far (``done`` may be fractional,
+    e.g. 2.37 of 200 files); ``close()`` ends the bar. The clock starts when the bar is made
+    (just before the work starts), so a rate is always units done / time since then: the
+    first update after a tiny interval cannot show an absurd rate. A rate is shown once the
+    bar has run :attr:`MIN_RATE_S` (the final line: as soon as the time is measurable).
+    The final count is written once, by ``close()``, with the true average rate.
+
+    On a terminal the bar is redrawn in place (at most every :attr:`TTY_INTERVAL` s); into a
+    file or a pipe it writes whole lines, at most one every :attr:`LOG_INTERVAL` s. Nothing is
+    written before the first update, so an error before it stays one line.
+    """
+
+    MIN_RATE_S = 1.0  # a running bar shows no rate before this: the start dominates it
+    MIN_FINAL_S = 1e-3  # the final line's rate needs a measurable time
+    TTY_INTERVAL = 0.1
+    LOG_INTERVAL = 10.0
 
     def __init__(self, quiet: bool, desc: str, unit: str):
-        self.bar = None
         self.quiet, self.desc, self.unit = quiet, desc, unit
+        self.start = time.perf_counter()
+        self.done: float | None = None  # None: no update yet
+        self.total: float = 0
+        self.at = self.start  # when ``done`` was reported
+        self.postfix: dict = {}
+        self._shown: str | None = None  # the line last written
+        self._shown_at: float | None = None
+        self._width = 0  # of the line on the terminal, to blank what a shorter one leaves
+        self._closed = False
 
-    def update(self, done: int, total: int, **postfix) -> None:
-        if self.quiet:
+    def update(self, done: float, total: float, **postfix) -> None:
+        if self.quiet or self._closed:
             return
-        if self.bar is None:  # created on the first update: errors before it stay one line
-            from tqdm import tqdm
-
-            self.bar = tqdm(
-                total=total, desc=self.desc, unit=self.unit, file=sys.stderr, dynamic_ncols=True
-            )
-        self.bar.total = total
-        self.bar.n = done
+        now = time.perf_counter()
+        self.done, self.total, self.at = done, total, now
         if postfix:
-            self.bar.set_postfix(postfix, refresh=False)
-        self.bar.refresh()
+            self.postfix = postfix
+        if done >= total:
+            return  # the final line is close()'s, once, with the average over the whole run
+        tty = _isatty(sys.stderr)
+        interval = self.TTY_INTERVAL if tty else self.LOG_INTERVAL
+        if self._shown_at is not None and now - self._shown_at < interval:
+            return
+        line = self._line(final=False)
+        if line != self._shown:
+            self._write(line, tty, end="")
+        self._shown_at = now
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        if self.quiet or self._closed:
+            return
+        self._closed = True
+        if self.done is None:
+            return  # nothing was ever shown
+        tty = _isatty(sys.stderr)
+        line = self._line(final=True)
+        if line == self._shown:  # stopped where the last line was: do not repeat it
+            if tty:
+                sys.stderr.write("\n")
+                sys.stderr.flush()
+            return
+        self._write(line, tty, end="\n")
+
+    def _line(self, final: bool) -> str:
+        from tqdm import tqdm
+
+        done = self.done
+        if isinstance(done, float) and done.is_integer():
+            done = int(done)  # 200 files, not 200.0
+        total = int(self.total) if float(self.total).is_integer() else self.total
+        elapsed = self.at - self.start
+        shown = (self.MIN_FINAL_S if final and done >= total else self.MIN_RATE_S) <= elapsed
+        rate = done / elapsed if shown and done > 0 else None
+        post = ", ".join(f"{k}={str(v).strip()}" for k, v in self.postfix.items())
+        kw = {}
+        if rate is None:  # tqdm would compute done / elapsed itself: say "?" instead
+            kw["bar_format"] = (
+                "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<?, ?{unit}/s{postfix}]"
+                if total
+                else "{desc}: {n_fmt}{unit} [{elapsed}, ?{unit}/s{postfix}]"
+            )
+        return tqdm.format_meter(
+            done,
+            total or None,
+            elapsed,
+            ncols=_columns(sys.stderr),
+            prefix=self.desc,
+            unit=self.unit,
+            rate=rate,
+            postfix=post or None,
+            **kw,
+        )
+
+    def _write(self, line: str, tty: bool, end: str) -> None:
+        if tty:
+            pad = " " * max(0, self._width - len(line))
+            sys.stderr.write("\r" + line + pad + end)
+            self._width = 0 if end else len(line)
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+        self._shown = line
+
+
+def _isatty(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _columns(stream) -> int | None:
+    """The terminal's width (None: not a terminal)."""
+    import os
+
+    if not _isatty(stream):
+        return None
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 def check_output(path: Path, *inputs: Path) -> None:
@@ -191,7 +289,7 @@ def segment_options(args: argparse.Namespace):
     )
 
 
-def load_model_arg(path: str | None, device: str):
+def load_model_arg(path: str | None):
     from ..errors import InputError
     from ..io import load_model
     from ..models import default_model_path

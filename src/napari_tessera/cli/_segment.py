@@ -45,7 +45,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         if prob_path.resolve() == out.resolve():
             raise InputError("--probabilities must name another file than -o")
     options = segment_options(args)
-    model = load_model_arg(args.model, args.device)
+    model = load_model_arg(args.model)
     t0 = time.perf_counter()
     bar = Progress(args.quiet, "segment", "tile")
     gen = iter_segment_file(model, inp, out, options, args.axes, prob_path)
@@ -88,7 +88,7 @@ def _segment_folder(args: argparse.Namespace) -> int:
     folder = output_folder(args.output)
     plan_outputs(images, folder)  # two inputs, one output: an error before the model loads
     options = segment_options(args)
-    model = load_model_arg(args.model, args.device)
+    model = load_model_arg(args.model)
     bar = Progress(args.quiet, "segment", "file")
     gen = iter_segment_files(
         model,
@@ -147,7 +147,7 @@ def _segment_chunked(args: argparse.Namespace, inp: Path, out: Path) -> int:
         raise InputError(f"output folder does not exist: {out.parent}")
     if out.exists() and inp.exists() and out.resolve() == inp.resolve():
         raise InputError(f"output {out} would overwrite an input")
-    model = load_model_arg(args.model, args.device)
+    model = load_model_arg(args.model)
     t0 = time.perf_counter()
     bar = Progress(args.quiet, "segment", "slice" if args.scheduler else "tile")
     path = _segment_zarr(args, model, inp, out, bar, "")
@@ -181,7 +181,7 @@ def _segment_zarr(args, model, inp: Path, out: Path, bar, prefix: str) -> Path:
         workers=args.workers,
         block_size=args.block_size,
         probabilities=args.probabilities,
-        **segment_options(args).kwargs(),
+        options=segment_options(args),
     )
     return drive(gen, bar, [prefix + note] if note else [])
 

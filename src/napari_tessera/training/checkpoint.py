@@ -79,7 +79,6 @@ def save_checkpoint(
                 "best_step": best_step,
                 "best_val_iou": best_val_iou,
                 "best_score": list(best_score) if best_score is not None else None,
-                "best_score_order": "-loss,iou",
                 "history": history,
                 "rng_state": rng_state,
                 "run_config": run_config,
@@ -141,8 +140,6 @@ def load_checkpoint(path: str | os.PathLike) -> CheckpointState:
         for idx, values in state.get("opt_scalars", {}).items():
             opt_state.setdefault(int(idx), {}).update(values)
         score = state.get("best_score")
-        if score is not None and state.get("best_score_order") != "-loss,iou":
-            score = [score[1], score[0]]  # older checkpoints ranked (IoU, -loss)
         return CheckpointState(
             model=model,
             optimizer={"state": opt_state, "param_groups": state["param_groups"]},

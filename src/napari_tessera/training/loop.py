@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..axes import parse_channels
+from ..axes import SliceLayout, check_channel_count, parse_channels
 from ..config import UNetConfig
 from ..errors import InputError
 from ..halo import MAX_COVER_PROBES, measure_halo, read_probes
@@ -295,7 +295,7 @@ class _Run:
         self.painted = painted_slices(self.sources)  # the run's slices: (source, index)
         self.n_classes = self.sources[0].targets.n_classes
         torch.manual_seed(cfg.seed)  # before the network is built: it fixes the initial weights
-        self.model = _network(model, self.n_classes, self.sources[0].lay.channels, cfg)
+        self.model = _network(model, self.n_classes, self.sources[0].lay, cfg)
         self.cfg = cfg
         self._plan(state)
         self.rng = np.random.default_rng(cfg.seed)
@@ -783,21 +783,19 @@ def _starting_point(cfg: TrainConfig, model: UNet | None, state):
     return cfg, state.model, bool(rc.get("fine_tune", False))
 
 
-def _network(model: UNet | None, n_classes: int, channels: int, cfg: TrainConfig) -> UNet:
+def _network(model: UNet | None, n_classes: int, lay: SliceLayout, cfg: TrainConfig) -> UNet:
     """The model to train: a new one from the config, or the given one if it fits."""
     if model is None:
         model = UNet(
             UNetConfig(
-                in_channels=channels,
+                in_channels=lay.channels,
                 n_classes=n_classes,
                 base_channels=cfg.base_channels,
                 depth=cfg.depth,
             )
         )
-    elif model.config.in_channels != channels:
-        raise InputError(
-            f"the model reads {model.config.in_channels} channel(s) but the image has {channels}"
-        )
+    else:
+        check_channel_count(model.config.in_channels, lay)
     if model.config.padding != "same":
         raise InputError("training supports 'same'-padding networks")
     return model
