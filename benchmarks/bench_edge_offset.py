@@ -12,7 +12,7 @@ and the best offset in hindsight.
         --jsonl benchmarks/results/edge_offset.jsonl
     python benchmarks/bench_edge_offset.py --summarize benchmarks/results/edge_offset.jsonl
 
-``--set KEY=VALUE`` overrides a ``TrainConfig`` field (e.g. ``--set entropy=0.3``).
+``--set KEY=VALUE`` overrides a ``TrainConfig`` field (e.g. ``--set surround=0``).
 """
 
 from __future__ import annotations

@@ -84,14 +84,14 @@ def main() -> None:
     print("env", json.dumps(env))
 
     judged: list[dict] = []
-    validate = loop._validate
+    validate = loop.validation_scores
 
     def recording(model, *a, **kw):  # the weights each validation judges, and its numbers
         out = validate(model, *a, **kw)
         judged.append(copy.deepcopy(model.state_dict()))
         return out
 
-    loop._validate = recording
+    loop.validation_scores = recording
     for seed in args.seeds:
         s = nuclei_2d((512, 512), seed=seed, radius=(6.0, 11.0), touching=0.35)
         lab = scribbles(s.labels, np.random.default_rng(seed))

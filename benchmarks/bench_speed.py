@@ -46,7 +46,7 @@ from _results import report  # noqa: E402  (benchmarks/, on sys.path when run)
 
 from napari_tessera import UNet, UNetConfig, __version__
 from napari_tessera.axes import layout
-from napari_tessera.halo import auto_halo, last_measurement, measure_halo, read_probes
+from napari_tessera.halo import AUTO_HALOS, measure_halo, read_probes
 from napari_tessera.inference import predict_tiled, predict_whole, prepare, segment
 from napari_tessera.model.fast import inference_copy
 from napari_tessera.normalize import normalize_slice
@@ -138,8 +138,8 @@ def main() -> None:
         if stored:  # measured for the record; the runs use the stored number
             found = measure_halo(model, probes())
         else:  # measured and cached, as a first predict_tiled call would
-            auto_halo(model, probes)
-            found = last_measurement(model)
+            AUTO_HALOS.pixels(model, probes)
+            found = AUTO_HALOS.latest(model)
         measure_s = time.perf_counter() - t0
         auto = stored["pixels"] if stored else found.pixels
         b0, b0_mp, tile, plan = forward_only(model, image, batch_size=1, halo=auto)
@@ -147,7 +147,7 @@ def main() -> None:
 
         def measured_in_call(m=model, stored=stored):
             m.metadata.pop("halo", None)
-            m.__dict__.pop("_tessera_auto_halo", None)  # forget the cached measurement
+            AUTO_HALOS.forget()  # measured again in the call
             try:
                 return predict_tiled(m, image, device="cpu")
             finally:

@@ -45,7 +45,7 @@ def run(seed: int, steps: int, balance: bool) -> dict:
     s = nuclei_2d((512, 512), seed=seed, radius=(6.0, 11.0), touching=0.35)
     lab = scribbles(s.labels, np.random.default_rng(seed))
     snaps = []
-    plain = loop._validate
+    plain = loop.validation_scores
 
     def validate(model, sampler, batch, device, dice, context=0, balance=False):
         out = plain(model, sampler, batch, device, dice, context, balance)
@@ -53,12 +53,12 @@ def run(seed: int, steps: int, balance: bool) -> dict:
         snaps.append((copy.deepcopy(model).eval(), out, alone))
         return out
 
-    loop._validate = validate
+    loop.validation_scores = validate
     try:
         cfg = TrainConfig(steps=steps, seed=seed, device="cpu", balance=balance)
         res = train(s.image, lab, config=cfg)
     finally:
-        loop._validate = plain
+        loop.validation_scores = plain
     rows = []
     for k, (model, (c_loss, c_iou), (b_loss, b_iou)) in enumerate(snaps):
         f1 = score_right(s.labels, segment(s.image, model, instances=True, device="cpu")).f1

@@ -91,7 +91,7 @@ def main() -> None:
 
         ddp.agree = agree
 
-    plain_step = loop._train_step
+    plain_step = loop.train_step
 
     start: dict[str, torch.Tensor] = {}
 
@@ -102,7 +102,7 @@ def main() -> None:
         seen.append(float(np.asarray(x, dtype=np.float64).sum()))
         return plain_step(net, opt, scaler, x, y, w, *rest, **kw)
 
-    loop._train_step = step
+    loop.train_step = step
     s = nuclei_2d((128, 128), seed=5)
     labels = np.where(s.labels > 0, 2, 1).astype(np.uint8)
     cfg = TrainConfig(

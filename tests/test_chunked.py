@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from napari_tessera import chunked, segment
 from napari_tessera.axes import layout
 from napari_tessera.chunked import iter_segment_to_zarr, open_image, segment_to_zarr
 from napari_tessera.errors import InputError
-from napari_tessera.inference import Notice, Progress, prepare
+from napari_tessera.inference import Notice, Progress, prepare, resolve_halo
 from napari_tessera.io import save_model
 from napari_tessera.options import SegmentOptions
 from napari_tessera.synthetic import nuclei_stack
@@ -110,7 +111,8 @@ def test_unreadable_inputs_are_one_line_errors(tmp_path):
 
 def tiles_per_slice(model, shape=(6, 96, 80)) -> int:
     lay = layout(shape, "ZYX")
-    n = prepare(model, lay, SegmentOptions(tile_size=64, halo="exact", device="cpu")).plan.n_tiles
+    opts = SegmentOptions(tile_size=64, device="cpu")
+    n = prepare(model, lay, opts, resolve_halo(model, "exact")).plan.n_tiles
     assert n > 1
     return n
 
@@ -225,6 +227,7 @@ def test_cli_zarr_bad_input_is_one_line(model, stack, tmp_path, capsys, extra, n
 
 
 # -- dask.distributed ---------------------------------------------------------------------------
+# (an optional extra: the tests that need it skip without it; a cluster's start-up makes them slow)
 @pytest.fixture(scope="module")
 def cluster():
     distributed = pytest.importorskip("distributed")
@@ -240,6 +243,7 @@ def cluster():
 
 
 @pytest.mark.parametrize("instances", [False, True])
+@pytest.mark.slow
 def test_cluster_run_equals_single_process(model, stack, tmp_path, cluster, instances):
     from distributed import Client
 
@@ -267,6 +271,7 @@ def test_cluster_run_equals_single_process(model, stack, tmp_path, cluster, inst
     assert sorted(loads.values()) == [1, 1]
 
 
+@pytest.mark.slow
 def test_cluster_run_from_an_array_in_memory(model, stack, tmp_path, cluster):
     out = segment_to_zarr(
         model,
@@ -279,6 +284,7 @@ def test_cluster_run_from_an_array_in_memory(model, stack, tmp_path, cluster):
     np.testing.assert_array_equal(read_zarr(out), segment(stack, model, axes="ZYX", **SETTINGS))
 
 
+@pytest.mark.slow
 def test_cluster_errors_reach_the_caller_as_one_line(model, stack, tmp_path, cluster):
     bad = stack.astype(np.float32)
     bad[4, 10, 10] = np.nan
@@ -294,7 +300,36 @@ def test_cluster_errors_reach_the_caller_as_one_line(model, stack, tmp_path, clu
     assert not (tmp_path / "l.zarr").exists()
 
 
+def test_without_distributed_scheduler_says_how_to_install_it(
+    model, stack, tmp_path, capsys, monkeypatch
+):
+    """dask.distributed is an optional extra: without it --scheduler is a one-line error that
+    names the extra, before anything is written, and zarr output in one process still works."""
+    monkeypatch.setitem(sys.modules, "distributed", None)  # `import distributed` now fails
+    mpath = save_model(model, tmp_path / "m.safetensors")
+    tifffile.imwrite(tmp_path / "s.tif", stack, metadata={"axes": "ZYX"})
+    tifffile.imwrite(tmp_path / "t.tif", stack[:2], metadata={"axes": "ZYX"})
+    base = ["--model", mpath, "-q", "--scheduler", "local"]
+    for argv in (
+        ["segment", tmp_path / "s.tif", "-o", tmp_path / "l.zarr", *base],
+        ["segment", tmp_path / "s.tif", tmp_path / "t.tif", "-o", tmp_path / "labels", *base],
+    ):
+        code, _, err = run(argv, capsys)
+        assert code == 2, err
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert len(lines) == 1 and 'pip install "napari-tessera[distributed]"' in lines[0], err
+    assert not (tmp_path / "l.zarr").exists() and not (tmp_path / "labels").exists()
+    with pytest.raises(InputError, match=r"napari-tessera\[distributed\]"):
+        chunked.open_client("local", 1)
+    argv = ["segment", tmp_path / "s.tif", "-o", tmp_path / "l.zarr", "--model", mpath, "-q"]
+    code, _, err = run(argv, capsys)
+    assert code == 0, err
+    assert read_zarr(tmp_path / "l.zarr").shape == stack.shape
+
+
+@pytest.mark.slow
 def test_local_cluster_listens_on_localhost_only():
+    pytest.importorskip("distributed")
     client, cluster, threads = chunked.open_client("local", 1)
     try:
         assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
@@ -386,7 +421,7 @@ def test_an_auto_halo_is_measured_once_and_used_by_every_block(loud, tmp_path, m
     kw = dict(axes="ZYX", block_size=48, device="cpu")
     out = segment_to_zarr(loud, img, tmp_path / "a.zarr", **kw)  # halo="auto"
     assert len(calls) == 1  # by the driver, before any block ran
-    found = halo_mod.last_measurement(loud)
+    found = halo_mod.AUTO_HALOS.latest(loud)
     assert found.pixels < found.exact  # a real saving, so the numbers below can differ
     fixed = segment_to_zarr(loud, img, tmp_path / "f.zarr", halo=found.pixels, **kw)
     np.testing.assert_array_equal(read_zarr(out), read_zarr(fixed))
@@ -435,6 +470,7 @@ def test_edges_moved_after_the_blocks_are_cut_would_differ(loud, tmp_path, monke
     assert (read_zarr(out) != ref).any()  # the test above has power at block borders
 
 
+@pytest.mark.slow
 def test_blocks_on_a_cluster_equal_blocks_here(loud, tmp_path, cluster):
     img = nuclei_stack((2, 150, 130), seed=8).image
     tifffile.imwrite(tmp_path / "s.tif", img, metadata={"axes": "ZYX"})
@@ -468,6 +504,69 @@ def test_blocks_are_refused_for_instances(model, stack, tmp_path):
     assert chunked.choose_block(None, layout((9, 4000, 4000), "ZYX"), model, "exact", False) == 0
 
 
+@pytest.mark.parametrize(
+    ("shape", "block_size"),
+    [
+        ((5000, 7000), 3000),  # 3008: not a multiple of 2048
+        ((4100, 9000), 2100),
+        ((20000, 3000), 2049),
+        ((9000, 9000), None),  # the automatic 4096
+        ((12345, 6789), 5000),
+        ((3000, 40000), 16 * 131),  # 16 x a prime: no good divisor of its own
+        ((700, 900), 100),
+    ],
+)
+def test_every_block_border_is_a_chunk_border(deep_unet, shape, block_size):
+    """Blocks are written by separate workers, each rewriting whole zarr chunks: a chunk
+    shared by two blocks could lose one block's labels. So every block is whole chunks,
+    including the last, partial block of a row or column at the image's edge."""
+    from napari_tessera import UNetConfig
+
+    model = deep_unet(UNetConfig(depth=4, base_channels=2, n_classes=2))  # size multiple 16
+    lay = layout((2, *shape), "ZYX")
+    block = chunked.choose_block(block_size, lay, model, "exact", False)
+    assert block and block % model.size_multiple == 0
+    chunks = chunked.label_chunks(lay, block)
+    for y0, y1, x0, x1 in chunked.plan_blocks(lay, block):
+        for lo, hi, side, end in ((y0, y1, chunks[1], shape[0]), (x0, x1, chunks[2], shape[1])):
+            assert lo % side == 0, (lo, side)
+            assert hi % side == 0 or hi == end, (hi, side)
+    assert chunks[0] == 1 and max(chunks[1:]) <= 2048  # chunks stay small for large blocks
+    asked = block_size or chunked.DEFAULT_BLOCK
+    per_side = -(-block // min(block, 2048))
+    assert asked <= block < asked + per_side * model.size_multiple  # memory: about one block
+
+
+@pytest.mark.parametrize("case", ["wide plane", "small chunks"])
+def test_blocks_of_several_chunks_on_a_cluster_equal_the_whole_plane(
+    loud, tmp_path, cluster, monkeypatch, case
+):
+    """A block size that is not a multiple of the chunk side (2100 > 2048, or 100 with
+    chunks of at most 40): on two dask workers the labels equal those of the whole plane."""
+    if case == "wide plane":
+        img, block_size = nuclei_stack((1, 72, 4200), seed=8).image, 2100
+    else:
+        monkeypatch.setattr(chunked, "MAX_CHUNK", 40, raising=False)
+        img, block_size = nuclei_stack((2, 150, 130), seed=8).image, 100
+    kw = dict(axes="ZYX", tile_size=128, halo="exact", device="cpu")
+    ref = segment(img, loud, **kw)
+    assert len(np.unique(ref)) == 3
+    out = segment_to_zarr(
+        loud,
+        img,
+        tmp_path / "c.zarr",
+        block_size=block_size,
+        scheduler=cluster.scheduler_address,
+        **kw,
+    )
+    got = zarr.open_array(str(out), mode="r")
+    block = chunked.choose_block(block_size, layout(img.shape, "ZYX"), loud, "exact", False)
+    assert block and got.chunks[0] == 1
+    for side, end in zip(got.chunks[1:], img.shape[1:]):  # several chunks per block
+        assert side == end or (block % side == 0 and side < block), (side, block)
+    np.testing.assert_array_equal(np.asarray(got[...]), ref)
+
+
 def test_an_interrupted_block_run_resumes_from_its_finished_blocks(loud, tmp_path, monkeypatch):
     img = nuclei_stack((1, 150, 130), seed=8).image
     out = tmp_path / "b.zarr"
@@ -490,6 +589,7 @@ def test_an_interrupted_block_run_resumes_from_its_finished_blocks(loud, tmp_pat
     np.testing.assert_array_equal(read_zarr(out), segment(img, loud, axes="ZYX", **SETTINGS))
 
 
+@pytest.mark.slow
 def test_probabilities_go_to_zarr_too_here_in_blocks_and_on_a_cluster(loud, tmp_path, cluster):
     from napari_tessera import predict_tiled
 

@@ -42,7 +42,7 @@ def sample_2d(tmp_path_factory):
 def sample_zyx(tmp_path_factory):
     folder = tmp_path_factory.mktemp("samplezyx")
     image = folder / "stack.tif"
-    assert cli.main(["sample", "-o", str(image), "--size", "64", "--depth", "3", "-q"]) == 0
+    assert cli.main(["sample", "-o", str(image), "--size", "64", "--slices", "3", "-q"]) == 0
     return image
 
 

@@ -85,6 +85,7 @@ def compare(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float, float]:
     return cos, float(a.norm() / b.norm()), float((a - b).norm() / b.norm())
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
     # every global batch is two equal halves: each process then sees the statistics (BatchNorm,
     # loss) one process sees, and the runs must agree to float precision
@@ -97,6 +98,7 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
     np.testing.assert_allclose(two[0]["losses"], one["losses"], rtol=1e-3)
 
 
+@pytest.mark.slow
 def test_processes_training_on_different_patches_equal_one_process(tmp_path):
     # per-sample normalisation, no Dice term, no class balance: each patch's gradient is its
     # own, so two processes, each on its half of the global batch, must update the weights as
@@ -125,6 +127,7 @@ def test_processes_training_on_different_patches_equal_one_process(tmp_path):
 
 
 @pytest.mark.parametrize("late_rank", [0, 1])
+@pytest.mark.slow
 def test_a_stop_request_right_after_the_agreement_waits_for_the_next_step(tmp_path, late_rank):
     # the request lands on one rank after the ranks agreed to go on: that rank must not leave
     # alone (the other would wait forever in the next collective); both stop one step later
@@ -155,6 +158,7 @@ def train_cmd(d: Path, out: str, *extra: str) -> list[str]:
             str(d / "lab.npy"), "-o", str(d / out), *TINY, *extra]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_tessera_train_under_torchrun_trains_writes_once_and_resumes(files, tmp_path):
     d, image = files
     res = _run(train_cmd(d, "m.safetensors", "--steps", "40"))
@@ -171,6 +175,7 @@ def test_tessera_train_under_torchrun_trains_writes_once_and_resumes(files, tmp_
     assert load_checkpoint(d / "m.ckpt.safetensors").step == 50
 
 
+@pytest.mark.slow
 def test_a_batch_not_shared_evenly_is_refused(files):
     d, _ = files
     res = subprocess.run(
@@ -192,6 +197,7 @@ def _children(pid: int) -> list[int]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs /proc to find the ranks")
+@pytest.mark.slow
 def test_ctrl_c_on_one_process_stops_both_and_rank_0_saves(files):
     d, _ = files
     proc = subprocess.Popen(

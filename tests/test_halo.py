@@ -10,10 +10,10 @@ import napari_tessera.halo as halo_mod
 from napari_tessera import ModelFileError, UNet, UNetConfig
 from napari_tessera.axes import layout
 from napari_tessera.halo import (
+    AUTO_HALOS,
     AUTO_TOLERANCE,
     context_profile,
-    describe_auto,
-    last_measurement,
+    describe_halo,
     measure_halo,
     probe_tile,
     read_probes,
@@ -57,7 +57,7 @@ def count_measurements(monkeypatch) -> list:
 def test_auto_halo_keeps_seams_within_the_tolerance_and_no_smaller_halo_would(builtin, cells):
     exact = predict_tiled(builtin, cells, device="cpu", halo="exact")
     auto = predict_tiled(builtin, cells, device="cpu", tile_size=256)  # many seams
-    found = last_measurement(builtin)
+    found = AUTO_HALOS.latest(builtin)
     m, pixels = builtin.size_multiple, found.pixels
     assert m < pixels < found.exact
     # "auto" is that number of pixels
@@ -143,17 +143,15 @@ def test_probes_land_on_cells_not_on_empty_background(builtin):
 
 
 def test_a_halo_measured_on_one_image_is_not_reused_for_another(monkeypatch, builtin, cells):
-    import copy
-
-    builtin = copy.deepcopy(builtin)  # weights of its own: nothing cached yet
+    AUTO_HALOS.forget()  # nothing measured yet
     calls = count_measurements(monkeypatch)
     blank = np.random.default_rng(0).normal(100, 1, cells.shape).astype(np.float32)
     predict_tiled(builtin, blank, device="cpu")
-    on_blank = last_measurement(builtin).pixels
+    on_blank = AUTO_HALOS.latest(builtin).pixels
     predict_tiled(builtin, cells, device="cpu")
-    assert len(calls) == 2 and last_measurement(builtin).pixels > on_blank
+    assert len(calls) == 2 and AUTO_HALOS.latest(builtin).pixels > on_blank
     predict_tiled(builtin, blank, device="cpu")  # both are remembered
-    assert len(calls) == 2 and last_measurement(builtin).pixels == on_blank
+    assert len(calls) == 2 and AUTO_HALOS.latest(builtin).pixels == on_blank
 
 
 def test_auto_halo_is_measured_once_per_set_of_weights(monkeypatch, deep_unet, cells):
@@ -163,7 +161,11 @@ def test_auto_halo_is_measured_once_per_set_of_weights(monkeypatch, deep_unet, c
     np.testing.assert_array_equal(predict_tiled(model, cells, device="cpu"), first)
     assert len(calls) == 1
     with torch.no_grad():
-        model.outc.bias.add_(0.0)  # changed in place: the cached halo may no longer hold
+        model.outc.bias.add_(0.0)  # the same values: the same weights
+    predict_tiled(model, cells, device="cpu")
+    assert len(calls) == 1
+    with torch.no_grad():  # changed in place through .data: the cached halo may not hold
+        model.outc.bias.data.copy_(model.outc.bias.data + 1e-3)
     predict_tiled(model, cells, device="cpu")
     assert len(calls) == 2
 
@@ -173,7 +175,7 @@ def test_a_stored_halo_is_used_without_measuring(monkeypatch, deep_unet, cells, 
     model = deep_unet(UNetConfig(base_channels=2, depth=2, n_classes=2))
     model.metadata["halo"] = {"pixels": 8}
     lay = layout(cells.shape, "YX")
-    st = prepare(model, lay, SegmentOptions(halo="auto", device="cpu"))
+    st = prepare(model, lay, SegmentOptions(device="cpu"), resolve_halo(model, "auto"))
     assert st.halo == 8 and not calls
     path = save_model(model, tmp_path / "m.safetensors")
     loaded = load_model(path)
@@ -182,7 +184,8 @@ def test_a_stored_halo_is_used_without_measuring(monkeypatch, deep_unet, cells, 
         predict_tiled(loaded, cells, device="cpu", halo=8),
     )
     assert not calls
-    assert describe_auto(loaded).startswith("halo 8 px (auto, stored with the model")
+    assert describe_halo(loaded, "auto").startswith("halo 8 px (auto, stored with the model")
+    assert describe_halo(loaded, 8) is None
 
 
 @pytest.mark.parametrize("bad", [6, -4, 10_000, "8", True, None])

@@ -12,16 +12,17 @@ import torch
 
 from napari_tessera import UNetConfig, predict_tiled
 from napari_tessera.axes import layout
+from napari_tessera.device import is_out_of_memory
 from napari_tessera.errors import InputError
 from napari_tessera.inference import (
     Notice,
     SliceResult,
     _Attempt,
-    is_out_of_memory,
     iter_segment,
     iter_slice_predictions,
     next_fallback,
     prepare,
+    resolve_halo,
 )
 from napari_tessera.options import SegmentOptions
 from napari_tessera.training import TrainConfig, iter_train
@@ -85,7 +86,7 @@ def test_smaller_batches_give_the_same_probabilities(model, image):
 
 def test_smaller_tiles_give_the_same_probabilities_with_an_exact_halo(model, image):
     want = predict_tiled(model, image, device="cpu", halo="exact")  # one big tile
-    big = prepare(model, layout(image.shape, "YX"), SegmentOptions(halo="exact", device="cpu"))
+    big = prepare(model, layout(image.shape, "YX"), OPTS(), resolve_halo(model, "exact"))
     big = big.tile_shape
     _fail_above(model, side=big[1] - 1)
     with pytest.warns(RuntimeWarning, match="retrying with .* tiles") as record:
@@ -160,7 +161,7 @@ def test_fallback_can_be_turned_off(model, image):
 
 def test_fallback_order_ends_on_the_cpu_in_fp32(model, image):
     lay = layout(image.shape, "YX")
-    st = prepare(model, lay, SegmentOptions(halo="exact", device="cpu"))
+    st = prepare(model, lay, OPTS(), resolve_halo(model, "exact"))
     a = _Attempt(4, st.plan, torch.device("cuda"), torch.float16)
     steps = []
     while (nxt := next_fallback(a, lay=lay, model=model, halo=st.halo)) is not None:
@@ -301,8 +302,9 @@ def test_training_out_of_memory_on_one_patch_is_a_clear_error(monkeypatch):
 
 
 def test_out_of_memory_while_measuring_the_halo_falls_back_to_the_exact_halo(model, image):
-    from napari_tessera.halo import probe_tile
+    from napari_tessera.halo import AUTO_HALOS, probe_tile
 
+    AUTO_HALOS.forget()  # measured here, not taken from an earlier test's measurement
     window = probe_tile(model) + 2 * model.exact_halo()  # the probes' reference runs
 
     plain = model.forward

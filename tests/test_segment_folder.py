@@ -169,6 +169,7 @@ def test_a_folder_run_loads_the_model_once(
     assert len(loads) == 1
 
 
+@pytest.mark.slow
 def test_a_folder_run_spreads_files_over_a_dask_cluster(
     raw, tmp_path, saved_threshold_model, capsys
 ):

@@ -67,8 +67,7 @@ def files(tmp_path_factory):
 def test_train_then_segment(files, tmp_path, capsys):
     model = tmp_path / "model.safetensors"
     code, out, err = run(
-        ["train", files["image"], files["sparse"], "-o", model, "--steps", "10", *TINY]
-        + ["--entropy", "0.3"],
+        ["train", files["image"], files["sparse"], "-o", model, "--steps", "10", *TINY],
         capsys,
     )
     assert code == 0, err
@@ -87,7 +86,6 @@ def test_train_then_segment(files, tmp_path, capsys):
     assert prov["label_mode"] == "sparse"
     assert prov["trained_from"] == "scratch"
     assert prov["stopped"] == "steps"
-    assert prov["config"]["entropy"] == 0.3
     assert prov["edges"]["objects"] >= 3 and "scores" in prov["edges"]  # calibrated
     assert meta.get("edge_offset", 0.0) == prov["edges"]["offset"]
     assert "painted objects come out at mean IoU" in err
@@ -242,8 +240,7 @@ def test_help_mentions_the_label_conventions(capsys):
     # the default the help states is the engine's
     from napari_tessera.training import TrainConfig
 
-    assert "--entropy W weight of the term" in text
-    assert f"(default {TrainConfig().entropy:g}: off)" in text
+    assert f"share held out (default {TrainConfig().val_fraction:g})" in text
 
 
 def test_bad_numbers_are_usage_errors(files, tmp_path, capsys):
@@ -252,7 +249,6 @@ def test_bad_numbers_are_usage_errors(files, tmp_path, capsys):
         ["--steps", "0"],
         ["--time-limit", "-1"],
         ["--val-fraction", "1.5"],
-        ["--entropy", "-1"],
     ):
         code, _, err = run(
             ["train", files["image"], files["sparse"], "-o", model, *extra, *TINY], capsys

@@ -126,8 +126,14 @@ def test_the_sampler_draws_from_each_image_by_its_paint():
         c[:painted_rows, 48:] = 1
         classes.append(c)
     images = [rng.random((1, 96, 96), dtype=np.float32) for _ in classes]
-    sampler = PatchSampler(images, classes, None, patch=32, val_fraction=0.0, rng=rng)
-    drawn = [sampler._draw_centre(pool)[0] for pool in sampler._candidates for _ in range(500)]
+    sampler = PatchSampler(
+        images, classes, None, patch=32, val_fraction=0.0, rng=rng, elastic=False
+    )
+    drawn = []
+    for _ in range(25):
+        sampler.sample(40)  # 20 object and 20 background patches
+        drawn += [s for s, _, _ in sampler.last_windows]
+    assert len(drawn) == 1000
     share = np.mean(np.array(drawn) == 1)
     assert 0.85 < share < 0.95
 

@@ -153,6 +153,8 @@ def test_segment_with_model_file_updates_in_place(
     image = viewer.add_image(nuclei.image, name="cells", scale=(0.5, 0.25), translate=(3, 4))
     seg = dock(viewer, "Segment")
     use_file_model(seg, tiny_model_path)
+    assert seg.output.value == "instances"  # a background/object model's default
+    seg.output.value = "classes"
     seg.tile_size.value = 64
     seg.device.value = "cpu"
     seg.probabilities.value = True
@@ -171,7 +173,10 @@ def test_segment_with_model_file_updates_in_place(
     # the default halo is the measured one, as in the library and the CLI
     assert seg.halo.value == "auto"
     assert seg.status.value.endswith(f"; {seg.last_result.halo}")
-    assert seg.last_result.halo.startswith("halo ") and seg.last_result.halo.endswith(" px (auto)")
+    from napari_tessera.halo import describe_halo
+
+    said = describe_halo(load_model(tiny_model_path), "auto")  # the CLI's line, the same weights
+    assert seg.last_result.halo == said and said.startswith("halo ") and "px (auto" in said
     from napari_tessera.inference import segment as segment_library
 
     want = segment_library(nuclei.image, load_model(tiny_model_path), tile_size=64, device="cpu")
@@ -187,6 +192,35 @@ def test_segment_with_model_file_updates_in_place(
     assert viewer.layers["cells labels"] is labels
     assert labels.data.dtype.kind == "u"
     assert seg.run_button.enabled and not seg.cancel_button.enabled
+
+
+def test_output_default_follows_the_model(make_napari_viewer, qtbot, tiny_model_path, tmp_path):
+    """One id per object for a model whose classes are objects (built-in, 2 classes, class
+    names background/object), classes for a multi-class model; until picked by hand."""
+    from napari_tessera._widgets._models import ModelSpec
+    from napari_tessera.models import default_model_path
+
+    three = tmp_path / "three.safetensors"
+    save_model(UNet(UNetConfig(n_classes=3, base_channels=4, depth=2)), three)
+    viewer = make_napari_viewer()
+    seg = dock(viewer, "Segment")
+    if default_model_path() is not None:
+        assert seg.model_source.value == "builtin" and seg.output.value == "instances"
+    use_file_model(seg, three)
+    assert seg.output.value == "classes"
+    seg.model_file.value = tiny_model_path  # 2 classes: background and object
+    assert seg.output.value == "instances"
+    session.set_trained_model(UNet(UNetConfig(n_classes=3, base_channels=4, depth=2)))
+    assert seg.model_source.value == "session" and seg.output.value == "classes"
+    session.set_trained_model(UNet(UNetConfig(n_classes=2, base_channels=4, depth=2)))
+    assert seg.output.value == "instances"
+    names = ("background", "object")
+    assert ModelSpec("m", 1, 3, None, class_names=names).finds_objects
+    assert not ModelSpec("m", 1, 3, None, class_names=("background", "a", "b")).finds_objects
+    # picked by hand, the output stays
+    seg.output.value = "classes"
+    use_file_model(seg, tiny_model_path)
+    assert seg.output.value == "classes"
 
 
 def test_segment_all_open_images(make_napari_viewer, qtbot, tiny_model_path, errors):
@@ -273,6 +307,7 @@ def test_segment_applies_the_models_edge_offset_unless_unticked(
     viewer.add_image(nuclei.image, name="cells")
     seg = dock(viewer, "Segment")
     use_file_model(seg, path)
+    seg.output.value = "classes"  # compared as classes below
     seg.device.value = "cpu"
     assert seg.model_edges.value  # ticked by default
     segment(qtbot, seg)
@@ -284,12 +319,12 @@ def test_segment_applies_the_models_edge_offset_unless_unticked(
     np.testing.assert_array_equal(shrunk, shift_edges(plain, 2.0))
 
 
-def test_segment_current_slice_of_stack(make_napari_viewer, qtbot, tiny_model_path):
+def test_segment_current_slice_of_stack(make_napari_viewer, qtbot, saved_threshold_model):
     viewer = make_napari_viewer()
     stack = np.stack([nuclei_2d((64, 64), seed=s).image for s in range(3)])
     viewer.add_image(stack, name="stack", scale=(2.0, 0.5, 0.5))
     seg = dock(viewer, "Segment")
-    use_file_model(seg, tiny_model_path)
+    use_file_model(seg, saved_threshold_model)  # finds the nuclei: ids to compare
     assert seg.scope.enabled
     seg.scope.value = "slice"
     seg.output.value = "instances"
@@ -299,6 +334,16 @@ def test_segment_current_slice_of_stack(make_napari_viewer, qtbot, tiny_model_pa
     assert labels.shape == stack.shape
     assert not labels[0].any() and not labels[2].any()
     assert seg.last_result.slice_index == 1
+    # another slice: its ids continue after those of slice 1, in the one labels dtype
+    from napari_tessera.postprocess import labels_dtype
+
+    first = labels[1].copy()
+    viewer.dims.set_point(0, 4.0)  # slice 2
+    segment(qtbot, seg)
+    labels = viewer.layers["stack labels"].data
+    assert labels.dtype == labels_dtype(True)
+    np.testing.assert_array_equal(labels[1], first)
+    assert labels[2].any() and labels[2][labels[2] > 0].min() > first.max() > 0
 
 
 def test_lazy_stack_is_segmented_into_a_zarr_backed_layer(
@@ -481,6 +526,66 @@ def test_train_then_segment_with_the_result(make_napari_viewer, qtbot, nuclei, t
     assert load_model(path).config.base_channels == 4
     painted, _ = read_image(tmp_path / "mine.annotations.tif")
     np.testing.assert_array_equal(painted, ann.data)
+
+
+def _rows(widget) -> list:
+    """The visible rows of a docked widget: (Qt widget, its rectangle), top to bottom."""
+    lay = widget.native.layout()
+    rows = [lay.itemAt(i).widget() for i in range(lay.count())]
+    return [(q, q.geometry()) for q in rows if q is not None and q.isVisible()]
+
+
+def _rect_in(q, container):
+    """Where Qt widget ``q`` is drawn, in ``container``'s coordinates."""
+    from qtpy.QtCore import QPoint, QRect
+
+    return QRect(q.mapTo(container, QPoint(0, 0)), q.size())
+
+
+def test_docked_widgets_keep_their_rows_apart(make_napari_viewer, qtbot, nuclei, tmp_path):
+    """Both widgets docked in one column, after a training run and a segmentation (long
+    status lines): every row gets at least its minimum height and no row is drawn over
+    another; the loss curve stays clear of 'save model as', the radio buttons inside their
+    boxes. Screenshots of the window and of each widget are left in tmp_path."""
+    from qtpy.QtWidgets import QRadioButton
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1500, 950)
+    viewer.add_image(nuclei.image, name="cells")
+    seg = dock(viewer, "Segment")
+    tr = dock(viewer, "Train")
+    ann = tr.create_annotations()
+    ann.data = sparse_annotations(nuclei.labels, n_objects=6, n_strokes=3, seed=1)
+    tiny_training(tr, steps=5)
+    tr.train()
+    wait_idle(qtbot, tr)
+    assert tr.model is not None and len(tr.loss_curve.train) == 5
+    seg.device.value = "cpu"
+    segment(qtbot, seg)
+    assert seg.status.value.startswith("done")
+    qtbot.wait(100)  # the layouts settle
+
+    viewer.screenshot(str(tmp_path / "window.png"), canvas_only=False)
+    for name, widget in (("segment", seg), ("train", tr)):
+        assert widget.native.grab().save(str(tmp_path / f"{name}.png"))
+        rows = _rows(widget)
+        assert len(rows) > 10
+        for q, rect in rows:
+            assert rect.height() > 0, f"{name}: an empty row"
+            assert rect.height() >= q.minimumSizeHint().height(), f"{name}: a squeezed row"
+        for k, (_, a) in enumerate(rows):
+            for _, b in rows[k + 1 :]:
+                assert not a.intersects(b), f"{name}: rows {a} and {b} overlap"
+    curve = _rect_in(tr.loss_curve, tr.native)
+    assert curve.height() >= tr.loss_curve.minimumHeight()
+    for w in (tr.status, tr.save_path, tr.save_button):
+        assert not curve.intersects(_rect_in(w.native, tr.native)), "the loss curve covers a row"
+    for radio in (tr.mode, seg.output, seg.scope):
+        box = radio.native
+        assert box.height() >= box.minimumSizeHint().height()
+        buttons = box.findChildren(QRadioButton)
+        assert buttons and all(box.rect().contains(b.geometry()) for b in buttons)
+    assert (tmp_path / "window.png").stat().st_size > 0
 
 
 def test_train_on_every_annotated_image(make_napari_viewer, qtbot, nuclei, errors):

@@ -4,8 +4,8 @@ and the same work spread over a dask.distributed cluster.
 The unit of work is one 2D slice (``(C, Y, X)`` of a stack or time series): a slice is read,
 predicted with the overlap-tile engine of :mod:`napari_tessera.inference` and written as one
 chunk-aligned region of the output, so memory is bounded by one slice, whatever the depth of
-the stack. Class labels of planes too large for that are made in blocks (one chunk each), each
-read with a mirrored margin of the receptive field and normalised with the whole plane's
+the stack. Class labels of planes too large for that are made in blocks (whole chunks each),
+each read with a mirrored margin of the receptive field and normalised with the whole plane's
 levels, so they equal the labels of the whole plane. The output is built under ``OUT.partial``
 and renamed to ``OUT`` only when every slice is done; a run that is interrupted leaves
 ``OUT.partial`` with a record of the finished slices, and the next run with the same settings
@@ -20,7 +20,6 @@ count of the slices before it, which gives exactly the ids of the in-memory
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -42,14 +41,21 @@ from .inference import (
     check_channels,
     image_layout,
     iter_slice_predictions,
-    measure_auto_halo,
     prepare,
     resolve_halo,
+    run_halo,
     split_rule,
 )
+from .io import check_output_folder
 from .normalize import check_dtype, slice_levels
 from .options import SegmentOptions
-from .postprocess import SplitRule, classes_from_probabilities, shift_edges
+from .postprocess import (
+    SplitRule,
+    classes_from_probabilities,
+    labels_dtype,
+    offset_ids,
+    shift_edges,
+)
 from .tiling import mirror_indices, round_up
 
 PARTIAL = ".partial"
@@ -177,21 +183,13 @@ def _open_tiff(path: Path) -> tuple[Any, str | None]:
 
 
 # -- the output store ---------------------------------------------------------------------------
-def model_digest(model) -> str:
-    h = hashlib.sha256()
-    h.update(json.dumps(model.config.to_dict(), sort_keys=True).encode())
-    for k, v in model.state_dict().items():
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 def _run_state(model, lay: SliceLayout, rule: SplitRule, options: SegmentOptions, block: int):
     """What must be equal for a partial output to be continued."""
     tile = options.tile_size
     return {
         "block": int(block),
-        "model": model_digest(model),
+        "chunks": list(label_chunks(lay, block)),  # an older grid may not fit the blocks
+        "model": model.digest(),
         "axes": lay.axes,
         "shape": list(lay.shape),
         **rule.as_state(),
@@ -202,10 +200,44 @@ def _run_state(model, lay: SliceLayout, rule: SplitRule, options: SegmentOptions
     }
 
 
+MAX_CHUNK = 2048  # largest chunk side in Y and X of a zarr output
+
+
+def chunk_side(block: int = 0) -> int:
+    """Chunk side in Y and X of the outputs of a run in blocks of side ``block`` (0: whole
+    slices): the largest divisor of ``block`` that is at most :data:`MAX_CHUNK`, so every
+    block is a whole number of chunks and no two blocks share a chunk (their writers, dask
+    workers among them, rewrite whole chunks). :func:`choose_block` picks blocks that are a
+    few chunks of nearly :data:`MAX_CHUNK` each."""
+    if not block:
+        return MAX_CHUNK
+    block = int(block)
+    n = -(-block // MAX_CHUNK)  # fewest chunks per block side
+    while block % n:
+        n += 1
+    return block // n
+
+
 def label_chunks(lay: SliceLayout, block: int = 0) -> tuple[int, ...]:
+    """Chunks of a labels output: one per slice along the stack axes; in Y and X
+    :func:`chunk_side` (the whole axis if it is shorter). Blocks start at multiples of the
+    block side, so block borders are chunk borders, and the last, partial block of a row or
+    column ends at the array's end, as its last chunk does."""
     y, x = lay.yx
-    side = min(block, 2048) if block else 2048  # blocks are whole chunks
+    side = chunk_side(block)
     return (*(1 for _ in lay.lead_shape), min(y, side), min(x, side))
+
+
+def fit_block(block_size: int, multiple: int) -> int:
+    """The block side for a requested ``block_size``: a whole number n of chunks, n as few
+    as keep a chunk within :data:`MAX_CHUNK`, each chunk a multiple of the model's size
+    ``multiple`` (so is the block, which keeps blocks on the pooling grid). The block grows by
+    less than n * ``multiple`` pixels, so its memory stays that of about one block asked."""
+    block = round_up(int(block_size), multiple)
+    n = -(-block // MAX_CHUNK)
+    while round_up(-(-block // n), multiple) > MAX_CHUNK:  # only for an odd size multiple
+        n += 1
+    return n * round_up(-(-block // n), multiple)
 
 
 # -- blocks of large 2D planes ------------------------------------------------------------------
@@ -228,7 +260,8 @@ def choose_block(block_size: int | None, lay: SliceLayout, model, halo, instance
 
     A block is read with ``block_margin`` of context on each side (mirrored at the image
     border, like the whole plane) and its core is kept: with the exact halo and the
-    whole-plane intensity levels the labels equal those of whole slices.
+    whole-plane intensity levels the labels equal those of whole slices. ``block_size`` is
+    rounded up by :func:`fit_block` to a whole number of output chunks.
     """
     if isinstance(halo, str) and halo.lower() == "auto":
         halo = "exact"  # decided before the auto halo is measured: its largest margin
@@ -243,7 +276,7 @@ def choose_block(block_size: int | None, lay: SliceLayout, model, halo, instance
         raise InputError(
             "blocks are for class labels: instances need whole slices (leave out --block-size)"
         )
-    block = round_up(int(block_size), model.size_multiple)
+    block = fit_block(block_size, model.size_multiple)  # a whole number of chunks
     margin = block_margin(model, halo)
     if block >= max(h, w) or min(h, w) <= 2 * margin:
         return 0
@@ -330,10 +363,41 @@ def unit_index(lay: SliceLayout, s: int, box: Box | None) -> tuple:
     return (*lead, slice(box[0], box[1]), slice(box[2], box[3]))
 
 
-def _labels_dtype(model, instances: bool):
+MAX_ID = "max_id"  # attribute of an instance labels array: its largest id
+
+
+def slice_store(path: str | os.PathLike, lay: SliceLayout, instances: bool):
+    """A new zarr labels array at ``path`` for slices segmented one at a time (napari's
+    "current slice" of a lazy stack; :func:`put_slice` writes them): shaped
+    ``lay.out_shape``, in :func:`label_chunks`, typed by :func:`labels_dtype`, zeros."""
+    import zarr
+
+    store = zarr.open_array(
+        str(path),
+        mode="w",
+        shape=lay.out_shape,
+        chunks=label_chunks(lay),
+        dtype=labels_dtype(instances),
+        fill_value=0,
+    )
+    store.attrs["axes"] = lay.out_axes
     if instances:
-        return np.uint32
-    return np.uint8  # classes: at most MAX_CLASSES = 256
+        store.attrs[MAX_ID] = 0
+    return store
+
+
+def put_slice(store, index: tuple, labels: np.ndarray, instances: bool) -> None:
+    """Write one slice's labels (ids from 1) into ``store`` at ``index`` (its indices along
+    the stack axes). Instance ids continue after the largest id the array holds, its
+    ``max_id`` attribute (as :meth:`ZarrOutput.finish` leaves it), which grows by the slice's
+    ids: ids are unique across the slices, whichever order they come in."""
+    if not instances:
+        store[index] = np.asarray(labels).astype(labels_dtype(False), copy=False)
+        return
+    offset = int(store.attrs.get(MAX_ID, 0))
+    ids = offset_ids(labels, offset)
+    store[index] = ids
+    store.attrs[MAX_ID] = offset + (int(np.max(labels)) if np.size(labels) else 0)
 
 
 class ZarrOutput:
@@ -420,11 +484,9 @@ class ZarrOutput:
             for s in range(self.lay.n_slices):
                 if offset and done[str(s)]:
                     idx = unit_index(self.lay, s, None)
-                    block = np.asarray(self.array[idx])
-                    block[block > 0] += np.uint32(offset)
-                    self.array[idx] = block
+                    self.array[idx] = offset_ids(self.array[idx], offset)
                 offset += done[str(s)]
-            self.array.attrs["max_id"] = int(offset)
+            self.array.attrs[MAX_ID] = int(offset)
         shutil.rmtree(self.done_dir)
         (self.partial / _STATE).unlink()
         if self.prob_partial is not None:
@@ -457,7 +519,7 @@ def slice_labels(prob: np.ndarray, rule: SplitRule) -> tuple[np.ndarray, int]:
     labels, nxt = rule.labels(classes_from_probabilities(prob), 1)
     if not rule.instances:
         return labels, 0
-    return labels.astype(np.uint32), nxt - 1
+    return labels.astype(labels_dtype(True)), nxt - 1
 
 
 # -- the work -----------------------------------------------------------------------------------
@@ -495,8 +557,9 @@ def iter_segment_to_zarr(
     output = Path(output)
     if not is_zarr(output):
         raise InputError(f"the output must be a .zarr folder, got {output.name}")
-    if not output.parent.is_dir():
-        raise InputError(f"output folder does not exist: {output.parent}")
+    check_output_folder(output)
+    if scheduler is not None:
+        require_distributed()
     prob_out = Path(probabilities) if probabilities is not None else None
     for path in (output, prob_out):
         if path is None:
@@ -525,13 +588,11 @@ def iter_segment_to_zarr(
     # settings are checked here (tile size against halo, device) before anything is written;
     # an auto halo is measured here once, and every slice, block and worker uses that number
     here = options if scheduler is None else replace(options, device="cpu")
-    halo = options.halo
-    if halo == "auto":
-        prepare(model, lay, here, halo=0)  # the other settings first
-        halo, notice = measure_auto_halo(model, image, lay, here.device)
-        if notice is not None:
-            yield notice
-    st = prepare(model, lay, here, halo=halo)
+    prepare(model, lay, here, 0)  # the other settings first
+    halo, notice = run_halo(model, image, lay, here)
+    if notice is not None:
+        yield notice
+    st = prepare(model, lay, here, halo)
     block = choose_block(block_size, lay, model, options.halo, options.instances)
     options = replace(options, halo=st.halo)  # the number every slice, block and worker uses
     halo = st.halo
@@ -541,7 +602,7 @@ def iter_segment_to_zarr(
     out = ZarrOutput(
         output,
         lay,
-        _labels_dtype(model, options.instances),
+        labels_dtype(options.instances),
         state,
         resume=resume,
         prob_final=prob_out,
@@ -621,6 +682,16 @@ def model_bytes(model) -> bytes:
         return path.read_bytes()
 
 
+def require_distributed() -> None:
+    """A one-line error saying how to install dask.distributed (``--scheduler`` needs it)."""
+    try:
+        import distributed  # noqa: F401
+    except ImportError as err:
+        raise InputError(
+            '--scheduler needs dask.distributed: pip install "napari-tessera[distributed]"'
+        ) from err
+
+
 def open_client(scheduler: str, workers: int | None = None):
     """``(client, cluster or None, torch threads per worker or None)``.
 
@@ -628,10 +699,9 @@ def open_client(scheduler: str, workers: int | None = None):
     listening on 127.0.0.1 only (no dashboard). Anything else: the address of a running
     scheduler (e.g. ``tcp://10.0.0.5:8786``), which the user names and so chooses to expose.
     """
-    try:
-        from distributed import Client, LocalCluster
-    except ImportError as err:  # pragma: no cover - distributed is a dependency
-        raise InputError("--scheduler needs dask.distributed: pip install distributed") from err
+    require_distributed()
+    from distributed import Client, LocalCluster
+
     if scheduler == "local":
         cores = os.cpu_count() or 1
         n = workers or max(1, min(cores, 4))

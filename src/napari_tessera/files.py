@@ -18,6 +18,7 @@ import numpy as np
 from .axes import guess_axes, layout
 from .errors import InputError, TesseraError
 from .inference import Notice, Progress, image_layout, iter_segment
+from .io import check_output_folder
 from .options import SegmentOptions
 from .sets import output_for
 
@@ -83,8 +84,7 @@ def output_folder(folder: str | Path) -> Path:
     if folder.exists() and not folder.is_dir():
         raise InputError(f"the output of several images is a folder; {folder} is a file")
     if not folder.exists():
-        if not folder.parent.is_dir():
-            raise InputError(f"output folder does not exist: {folder.parent}")
+        check_output_folder(folder)
         folder.mkdir()
     return folder
 
@@ -124,12 +124,11 @@ def iter_segment_file(
     file), and its class probabilities to ``probabilities`` if given. Yields
     :class:`Progress` and :class:`Notice`; returns ``(labels, their axes)``."""
     from .io import read_image, write_tiff
-    from .normalize import check_dtype
+    from .normalize import check_dtype, check_finite
 
     arr, file_axes = read_image(image)
     chosen = choose_axes(arr.shape, axes, file_axes, model.config.in_channels)
-    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        raise InputError(f"{image.name} contains NaN or infinite pixels")
+    check_finite(arr, image.name)
     lay = image_layout(model, arr, chosen.axes, options.channels)
     check_dtype(arr.dtype)
     note = _axes_notice(chosen, arr.shape, image.name)
@@ -186,6 +185,10 @@ def iter_segment_files(
     that fails (unreadable, wrong shape, out of memory) is reported and the others go on.
     """
     t0 = time.perf_counter()
+    if scheduler:
+        from .chunked import require_distributed
+
+        require_distributed()
     images = [Path(p) for p in images]
     folder = output_folder(folder)
     outs = plan_outputs(images, folder)
@@ -250,12 +253,12 @@ def _on_cluster(model, todo, options, axes, scheduler: str, workers: int | None)
     from distributed import as_completed
 
     from . import _dask_worker
-    from .chunked import model_bytes, model_digest, open_client
+    from .chunked import model_bytes, open_client
 
     client, cluster, threads = open_client(scheduler, workers)
     futures: dict = {}
     try:
-        digest = model_digest(model)
+        digest = model.digest()
         plugin = _dask_worker.ModelPlugin(model_bytes(model), digest, threads)
         client.register_plugin(plugin, name=_dask_worker.PLUGIN)
         n_workers = len(client.scheduler_info()["workers"])

@@ -32,7 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .errors import InputError, ModelFileError
+from .device import probabilities
+from .errors import ModelFileError
 from .tiling import _take_yx, mirror_indices
 
 AUTO_TOLERANCE = 0.01  # class-probability change the auto halo allows ...
@@ -75,11 +76,6 @@ class HaloMeasurement:
 
 def _bound(value: float) -> str:
     return "less than 1e-6" if value < 1e-6 else f"at most {value:.2g}"
-
-
-def _fingerprint(model) -> tuple:
-    """Changes whenever any weight or buffer is replaced or changed in place."""
-    return tuple((t.data_ptr(), t._version) for t in (*model.parameters(), *model.buffers()))
 
 
 SEGMENT_PROBES = 3  # probes when measuring on the image being segmented
@@ -160,7 +156,6 @@ def context_profile(model, windows, *, device="cpu"):
     99.9th percentile of the change of pixels ``d`` from the edge, the worst over ``d`` and
     beyond.
     """
-    from .inference import _probabilities
     from .model.fast import inference_copy
 
     dev = torch.device(device)
@@ -175,7 +170,7 @@ def context_profile(model, windows, *, device="cpu"):
     def run(x: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(x))[None].to(dev)
         with torch.inference_mode():
-            return _probabilities(net(t.contiguous(memory_format=torch.channels_last)))[0]
+            return probabilities(net(t.contiguous(memory_format=torch.channels_last)))[0]
 
     inner = (slice(None), slice(exact, exact + size), slice(exact, exact + size))
     worst = np.zeros(exact + 1)
@@ -244,46 +239,56 @@ def _digest(windows) -> str:
     return h.hexdigest()
 
 
-_CACHE_SIZE = 8  # measurements kept per model (one per image it segmented)
+class AutoHalos:
+    """The one owner of auto-halo measurements, for this process (:data:`AUTO_HALOS`).
+
+    A halo stored with a model (measured when it was trained) is used as it is. Otherwise
+    :meth:`pixels` measures it on probes of the image about to be segmented and keeps the
+    measurement under the model's :meth:`~napari_tessera.model.UNet.digest` (its weights'
+    values) and the probes' content, so the same weights on the same image are measured once,
+    and any change to a weight, in place or not, is a new set of weights. The most recent
+    ``size`` measurements are kept; :meth:`latest` gives the one a model's last run used.
+    """
+
+    def __init__(self, size: int = 32) -> None:
+        self.size = size
+        self._found: dict[tuple[str, str], HaloMeasurement] = {}  # oldest first
+
+    def pixels(self, model, probe, *, device="cpu") -> int:
+        """The auto halo of ``model`` for the image ``probe()`` reads probes of
+        (:func:`read_probes`)."""
+        pixels = stored_halo(model)
+        if pixels is not None:
+            return pixels
+        windows = probe()
+        key = (model.digest(), _digest(windows))
+        found = self._found.pop(key, None)
+        if found is None:
+            found = measure_halo(model, windows, device=device)
+        self._found[key] = found  # most recent last
+        while len(self._found) > self.size:
+            self._found.pop(next(iter(self._found)))
+        return found.pixels
+
+    def latest(self, model) -> HaloMeasurement | None:
+        """The most recent measurement of these weights, or None."""
+        weights = model.digest()
+        for (key, _), found in reversed(self._found.items()):
+            if key == weights:
+                return found
+        return None
+
+    def forget(self) -> None:
+        self._found.clear()
 
 
-def auto_halo(model, probe, *, device="cpu") -> int:
-    """The model's auto halo: stored with it, or measured on ``probe()`` (:func:`read_probes`
-    of the image about to be segmented), cached per set of weights and probe content, so the
-    same image with the same weights is measured once and another image is measured anew."""
-    pixels = stored_halo(model)
-    if pixels is not None:
-        return pixels
-    if probe is None:
-        raise InputError(
-            "halo='auto' is measured on the image: use predict_tiled or segment, "
-            "or give the halo in pixels"
-        )
-    windows = probe()
-    key = (_fingerprint(model), _digest(windows))
-    cache = model.__dict__.setdefault("_tessera_auto_halo", {})
-    found = cache.pop(key, None)
-    if found is None:
-        found = measure_halo(model, windows, device=device)
-    cache[key] = found  # most recent last
-    while len(cache) > _CACHE_SIZE:
-        cache.pop(next(iter(cache)))
-    return found.pixels
+AUTO_HALOS = AutoHalos()
 
 
-def last_measurement(model) -> HaloMeasurement | None:
-    """The model's most recent auto-halo measurement, if its weights have not changed since."""
-    cache = getattr(model, "_tessera_auto_halo", None) or {}
-    weights = _fingerprint(model)
-    for (key_weights, _), found in reversed(cache.items()):
-        if key_weights == weights:
-            return found
-    return None
-
-
-def describe_auto(model) -> str | None:
-    """One line on the auto halo the model's last run used, or None if it has none."""
-    if model.config.padding == "valid":
+def describe_halo(model, setting) -> str | None:
+    """One line on the halo a run with the halo ``setting`` used: for "auto", the halo stored
+    with the model or the last one measured for its weights; None for other settings."""
+    if setting != "auto" or model.config.padding == "valid":
         return None
     entry = (getattr(model, "metadata", None) or {}).get("halo")
     if entry is not None:
@@ -291,5 +296,5 @@ def describe_auto(model) -> str | None:
         worst = (entry.get("profile") or [])[pixels : pixels + 1]
         bound = f": seams change 99.9% of probabilities by {_bound(worst[0])}" if worst else ""
         return f"halo {pixels} px (auto, stored with the model{bound})"
-    found = last_measurement(model)
+    found = AUTO_HALOS.latest(model)
     return found.describe() if found is not None else None

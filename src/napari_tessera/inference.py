@@ -8,7 +8,6 @@ into labels while only one or two slices of probabilities are in memory.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 
@@ -16,13 +15,20 @@ import numpy as np
 import torch
 
 from .axes import SliceLayout, check_channel_count, layout
+from .device import (
+    PRECISIONS,
+    autocast,
+    is_out_of_memory,
+    probabilities,
+    release_device_memory,
+    resolve_device,
+)
 from .errors import InputError
 from .normalize import check_dtype, normalize_slice
 from .options import SegmentOptions
 from .tiling import TilePlan, plan_tiles, round_up
 
 DEFAULT_CORE = 1024  # pixels kept per tile side when no tile size is given (see benchmarks)
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -57,64 +63,45 @@ class InferenceSettings:
     dtype: torch.dtype
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """ "auto" picks CUDA, then Apple MPS, then the CPU; an unavailable device is an error."""
-    if isinstance(device, torch.device):
-        return device
-    name = str(device).lower()
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError as err:
-        raise InputError(f"unknown device {device!r}; use auto, cpu, cuda or mps") from err
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("device 'cuda' asked for, but no CUDA GPU is available")
-    if dev.type == "mps" and not (
-        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
-    ):
-        raise InputError("device 'mps' asked for, but Apple MPS is not available")
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise InputError(f"unsupported device {device!r}; use auto, cpu, cuda or mps")
-    return dev
-
-
-def resolve_halo(model, halo: str | int, *, probe=None, device="cpu") -> int:
-    """Halo in pixels: "exact" = the receptive field on the pooling grid; "auto" = what the
-    network needs for seams to change 99.9% of probabilities by at most 0.01 (stored with the
-    model, or measured on ``probe()``, normalised windows of the image; see :mod:`.halo`);
-    pixels as given, rounded up to the pooling grid. ``halo`` is checked where the settings
-    are made (:class:`~napari_tessera.options.SegmentOptions`).
+def resolve_halo(model, halo: str | int) -> int:
+    """Halo in pixels: "exact" = the receptive field on the pooling grid; "auto" = the halo
+    stored with the model (one measured on an image comes from :func:`run_halo`); pixels as
+    given, rounded up to the pooling grid. ``halo`` is checked where the settings are made
+    (:class:`~napari_tessera.options.SegmentOptions`).
 
     A "valid"-padding network with transposed convolutions needs none (no padding inside it);
     with bilinear upsampling it does, because interpolation clamps at feature-map edges ("auto"
     is "exact" there).
     """
+    from .halo import stored_halo
+
     if model.config.padding == "valid" and model.config.upsampling == "transpose":
         return 0  # no padding anywhere inside: exact by construction, whatever the tile
     if halo == "exact" or (halo == "auto" and model.config.padding == "valid"):
         return model.exact_halo()
     if halo == "auto":
-        from .halo import auto_halo
+        pixels = stored_halo(model)
+        if pixels is None:
+            raise ValueError("this model's auto halo is measured on the image: see run_halo")
+        return pixels
+    return round_up(int(halo), model.size_multiple)
 
-        return auto_halo(model, probe, device=device)
-    return round_up(int(halo), model.size_multiple)  # checked by SegmentOptions
 
+def run_halo(
+    model, image, lay: SliceLayout, options: SegmentOptions, *, levels=None, fallback=True
+):
+    """``(halo in pixels, notice or None)``: the halo a run with ``options`` plans its tiles
+    with, once, before the first tile. "auto" is the model's stored halo, or measured on
+    probes of ``image`` (:data:`~napari_tessera.halo.AUTO_HALOS`); when measuring runs out of
+    memory (and ``fallback``), the exact halo and a :class:`Notice` saying so."""
+    from .halo import AUTO_HALOS, read_probes
 
-def measure_auto_halo(model, image, lay: SliceLayout, device, *, levels=None, fallback=True):
-    """``(halo in pixels, None)`` for ``halo="auto"``; when measuring runs out of memory (and
-    ``fallback``), the exact halo and a :class:`Notice` saying so."""
-    from .halo import read_probes
-
-    dev = resolve_device(device)
+    if options.halo != "auto" or model.config.padding == "valid":
+        return resolve_halo(model, options.halo), None
+    dev = resolve_device(options.device)
     try:
-        return resolve_halo(
-            model, "auto", probe=lambda: read_probes(model, image, lay, levels), device=dev
-        ), None
+        probe = lambda: read_probes(model, image, lay, levels)  # noqa: E731
+        return AUTO_HALOS.pixels(model, probe, device=dev), None
     except Exception as err:
         if not (fallback and is_out_of_memory(err)):
             raise
@@ -122,19 +109,6 @@ def measure_auto_halo(model, image, lay: SliceLayout, device, *, levels=None, fa
     # the exact halo is always right, and the tiles may still fit where the probes did not
     notice = Notice("out of memory while measuring the halo: using the exact halo")
     return resolve_halo(model, "exact"), notice
-
-
-def _autocast(device: torch.device, dtype: torch.dtype):
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def _probabilities(logits: torch.Tensor) -> torch.Tensor:
-    logits = logits.float()
-    if logits.shape[1] == 1:
-        return torch.sigmoid(logits)
-    return torch.softmax(logits, dim=1)
 
 
 def _gaussian_weight(shape: tuple[int, int], sigma_scale: float = 0.125) -> np.ndarray:
@@ -148,20 +122,16 @@ def _gaussian_weight(shape: tuple[int, int], sigma_scale: float = 0.125) -> np.n
     return np.maximum(w, 1e-3 * w.max())
 
 
-def prepare(
-    model, lay: SliceLayout, options: SegmentOptions, *, halo: str | int | None = None
-) -> InferenceSettings:
-    """Check the settings against the model and image and plan the tiles. ``halo``: the
-    halo to plan with instead of ``options.halo`` (the number an auto halo measured; "auto"
-    itself only for a model with its halo stored)."""
+def prepare(model, lay: SliceLayout, options: SegmentOptions, halo: int) -> InferenceSettings:
+    """Check the settings against the model and image and plan the tiles with ``halo``
+    pixels (from :func:`run_halo`; 0 to check the settings before it)."""
     check_channels(model, lay)
     dev = resolve_device(options.device)
     dtype = PRECISIONS[options.precision]
-    halo = options.halo if halo is None else halo
     tile_size = options.tile_size
     if dtype == torch.float16 and dev.type == "cpu":
         raise InputError("fp16 is not supported on the CPU; use fp32 or bf16")
-    h = resolve_halo(model, halo, device=dev)
+    h = resolve_halo(model, halo)
     if tile_size is None:
         tile_size = DEFAULT_CORE + 2 * h if model.config.padding == "same" else 572
     plan = plan_tiles(lay.yx, tile_size, multiple=model.size_multiple, halo=h, model=model)
@@ -184,24 +154,6 @@ def image_layout(model, image, axes: str, channels=None) -> SliceLayout:
         if stored is not None and layout(shape, axes).channels != model.config.in_channels:
             channels = stored
     return layout(shape, axes, channels)
-
-
-def is_out_of_memory(err: BaseException) -> bool:
-    """True for a device (or host) allocation failure that a smaller job may avoid."""
-    oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
-    if isinstance(err, oom):
-        return True
-    text = str(err)
-    return isinstance(err, RuntimeError) and (
-        "out of memory" in text.lower() or "can't allocate memory" in text
-    )
-
-
-def release_device_memory(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    elif device.type == "mps":
-        torch.mps.empty_cache()
 
 
 MIN_FALLBACK_CORE = 64  # kept pixels per tile side below which smaller tiles stop helping
@@ -275,16 +227,13 @@ def iter_slice_predictions(
     """
     lay = image_layout(model, image, axes, options.channels)
     check_dtype(image.dtype)
-    halo = options.halo
-    if halo == "auto":
-        # check the rest (channels, device, precision) before the network first runs
-        prepare(model, lay, options, halo=0)
-        halo, notice = measure_auto_halo(
-            model, image, lay, options.device, levels=levels, fallback=out_of_memory_fallback
-        )
-        if notice is not None:
-            yield notice
-    st = prepare(model, lay, options, halo=halo)
+    prepare(model, lay, options, 0)  # the settings first, before the network runs
+    halo, notice = run_halo(
+        model, image, lay, options, levels=levels, fallback=out_of_memory_fallback
+    )
+    if notice is not None:
+        yield notice
+    st = prepare(model, lay, options, halo)
     attempt = _Attempt(options.batch_size, st.plan, st.device, st.dtype)
     blend = options.blend
     remaining = list(range(lay.n_slices)) if slices is None else list(slices)
@@ -361,8 +310,8 @@ def _run_slices(model, image, lay, todo, attempt: _Attempt, blend, finished_tile
                 break
             x = torch.from_numpy(np.stack([b[2] for b in batch])).to(attempt.device)
             x = x.contiguous(memory_format=layout_)
-            with torch.inference_mode(), _autocast(attempt.device, attempt.dtype):
-                probs = _probabilities(net(x)).cpu().numpy()
+            with torch.inference_mode(), autocast(attempt.device, attempt.dtype):
+                probs = probabilities(net(x)).cpu().numpy()
             del x
             for (s, t, _), p in zip(batch, probs):
                 if s not in acc:
@@ -523,7 +472,7 @@ def predict_whole(model, image2d: np.ndarray, *, pad: int | None = None) -> np.n
     try:
         with torch.inference_mode():
             dev = next(model.parameters()).device
-            p = _probabilities(model(torch.from_numpy(np.ascontiguousarray(x))[None].to(dev)))
+            p = probabilities(model(torch.from_numpy(np.ascontiguousarray(x))[None].to(dev)))
     finally:
         model.train(was_training)
     return p[0, :, off : off + H, off : off + W].cpu().numpy()
@@ -550,7 +499,7 @@ def iter_segment(
     options = SegmentOptions.build(options, **settings)
     rule = split_rule(model, options)
     lay = image_layout(model, image, axes, options.channels)
-    labels = np.zeros((lay.n_slices, *lay.yx), np.uint32 if options.instances else np.uint8)
+    labels = np.zeros((lay.n_slices, *lay.yx), labels_dtype(options.instances))
     next_id = 1
     for event in iter_slice_predictions(model, image, axes=axes, options=options):
         if not isinstance(event, SliceResult):
@@ -561,9 +510,7 @@ def iter_segment(
             idx = np.unravel_index(event.index, lay.lead_shape) if lay.lead_shape else ()
             probabilities_out[(slice(None), *idx)] = prob
         labels[event.index], next_id = rule.labels(classes_from_probabilities(prob), next_id)
-    labels = labels.reshape(lay.out_shape)
-    dt = labels_dtype(int(labels.max()) if labels.size else 0)
-    return labels.astype(dt, copy=False)
+    return labels.reshape(lay.out_shape)  # typed by labels_dtype: the same in every output
 
 
 def segment(
@@ -571,7 +518,8 @@ def segment(
 ) -> np.ndarray:
     """Labels for every pixel: the class (0 = background) or, with ``instances=True``, one id
     per object (touching objects split by a distance-transform watershed, ids unique across the
-    stack). Shaped like the image without its channel axis. Settings as in
+    stack). Shaped like the image without its channel axis; ``uint8`` classes or ``uint32`` ids
+    (:func:`~napari_tessera.postprocess.labels_dtype`). Settings as in
     :func:`predict_tiled` (``options`` or keyword arguments), plus ``min_size`` (smallest
     object kept, in pixels) and ``edge_offset`` (pixels to move object edges by before objects
     are split, positive shrinks) and ``seed_depth`` (how deep a neck must be before touching

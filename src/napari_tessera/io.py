@@ -29,6 +29,13 @@ _PICKLE_HINT = (
 
 
 # -- atomic writes ------------------------------------------------------------------------------
+def check_output_folder(path: str | os.PathLike) -> None:
+    """The one check that the folder an output goes into exists."""
+    parent = Path(path).parent
+    if not parent.is_dir():
+        raise InputError(f"output folder does not exist: {parent}")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``.
@@ -37,8 +44,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     is left as it was: never a half-written file under the final name.
     """
     path = Path(path)
-    if not path.parent.is_dir():
-        raise InputError(f"output folder does not exist: {path.parent}")
+    check_output_folder(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)

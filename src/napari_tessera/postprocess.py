@@ -16,9 +16,10 @@ def classes_from_probabilities(prob: np.ndarray) -> np.ndarray:
 
     One output channel (sigmoid) means foreground probability: class 1 where it exceeds 0.5.
     """
+    dtype = labels_dtype(instances=False)
     if prob.shape[0] == 1:
-        return (prob[0] > 0.5).astype(np.uint8)
-    return np.argmax(prob, axis=0).astype(np.uint8)  # at most MAX_CLASSES = 256 classes
+        return (prob[0] > 0.5).astype(dtype)
+    return np.argmax(prob, axis=0).astype(dtype)
 
 
 #: largest edge offset accepted, in pixels
@@ -216,9 +217,48 @@ def deep_maxima(height: np.ndarray, depth: float) -> np.ndarray:
     return local_maxima(rec, connectivity=2, allow_borders=True)
 
 
-def labels_dtype(max_id: int):
-    """Smallest unsigned type that holds ``max_id`` (TIFF and napari friendly)."""
-    for dt in (np.uint8, np.uint16, np.uint32):
-        if max_id <= np.iinfo(dt).max:
-            return dt
-    return np.uint64
+CLASS_DTYPE = np.dtype(np.uint8)  # per-pixel classes: at most MAX_CLASSES = 256
+ID_DTYPE = np.dtype(np.uint32)  # instance ids
+
+
+def labels_dtype(instances: bool) -> np.dtype:
+    """The dtype of labels, the one rule for every output: :func:`napari_tessera.segment`,
+    TIFF and zarr files (the CLI, folder runs, :func:`napari_tessera.chunked.segment_to_zarr`,
+    dask workers) and the napari layers.
+
+    Per-pixel classes: ``uint8`` (at most 256 classes). Instance ids: ``uint32``, whatever
+    the number of objects. A fixed type, not the smallest that holds the largest id, because
+    ids are often written before their largest is known (a zarr output slice by slice, one
+    slice at a time in napari, whose ids continue after those of the other slices), and a
+    result must have the same type wherever it was made. Both are TIFF and napari friendly.
+    """
+    return ID_DTYPE if instances else CLASS_DTYPE
+
+
+def offset_ids(labels: np.ndarray, offset: int) -> np.ndarray:
+    """Instance ``labels`` (0 = background) with every id raised by ``offset``, as
+    :func:`labels_dtype` ids (a new array). More ids than the type holds is an error."""
+    from .errors import InputError
+
+    labels = np.asarray(labels)
+    offset = int(offset)
+    top = int(labels.max()) if labels.size else 0
+    if offset < 0 or top + offset > np.iinfo(ID_DTYPE).max:
+        raise InputError(f"too many objects: ids up to {top + offset} do not fit in {ID_DTYPE}")
+    out = labels.astype(ID_DTYPE)
+    if offset and top:
+        out[out > 0] += ID_DTYPE.type(offset)
+    return out
+
+
+def ids_after(labels: np.ndarray, stack, index: tuple) -> np.ndarray:
+    """Instance ids of one slice, labelled on its own (ids from 1), raised past the ids of
+    the other slices of ``stack``, the full labels array the slice goes into at ``index``
+    (its indices along the stack axes; ``stack`` None: no other slices), so ids stay unique
+    across the stack when slices are segmented one at a time (napari's "current slice")."""
+    offset = 0
+    if stack is not None:
+        per_slice = np.array(np.asarray(stack).max(axis=(-2, -1)))  # the largest id of each
+        per_slice[index] = 0
+        offset = int(per_slice.max()) if per_slice.size else 0
+    return offset_ids(labels, offset)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QEvent, QObject
 from superqt.utils import GeneratorWorker
 
 from ..axes import SliceLayout, check_channel_count, guess_axes, layout, parse_channels
@@ -148,6 +149,41 @@ def text_label(label) -> None:
     q.setWordWrap(True)
     q.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
     q.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+    _FitHeight(q)
+
+
+class _FitHeight(QObject):
+    """Keeps a word-wrapped QLabel's minimum height at what its text needs at its width.
+
+    A dock widget sizes its content by minimum sizes, which leave out height-for-width: a
+    status of three lines then gets one line's minimum, and the box layout squeezes the
+    other rows to make room (radio-button rows drawn as empty boxes, the loss curve, which
+    keeps its own minimum height, drawn over the rows below it).
+    """
+
+    def __init__(self, label) -> None:
+        super().__init__(label)
+        self._label = label
+        label.installEventFilter(self)
+        if label.parentWidget() is not None:  # a new text: a layout request to the row
+            label.parentWidget().installEventFilter(self)
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt API
+        kind = event.type()
+        if kind == QEvent.Type.ParentChange and obj is self._label:
+            if obj.parentWidget() is not None:
+                obj.parentWidget().installEventFilter(self)
+        elif kind in (QEvent.Type.Resize, QEvent.Type.Show, QEvent.Type.LayoutRequest):
+            self.fit()
+        return False
+
+    def fit(self) -> None:
+        q = self._label
+        if not q.isVisible() or q.width() <= 0:
+            return  # not laid out yet: its width means nothing
+        height = q.heightForWidth(q.width())
+        if height > 0 and height != q.minimumHeight():
+            q.setMinimumHeight(height)
 
 
 def while_open(method):

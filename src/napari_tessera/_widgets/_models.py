@@ -32,6 +32,18 @@ class ModelSpec:
     n_classes: int | None
     load: Callable[[], Any] | None  # None: train from scratch
     channels: tuple[int, ...] | None = None  # the image channels it was trained on, if stored
+    class_names: tuple[str, ...] | None = None  # from its metadata, if stored
+
+    @property
+    def finds_objects(self) -> bool:
+        """Its classes are objects on a background (the built-in model, a model trained on
+        painted objects): one id per object is what a user wants from it."""
+        if self.class_names is not None and [n.lower() for n in self.class_names] == [
+            "background",
+            "object",
+        ]:
+            return True
+        return self.n_classes is not None and self.n_classes <= 2
 
 
 def path_is_set(value) -> bool:
@@ -62,13 +74,23 @@ def file_spec(path) -> ModelSpec:
     path = Path(path)
     config, meta = read_model_info(path)  # header only: fast, validates the file
     return ModelSpec(
-        path.name, config.in_channels, config.n_classes, _cached_loader(path), _stored(meta)
+        path.name,
+        config.in_channels,
+        config.n_classes,
+        _cached_loader(path),
+        _stored(meta),
+        _names(meta),
     )
 
 
 def _stored(metadata) -> tuple[int, ...] | None:
     ch = (metadata or {}).get("channels")
     return tuple(int(c) for c in ch) if ch else None
+
+
+def _names(metadata) -> tuple[str, ...] | None:
+    names = (metadata or {}).get("class_names")
+    return tuple(str(n) for n in names) if isinstance(names, list | tuple) else None
 
 
 def resolve(source: str, path=None, *, for_training: bool = False) -> ModelSpec:
@@ -89,6 +111,7 @@ def resolve(source: str, path=None, *, for_training: bool = False) -> ModelSpec:
             model.config.n_classes,
             lambda: model,
             _stored(model.metadata),
+            _names(model.metadata),
         )
     elif source == FILE:
         spec = file_spec(path)

@@ -24,11 +24,13 @@ from magicgui.widgets import (
 from napari.layers import Image, Labels
 
 from ..axes import layout
+from ..device import PRECISIONS, resolve_device
 from ..errors import InputError, TesseraError
 from ..files import FileDone, FileProgress, FolderReport, iter_segment_files
-from ..inference import PRECISIONS, Notice, iter_segment, resolve_device
+from ..inference import Notice, iter_segment
 from ..io import read_image
 from ..options import SegmentOptions
+from ..postprocess import ids_after, labels_dtype
 from ..sets import expand_inputs
 from . import _models
 from ._common import (
@@ -154,16 +156,10 @@ def segment_folder_job(spec, images, folder, options: SegmentOptions, restart: b
 
 
 def halo_used(model, options: SegmentOptions) -> str:
-    """A few words on the auto halo a run used ("" for other halos)."""
-    from ..halo import last_measurement, stored_halo
+    """The line on the auto halo a run used ("" for other halos)."""
+    from ..halo import describe_halo
 
-    if options.halo != "auto" or model.config.padding == "valid":
-        return ""
-    pixels = stored_halo(model)
-    if pixels is None:
-        found = last_measurement(model)
-        pixels = found.pixels if found is not None else None
-    return f"halo {pixels} px (auto)" if pixels is not None else ""
+    return describe_halo(model, options.halo) or ""
 
 
 def _also(text: str) -> str:
@@ -191,6 +187,8 @@ class SegmentWidget(Container):
         self.last_result: SegmentResult | None = None
         self.labels_layer: Labels | None = None
         self._slice_stores: dict[str, Any] = {}  # layer name -> zarr array (lazy stacks)
+        self._output_by_hand = False  # picked by the user: no longer follows the model
+        self._output_default = "classes"
 
         self.image = ComboBox(
             label="image", choices=layer_choices(napari_viewer, Image), tooltip="image to segment"
@@ -329,6 +327,9 @@ class SegmentWidget(Container):
         self.model_file.changed.connect(self._update_info)
         self.halo.changed.connect(self._update_visibility)
         self.output.changed.connect(self._update_visibility)
+        self.output.changed.connect(self._output_picked)
+        self.model_source.changed.connect(self._default_output)
+        self.model_file.changed.connect(self._default_output)
         self.scope.changed.connect(self._update_visibility)
         self.image.changed.connect(self._update_info)
         self.axes.changed.connect(self._update_info)
@@ -338,6 +339,7 @@ class SegmentWidget(Container):
         session.changed.connect(self._on_session_model)
         self.native.destroyed.connect(self._jobs.abort)  # closing napari cancels the run
         self.native.destroyed.connect(self._forget_session)
+        self._default_output()
         self._update_visibility()
         self._update_info()
 
@@ -354,6 +356,20 @@ class SegmentWidget(Container):
         for w in (self.input_folder, self.output_folder, self.open_results):
             w.visible = folder
         self.probabilities.enabled = not folder
+
+    def _default_output(self, *_):
+        """Instances (one id per object) for a model whose classes are objects, classes for a
+        multi-class model; it follows the model chosen until the user picks an output."""
+        spec = self._spec(quiet=True)
+        if self._output_by_hand or spec is None:
+            return
+        self._output_default = "instances" if spec.finds_objects else "classes"
+        self.output.value = self._output_default
+
+    def _output_picked(self, value):
+        # napari's reset_choices sets the same value again: only another one is a choice
+        if value != self._output_default:
+            self._output_by_hand = True
 
     def _update_info(self, *_):
         """Say how the image will be read; errors here are shown inline, not as pop-ups."""
@@ -394,6 +410,7 @@ class SegmentWidget(Container):
             return
         if session.last_trained_model is not None:
             self.model_source.value = _models.SESSION
+        self._default_output()  # the new model may have other classes
         self._update_info()
 
     def _forget_session(self, *_):
@@ -646,16 +663,11 @@ class SegmentWidget(Container):
             return self._show_lazy_slice(inp, result, existing, name)
         if result.path is not None:  # a zarr array: the layer reads it lazily
             return self._put_labels(existing, values, inp, name)
-        if result.slice_index is not None and self._instances and values.any():
+        if result.slice_index is not None and self._instances:
             # ids unique across the stack: continue after the ids of the other slices
-            offset = 0
-            if existing is not None and tuple(existing.data.shape) == inp.lay.out_shape:
-                other = np.asarray(existing.data).copy()
-                other[inp.lead_tuple(result.slice_index)] = 0
-                offset = int(other.max())
-            top = offset + int(values.max())
-            dt = np.uint8 if top < 256 else np.uint16 if top < 65536 else np.uint32
-            values = np.where(values > 0, values.astype(dt) + dt(offset), 0).astype(dt)
+            same = existing is not None and tuple(existing.data.shape) == inp.lay.out_shape
+            stack = existing.data if same else None
+            values = ids_after(values, stack, inp.lead_tuple(result.slice_index))
         data = self._write(existing, inp, result, values, values.dtype)
         return self._put_labels(existing, data, inp, name)
 
@@ -674,12 +686,10 @@ class SegmentWidget(Container):
     def _show_lazy_slice(self, inp: ImageInput, result: SegmentResult, existing, name: str):
         """One slice of a lazy stack goes into a zarr array in the zarr folder (a full-size
         array in memory might not fit); further slices go into the same array."""
-        import zarr
-
-        from ..chunked import label_chunks
+        from ..chunked import put_slice, slice_store
 
         full = inp.lay.out_shape
-        dtype = np.dtype(np.uint32 if self._instances else np.uint8)
+        dtype = labels_dtype(self._instances)
         store = self._slice_stores.get(name)
         fresh = (
             store is None
@@ -690,22 +700,10 @@ class SegmentWidget(Container):
         )
         if fresh:
             path = lazy_output_path(self.zarr_folder.value, inp.name)
-            store = zarr.open_array(
-                str(path),
-                mode="w",
-                shape=full,
-                chunks=label_chunks(inp.lay),
-                dtype=dtype,
-                fill_value=0,
-            )
-            store.attrs["axes"] = inp.lay.out_axes
+            store = slice_store(path, inp.lay, self._instances)
             self._slice_stores[name] = store
-        values = result.labels
-        if self._instances:  # ids continue after those of the slices done before
-            offset = int(store.attrs.get("max_id", 0))
-            values = np.where(values > 0, values.astype(np.uint32) + np.uint32(offset), 0)
-            store.attrs["max_id"] = offset + int(result.labels.max())
-        store[inp.lead_tuple(result.slice_index)] = values.astype(dtype)
+        # instance ids continue after those of the slices done before
+        put_slice(store, inp.lead_tuple(result.slice_index), result.labels, self._instances)
         return self._put_labels(existing, store, inp, name)
 
     def _show_probability(self, inp: ImageInput, result: SegmentResult) -> Image:

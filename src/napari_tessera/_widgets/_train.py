@@ -24,8 +24,8 @@ from magicgui.widgets import (
 from napari.layers import Image, Labels, Shapes
 from napari.utils.colormaps import DirectLabelColormap
 
+from ..device import resolve_device
 from ..errors import InputError, TesseraError
-from ..inference import resolve_device
 from ..io import save_model, write_tiff
 from ..training.corrections import corrected_labels
 from ..training.data import PaintFeed, TrainImage
@@ -236,6 +236,10 @@ class TrainWidget(Container):
             widgets=[self.train_button, self.stop_button], layout="horizontal", labels=False
         )
         buttons.margins = (0, 0, 0, 0)
+        self.loss_curve = LossCurve()
+        plot = Container(labels=False)  # the curve is a row of its own, under the status line
+        plot.margins = (0, 0, 0, 0)
+        plot.native.layout().addWidget(self.loss_curve)
         self.extend(
             [
                 self.image,
@@ -262,13 +266,11 @@ class TrainWidget(Container):
                 buttons,
                 self.progress,
                 self.status,
+                plot,
                 self.save_path,
                 self.save_button,
             ]
         )
-        self.loss_curve = LossCurve()
-        # the curve sits right under the status line
-        self.native.layout().insertWidget(self.index(self.status) + 1, self.loss_curve)
         text_label(self.convention)
         text_label(self.status)
         text_label(self.pairs_info)

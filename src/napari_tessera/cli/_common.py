@@ -101,12 +101,11 @@ def arg_halo(text: str) -> str | int:
 
 
 def say_halo(model, halo) -> None:
-    if halo == "auto":
-        from ..halo import describe_auto
+    from ..halo import describe_halo
 
-        line = describe_auto(model)
-        if line:
-            warn(line)
+    line = describe_halo(model, halo)
+    if line:
+        warn(line)
 
 
 def warn(msg: str) -> None:
@@ -240,9 +239,9 @@ def _columns(stream) -> int | None:
 
 def check_output(path: Path, *inputs: Path) -> None:
     from ..errors import InputError
+    from ..io import check_output_folder
 
-    if not path.parent.is_dir():
-        raise InputError(f"output folder does not exist: {path.parent}")
+    check_output_folder(path)
     if path.is_dir():
         raise InputError(f"output is a folder, not a file: {path}")
     for inp in inputs:

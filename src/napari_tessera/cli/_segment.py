@@ -33,6 +33,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..files import iter_segment_file
 
+    if args.scheduler:
+        from ..chunked import require_distributed
+
+        require_distributed()  # an optional extra: say so before any output is made
     if _is_folder_run(args.input):
         return _segment_folder(args)
     inp, out = Path(args.input[0]), Path(args.output)
@@ -138,13 +142,13 @@ def _segment_chunked(args: argparse.Namespace, inp: Path, out: Path) -> int:
     """``tessera segment`` into a zarr array, slice by slice, here or on a dask cluster."""
     from ..chunked import is_zarr, open_image
     from ..errors import InputError
+    from ..io import check_output_folder
 
     if not is_zarr(out):
         raise InputError("--scheduler writes zarr: give an output ending in .zarr")
     if args.probabilities and not is_zarr(args.probabilities):
         raise InputError("with a .zarr output, --probabilities must name a .zarr folder too")
-    if not out.parent.is_dir():
-        raise InputError(f"output folder does not exist: {out.parent}")
+    check_output_folder(out)
     if out.exists() and inp.exists() and out.resolve() == inp.resolve():
         raise InputError(f"output {out} would overwrite an input")
     model = load_model_arg(args.model)

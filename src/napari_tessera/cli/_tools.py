@@ -14,8 +14,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     out = Path(args.output)
     check_output(out)
-    if args.depth > 1:
-        s = nuclei_stack((args.depth, args.size, args.size), seed=args.seed)
+    if args.slices > 1:
+        s = nuclei_stack((args.slices, args.size, args.size), seed=args.seed)
         axes = "ZYX"
     else:
         s = nuclei_2d((args.size, args.size), seed=args.seed)
@@ -93,7 +93,7 @@ def add_parser(sub) -> None:
     m.add_argument("-o", "--output", required=True, help="image TIFF to write")
     m.add_argument("--labels", help="also write the ground-truth instance labels here")
     m.add_argument("--size", type=arg_positive_int, default=512, help="side length in pixels")
-    m.add_argument("--depth", type=arg_positive_int, default=1, help="Z slices (1 = a 2D image)")
+    m.add_argument("--slices", type=arg_positive_int, default=1, help="Z slices (1 = a 2D image)")
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("-q", "--quiet", action="store_true")
     m.set_defaults(func=cmd_sample)

@@ -67,7 +67,6 @@ def _train(args: argparse.Namespace, ctx) -> int:
         checkpoint=str(ckpt),
         calibrate_edges=args.calibrate_edges,
         **({"surround": 0.0} if args.strokes else {}),
-        **({} if args.entropy is None else {"entropy": args.entropy}),
     )
     model = None
     if args.from_model:
@@ -203,8 +202,8 @@ def _train_pairs(args: argparse.Namespace) -> list[tuple[Path, Path]]:
 def _read_training_set(pairs, axes_arg, in_channels: int, quiet: bool):
     """The images and labels as :class:`TrainImage` items, and notes to print once the run
     has started (guessed axes; the paint of each image when there are several)."""
-    from ..errors import InputError
     from ..io import read_image
+    from ..normalize import check_finite
     from ..training import TrainImage
 
     items, notes = [], []
@@ -214,8 +213,7 @@ def _read_training_set(pairs, axes_arg, in_channels: int, quiet: bool):
         axes, note = resolve_axes(image, axes_arg, image_axes, in_channels, quiet)
         if note:
             notes.append(f"{inp.name}: {note}" if len(pairs) > 1 else note)
-        if image.dtype.kind == "f" and not np.isfinite(image).all():
-            raise InputError(f"{inp.name} contains NaN or infinite pixels")
+        check_finite(image, inp.name)
         items.append(TrainImage(image, labels, axes, inp.name))
     if len(items) > 1 and not quiet:
         painted = ", ".join(f"{it.name} {int(np.count_nonzero(it.labels)):,}" for it in items)
@@ -302,13 +300,6 @@ def add_parser(sub) -> None:
     )
     t.add_argument("--patch-size", type=arg_positive_int, help="patch side (default: auto)")
     t.add_argument("--lr", type=arg_positive_float, help="peak learning rate (default: auto)")
-    t.add_argument(
-        "--entropy",
-        type=float,
-        metavar="W",
-        help="weight of the term that asks the network to be decided about unpainted pixels "
-        "without giving them a class, e.g. 0.3 (default 0: off)",
-    )
     t.add_argument(
         "--no-edge-calibration",
         dest="calibrate_edges",

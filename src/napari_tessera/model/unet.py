@@ -163,6 +163,18 @@ class UNet(nn.Module):
         m = self.size_multiple
         return -(-self.receptive_field_radius() // m) * m
 
+    def digest(self) -> str:
+        """A short hash of the architecture and of every weight's and buffer's value: equal
+        for equal models, different after any change (in place too, e.g. ``p.data.copy_``)."""
+        import hashlib
+        import json
+
+        h = hashlib.sha256(json.dumps(self.config.to_dict(), sort_keys=True).encode())
+        for k, v in self.state_dict().items():
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
     def extra_repr(self) -> str:
         c = self.config
         return (

@@ -3,7 +3,7 @@
 from .data import PaintFeed, TrainImage
 from .labels import CONVENTION, IGNORE, make_targets
 from .loop import TrainConfig, TrainResult, TrainUpdate, iter_train, train
-from .losses import annotated_iou, segmentation_loss, unannotated_entropy
+from .losses import annotated_iou, segmentation_loss
 from .weights import border_weights
 
 __all__ = [
@@ -19,6 +19,5 @@ __all__ = [
     "iter_train",
     "make_targets",
     "segmentation_loss",
-    "unannotated_entropy",
     "train",
 ]

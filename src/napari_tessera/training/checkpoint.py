@@ -29,7 +29,6 @@ class CheckpointState:
     history: list[dict[str, Any]]
     rng_state: dict[str, Any]
     run_config: dict[str, Any]
-    ema_state: dict[str, torch.Tensor] | None = None  # the running weight average, if any
 
 
 def save_checkpoint(
@@ -46,7 +45,6 @@ def save_checkpoint(
     history: list[dict[str, Any]],
     rng_state: dict[str, Any],
     run_config: dict[str, Any],
-    ema_state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write everything needed to resume a run, atomically."""
     from safetensors.torch import save_file
@@ -56,8 +54,6 @@ def save_checkpoint(
         tensors[f"model.{k}"] = v.detach().cpu().contiguous()
     for k, v in best_state.items():
         tensors[f"best.{k}"] = v.detach().cpu().clone().contiguous()
-    for k, v in (ema_state or {}).items():
-        tensors[f"ema.{k}"] = v.detach().cpu().clone().contiguous()
     opt = optimizer.state_dict()
     opt_scalars: dict[str, dict[str, Any]] = {}
     for idx, st in opt["state"].items():
@@ -127,11 +123,6 @@ def load_checkpoint(path: str | os.PathLike) -> CheckpointState:
         raise ModelFileError(f"{path.name}: weights do not match the config") from err
     try:
         best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
-        ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
-        if ema:
-            check_weight_shapes(
-                path.name, expected_shapes(config), {k: tuple(v.shape) for k, v in ema.items()}
-            )
         opt_state: dict[int, dict[str, Any]] = {}
         for k, v in tensors.items():
             if k.startswith("opt."):
@@ -152,7 +143,6 @@ def load_checkpoint(path: str | os.PathLike) -> CheckpointState:
             history=list(state.get("history", [])),
             rng_state=state["rng_state"],
             run_config=dict(state.get("run_config", {})),
-            ema_state=ema or None,
         )
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise ModelFileError(

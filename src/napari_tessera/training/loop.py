@@ -23,15 +23,10 @@ import torch
 from .. import __version__
 from ..axes import SliceLayout, check_channel_count, parse_channels
 from ..config import UNetConfig
+from ..device import is_out_of_memory, release_device_memory, resolve_device
 from ..errors import InputError
 from ..halo import MAX_COVER_PROBES, measure_halo, read_probes
-from ..inference import (
-    is_out_of_memory,
-    predict_tiled,
-    predict_whole,
-    release_device_memory,
-    resolve_device,
-)
+from ..inference import predict_tiled, predict_whole
 from ..model import UNet
 from ..normalize import normalize_slice
 from ..postprocess import classes_from_probabilities, model_edge_offset, model_seed_depth
@@ -62,14 +57,6 @@ class TrainConfig:
     patience: stop after this many validations without improvement (None: never).
     balance: sparse labels only: every painted class weighs the same in each batch's loss,
         however many of its pixels were painted (dense labels balance per image).
-    ema: decay of a running average of the weights (and BatchNorm statistics) over the
-        steps, e.g. 0.99; validation judges the average and the run keeps it. 0 (default)
-        judges and keeps the raw weights (on the accuracy benchmark the average was within
-        noise of them: docs/benchmarks.md, "Averaged weights").
-    entropy: weight of a term that asks the network to be decided about pixels nobody
-        painted, without giving them a class (semi-supervised entropy minimisation; see
-        :func:`~napari_tessera.training.losses.unannotated_entropy`). It never calls them
-        background. Validation and the kept step use the supervised loss alone.
     calibrate_edges: after training, segment the painted slices and store with the model the
         edge offset and seed depth at which its objects best match the painted whole objects
         (see :mod:`~napari_tessera.training.edges`); segmenting applies them. False stores none.
@@ -104,8 +91,6 @@ class TrainConfig:
     w0: float = 10.0
     sigma: float = 5.0
     elastic: bool = True
-    ema: float = 0.0
-    entropy: float = 0.0
     calibrate_edges: bool = True
     surround: float = 2.0
     keep: float = 1.0
@@ -126,15 +111,11 @@ class TrainConfig:
             raise InputError(f"learning rate must be positive, got {self.lr}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise InputError(f"seed must be a non-negative integer, got {self.seed!r}")
-        if not 0 <= self.ema < 1:
-            raise InputError(f"weight average decay must be in [0, 1), got {self.ema}")
         object.__setattr__(self, "channels", parse_channels(self.channels))
         for name in ("surround", "keep"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
                 raise InputError(f"{name} must be zero or a positive number, got {v!r}")
-        if not 0 <= self.entropy < math.inf:
-            raise InputError(f"entropy weight must be zero or positive, got {self.entropy}")
         if not 0 <= self.val_fraction < 1:
             raise InputError(f"validation fraction must be in [0, 1), got {self.val_fraction}")
         for name in ("batch_size", "patch_size", "val_every", "patience"):
@@ -320,10 +301,6 @@ class _Run:
             self.history = state.history
             self.rng.bit_generator.state = state.rng_state
             self.sampler.rng = self.rng
-        # the averaged weights: what validation judges, the preview shows and the run returns
-        self.ema = _Ema(self.model, cfg.ema) if cfg.ema > 0 else None
-        if self.ema is not None and state is not None and state.ema_state:
-            self.ema.model.load_state_dict(state.ema_state)
         self.bad_validations = 0
         self.chunks = 1  # pieces each batch is split into (more after an out-of-memory error)
         self.last_validated = -1
@@ -424,10 +401,6 @@ class _Run:
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0
 
-    def current(self) -> UNet:
-        """The weights a stop now would return (before validation picks among them)."""
-        return self.ema.model if self.ema is not None else self.model
-
     def stop_reason(self) -> str | None:
         """Why the run ends before the next step, or None. Under DDP every rank decides the
         same, from agreed values only."""
@@ -467,8 +440,6 @@ class _Run:
             soft = soft[p] if soft is not None else None
         loss = self._optimise(x, y, w, soft, notices)
         self.step_no += 1
-        if self.ema is not None:
-            self.ema.update(self.model, self.step_no)
         if self.dist_ctx is not None:
             loss = ddp.mean(loss, self.device)
         record: dict[str, Any] = {
@@ -541,7 +512,7 @@ class _Run:
         accumulated), then the CPU. Each fallback is added to ``notices``."""
         while True:
             try:
-                return _train_step(
+                return train_step(
                     self.net,
                     self.opt,
                     self.scaler,
@@ -553,7 +524,6 @@ class _Run:
                     self.amp_dtype,
                     dice=self.cfg.dice,
                     balance=self.balance,
-                    entropy=self.cfg.entropy,
                     soft=soft,
                     keep=self.cfg.keep,
                 )
@@ -581,8 +551,6 @@ class _Run:
         if self.device.type != "cpu":
             self.device = torch.device("cpu")
             self.model.to(self.device)
-            if self.ema is not None:
-                self.ema.model.to(self.device)
             _optimizer_to(self.opt, self.device)
             self.amp_dtype, self.scaler = None, None
             return f"{kind} out of memory: training on the CPU"
@@ -599,7 +567,7 @@ class _Run:
         self.last_preview = time.perf_counter()
         try:
             first = self.sources[0]
-            return _preview(self.current(), first.image, first.lay, cfg.preview_slice)
+            return _preview(self.model, first.image, first.lay, cfg.preview_slice)
         except Exception as err:  # only out-of-memory errors are handled
             if not is_out_of_memory(err):
                 raise
@@ -615,9 +583,8 @@ class _Run:
         context = self.model.exact_halo()
         win = self.sampler.val_regions[0].size + 2 * context
         val_batch = max(1, (-(-self.batch // self.chunks)) * self.patch**2 // (win * win))
-        judged = self.current()
-        v_loss, v_iou = _validate(
-            judged, self.sampler, val_batch, self.device, self.cfg.dice, context, self.balance
+        v_loss, v_iou = validation_scores(
+            self.model, self.sampler, val_batch, self.device, self.cfg.dice, context, self.balance
         )
         if self.dist_ctx is not None:  # rank 0's numbers decide for every rank
             v_loss, v_iou = ddp.from_rank0((v_loss, v_iou), self.device)
@@ -626,7 +593,7 @@ class _Run:
         # at 1.0 while the model still changes, and the loss keeps telling steps apart
         score = (-v_loss, v_iou)
         if self.best.score is None or score > self.best.score:
-            self.best = _Best(copy.deepcopy(judged.state_dict()), score, self.step_no, v_iou)
+            self.best = _Best(copy.deepcopy(self.model.state_dict()), score, self.step_no, v_iou)
             return v_loss, v_iou, True
         return v_loss, v_iou, False
 
@@ -659,14 +626,13 @@ class _Run:
             self.opt,
             step=self.step_no,
             elapsed=self.elapsed(),
-            best_state=best.state if best.state is not None else self.current().state_dict(),
+            best_state=best.state if best.state is not None else self.model.state_dict(),
             best_step=best.step,
             best_val_iou=best.iou,
             best_score=best.score,
             history=self.history,
             rng_state=self.rng.bit_generator.state,
             run_config=self.run_config(),
-            ema_state=self.ema.model.state_dict() if self.ema is not None else None,
         )
 
     # -- the end ----------------------------------------------------------------------------
@@ -704,8 +670,6 @@ class _Run:
         model = self.model
         if self.best.state is not None:
             model.load_state_dict(self.best.state)
-        elif self.ema is not None:  # no validation: the latest average is the result
-            model.load_state_dict(self.ema.model.state_dict())
         syncbn = any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
         if self.net is not model and syncbn:
             plain = UNet(model.config, metadata=model.metadata)  # plain BatchNorm again
@@ -774,8 +738,6 @@ def _starting_point(cfg: TrainConfig, model: UNet | None, state):
         seed=int(rc.get("seed", cfg.seed)),
         val_fraction=float(rc.get("val_fraction", cfg.val_fraction)),
         patch_size=cfg.patch_size or rc.get("patch_size"),
-        ema=float(rc.get("ema", cfg.ema)),  # the same average as before the interruption
-        entropy=float(rc.get("entropy", cfg.entropy)),  # and the same loss
         surround=float(rc.get("surround", cfg.surround)),
         keep=float(rc.get("keep", cfg.keep)),
         channels=cfg.channels if cfg.channels is not None else rc.get("channels"),
@@ -801,7 +763,7 @@ def _network(model: UNet | None, n_classes: int, lay: SliceLayout, cfg: TrainCon
     return model
 
 
-def _train_step(
+def train_step(
     model,
     opt,
     scaler,
@@ -814,7 +776,6 @@ def _train_step(
     *,
     dice,
     balance=False,
-    entropy=0.0,
     soft=None,
     keep=0.0,
 ) -> float:
@@ -824,6 +785,10 @@ def _train_step(
     whole-batch one up to the Dice term (computed per piece) and BatchNorm batch statistics.
     ``soft``: the starting model's predictions, kept with weight ``keep`` where nothing is
     painted.
+
+    Each step of :func:`iter_train` calls ``loop.train_step`` by its module name, so a test or a
+    tool can wrap it to watch every batch (this process's share of it) and the weights before
+    each update.
     """
     opt.zero_grad(set_to_none=True)
     n = len(x)
@@ -839,9 +804,7 @@ def _train_step(
         with sync:
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 logits = model(xt)
-            loss = segmentation_loss(
-                logits.float(), yt, wt, dice=dice, balance=balance, entropy=entropy
-            )
+            loss = segmentation_loss(logits.float(), yt, wt, dice=dice, balance=balance)
             if soft is not None and keep > 0:
                 st = torch.from_numpy(soft[a : a + size]).to(device)
                 loss = loss + keep * kept_predictions(logits.float(), yt, st)
@@ -859,28 +822,6 @@ def _train_step(
     return total
 
 
-class _Ema:
-    """An exponential moving average of a network's weights and BatchNorm statistics.
-
-    After step ``t`` every floating-point tensor moves towards the network's by
-    ``1 - d_t``, ``d_t = min(decay, (1 + t) / (10 + t))``: the short memory early on keeps
-    the random initial weights from lingering in the average (integer buffers are copied).
-    """
-
-    def __init__(self, model: UNet, decay: float):
-        self.model = copy.deepcopy(model)
-        self.decay = decay
-
-    @torch.no_grad()
-    def update(self, model: UNet, step: int) -> None:
-        d = min(self.decay, (1 + step) / (10 + step))
-        for e, v in zip(self.model.state_dict().values(), model.state_dict().values()):
-            if e.is_floating_point():
-                e.lerp_(v, 1 - d)
-            else:
-                e.copy_(v)
-
-
 def _optimizer_to(opt: torch.optim.Optimizer, device: torch.device) -> None:
     for st in opt.state.values():
         for k, v in st.items():
@@ -895,7 +836,7 @@ def _class_names(n: int, mode: str) -> list[str]:
 
 
 @torch.no_grad()
-def _validate(
+def validation_scores(
     model,
     sampler: PatchSampler,
     batch: int,
@@ -904,7 +845,10 @@ def _validate(
     context: int = 0,
     balance: bool = False,
 ):
-    """Loss and IoU on the validation regions, each seen with ``context`` pixels around it."""
+    """Loss and IoU on the validation regions, each seen with ``context`` pixels around it.
+
+    Every validation of :func:`iter_train` calls ``loop.validation_scores`` by its module name
+    (a test or a tool can wrap it to see what is validated, and how)."""
     was = model.training
     model.eval()
     total_loss, n, inter, union = 0.0, 0, 0.0, 0.0

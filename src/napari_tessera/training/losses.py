@@ -1,8 +1,7 @@
 """Losses and metrics that only look at annotated pixels.
 
 Pixels whose target is ``IGNORE`` (not annotated) contribute nothing to the supervised loss:
-changing the image or the prediction there does not change it. The optional entropy term
-(:func:`unannotated_entropy`) looks at their predictions without giving them a class.
+changing the image or the prediction there does not change it.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ def segmentation_loss(
     *,
     dice: float = 1.0,
     balance: bool = False,
-    entropy: float = 0.0,
 ) -> torch.Tensor:
     """Pixel-weighted cross-entropy (BCE-with-logits for 1 output) plus a soft Dice term.
 
@@ -29,13 +27,11 @@ def segmentation_loss(
     balance: every class present in the batch weighs the same in the cross-entropy, however
         many of its pixels are annotated (the paper's class-frequency weights, per batch).
     The Dice term is ``1 - soft Dice`` of the object classes over annotated pixels.
-    entropy: weight of :func:`unannotated_entropy` (0: not-annotated pixels play no part).
     """
     mask = target != IGNORE
     n_annot = mask.sum()
     if n_annot == 0:
         return logits.sum() * 0.0
-    extra = entropy * unannotated_entropy(logits, target) if entropy > 0 else 0.0
     w = mask.float() if weight is None else weight * mask
     safe = target.clamp_min(0)
     if logits.shape[1] == 1:
@@ -57,32 +53,12 @@ def segmentation_loss(
     else:
         ce = (pix * w).sum() / w.sum().clamp_min(1e-6)
     if dice <= 0:
-        return ce + extra
+        return ce
     m = mask[:, None].float()
     inter = (prob_fg * onehot_fg * m).sum(dim=(0, 2, 3))
     denom = ((prob_fg + onehot_fg) * m).sum(dim=(0, 2, 3))
     soft_dice = (2 * inter + 1.0) / (denom + 1.0)
-    return ce + dice * (1 - soft_dice.mean()) + extra
-
-
-def unannotated_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean entropy (nats) of the predicted class distribution over not-annotated pixels.
-
-    Semi-supervised entropy minimisation (Grandvalet and Bengio, 2005): it asks the network
-    to be decided about pixels nobody painted, without saying which class they are, so it
-    treats every class alike (swapping two classes' logits leaves it unchanged). The idea is
-    that boundaries move to where pixels are few (the steep edges of objects) rather than
-    anywhere in the unpainted gap between painted objects and painted background; whether
-    that helps is measured in docs/benchmarks.md. 0 without such pixels.
-    """
-    free = (target == IGNORE).float()
-    if logits.shape[1] == 1:
-        a = logits[:, 0].abs()  # binary entropy from the logit, stable for large |z|
-        ent = F.softplus(-a) + a * torch.sigmoid(-a)
-    else:
-        logp = torch.log_softmax(logits, dim=1)
-        ent = -(logp.exp() * logp).sum(dim=1)
-    return (ent * free).sum() / free.sum().clamp_min(1.0)
+    return ce + dice * (1 - soft_dice.mean())
 
 
 def kept_predictions(

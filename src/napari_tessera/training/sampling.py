@@ -61,6 +61,9 @@ class PatchSampler:
     weights: list of float32 ``(Y, X)`` pixel weights, or None.
     soft: list of float32 ``(n_classes, Y, X)`` class probabilities to keep where nothing is
         painted (a starting model's own predictions, when fine-tuning), or None.
+    held_out: list of boolean ``(Y, X)`` masks of pixels no training window may read, on top
+        of the validation regions drawn by ``val_fraction`` (e.g. pixels kept for a separate
+        test), or None. :meth:`validation_mask` includes them.
     """
 
     def __init__(
@@ -74,6 +77,7 @@ class PatchSampler:
         rng: np.random.Generator,
         elastic: bool = True,
         soft: list[np.ndarray] | None = None,
+        held_out: list[np.ndarray] | None = None,
     ):
         self.images, self.classes, self.weights = images, classes, weights
         self.soft = soft
@@ -81,10 +85,16 @@ class PatchSampler:
         self.rng = rng
         self.elastic = elastic
         self.val_regions = self._split(val_fraction)
-        self._val_mask = [np.zeros(c.shape, bool) for c in classes]
+        if held_out is None:
+            self._val_mask = [np.zeros(c.shape, bool) for c in classes]
+        else:
+            self._val_mask = [np.array(m, bool) for m in held_out]
+            if [m.shape for m in self._val_mask] != [c.shape for c in classes]:
+                raise ValueError("held_out needs one (Y, X) mask per slice, shaped like it")
         for r in self.val_regions:
             self._val_mask[r.s][r.y0 : r.y0 + r.size, r.x0 : r.x0 + r.size] = True
         self._candidates = self._training_candidates()
+        self.last_windows: list[tuple[int, int, int]] = []
 
     # -- split -----------------------------------------------------------------------------------
     def _split(self, fraction: float) -> list[Region]:
@@ -223,14 +233,20 @@ class PatchSampler:
 
     def sample(self, n: int) -> Batch:
         """``n`` augmented patches: images ``(n, C, P, P)``, targets ``(n, P, P)``, weights
-        ``(n, P, P)`` and soft targets ``(n, K, P, P)`` where the sampler has them."""
+        ``(n, P, P)`` and soft targets ``(n, K, P, P)`` where the sampler has them.
+
+        ``last_windows`` then holds where each patch was read: ``(slice, y0, x0)``, the origin
+        of the window (the patch with ``ELASTIC_MARGIN`` pixels around it, before augmentation;
+        mirrored at the image border where it reaches past it)."""
         bg, fg = self._candidates
         xs, ys, ws, ss = [], [], [], []
+        windows = []
         for i in range(n):
             pool = fg if (i % 2 == 0 and any(len(f) for _, f in fg)) else bg
             if not any(len(p) for _, p in pool):
                 pool = fg if pool is bg else bg
             s, y0, x0 = self._place(pool)
+            windows.append((s, y0, x0))
             m = ELASTIC_MARGIN
             size = self.patch + 2 * m
             img = _window(self.images[s], y0, x0, size)
@@ -247,6 +263,7 @@ class PatchSampler:
                 ws.append(wt[crop])
             if soft is not None:
                 ss.append(soft[(slice(None), *crop)])
+        self.last_windows = windows
         return Batch(
             np.ascontiguousarray(np.stack(xs), dtype=np.float32),
             np.stack(ys).astype(np.int64),
