@@ -31,7 +31,8 @@ import numpy as np, torch, zarr
 torch.set_num_threads({threads})
 from napari_tessera.io import load_model
 from napari_tessera.models import default_model_path
-from napari_tessera.chunked import segment_to_zarr, open_image
+from napari_tessera.chunked import segment_to_zarr
+from napari_tessera.images import open_image
 from napari_tessera.inference import segment
 
 def main():
@@ -43,10 +44,14 @@ def main():
         img = np.asarray(img[...])
         labels = segment(img, model, axes=axes, device="cpu")
     else:
-        kw = dict(scheduler="local", workers={workers}) if "{mode}" == "dask" else {{}}
-        if "{mode}" == "zarr blocks":
-            kw["block_size"] = {block}
-        segment_to_zarr(model, "{src}", "{out}", axes=axes, device="cpu", **kw)
+        if "{mode}" == "dask":
+            from napari_tessera.cluster import segment_to_zarr as on_cluster
+
+            on_cluster(model, "{src}", "{out}", axes=axes, device="cpu",
+                       scheduler="local", workers={workers})
+        else:
+            block = {block} if "{mode}" == "zarr blocks" else None
+            segment_to_zarr(model, "{src}", "{out}", axes=axes, device="cpu", block_size=block)
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(dict(peak_mb=round(peak, 1), seconds=round(seconds, 1))))

@@ -3,12 +3,12 @@
 
 Each case runs in its own Python process (so peaks do not mix), which builds a uint16 image
 (a 512x512 synthetic nuclei image repeated to the size asked), records its resident memory
-(RSS) before segmenting, runs `segment` with the default settings on the CPU and records the
-peak RSS (``ru_maxrss``). "working" = peak - before: what segmenting costs on top of the image
-already in memory. What must scale with the image is the output labels (and, for one 2D
-image, the per-slice buffers); what must not scale is anything per stack slice.
+(RSS) before segmenting, runs `segment` with the default settings (or ``--halo``) on the CPU
+and records the peak RSS (``ru_maxrss``). "working" = peak - before: what segmenting costs on
+top of the image already in memory. What must scale with the image is the output labels (and,
+for one 2D image, the per-slice buffers); what must not scale is anything per stack slice.
 
-    python benchmarks/bench_memory.py --sizes 2048 4096 8192 --depths 1 4 16 \
+    python benchmarks/bench_memory.py --sizes 2048 4096 8192 --depths 1 4 16 --halo exact \
         --json benchmarks/results/memory.json
 """
 
@@ -45,7 +45,7 @@ if {depth} == 1:
     img, axes = img[0].copy(), "YX"
 before = rss_mb()
 t0 = time.perf_counter()
-labels = segment(img, model, axes=axes, device="cpu", batch_size={batch})
+labels = segment(img, model, axes=axes, device="cpu", batch_size={batch}, halo={halo!r})
 seconds = time.perf_counter() - t0
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps(dict(before_mb=round(before, 1), peak_mb=round(peak, 1),
@@ -54,8 +54,10 @@ print(json.dumps(dict(before_mb=round(before, 1), peak_mb=round(peak, 1),
 """
 
 
-def run(size: int, depth: int, width: int, batch: int, threads: int) -> dict:
-    code = CHILD.format(size=size, depth=depth, width=width, batch=batch, threads=threads)
+def run(size: int, depth: int, width: int, batch: int, threads: int, halo="auto") -> dict:
+    code = CHILD.format(
+        size=size, depth=depth, width=width, batch=batch, threads=threads, halo=halo
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -68,15 +70,17 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--halo", default="auto", help="auto, exact or pixels")
     ap.add_argument("--json")
     args = ap.parse_args()
+    halo = int(args.halo) if args.halo.isdigit() else args.halo
     rows = []
     for size in args.sizes:
         r = {
             "case": f"2D {size}x{size}",
             "size": size,
             "depth": 1,
-            **run(size, 1, args.width, args.batch_size, args.threads),
+            **run(size, 1, args.width, args.batch_size, args.threads, halo),
         }
         rows.append(r)
         print(json.dumps(r), flush=True)
@@ -86,7 +90,7 @@ def main() -> None:
             "case": f"ZYX {depth}x{s}x{s}",
             "size": s,
             "depth": depth,
-            **run(s, depth, args.width, args.batch_size, args.threads),
+            **run(s, depth, args.width, args.batch_size, args.threads, halo),
         }
         rows.append(r)
         print(json.dumps(r), flush=True)
@@ -96,6 +100,7 @@ def main() -> None:
         "threads": args.threads,
         "width": args.width,
         "batch_size": args.batch_size,
+        "halo": halo,
     }
     report(rows, env, args)
 

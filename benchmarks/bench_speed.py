@@ -15,8 +15,8 @@ settings on every repeat (best of --repeats kept, so background load hits all al
       reflect padding, sw_batch_size 1 and 4) on the same network, with the same percentile
       normalisation and softmax inside the timing.
       Also: the default with its auto halo measured inside the timed call (what a network
-      without a stored halo costs the first time), the previous default tile (512-pixel cores,
-      exact halo), a 32-px halo and bf16 autocast (approximate; fast where the CPU has bf16
+      without a stored halo costs the first time), a 512-pixel core with the exact halo,
+      a 32-px halo and bf16 autocast (approximate; fast where the CPU has bf16
       units, e.g. AMX).
   B3  end to end: segment() on the uint16 image (normalise, tile, infer, argmax) -> labels.
   B6  agreement: share of pixels whose label (argmax) equals one whole-image pass.
@@ -47,7 +47,7 @@ from _results import report  # noqa: E402  (benchmarks/, on sys.path when run)
 from napari_tessera import UNet, UNetConfig, __version__
 from napari_tessera.axes import layout
 from napari_tessera.halo import AUTO_HALOS, measure_halo, read_probes
-from napari_tessera.inference import predict_tiled, predict_whole, prepare, segment
+from napari_tessera.inference import predict_tiled, predict_whole, prepare, run_halo, segment
 from napari_tessera.model.fast import inference_copy
 from napari_tessera.normalize import normalize_slice
 from napari_tessera.options import SegmentOptions
@@ -90,7 +90,9 @@ def monai_runner(model, image: np.ndarray, sw_batch_size: int):
 
 def forward_only(model, image: np.ndarray, batch_size: int, halo):
     """B0: the fast network on ``batch_size`` default tiles; returns (run, core megapixels)."""
-    st = prepare(model, layout(image.shape, "YX"), SegmentOptions(halo=halo, device="cpu"))
+    lay = layout(image.shape, "YX")
+    options = SegmentOptions(halo=halo, device="cpu")
+    st = prepare(model, lay, options, run_halo(model, image, lay, options)[0])
     ty, tx = st.plan.tile_shape
     core = st.plan.y.core * st.plan.x.core
     fast = inference_copy(model, torch.device("cpu"))
@@ -171,10 +173,8 @@ def main() -> None:
             "B3 tessera segment (uint16 -> labels)": lambda m=model: segment(
                 image, m, device="cpu"
             ),
-            "B2 tessera core 512, exact (earlier default)": lambda m=model, h=exact_plan: (
-                predict_tiled(
-                    m, image, device="cpu", halo="exact", tile_size=512 + 2 * h.y.keep_offset
-                )
+            "B2 tessera core 512, exact": lambda m=model, h=exact_plan: predict_tiled(
+                m, image, device="cpu", halo="exact", tile_size=512 + 2 * h.y.keep_offset
             ),
             f"B2 tessera halo {args.fast_halo} (approximate)": lambda m=model: predict_tiled(
                 m, image, device="cpu", halo=args.fast_halo

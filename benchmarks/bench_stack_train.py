@@ -2,16 +2,17 @@
 """Stacks against MONAI's SliceInferer (B4) and training throughput, side by side in one run.
 
 B4: a ZYX stack (uint16 synthetic nuclei slices) through `predict_tiled(axes="ZYX")` with its
-defaults, and through `monai.inferers.SliceInferer` (roi 512, overlap 0.25, Gaussian
-blending, reflect padding, sw_batch_size 1 and 4, slicing along Z) on the same network, with
-the same per-slice percentile normalisation and softmax inside the timing.
+defaults (``--halo`` sets the halo: auto, exact or pixels), and through
+`monai.inferers.SliceInferer` (roi 512, overlap 0.25, Gaussian blending, reflect padding,
+sw_batch_size 1 and 4, slicing along Z) on the same network, with the same per-slice
+percentile normalisation and softmax inside the timing.
 
 Training: optimiser steps per second of `iter_train` (fp32 on the CPU; autocast on a GPU) for
-base widths 16 and 64, depth 4, the CPU defaults (128-pixel patches, batches of 8), no
-validation, after two warm-up steps.
+base widths 16 and 64, depth 4, 128-pixel patches (the CPU default), batches of the default
+size (4 on the CPU) or ``--train-batch``, no validation, after two warm-up steps.
 
-    python benchmarks/bench_stack_train.py --depth 8 --size 1024 --widths 16 64 \
-        --json benchmarks/results/stack_train.json
+    python benchmarks/bench_stack_train.py --depth 8 --size 1024 --widths 16 64 --halo exact \
+        --train-batch 8 --json benchmarks/results/stack_train.json
 """
 
 from __future__ import annotations
@@ -54,11 +55,17 @@ def monai_slices(model, stack: np.ndarray, sw_batch_size: int):
     return run
 
 
-def train_speed(width: int, steps: int, device: str) -> dict:
+def train_speed(width: int, steps: int, device: str, batch: int | None = None) -> dict:
     s = nuclei_2d((512, 512), seed=3)
     labels = np.where(s.labels > 0, 2, 1).astype(np.uint8)
     cfg = TrainConfig(
-        steps=steps + 2, base_channels=width, depth=4, val_fraction=0.0, device=device, seed=0
+        steps=steps + 2,
+        base_channels=width,
+        depth=4,
+        val_fraction=0.0,
+        device=device,
+        seed=0,
+        batch_size=batch,
     )
     times = []
     for u in iter_train(s.image, labels, config=cfg):
@@ -70,7 +77,7 @@ def train_speed(width: int, steps: int, device: str) -> dict:
         "seconds_per_step": round(per_step, 3),
         "steps_per_s": round(1 / per_step, 3),
         "patch": 128,
-        "batch": 8,
+        "batch": batch or "default",
     }
 
 
@@ -81,11 +88,14 @@ def main() -> None:
     ap.add_argument("--widths", type=int, nargs="+", default=[16, 64])
     ap.add_argument("--stack-widths", type=int, nargs="+", default=[16])
     ap.add_argument("--train-steps", type=int, default=10)
+    ap.add_argument("--train-batch", type=int, help="training batch (default: the device's)")
+    ap.add_argument("--halo", default="auto", help="B4 halo: auto, exact or pixels")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    halo = int(args.halo) if args.halo.isdigit() else args.halo
     rows = []
     stack = nuclei_stack((args.depth, args.size, args.size), seed=2).image
     mp = stack.size / 1e6
@@ -93,7 +103,7 @@ def main() -> None:
         model = make_network(width, 4)
         runs = {
             "B4 tessera predict_tiled ZYX": lambda m=model: predict_tiled(
-                m, stack, axes="ZYX", device="cpu"
+                m, stack, axes="ZYX", device="cpu", halo=halo
             ),
             "B4 monai SliceInferer sw_batch 1": monai_slices(model, stack, 1),
             "B4 monai SliceInferer sw_batch 4": monai_slices(model, stack, 4),
@@ -110,6 +120,7 @@ def main() -> None:
         for name in runs:
             row = {
                 "width": width,
+                "halo": halo,
                 "stack": list(stack.shape),
                 "run": name,
                 "seconds": round(best[name], 2),
@@ -122,7 +133,7 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
     for width in args.widths:
-        row = {"run": "training", **train_speed(width, args.train_steps, "cpu")}
+        row = {"run": "training", **train_speed(width, args.train_steps, "cpu", args.train_batch)}
         rows.append(row)
         print(json.dumps(row), flush=True)
     env = {

@@ -39,3 +39,17 @@ class ReadRecorder:
     def __array__(self, dtype=None, copy=None):  # a whole read is recorded as one
         self.reads.append(self.shape)
         return np.asarray(self.data, dtype=dtype)
+
+
+def stain_rgb(*colours: int, side: int = 64, seed: int = 1) -> np.ndarray:
+    """A uint8 RGB image of synthetic nuclei in the channels ``colours`` (0 red, 1 green,
+    2 blue), the others all zero: ``stain_rgb(1)`` is a single-stain (green) export. The CLI
+    and widget tests read the same images."""
+    from napari_tessera.synthetic import nuclei_2d
+
+    gray = nuclei_2d((side, side), seed=seed).image.astype(np.float64)
+    gray = (gray - gray.min()) / (gray.max() - gray.min()) * 255
+    rgb = np.zeros((side, side, 3), np.uint8)
+    for k, c in enumerate(colours):
+        rgb[..., c] = np.roll(gray, 7 * k, axis=1).astype(np.uint8)  # each stain its own
+    return rgb

@@ -108,3 +108,12 @@ def saved_threshold_model(tmp_path_factory):
     model.metadata = {"class_names": ["background", "nucleus"]}
     save_model(model, path)
     return path
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """A test that starts a dask cluster (the ``cluster`` fixture of test_chunked.py) is
+    ``slow`` even where its marker was forgotten, so ``-m "not slow"`` leaves it out."""
+    for item in items:
+        if "cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

@@ -27,8 +27,9 @@ from torch import nn
 import napari_tessera.model as model_pkg
 from _helpers import nonempty_lines, run
 from napari_tessera import ModelFileError, UNet, UNetConfig, save_model
+from napari_tessera.images import read_image, write_tiff
 from napari_tessera.inference import predict_tiled, predict_whole
-from napari_tessera.io import expected_shapes, load_model, read_image, read_model_info, write_tiff
+from napari_tessera.io import expected_shapes, load_model, read_model_info
 from napari_tessera.synthetic import nuclei_2d
 from napari_tessera.tiling import round_up
 
@@ -303,7 +304,7 @@ def test_a_zarr_larger_than_memory_is_read_lazily_but_not_whole(
 ):
     import zarr
 
-    from napari_tessera.chunked import open_image
+    from napari_tessera.images import open_image
 
     side = 2_000_000  # 14.6 TiB of float32 declared, no chunk written
     path = tmp_path / "vast.zarr"

@@ -14,18 +14,18 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "napari_tessera"
 
-CORE_MODULES = [
-    "napari_tessera",
-    "napari_tessera.cli",
-    "napari_tessera.inference",
-    "napari_tessera.io",
-    "napari_tessera.tiling",
-    "napari_tessera.postprocess",
-    "napari_tessera.synthetic",
-    "napari_tessera.models",
-    "napari_tessera._sample_data",
-]
-OPTIONAL_CORE = ["napari_tessera.training"]  # core as well, where this version has it
+
+def _modules() -> list[str]:
+    """Every module of the package, by its dotted name."""
+    out = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        out.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return out
+
+
+# the core: every module but the widgets (and the CLI's entry point, which runs on import)
+CORE_MODULES = [m for m in _modules() if "._widgets" not in m and not m.endswith("__main__")]
 FORBIDDEN = ("napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6")
 
 _PROBE = """
@@ -53,8 +53,69 @@ def _imported_gui_modules(modules: list[str]) -> list[str]:
 
 
 def test_core_imports_neither_napari_nor_qt():
-    modules = CORE_MODULES + [m for m in OPTIONAL_CORE if importlib.util.find_spec(m)]
-    assert _imported_gui_modules(modules) == []
+    assert "napari_tessera.inference" in CORE_MODULES and "napari_tessera.cli" in CORE_MODULES
+    assert _imported_gui_modules(CORE_MODULES) == []
+
+
+def _imports(path: Path, name: str) -> set[str]:
+    """The package modules ``name`` imports anywhere in it (function-local imports too)."""
+    import ast
+
+    is_package = path.name == "__init__.py"
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = name.split(".")
+                base = base[: len(base) - node.level + (1 if is_package else 0)]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            found.add(mod)
+            found |= {f"{mod}.{a.name}" for a in node.names}  # `from . import x`
+    known = set(_modules())
+    return {m for m in found if m in known and m != name and not name.startswith(m + ".")}
+
+
+def test_no_module_imports_another_that_imports_it_back():
+    """No import cycle between the package's modules, function-local imports included (a
+    package's __init__ re-exporting its submodules is not a cycle)."""
+    graph = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        graph[name] = _imports(path, name)
+    cycles = []
+    state: dict[str, int] = {}
+
+    def visit(node, trail):
+        state[node] = 1
+        for nxt in graph.get(node, ()):
+            if nxt.startswith(node + ".") or node.startswith(nxt + "."):
+                continue  # a package and its own modules
+            if state.get(nxt) == 1:
+                cycles.append(trail[trail.index(nxt) :] + [nxt])
+            elif nxt not in state:
+                visit(nxt, trail + [nxt])
+        state[node] = 2
+
+    for node in graph:
+        if node not in state:
+            visit(node, [node])
+    assert cycles == []
+
+
+def test_the_cycle_check_has_power(tmp_path, monkeypatch):
+    pkg = tmp_path / "napari_tessera"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from .b import x\n")
+    (pkg / "b.py").write_text("def f():\n    from . import a\n")
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", pkg)
+    with pytest.raises(AssertionError):
+        test_no_module_imports_another_that_imports_it_back()
 
 
 def test_the_probe_detects_gui_imports():

@@ -14,14 +14,27 @@ from _helpers import ReadRecorder as Recorder
 from _helpers import run
 from napari_tessera import chunked, segment
 from napari_tessera.axes import layout
-from napari_tessera.chunked import iter_segment_to_zarr, open_image, segment_to_zarr
-from napari_tessera.errors import InputError
+from napari_tessera.chunked import iter_segment_to_zarr, segment_to_zarr
+from napari_tessera.errors import InputError, MissingExtra
+from napari_tessera.images import open_image
 from napari_tessera.inference import Notice, Progress, prepare, resolve_halo
 from napari_tessera.io import save_model
 from napari_tessera.options import SegmentOptions
 from napari_tessera.synthetic import nuclei_stack
 
 SETTINGS = dict(tile_size=64, halo="exact", device="cpu")  # several tiles per slice
+
+
+def cluster_mod():
+    """napari_tessera.cluster (its tests skip without dask.distributed)."""
+    return pytest.importorskip("napari_tessera.cluster")
+
+
+def on_cluster(cluster, model, image, output, **kw):
+    """``segment_to_zarr`` with each slice a task on the test's cluster."""
+    return cluster_mod().segment_to_zarr(
+        model, image, output, scheduler=cluster.scheduler_address, **kw
+    )
 
 
 @pytest.fixture(scope="module")
@@ -216,6 +229,8 @@ def test_cli_segment_tiff_to_zarr_and_zarr_to_tiff(model, stack, tmp_path, capsy
     ],
 )
 def test_cli_zarr_bad_input_is_one_line(model, stack, tmp_path, capsys, extra, needle):
+    if "--scheduler" in extra:  # without dask.distributed it first says how to install it
+        pytest.importorskip("distributed")
     mpath = save_model(model, tmp_path / "m.safetensors")
     np.save(tmp_path / "s.npy", stack)
     extra = [a.format(d=tmp_path) for a in extra]
@@ -256,13 +271,13 @@ def test_cluster_run_equals_single_process(model, stack, tmp_path, cluster, inst
         instances=instances,
         **SETTINGS,
     )
-    there = segment_to_zarr(
+    there = on_cluster(
+        cluster,
         model,
         tmp_path / "s.tif",  # workers open the file themselves
         tmp_path / "there.zarr",
         axes="ZYX",
         instances=instances,
-        scheduler=cluster.scheduler_address,
         **SETTINGS,
     )
     np.testing.assert_array_equal(read_zarr(there), read_zarr(here))
@@ -273,12 +288,12 @@ def test_cluster_run_equals_single_process(model, stack, tmp_path, cluster, inst
 
 @pytest.mark.slow
 def test_cluster_run_from_an_array_in_memory(model, stack, tmp_path, cluster):
-    out = segment_to_zarr(
+    out = on_cluster(
+        cluster,
         model,
         stack,
         tmp_path / "l.zarr",
         axes="ZYX",
-        scheduler=cluster.scheduler_address,
         **SETTINGS,
     )
     np.testing.assert_array_equal(read_zarr(out), segment(stack, model, axes="ZYX", **SETTINGS))
@@ -289,12 +304,12 @@ def test_cluster_errors_reach_the_caller_as_one_line(model, stack, tmp_path, clu
     bad = stack.astype(np.float32)
     bad[4, 10, 10] = np.nan
     with pytest.raises(InputError, match="contains NaN"):
-        segment_to_zarr(
+        on_cluster(
+            cluster,
             model,
             bad,
             tmp_path / "l.zarr",
             axes="ZYX",
-            scheduler=cluster.scheduler_address,
             **SETTINGS,
         )
     assert not (tmp_path / "l.zarr").exists()
@@ -306,6 +321,7 @@ def test_without_distributed_scheduler_says_how_to_install_it(
     """dask.distributed is an optional extra: without it --scheduler is a one-line error that
     names the extra, before anything is written, and zarr output in one process still works."""
     monkeypatch.setitem(sys.modules, "distributed", None)  # `import distributed` now fails
+    monkeypatch.delitem(sys.modules, "napari_tessera.cluster", raising=False)  # imported anew
     mpath = save_model(model, tmp_path / "m.safetensors")
     tifffile.imwrite(tmp_path / "s.tif", stack, metadata={"axes": "ZYX"})
     tifffile.imwrite(tmp_path / "t.tif", stack[:2], metadata={"axes": "ZYX"})
@@ -319,8 +335,8 @@ def test_without_distributed_scheduler_says_how_to_install_it(
         lines = [ln for ln in err.splitlines() if ln.strip()]
         assert len(lines) == 1 and 'pip install "napari-tessera[distributed]"' in lines[0], err
     assert not (tmp_path / "l.zarr").exists() and not (tmp_path / "labels").exists()
-    with pytest.raises(InputError, match=r"napari-tessera\[distributed\]"):
-        chunked.open_client("local", 1)
+    with pytest.raises(MissingExtra, match=r"napari-tessera\[distributed\]"):
+        import napari_tessera.cluster  # noqa: F401
     argv = ["segment", tmp_path / "s.tif", "-o", tmp_path / "l.zarr", "--model", mpath, "-q"]
     code, _, err = run(argv, capsys)
     assert code == 0, err
@@ -329,8 +345,7 @@ def test_without_distributed_scheduler_says_how_to_install_it(
 
 @pytest.mark.slow
 def test_local_cluster_listens_on_localhost_only():
-    pytest.importorskip("distributed")
-    client, cluster, threads = chunked.open_client("local", 1)
+    client, cluster, threads = cluster_mod().open_client("local", 1)
     try:
         assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
         workers = client.scheduler_info()["workers"]
@@ -476,20 +491,14 @@ def test_blocks_on_a_cluster_equal_blocks_here(loud, tmp_path, cluster):
     tifffile.imwrite(tmp_path / "s.tif", img, metadata={"axes": "ZYX"})
     kw = dict(axes="ZYX", block_size=48, **SETTINGS)
     here = segment_to_zarr(loud, tmp_path / "s.tif", tmp_path / "here.zarr", **kw)
-    there = segment_to_zarr(
-        loud, tmp_path / "s.tif", tmp_path / "there.zarr", scheduler=cluster.scheduler_address, **kw
-    )
-    mem = segment_to_zarr(
-        loud, img, tmp_path / "mem.zarr", scheduler=cluster.scheduler_address, **kw
-    )
+    there = on_cluster(cluster, loud, tmp_path / "s.tif", tmp_path / "there.zarr", **kw)
+    mem = on_cluster(cluster, loud, img, tmp_path / "mem.zarr", **kw)
     np.testing.assert_array_equal(read_zarr(there), read_zarr(here))
     np.testing.assert_array_equal(read_zarr(mem), read_zarr(here))
     # an edge offset goes to the workers too (the model they load carries none)
     kw["edge_offset"] = 2.0
     here = segment_to_zarr(loud, img, tmp_path / "here2.zarr", **kw)
-    there = segment_to_zarr(
-        loud, img, tmp_path / "there2.zarr", scheduler=cluster.scheduler_address, **kw
-    )
+    there = on_cluster(cluster, loud, img, tmp_path / "there2.zarr", **kw)
     np.testing.assert_array_equal(read_zarr(there), read_zarr(here))
     assert (read_zarr(here) != read_zarr(mem)).mean() > 0.01
 
@@ -551,12 +560,12 @@ def test_blocks_of_several_chunks_on_a_cluster_equal_the_whole_plane(
     kw = dict(axes="ZYX", tile_size=128, halo="exact", device="cpu")
     ref = segment(img, loud, **kw)
     assert len(np.unique(ref)) == 3
-    out = segment_to_zarr(
+    out = on_cluster(
+        cluster,
         loud,
         img,
         tmp_path / "c.zarr",
         block_size=block_size,
-        scheduler=cluster.scheduler_address,
         **kw,
     )
     got = zarr.open_array(str(out), mode="r")
@@ -595,15 +604,17 @@ def test_probabilities_go_to_zarr_too_here_in_blocks_and_on_a_cluster(loud, tmp_
 
     img = nuclei_stack((2, 150, 130), seed=8).image
     ref = predict_tiled(loud, img, axes="ZYX", **SETTINGS)
+    here = lambda *a, **kw: segment_to_zarr(*a, **kw)  # noqa: E731
+    there = lambda *a, **kw: on_cluster(cluster, *a, **kw)  # noqa: E731
     runs = {
-        "slices": {},
-        "blocks": {"block_size": 48},
-        "cluster": {"block_size": 48, "scheduler": cluster.scheduler_address},
+        "slices": (here, None),
+        "blocks": (here, 48),
+        "cluster": (there, 48),
     }
-    for name, extra in runs.items():
+    for name, (run_it, block) in runs.items():
         prob = tmp_path / f"{name}_p.zarr"
-        kw = dict(axes="ZYX", probabilities=prob, **extra, **SETTINGS)
-        segment_to_zarr(loud, img, tmp_path / f"{name}.zarr", **kw)
+        kw = dict(axes="ZYX", probabilities=prob, block_size=block, **SETTINGS)
+        run_it(loud, img, tmp_path / f"{name}.zarr", **kw)
         got = zarr.open_array(str(prob), mode="r")
         assert got.shape == ref.shape and got.attrs["axes"] == "CZYX", name
         np.testing.assert_allclose(np.asarray(got[...]), ref, atol=1e-5, err_msg=name)

@@ -17,8 +17,9 @@ import torch
 import napari_tessera.models
 from _helpers import nonempty_lines, run
 from napari_tessera import UNet, cli
+from napari_tessera.images import read_image, write_tiff
 from napari_tessera.inference import segment
-from napari_tessera.io import load_model, read_image, write_tiff
+from napari_tessera.io import load_model
 
 SIZE = 96
 

@@ -175,7 +175,7 @@ def test_loading_a_pickle_model_names_the_conversion_command(net, tmp_path):
 
 
 def test_cli_converts_and_segment_uses_the_result(net, tmp_path, capsys):
-    from napari_tessera.io import read_image, write_tiff
+    from napari_tessera.images import read_image, write_tiff
 
     torch.save(net.state_dict(), tmp_path / "trusted.pt")
     out = tmp_path / "m.safetensors"

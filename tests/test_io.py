@@ -15,14 +15,8 @@ from safetensors.torch import save_file
 
 import napari_tessera.model as model_pkg
 from napari_tessera import InputError, ModelFileError, Normalization, UNet, UNetConfig
-from napari_tessera.io import (
-    atomic_path,
-    load_model,
-    read_image,
-    read_model_info,
-    save_model,
-    write_tiff,
-)
+from napari_tessera.images import atomic_path, read_image, write_tiff
+from napari_tessera.io import load_model, read_model_info, save_model
 
 META = {
     "class_names": ["background", "nucleus", "membrane"],

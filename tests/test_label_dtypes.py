@@ -12,7 +12,8 @@ from _helpers import run
 from napari_tessera import chunked, segment
 from napari_tessera.axes import layout
 from napari_tessera.errors import InputError
-from napari_tessera.io import load_model, read_image
+from napari_tessera.images import read_image
+from napari_tessera.io import load_model
 from napari_tessera.postprocess import ids_after, labels_dtype, offset_ids
 from napari_tessera.synthetic import nuclei_stack
 

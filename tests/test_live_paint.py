@@ -46,6 +46,7 @@ def object_probability(model, img, where: np.ndarray) -> float:
     return float(prob[1][where].mean())
 
 
+@pytest.mark.slow
 def test_painting_posted_during_a_run_changes_what_it_learns(nuclei):
     """A run told, after its first round, that the nuclei are background and the space
     between them the object learns the new painting; the same run without the post learns

@@ -196,7 +196,8 @@ def _drain_events(gen):
 
 def test_cli_segment_reports_each_fallback_step(tmp_path, monkeypatch, capsys):
     from napari_tessera import cli
-    from napari_tessera.io import read_image, save_model, write_tiff
+    from napari_tessera.images import read_image, write_tiff
+    from napari_tessera.io import save_model
     from napari_tessera.model.unet import UNet
     from napari_tessera.synthetic import nuclei_2d
 

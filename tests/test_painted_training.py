@@ -116,6 +116,7 @@ def _start_and_paint():
     return start, b, lab
 
 
+@pytest.mark.slow
 def test_fine_tuning_keeps_the_start_where_nothing_is_painted():
     start, b, lab = _start_and_paint()
     before = predict_tiled(start, b.image, device="cpu", halo="exact")[1]

@@ -32,7 +32,7 @@ from _helpers import ReadRecorder  # noqa: E402
 from napari_tessera import UNet, UNetConfig, load_model, save_model  # noqa: E402
 from napari_tessera._sample_data import sparse_annotations  # noqa: E402
 from napari_tessera._widgets import SegmentWidget, TrainWidget, _common, _train, session  # noqa: E402  # noqa: E402
-from napari_tessera.io import read_image  # noqa: E402
+from napari_tessera.images import read_image  # noqa: E402
 from napari_tessera.synthetic import nuclei_2d  # noqa: E402
 
 pytestmark = pytest.mark.gui

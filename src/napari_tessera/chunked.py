@@ -32,8 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from .axes import SliceLayout, normalize_axes
+from .axes import SliceLayout
 from .errors import InputError
+from .images import Box, check_output_folder, is_zarr, lazy_levels, open_image, read_region
 from .inference import (
     Notice,
     Progress,
@@ -46,8 +47,7 @@ from .inference import (
     run_halo,
     split_rule,
 )
-from .io import check_output_folder
-from .normalize import check_dtype, slice_levels
+from .normalize import check_dtype
 from .options import SegmentOptions
 from .postprocess import (
     SplitRule,
@@ -56,130 +56,11 @@ from .postprocess import (
     offset_ids,
     shift_edges,
 )
-from .tiling import mirror_indices, round_up
+from .tiling import round_up
 
 PARTIAL = ".partial"
 _STATE = ".tessera-run.json"  # settings of the run that made a partial output
 _DONE = ".tessera-done"  # one small file per finished slice: its object count
-
-
-# -- lazy inputs --------------------------------------------------------------------------------
-def is_zarr(path: str | os.PathLike) -> bool:
-    return Path(path).suffix.lower() == ".zarr"
-
-
-def open_image(path: str | os.PathLike) -> tuple[Any, str | None]:
-    """Open an image without reading its pixels: ``(array-like, axes or None)``.
-
-    zarr arrays and OME-Zarr images (their full-resolution level) are opened as zarr arrays,
-    TIFFs through tifffile's zarr interface (pages, strips or tiles read on demand), ``.npy``
-    memory-mapped. Slicing the result reads only what the slice needs.
-
-    A .npy or TIFF whose header declares data the file does not hold (truncated or hostile), and
-    an array whose every chunk is larger than this machine's memory, are refused here with an
-    :class:`InputError`, before any pixel is read.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"input file not found: {path}")
-    suffix = path.suffix.lower()
-    if suffix == ".zarr":
-        return _open_zarr(path)
-    if path.is_dir():
-        raise InputError(f"input is a folder, not an image file: {path}")
-    if suffix == ".npy":
-        from .io import check_npy
-
-        check_npy(path)
-        try:
-            return np.load(path, mmap_mode="r", allow_pickle=False), None
-        except (ValueError, OSError) as err:
-            raise InputError(f"{path.name} is not a readable .npy image: {err}") from err
-    return _open_tiff(path)
-
-
-def _letters(names: list[str]) -> str | None:
-    axes = "".join(str(n) for n in names).upper()
-    if len(axes) != len(names) or set(axes) - set("TZCYX") or len(set(axes)) != len(axes):
-        return None
-    return axes
-
-
-def _open_zarr(path: Path) -> tuple[Any, str | None]:
-    import zarr
-
-    try:
-        node = zarr.open(str(path), mode="r")
-    except Exception as err:  # zarr raises several types for a store it cannot read
-        raise InputError(f"{path.name} is not a readable zarr store ({err})") from err
-    if isinstance(node, zarr.Array):
-        names = node.attrs.get("axes") or node.attrs.get("_ARRAY_DIMENSIONS")
-        axes = _letters(list(names)) if names else None
-        _check_chunks(path, node)
-        return node, axes
-    attrs = dict(node.attrs)
-    multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
-    if not multiscales:
-        raise InputError(
-            f"{path.name} is a zarr group without OME-Zarr 'multiscales'; "
-            "give the path of its image array"
-        )
-    ms = multiscales[0]
-    try:
-        array = node[ms["datasets"][0]["path"]]
-    except (KeyError, IndexError) as err:
-        raise InputError(f"{path.name}: its OME-Zarr metadata names no readable level") from err
-    names = [a["name"] if isinstance(a, dict) else a for a in ms.get("axes", [])]
-    axes = _letters(names) if len(names) == array.ndim else None
-    _check_chunks(path, array)
-    return array, axes
-
-
-def _check_chunks(path: Path, array) -> None:
-    """Refuse an array whose chunks (the least that can be read of it) do not fit in memory."""
-    from .io import _array_text, _nbytes_text, physical_memory
-
-    try:
-        chunks = array.chunks
-    except (AttributeError, NotImplementedError, TypeError, ValueError):  # no regular grid
-        return
-    memory = physical_memory()
-    if not chunks or memory is None:
-        return
-    if math.prod(int(c) for c in chunks) * np.dtype(array.dtype).itemsize > memory:
-        raise InputError(
-            f"{path.name}: its {_array_text(array.shape, array.dtype)} image is stored in "
-            f"chunks of {'x'.join(str(int(c)) for c in chunks)}, each more than this machine's "
-            f"memory ({_nbytes_text(memory)})"
-        )
-
-
-def _open_tiff(path: Path) -> tuple[Any, str | None]:
-    import struct
-
-    import tifffile
-    import zarr
-
-    from .io import check_tiff_data
-
-    try:
-        with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            check_tiff_data(path, series)
-            axes = normalize_axes(series.axes.upper())
-            shape = series.shape
-        store = tifffile.imread(path, aszarr=True)
-        array = zarr.open(store, mode="r")
-    except InputError:
-        raise
-    except (tifffile.TiffFileError, ValueError, IndexError, OSError, struct.error) as err:
-        raise InputError(f"{path.name} is not a readable TIFF image ({err})") from err
-    if not isinstance(array, zarr.Array):  # a pyramid: level 0
-        array = array["0"]
-    _check_chunks(path, array)
-    if len(axes) != len(shape) or set(axes) - set("TZCYX"):
-        axes = None
-    return array, axes
 
 
 # -- the output store ---------------------------------------------------------------------------
@@ -244,8 +125,6 @@ def fit_block(block_size: int, multiple: int) -> int:
 AUTO_BLOCK_PIXELS = 8192 * 8192  # class labels of planes larger than this are made in blocks
 DEFAULT_BLOCK = 4096
 
-Box = tuple[int, int, int, int]  # y0, y1, x0, x1 of a block's kept core
-
 
 def block_margin(model, halo, edge_offset: float = 0.0) -> int:
     """Context read around a block: the halo, plus the pixels an edge offset looks across,
@@ -290,32 +169,6 @@ def plan_blocks(lay: SliceLayout, block: int) -> list[Box]:
         for y in range(0, h, block)
         for x in range(0, w, block)
     ]
-
-
-def read_region(image, lay: SliceLayout, s: int, box: Box, margin: int) -> np.ndarray:
-    """Block ``box`` of slice ``s`` with ``margin`` pixels of context, ``(C, y, x)``: reads
-    only the rows and columns needed, mirrored at the image border as the tiler mirrors."""
-    y0, y1, x0, x1 = box
-    h, w = lay.yx
-    iy = mirror_indices(y0 - margin, y1 + margin, h)
-    ix = mirror_indices(x0 - margin, x1 + margin, w)
-    ylo, xlo = int(iy.min()), int(ix.min())
-    rows, cols = slice(ylo, int(iy.max()) + 1), slice(xlo, int(ix.max()) + 1)
-    data = np.asarray(lay.region_view(image, s, rows, cols))
-    return data[:, iy - ylo][:, :, ix - xlo]
-
-
-def lazy_levels(image, lay: SliceLayout, s: int, norm) -> list[tuple[float, float]]:
-    """Whole-slice intensity levels of slice ``s``, read as a strided subsample."""
-    if isinstance(image, np.ndarray):
-        return slice_levels(lay.slice_view(image, s), norm)
-    import dask
-    import dask.array as da
-
-    chunks = getattr(image, "chunks", "auto")
-    image = image if isinstance(image, da.Array) else da.from_array(image, chunks=chunks)
-    with dask.config.set(scheduler="synchronous"):  # here, a chunk at a time (not a cluster)
-        return slice_levels(lay.slice_view(image, s), norm)
 
 
 def unit_labels(model, data, box, margin, levels, rule: SplitRule, options, plane=None):
@@ -523,44 +376,69 @@ def slice_labels(prob: np.ndarray, rule: SplitRule) -> tuple[np.ndarray, int]:
 
 
 # -- the work -----------------------------------------------------------------------------------
+@dataclass
+class ZarrRun:
+    """A zarr run checked and planned, its output open: what is left is to run ``todo``."""
+
+    model: Any
+    image: Any  # the array (a file opened lazily)
+    source: str | None  # the file it was opened from (workers of a cluster open it too)
+    lay: SliceLayout
+    options: SegmentOptions  # with the halo as a number: every slice, block and worker's
+    rule: SplitRule
+    out: ZarrOutput
+    block: int  # block side (0: whole slices)
+    margin: int  # context read around a block
+    keys: list[str]  # every unit's record key, in order
+    todo: list[tuple[int, Box | None]]  # the units not done yet: (slice, block or None)
+
+    def finish(self) -> Path:
+        return self.out.finish(self.options.instances, self.keys)
+
+
 def iter_segment_to_zarr(
     model,
     image,
     output: str | os.PathLike,
     *,
-    axes: str = "YX",
+    axes: str | None = "YX",
     options: SegmentOptions | None = None,
     resume: bool = True,
-    scheduler: str | None = None,
-    workers: int | None = None,
     block_size: int | None = None,
     probabilities: str | os.PathLike | None = None,
     **settings,
 ) -> Generator[Progress | Notice, None, Path]:
-    """Segment ``image`` slice by slice into the zarr array ``output``; yields progress.
+    """Segment ``image`` slice by slice into the zarr array ``output``, in this process;
+    yields progress. (:mod:`napari_tessera.cluster` runs the same on a dask cluster.)
 
     ``image``: a numpy, zarr or dask array, or the path of a TIFF, zarr/OME-Zarr or .npy file
-    (opened lazily; on a cluster the workers open it themselves, so it must be on a file
-    system they share). ``scheduler``: None (this process), ``"local"`` (a dask LocalCluster
-    of ``workers`` processes bound to 127.0.0.1) or the address of a running dask scheduler.
+    (opened lazily; ``axes`` None: the file's own).
     ``block_size``: split each 2D plane into blocks of this side (class labels only; None:
     automatic for planes over 8192x8192 pixels, 0: never), so a plane need not fit in memory.
     ``probabilities``: also write the class probabilities ``(n_classes, *lead, Y, X)``,
     float32, to this zarr array, alongside the labels.
     ``options`` (or its fields as keyword arguments): the settings, as in
-    :func:`napari_tessera.segment`. Returns the output path.
-    Results are the same in every mode and equal to :func:`napari_tessera.segment` (with the
-    default auto halo, blocks of large planes differ from whole slices only as much as tile
-    seams do; with ``halo="exact"`` they are equal).
+    :func:`napari_tessera.segment`. An interrupted run with the same settings resumes
+    (``resume=False`` starts over). Returns the output path.
+    Results equal :func:`napari_tessera.segment` (with the default auto halo, blocks of large
+    planes differ from whole slices only as much as tile seams do; with ``halo="exact"`` they
+    are equal).
     """
     options = SegmentOptions.build(options, **settings)
-    output = Path(output)
-    if not is_zarr(output):
-        raise InputError(f"the output must be a .zarr folder, got {output.name}")
+    run = yield from plan_zarr_run(
+        model, image, output, axes, options, resume, block_size, probabilities
+    )
+    if run.block:
+        yield from _run_blocks_here(run)
+    else:
+        yield from _run_here(run)
+    return run.finish()
+
+
+def _check_outputs(output: Path, prob_out: Path | None) -> None:
+    """Zarr outputs that may be written: never a file or a folder that is not a zarr array
+    (they are replaced at the end), never the labels' own folder for the probabilities."""
     check_output_folder(output)
-    if scheduler is not None:
-        require_distributed()
-    prob_out = Path(probabilities) if probabilities is not None else None
     for path in (output, prob_out):
         if path is None:
             continue
@@ -568,34 +446,43 @@ def iter_segment_to_zarr(
             raise InputError(f"the output must be a .zarr folder, got {path.name}")
         if path.exists() and not (
             path.is_dir() and ((path / "zarr.json").is_file() or (path / ".zarray").is_file())
-        ):  # replaced at the end: never a file or a folder that is not a zarr array
+        ):
             raise InputError(f"output {path} exists and is not a zarr array; choose another name")
     if prob_out is not None and prob_out.resolve() == output.resolve():
         raise InputError("the probabilities need another folder than the labels")
+
+
+def plan_zarr_run(
+    model, image, output, axes, options: SegmentOptions, resume, block_size, probabilities,
+    remote: bool = False,
+):  # fmt: skip
+    """Check everything, measure an auto halo once and open the output (resuming a partial
+    one); yields notices, returns the :class:`ZarrRun`. ``remote``: the slices run elsewhere
+    (a cluster), so this process checks the settings on the CPU."""
+    output = Path(output)
+    prob_out = Path(probabilities) if probabilities is not None else None
+    _check_outputs(output, prob_out)
     source = None
     if isinstance(image, (str, os.PathLike)):
         source = str(Path(image).resolve())
         if Path(source) == output.resolve():
             raise InputError(f"output {output} would overwrite the input")
         image, file_axes = open_image(image)
-        if axes is None:
-            axes = file_axes
+        axes = axes or file_axes
     if axes is None:
         raise InputError("pass axes (e.g. 'ZYX') for this image")
     lay = image_layout(model, image, axes, options.channels)
     check_dtype(image.dtype)
     check_channels(model, lay)
-    # settings are checked here (tile size against halo, device) before anything is written;
-    # an auto halo is measured here once, and every slice, block and worker uses that number
-    here = options if scheduler is None else replace(options, device="cpu")
-    prepare(model, lay, here, 0)  # the other settings first
+    # the settings are checked (tile size against halo, device) before anything is written
+    here = replace(options, device="cpu") if remote else options
+    prepare(model, lay, here, 0)
     halo, notice = run_halo(model, image, lay, here)
     if notice is not None:
         yield notice
-    st = prepare(model, lay, here, halo)
+    halo = prepare(model, lay, here, halo).halo
     block = choose_block(block_size, lay, model, options.halo, options.instances)
-    options = replace(options, halo=st.halo)  # the number every slice, block and worker uses
-    halo = st.halo
+    options = replace(options, halo=halo)
     rule = split_rule(model, options)
     state = _run_state(model, lay, rule, options, block)
     state["probabilities"] = str(prob_out.resolve()) if prob_out is not None else None
@@ -617,27 +504,23 @@ def iter_segment_to_zarr(
     elif out.resumed:
         yield Notice(f"resuming: {out.resumed} of {len(units)} {what} already done")
     finished = out.done().keys()
-    todo = [u for u, k in zip(units, keys) if k not in finished]
+    todo = [u for u, k in zip(units, keys, strict=True) if k not in finished]
     margin = block_margin(model, halo, rule.edge_offset) if block else 0
-    if scheduler is not None:
-        prob_path = str(out.prob_partial) if out.prob is not None else None
-        job = UnitJob(rule, options, margin, lay, str(out.partial), prob_path, state["model"])
-        yield from _run_on_cluster(model, image, source, out, todo, job, scheduler, workers)
-    elif block:
-        yield from _run_blocks_here(model, image, lay, out, todo, margin, rule, options)
-    else:
-        slices = [u[0] for u in todo]
-        yield from _run_here(model, image, lay, out, slices, rule, options)
-    return out.finish(options.instances, keys)
+    return ZarrRun(model, image, source, lay, options, rule, out, block, margin, keys, todo)
 
 
-def _run_here(model, image, lay, out: ZarrOutput, todo, rule: SplitRule, options):
-    if not todo:
+def _run_here(run: ZarrRun):
+    """Whole slices, one after the other."""
+    slices = [s for s, _ in run.todo]
+    if not slices:
         return
-    opts = replace(options, channels=lay.pick)
-    for event in iter_slice_predictions(model, image, axes=lay.axes, options=opts, slices=todo):
+    lay, out = run.lay, run.out
+    opts = replace(run.options, channels=lay.pick)
+    for event in iter_slice_predictions(
+        run.model, run.image, axes=lay.axes, options=opts, slices=slices
+    ):
         if isinstance(event, SliceResult):
-            labels, count = slice_labels(event.probabilities, rule)
+            labels, count = slice_labels(event.probabilities, run.rule)
             out.array[unit_index(lay, event.index, None)] = labels
             if out.prob is not None:
                 out.prob[(slice(None), *unit_index(lay, event.index, None))] = event.probabilities
@@ -646,14 +529,17 @@ def _run_here(model, image, lay, out: ZarrOutput, todo, rule: SplitRule, options
             yield event
 
 
-def _run_blocks_here(model, image, lay, out: ZarrOutput, todo, margin, rule: SplitRule, options):
+def _run_blocks_here(run: ZarrRun):
+    """Blocks of large planes, one after the other, each with the whole plane's levels."""
+    model, lay, out = run.model, run.lay, run.out
+    rule = replace(run.rule, instances=False)
     levels: dict[int, list] = {}
-    for k, (s, box) in enumerate(todo, 1):
+    for k, (s, box) in enumerate(run.todo, 1):
         if s not in levels:
-            levels = {s: lazy_levels(image, lay, s, model.config.normalization)}
-        data = read_region(image, lay, s, box, margin)
+            levels = {s: lazy_levels(run.image, lay, s, model.config.normalization)}
+        data = read_region(run.image, lay, s, box, run.margin)
         labels, _, notices, prob = unit_labels(
-            model, data, box, margin, levels[s], replace(rule, instances=False), options, lay.yx
+            model, data, box, run.margin, levels[s], rule, run.options, lay.yx
         )
         out.array[unit_index(lay, s, box)] = labels
         if out.prob is not None:
@@ -661,7 +547,7 @@ def _run_blocks_here(model, image, lay, out: ZarrOutput, todo, margin, rule: Spl
         out.mark_done(unit_key(s, box), 0)
         for text in notices:
             yield Notice(text)
-        yield Progress(k, len(todo))
+        yield Progress(k, len(run.todo))
 
 
 def segment_to_zarr(model, image, output, **kwargs) -> Path:
@@ -669,128 +555,3 @@ def segment_to_zarr(model, image, output, **kwargs) -> Path:
     from .inference import drain
 
     return drain(iter_segment_to_zarr(model, image, output, **kwargs))
-
-
-# -- dask.distributed ---------------------------------------------------------------------------
-
-
-def model_bytes(model) -> bytes:
-    from .io import save_model
-
-    with tempfile.TemporaryDirectory() as d:
-        path = save_model(model, Path(d) / "model.safetensors")
-        return path.read_bytes()
-
-
-def require_distributed() -> None:
-    """A one-line error saying how to install dask.distributed (``--scheduler`` needs it)."""
-    try:
-        import distributed  # noqa: F401
-    except ImportError as err:
-        raise InputError(
-            '--scheduler needs dask.distributed: pip install "napari-tessera[distributed]"'
-        ) from err
-
-
-def open_client(scheduler: str, workers: int | None = None):
-    """``(client, cluster or None, torch threads per worker or None)``.
-
-    ``"local"``: a LocalCluster of ``workers`` single-threaded processes on this machine,
-    listening on 127.0.0.1 only (no dashboard). Anything else: the address of a running
-    scheduler (e.g. ``tcp://10.0.0.5:8786``), which the user names and so chooses to expose.
-    """
-    require_distributed()
-    from distributed import Client, LocalCluster
-
-    if scheduler == "local":
-        cores = os.cpu_count() or 1
-        n = workers or max(1, min(cores, 4))
-        cluster = LocalCluster(
-            n_workers=n,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-            silence_logs=40,
-        )
-        return Client(cluster), cluster, max(1, cores // n)
-    try:
-        client = Client(scheduler, timeout="20s")
-    except (OSError, TimeoutError, ValueError) as err:
-        raise InputError(f"cannot reach the dask scheduler at {scheduler} ({err})") from err
-    if workers:
-        client.wait_for_workers(workers, timeout=300)
-    return client, None, None
-
-
-@dataclass(frozen=True)
-class UnitJob:
-    """What every task of a cluster run shares: how to label, where to write, which model."""
-
-    rule: SplitRule
-    options: SegmentOptions  # with the halo as a number
-    margin: int  # context read around a block
-    lay: SliceLayout
-    out_path: str  # the labels' partial zarr array
-    prob_path: str | None  # the probabilities' partial zarr array
-    digest: str  # the model every worker must hold
-
-
-def _run_on_cluster(model, image, source, out: ZarrOutput, todo, job: UnitJob, scheduler, n):
-    from distributed import as_completed
-
-    from . import _dask_worker
-
-    if not todo:
-        return
-    lay = job.lay
-    client, cluster, threads = open_client(scheduler, n)
-    pending = iter(todo)
-    futures: list = []
-    try:
-        client.register_plugin(
-            _dask_worker.ModelPlugin(model_bytes(model), job.digest, threads),
-            name=_dask_worker.PLUGIN,
-        )
-        n_workers = len(client.scheduler_info()["workers"])
-        yield Notice(f"dask: {n_workers} worker(s) at {client.scheduler.address}")
-        levels: dict[int, list] = {}  # whole-slice levels, for blocks
-
-        def submit():
-            unit = next(pending, None)
-            if unit is None:
-                return None
-            s, box = unit
-            if box is not None and s not in levels:
-                levels.clear()
-                levels[s] = lazy_levels(image, lay, s, model.config.normalization)
-            if source is not None:
-                data = source
-            elif box is None:  # an array in this process: send only this slice
-                data = np.ascontiguousarray(lay.slice_view(image, s))
-            else:
-                data = read_region(image, lay, s, box, job.margin)
-            fut = client.submit(
-                _dask_worker.unit_task, job, s, box, levels.get(s), data, pure=False
-            )
-            futures.append(fut)
-            return fut
-
-        # at most two units per worker in flight: the client never holds the whole stack
-        queue = as_completed([f for f in (submit() for _ in range(2 * max(n_workers, 1))) if f])
-        total = len(todo)
-        for k, fut in enumerate(queue, 1):
-            s, box, count, notices = fut.result()
-            out.mark_done(unit_key(s, box), count)
-            nxt = submit()
-            if nxt is not None:
-                queue.add(nxt)
-            for text in notices:
-                yield Notice(f"slice {s}: {text}")
-            yield Progress(k, total)
-    finally:
-        for fut in futures:
-            fut.cancel()
-        client.close()
-        if cluster is not None:
-            cluster.close()

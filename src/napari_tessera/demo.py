@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or len(argv) > 2 or argv[0] in ("-h", "--help"):
         print(USAGE, file=sys.stderr if not argv or len(argv) > 2 else sys.stdout)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    from .io import read_image
+    from .images import read_image
 
     try:  # read before opening a window: a bad path is one line, not an empty viewer
         image, axes = read_image(argv[0])

@@ -16,3 +16,7 @@ class ConfigError(TesseraError, ValueError):
 
 class ModelFileError(TesseraError):
     """A model file that is missing, corrupt, unsafe (pickle) or does not match its config."""
+
+
+class MissingExtra(TesseraError, ImportError):
+    """An optional dependency that is not installed (the message says how to install it)."""

@@ -9,7 +9,7 @@ renamed, so an interrupted run never leaves a half-written labels file behind.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,8 +17,8 @@ import numpy as np
 
 from .axes import guess_axes, layout
 from .errors import InputError, TesseraError
+from .images import check_output_folder
 from .inference import Notice, Progress, image_layout, iter_segment
-from .io import check_output_folder
 from .options import SegmentOptions
 from .sets import output_for
 
@@ -123,7 +123,7 @@ def iter_segment_file(
     """Segment one image file in memory and write its labels as TIFF (through a temporary
     file), and its class probabilities to ``probabilities`` if given. Yields
     :class:`Progress` and :class:`Notice`; returns ``(labels, their axes)``."""
-    from .io import read_image, write_tiff
+    from .images import read_image, write_tiff
     from .normalize import check_dtype, check_finite
 
     arr, file_axes = read_image(image)
@@ -154,7 +154,8 @@ def iter_segment_file(
 def iter_segment_zarr_file(model, image: Path, out: Path, options: SegmentOptions, axes=None):
     """Segment one zarr (or TIFF) image into a zarr array slice by slice; an interrupted
     run resumes. Yields :class:`Progress` and :class:`Notice`; returns the output path."""
-    from .chunked import iter_segment_to_zarr, open_image
+    from .chunked import iter_segment_to_zarr
+    from .images import open_image
 
     arr, file_axes = open_image(image)
     chosen = choose_axes(arr.shape, axes, file_axes, model.config.in_channels)
@@ -172,23 +173,17 @@ def iter_segment_files(
     *,
     axes: str | None = None,
     restart: bool = False,
-    scheduler: str | None = None,
-    workers: int | None = None,
+    run_files: Callable | None = None,
 ):
-    """Segment every image into ``folder`` with one loaded model: one after the other here,
-    or, with ``scheduler`` ("local" or a dask scheduler's address), each file a task on a
-    dask cluster (workers load the model once and read and write the files, so a remote
-    cluster needs them on a shared file system).
+    """Segment every image into ``folder`` with one loaded model, one after the other
+    (``run_files``: another way to run the files still to do, such as
+    :func:`napari_tessera.cluster.iter_segment_files_on_cluster`'s).
 
     Yields :class:`FileProgress`, :class:`Notice` and a :class:`FileDone` per input; returns
     a :class:`FolderReport`. An input whose output exists is skipped unless ``restart``; one
     that fails (unreadable, wrong shape, out of memory) is reported and the others go on.
     """
     t0 = time.perf_counter()
-    if scheduler:
-        from .chunked import require_distributed
-
-        require_distributed()
     images = [Path(p) for p in images]
     folder = output_folder(folder)
     outs = plan_outputs(images, folder)
@@ -201,14 +196,7 @@ def iter_segment_files(
             yield FileDone(image, out, "skipped")
         else:
             todo.append((image, out))
-    if scheduler:
-        run = _on_cluster(model, todo, options, axes, scheduler, workers)
-    else:
-        run = (
-            event
-            for image, out in todo
-            for event in segment_one_file(model, image, out, options, axes)
-        )
+    run = (run_files or files_here)(model, todo, options, axes)
     for event in run:
         through = len(report.done) + len(report.failed) + len(report.skipped)
         if isinstance(event, FileDone):
@@ -231,6 +219,12 @@ class _TileProgress(Progress):
     name: str = ""
 
 
+def files_here(model, todo, options: SegmentOptions, axes):
+    """The files of a folder run one after the other in this process."""
+    for image, out in todo:
+        yield from segment_one_file(model, image, out, options, axes)
+
+
 def segment_one_file(model, image: Path, out: Path, options, axes):
     """One file of a folder run: yields its events, then a :class:`FileDone`."""
     run = iter_segment_zarr_file if out.suffix == ".zarr" else iter_segment_file
@@ -244,39 +238,3 @@ def segment_one_file(model, image: Path, out: Path, options, axes):
         yield FileDone(image, out, "failed", str(err) or type(err).__name__)
         return
     yield FileDone(image, out, "done")
-
-
-def _on_cluster(model, todo, options, axes, scheduler: str, workers: int | None):
-    """Each file a task on a dask cluster; yields Notices and a FileDone per file."""
-    if not todo:
-        return
-    from distributed import as_completed
-
-    from . import _dask_worker
-    from .chunked import model_bytes, open_client
-
-    client, cluster, threads = open_client(scheduler, workers)
-    futures: dict = {}
-    try:
-        digest = model.digest()
-        plugin = _dask_worker.ModelPlugin(model_bytes(model), digest, threads)
-        client.register_plugin(plugin, name=_dask_worker.PLUGIN)
-        n_workers = len(client.scheduler_info()["workers"])
-        yield Notice(f"dask: {n_workers} worker(s) at {client.scheduler.address}")
-        for image, out in todo:
-            fut = client.submit(
-                _dask_worker.file_task, image, out, options, axes, digest, pure=False
-            )
-            futures[fut] = (image, out)
-        for fut in as_completed(list(futures)):
-            image, out = futures[fut]
-            error, notices = fut.result()
-            for text in notices:
-                yield Notice(text)
-            yield FileDone(image, out, "failed" if error else "done", error)
-    finally:
-        for fut in futures:
-            fut.cancel()
-        client.close()
-        if cluster is not None:
-            cluster.close()

@@ -1,7 +1,9 @@
 """Shared helpers of the Tessera widgets: image layers -> core arrays, workers, notifications.
 
-Nothing here computes anything heavy in the main thread: image conversions (RGB to grayscale,
-dask to numpy) are returned as callables that the worker thread runs.
+Nothing here computes anything heavy in the main thread: reading the image (the channels an
+RGB layer gives the model, dask to numpy) is left to :meth:`ImageInput.load`, which the worker
+thread runs. Finding which channel of an RGB layer carries signal reads its pixels once
+(:func:`napari_tessera.rgb.rgb_channels`, a block at a time).
 """
 
 from __future__ import annotations
@@ -21,10 +23,9 @@ from superqt.utils import GeneratorWorker
 
 from ..axes import SliceLayout, check_channel_count, guess_axes, layout, parse_channels
 from ..errors import InputError, TesseraError
+from ..rgb import names, rgb_channels, take_index
 
 log = logging.getLogger("napari_tessera")
-
-LUMINANCE = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R BT.601 weights
 
 
 # -- notifications ------------------------------------------------------------------------------
@@ -219,7 +220,9 @@ class ImageInput:
     dims: axes of the layer's napari dimensions (RGB layers have no channel dimension).
     lay: the core's slice layout of the loaded array.
     scale, translate: for the non-channel axes (``lay.out_axes``): what output layers get.
-    note: a message for the user about a conversion (e.g. RGB to grayscale), or None.
+    take: the channels of the layer's last axis that :meth:`load` reads (the RGB rule of
+    :func:`napari_tessera.rgb.rgb_channels`; not stored with a trained model), or None.
+    note: what the user is told about it (e.g. which channel of an RGB image is read), or None.
     """
 
     name: str
@@ -229,8 +232,7 @@ class ImageInput:
     lay: SliceLayout
     scale: tuple[float, ...]
     translate: tuple[float, ...]
-    to_gray: bool = False
-    drop_alpha: bool = False
+    take: tuple[int, ...] | None = None
     note: str | None = None
 
     @property
@@ -241,22 +243,18 @@ class ImageInput:
     def load(self) -> Any:
         """The array to run on (call it in the worker thread: it may read or convert a lot).
 
-        Lazy data stays lazy: conversions become dask operations, read a slice at a time.
+        Lazy data stays lazy: the channels taken become a dask operation, read a slice at a
+        time.
         """
         data = self.raw
-        if self.lazy and (self.to_gray or self.drop_alpha):
+        if self.take is None:
+            return data
+        index = (Ellipsis, take_index(self.take))
+        if self.lazy:
             import dask.array as da
 
-            data = da.asarray(data)
-            if self.to_gray:
-                return data[..., :3].astype(np.float32) @ LUMINANCE
-            return data[..., :3]
-        if self.to_gray:
-            arr = np.asarray(data)[..., :3].astype(np.float32)
-            return arr @ LUMINANCE
-        if self.drop_alpha:
-            return np.asarray(data)[..., :3]
-        return data
+            return da.asarray(data)[index]
+        return np.asarray(data)[index]
 
     def lead_index(self, layer, world_point) -> int:
         """Flat slice number (over the lead axes) shown at ``world_point`` in the viewer."""
@@ -292,9 +290,10 @@ def image_input(
     ``channels_text`` picks the channels read, in order ("1", "1,0"; "all": every channel;
     "auto": the model's ``stored`` channels when the layer has another number than it reads,
     else all).
-    RGB(A) layers without a pick: a 1-channel model gets grayscale (with a note), a 3-channel
-    model RGB (alpha dropped), a 4-channel model RGBA; a new model reads RGB. Other channel
-    counts are an error.
+    RGB(A) images (an RGB layer, or axes ending in 3 or 4 channels) without a pick follow the
+    rule the command line follows (:func:`napari_tessera.rgb.rgb_channels`): a 1-channel model
+    reads the one colour with signal (with a note) or asks for a choice, alpha is read only
+    when picked.
     """
     if layer is None:
         raise InputError("no image layer selected: open an image and pick it in the widget")
@@ -310,9 +309,7 @@ def image_input(
             n = layout(shape, axes).image_channels
         if n != in_channels:
             pick, channels_text = tuple(stored), ",".join(map(str, stored))
-    to_gray = drop_alpha = False
-    note = None
-    if getattr(layer, "rgb", False) and pick is not None:
+    if getattr(layer, "rgb", False):
         lead = {2: "", 3: "Z", 4: "TZ"}.get(len(shape) - 1)
         if lead is None:
             raise InputError(
@@ -320,39 +317,16 @@ def image_input(
             )
         dims = lead + "YX"
         lay = layout(shape, dims + "C", pick)
-        axes = lay.axes
-    elif getattr(layer, "rgb", False):
-        n_rgb = shape[-1]
-        lead = {2: "", 3: "Z", 4: "TZ"}.get(len(shape) - 1)
-        if lead is None:
-            raise InputError(
-                f"{layer.name}: RGB images with {len(shape)} dimensions are not handled"
-            )
-        dims = lead + "YX"
-        k = 3 if in_channels is None else in_channels
-        if k == 1:
-            to_gray = True
-            axes = dims
-            note = (
-                f"{layer.name} is RGB but the model reads one channel: "
-                "it was converted to grayscale (luminance)"
-            )
-        elif k == 3:
-            drop_alpha = n_rgb == 4
-            axes = dims + "C"
-        elif k == 4 and n_rgb == 4:
-            axes = dims + "C"
-        else:
-            raise InputError(
-                f"{layer.name} is an RGB{'A' if n_rgb == 4 else ''} image but the model reads "
-                f"{k} channels; pick a model for 1 or 3 channels"
-            )
-        out_shape = shape[:-1] if to_gray else (*shape[:-1], 3 if drop_alpha else n_rgb)
-        lay = layout(out_shape, axes)
     else:
         axes = guess_axes(shape, in_channels or 1) if axes_text in ("", "AUTO") else axes_text
         lay = layout(shape, axes, pick)
         dims = lay.axes
+    take = note = None
+    if pick is None:  # an RGB(A) image: the one rule of the CLI and the widgets
+        read = rgb_channels(data, lay.axes, in_channels, layer.name)
+        take, note = read.take, read.note
+        if take is not None:
+            lay = layout((*shape[:-1], len(take)), lay.axes)
     if in_channels is not None:
         check_channel_count(in_channels, lay, layer.name)
     keep = [i for i, a in enumerate(dims) if a != "C"]
@@ -366,8 +340,7 @@ def image_input(
         lay=lay,
         scale=scale,
         translate=translate,
-        to_gray=to_gray,
-        drop_alpha=drop_alpha,
+        take=take,
         note=note,
     )
 
@@ -377,7 +350,7 @@ def describe(inp: ImageInput) -> str:
     lay = inp.lay
     size = " x ".join(str(s) for s in lay.out_shape)
     ch = f"{lay.channels} channel{'s' if lay.channels != 1 else ''}"
-    extra = ", RGB -> gray" if inp.to_gray else ""
+    extra = f" ({names(inp.take)})" if inp.take is not None else ""
     lazy = ", lazy: read slice by slice, labels written to zarr" if inp.lazy else ""
     return f"{size} ({lay.out_axes}), {ch}{extra}{lazy}"
 

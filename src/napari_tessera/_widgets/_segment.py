@@ -27,8 +27,8 @@ from ..axes import layout
 from ..device import PRECISIONS, resolve_device
 from ..errors import InputError, TesseraError
 from ..files import FileDone, FileProgress, FolderReport, iter_segment_files
+from ..images import read_image
 from ..inference import Notice, iter_segment
-from ..io import read_image
 from ..options import SegmentOptions
 from ..postprocess import ids_after, labels_dtype
 from ..sets import expand_inputs
@@ -204,7 +204,8 @@ class SegmentWidget(Container):
             value="auto",
             tooltip="image channels the network reads, in order, from 0: e.g. 1 (green of an RGB "
             "image) or 1,0 (cytoplasm, then nuclei); 'all'; 'auto': those a trained model "
-            "stores, else all",
+            "stores, else all (of an RGB image, a 1-channel model reads the one colour with "
+            "signal; alpha only when picked)",
         )
         self.model_source = ComboBox(
             label="model", choices=lambda _w=None: _models.choices(training=False)
@@ -494,6 +495,9 @@ class SegmentWidget(Container):
                 skipped.append(f"{layer.name}: {err}")
         if not inputs:
             raise TesseraError("no open image can be segmented" + _also("; ".join(skipped)))
+        for inp in inputs:
+            if inp.note:
+                notify_info(inp.note)
         folder = self._zarr_folder() if any(i.lazy for i in inputs) else None
         self._instances = options.instances
         self._all = _AllImages(len(inputs) + len(skipped), failed=list(skipped))

@@ -26,7 +26,8 @@ from napari.utils.colormaps import DirectLabelColormap
 
 from ..device import resolve_device
 from ..errors import InputError, TesseraError
-from ..io import save_model, write_tiff
+from ..images import write_tiff
+from ..io import save_model
 from ..training.corrections import corrected_labels
 from ..training.data import PaintFeed, TrainImage
 from ..training.labels import CONVENTION
@@ -169,7 +170,8 @@ class TrainWidget(Container):
             value="auto",
             tooltip="image channels the network reads, in order, from 0: e.g. 1 (green of an RGB "
             "image) or 1,0 (cytoplasm, then nuclei); 'all'; 'auto': those the starting model "
-            "stores, else all",
+            "stores, else all (of an RGB image, a 1-channel model reads the one colour with "
+            "signal; alpha only when picked)",
         )
         self.annotations = ComboBox(
             label="annotations", choices=layer_choices(napari_viewer, Labels)
@@ -533,8 +535,9 @@ class TrainWidget(Container):
         except TesseraError as err:
             report_error("Train", err)
             return
-        if run.inp.note:
-            notify_info(run.inp.note)
+        for note in [run.inp.note, *(p.inp.note for p in run.others)]:
+            if note:
+                notify_info(note)
         self._run = run
         self._update_pairs_info()
         feed = PaintFeed()

@@ -239,7 +239,7 @@ def _columns(stream) -> int | None:
 
 def check_output(path: Path, *inputs: Path) -> None:
     from ..errors import InputError
-    from ..io import check_output_folder
+    from ..images import check_output_folder
 
     check_output_folder(path)
     if path.is_dir():

@@ -29,14 +29,12 @@ from ._common import (
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from ..chunked import is_zarr
     from ..errors import InputError
     from ..files import iter_segment_file
+    from ..images import is_zarr
 
     if args.scheduler:
-        from ..chunked import require_distributed
-
-        require_distributed()  # an optional extra: say so before any output is made
+        from ..cluster import open_client  # noqa: F401  an optional extra: said before any output
     if _is_folder_run(args.input):
         return _segment_folder(args)
     inp, out = Path(args.input[0]), Path(args.output)
@@ -48,12 +46,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
         check_output(prob_path, inp)
         if prob_path.resolve() == out.resolve():
             raise InputError("--probabilities must name another file than -o")
-    options = segment_options(args)
     model = load_model_arg(args.model)
+    options, notes = _rgb_file(model, inp, args.axes, segment_options(args))
     t0 = time.perf_counter()
     bar = Progress(args.quiet, "segment", "tile")
     gen = iter_segment_file(model, inp, out, options, args.axes, prob_path)
-    labels, out_axes = drive(gen, bar, [])
+    labels, out_axes = drive(gen, bar, notes)
     n = (
         f"{len(np.unique(labels)) - (1 if (labels == 0).any() else 0)} objects"
         if args.instances
@@ -68,9 +66,39 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def rgb_options(model, image, axes: str, name: str, options):
+    """The options that read what the RGB rule (:func:`napari_tessera.rgb.rgb_channels`, as
+    in the widgets) picks of ``image`` when no channels are chosen and the model stores none,
+    and the notes to print (a guess: said even with --quiet)."""
+    from dataclasses import replace
+
+    from ..rgb import rgb_channels
+
+    stored = (getattr(model, "metadata", None) or {}).get("channels")
+    if options.channels is not None or stored is not None:
+        return options, []
+    read = rgb_channels(image, axes, model.config.in_channels, name)
+    notes = [read.note] if read.note else []
+    return (options if read.take is None else replace(options, channels=read.take)), notes
+
+
+def _rgb_file(model, path: Path, axes_arg: str | None, options):
+    """:func:`rgb_options` for an image file, opened without reading it whole (read only when
+    it is RGB(A) and the model reads fewer channels)."""
+    from ..errors import InputError
+    from ..images import open_image
+
+    try:
+        arr, file_axes = open_image(path)
+        axes, _ = resolve_axes(arr, axes_arg, file_axes, model.config.in_channels, True)
+    except InputError:
+        return options, []  # reading the image says what is wrong with it
+    return rgb_options(model, arr, axes, path.name, options)
+
+
 def _is_folder_run(inputs: list[str]) -> bool:
     """Several inputs, a pattern or a folder (not a .zarr one): one output per image."""
-    from ..chunked import is_zarr
+    from ..images import is_zarr
 
     if len(inputs) != 1:
         return True
@@ -94,16 +122,23 @@ def _segment_folder(args: argparse.Namespace) -> int:
     options = segment_options(args)
     model = load_model_arg(args.model)
     bar = Progress(args.quiet, "segment", "file")
-    gen = iter_segment_files(
-        model,
-        images,
-        folder,
-        options,
-        axes=args.axes,
-        restart=args.restart,
-        scheduler=args.scheduler,
-        workers=args.workers,
-    )
+    if args.scheduler:
+        from ..cluster import iter_segment_files_on_cluster
+
+        gen = iter_segment_files_on_cluster(
+            model,
+            images,
+            folder,
+            options,
+            scheduler=args.scheduler,
+            workers=args.workers,
+            axes=args.axes,
+            restart=args.restart,
+        )
+    else:
+        gen = iter_segment_files(
+            model, images, folder, options, axes=args.axes, restart=args.restart
+        )
     try:
         while True:
             try:
@@ -140,9 +175,8 @@ def _folder_summary(args, report) -> None:
 
 def _segment_chunked(args: argparse.Namespace, inp: Path, out: Path) -> int:
     """``tessera segment`` into a zarr array, slice by slice, here or on a dask cluster."""
-    from ..chunked import is_zarr, open_image
     from ..errors import InputError
-    from ..io import check_output_folder
+    from ..images import check_output_folder, is_zarr, open_image
 
     if not is_zarr(out):
         raise InputError("--scheduler writes zarr: give an output ending in .zarr")
@@ -165,29 +199,45 @@ def _segment_chunked(args: argparse.Namespace, inp: Path, out: Path) -> int:
 def _segment_zarr(args, model, inp: Path, out: Path, bar, prefix: str) -> Path:
     """Segment one image into a zarr array slice by slice (or block by block), here or on a
     dask cluster; an interrupted run resumes. Returns the output path."""
-    from ..chunked import choose_block, iter_segment_to_zarr, open_image
+    from ..chunked import choose_block, iter_segment_to_zarr
+    from ..images import open_image
     from ..inference import image_layout
 
     arr, file_axes = open_image(inp)
     axes, note = resolve_axes(arr, args.axes, file_axes, model.config.in_channels, args.quiet)
-    lay = image_layout(model, arr, axes, args.channels)
+    options, notes = rgb_options(model, arr, axes, inp.name, segment_options(args))
+    lay = image_layout(model, arr, axes, options.channels)
     if choose_block(args.block_size, lay, model, args.halo, args.instances) and isinstance(
         bar, Progress
     ):
         bar.unit = "block"
-    gen = iter_segment_to_zarr(
-        model,
-        str(inp) if args.scheduler else arr,
-        out,
-        axes=axes,
-        resume=not args.restart,
-        scheduler=args.scheduler,
-        workers=args.workers,
-        block_size=args.block_size,
-        probabilities=args.probabilities,
-        options=segment_options(args),
-    )
-    return drive(gen, bar, [prefix + note] if note else [])
+    if args.scheduler:
+        from ..cluster import iter_segment_to_zarr as on_cluster
+
+        gen = on_cluster(
+            model,
+            str(inp),
+            out,
+            scheduler=args.scheduler,
+            workers=args.workers,
+            axes=axes,
+            options=options,
+            resume=not args.restart,
+            block_size=args.block_size,
+            probabilities=args.probabilities,
+        )
+    else:
+        gen = iter_segment_to_zarr(
+            model,
+            arr,
+            out,
+            axes=axes,
+            options=options,
+            resume=not args.restart,
+            block_size=args.block_size,
+            probabilities=args.probabilities,
+        )
+    return drive(gen, bar, ([prefix + note] if note else []) + notes)
 
 
 def add_parser(sub) -> None:

@@ -9,7 +9,7 @@ from ._common import arg_positive_int, check_output, warn
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from ..io import write_tiff
+    from ..images import write_tiff
     from ..synthetic import nuclei_2d, nuclei_stack
 
     out = Path(args.output)

@@ -66,6 +66,7 @@ def _train(args: argparse.Namespace, ctx) -> int:
         depth=args.depth,
         checkpoint=str(ckpt),
         calibrate_edges=args.calibrate_edges,
+        channels=args.channels,
         **({"surround": 0.0} if args.strokes else {}),
     )
     model = None
@@ -74,8 +75,7 @@ def _train(args: argparse.Namespace, ctx) -> int:
         if src is None:
             raise InputError("no default model is installed to fine-tune")
         model = load_model(src)
-    in_channels = model.config.in_channels if model is not None else 1
-    items, notes = _read_training_set(pairs, args.axes, in_channels, args.quiet)
+    items, notes = _read_training_set(pairs, args.axes, model, args.channels, args.quiet)
     note = "; ".join(notes) or None
     if ctx is not None and not ctx.is_main:
         note = None  # said once, by rank 0
@@ -199,21 +199,32 @@ def _train_pairs(args: argparse.Namespace) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def _read_training_set(pairs, axes_arg, in_channels: int, quiet: bool):
+def _read_training_set(pairs, axes_arg, model, channels, quiet: bool):
     """The images and labels as :class:`TrainImage` items, and notes to print once the run
-    has started (guessed axes; the paint of each image when there are several)."""
-    from ..io import read_image
+    has started (guessed axes; the channels the RGB rule reads; the paint of each image when
+    there are several). ``model``: the one fine-tuned (None: a new one); ``channels``: those
+    chosen (None: the model's stored ones, else the RGB rule's, else all)."""
+    from ..images import read_image
     from ..normalize import check_finite
+    from ..rgb import rgb_channels, take_index
     from ..training import TrainImage
 
+    in_channels = model.config.in_channels if model is not None else None
+    stored = (getattr(model, "metadata", None) or {}).get("channels")
     items, notes = [], []
     for inp, lab_path in pairs:
         image, image_axes = read_image(inp)
         labels, _ = read_image(lab_path)
-        axes, note = resolve_axes(image, axes_arg, image_axes, in_channels, quiet)
+        axes, note = resolve_axes(image, axes_arg, image_axes, in_channels or 1, quiet)
         if note:
             notes.append(f"{inp.name}: {note}" if len(pairs) > 1 else note)
         check_finite(image, inp.name)
+        if channels is None and stored is None:  # the widgets' rule; not stored with the model
+            read = rgb_channels(image, axes, in_channels, inp.name)
+            if read.take is not None:
+                image = image[..., take_index(read.take)]
+            if read.note:
+                notes.append(read.note)
         items.append(TrainImage(image, labels, axes, inp.name))
     if len(items) > 1 and not quiet:
         painted = ", ".join(f"{it.name} {int(np.count_nonzero(it.labels)):,}" for it in items)

@@ -11,7 +11,8 @@ from typing import Any
 import torch
 
 from ..errors import ModelFileError
-from ..io import FORMAT, atomic_path, check_weight_shapes, expected_shapes, read_model_info
+from ..images import atomic_path
+from ..io import FORMAT, check_weight_shapes, expected_shapes, read_model_info
 
 CHECKPOINT_FORMAT = "napari-tessera-checkpoint"
 
