@@ -64,7 +64,7 @@ def worst_fixed(pred: np.ndarray, truth: np.ndarray, n: int = 10):
 
 def f1_on(model, unseen) -> list[float]:
     return [
-        match_instances(t, segment(im, model, instances=True, device="cpu")).f1
+        match_instances(t, segment(model, im, instances=True, device="cpu")).f1
         for _, im, t in unseen
     ]
 
@@ -103,7 +103,7 @@ def main() -> None:
         unseen = [(n, cases[n][0], cases[n][1]) for n in names[3:]]
         first = train([painted], config=cfg).model
         image2, truth2, _ = cases[names[1]]
-        pred2 = segment(image2, first, instances=True, device="cpu")
+        pred2 = segment(first, image2, instances=True, device="cpu")
         fixed, checked, n_fixed = worst_fixed(pred2, truth2, args.fix)
         corrected = TrainImage(image2, corrected_labels(fixed, checked), name=names[1])
         models = {

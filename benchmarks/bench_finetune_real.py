@@ -47,7 +47,7 @@ def main() -> None:
     start = cell_model(args.train, args.start_steps, args.seed)
     for name in args.targets:
         image, truth, painted = load_case(name, 0)
-        alone = score(truth, segment(image, start, instances=True, device="cpu"))
+        alone = score(truth, segment(start, image, instances=True, device="cpu"))
         append_row(
             {"start": "+".join(args.train), "image": name, "keep": None, **alone, "env": env},
             args.jsonl,
@@ -55,7 +55,7 @@ def main() -> None:
         for keep in args.keeps:
             cfg = TrainConfig(seed=args.seed, device="cpu", keep=keep)
             res = train(image, painted, config=cfg, model=start)
-            row = score(truth, segment(image, res.model, instances=True, device="cpu"))
+            row = score(truth, segment(res.model, image, instances=True, device="cpu"))
             append_row(
                 {
                     "start": "+".join(args.train),

@@ -42,7 +42,7 @@ def main():
     if "{mode}" == "in memory":
         img, _ = open_image("{src}")
         img = np.asarray(img[...])
-        labels = segment(img, model, axes=axes, device="cpu")
+        labels = segment(model, img, axes=axes, device="cpu")
     else:
         if "{mode}" == "dask":
             from napari_tessera.cluster import segment_to_zarr as on_cluster

@@ -45,7 +45,7 @@ if {depth} == 1:
     img, axes = img[0].copy(), "YX"
 before = rss_mb()
 t0 = time.perf_counter()
-labels = segment(img, model, axes=axes, device="cpu", batch_size={batch}, halo={halo!r})
+labels = segment(model, img, axes=axes, device="cpu", batch_size={batch}, halo={halo!r})
 seconds = time.perf_counter() - t0
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps(dict(before_mb=round(before, 1), peak_mb=round(peak, 1),

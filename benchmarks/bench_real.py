@@ -34,8 +34,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from _results import append_row, cpu_env, settings
-from bench_accuracy import rf_classes
-from bench_accuracy import scribbles as synthetic_scribbles
+from scipy import ndimage as ndi
+from skimage import feature, future
+from skimage.draw import line
+from sklearn.ensemble import RandomForestClassifier
 
 from napari_tessera import segment
 from napari_tessera.io import load_model
@@ -69,6 +71,31 @@ def image_names(groups: list[str]) -> list[str]:
     return names
 
 
+def synthetic_scribbles(
+    truth: np.ndarray, rng: np.random.Generator, n_nuclei: int = 12, strokes: int = 5
+):
+    """Paint for a synthetic image, on its left half: whole nuclei (2), background strokes (1)."""
+    H, W = truth.shape
+    half = W // 2
+    labels = np.zeros(truth.shape, np.uint8)
+    left = truth[:, : half - 8]
+    ids = np.unique(left[left > 0])
+    # whole nuclei that lie entirely in the left half
+    inside = [i for i in ids if not (truth[:, half - 8 :] == i).any()]
+    for i in rng.choice(inside, size=min(n_nuclei, len(inside)), replace=False):
+        labels[truth == i] = 2
+    away = ~ndi.binary_dilation(truth > 0, iterations=2)
+    for _ in range(strokes):
+        y0, y1 = rng.integers(0, H, size=2)
+        x0, x1 = rng.integers(0, half - 8, size=2)
+        rr, cc = line(int(y0), int(x0), int(y1), int(x1))
+        stroke = np.zeros(truth.shape, bool)
+        stroke[rr, cc] = True
+        stroke = ndi.binary_dilation(stroke, iterations=1) & away
+        labels[stroke] = 1
+    return labels
+
+
 def load_case(name: str, paint_seed: int):
     """``(image, truth, painted)`` for an image name."""
     if name.startswith("synthetic_"):
@@ -97,6 +124,24 @@ def score(truth: np.ndarray, pred: np.ndarray) -> dict:
     }
 
 
+def rf_classes(image, labels, seed):
+    """scikit-image's trainable segmentation: multiscale_basic_features and a random forest
+    fitted on the painted pixels; per-pixel classes (0 = background, as Tessera's)."""
+    feats = feature.multiscale_basic_features(
+        image.astype(np.float32),
+        intensity=True,
+        edges=True,
+        texture=True,
+        sigma_min=1,
+        sigma_max=16,
+    )
+    clf = RandomForestClassifier(
+        n_estimators=50, n_jobs=2, max_depth=10, max_samples=0.05, random_state=seed
+    )
+    clf = future.fit_segmenter(labels, feats, clf)
+    return future.predict_segmenter(feats, clf) - 1
+
+
 def random_forest(image, painted, seed: int) -> tuple[np.ndarray, dict]:
     """scikit-image's trainable segmentation; objects split by the same rule Tessera uses,
     calibrated the same way on the painted objects."""
@@ -115,7 +160,7 @@ def run_method(method: str, image, painted, cfg: TrainConfig) -> tuple[np.ndarra
     if method == "rf":
         return random_forest(image, painted, cfg.seed)
     if method == "default":
-        return segment(image, load_model(default_model_path()), instances=True, device="cpu"), {}
+        return segment(load_model(default_model_path()), image, instances=True, device="cpu"), {}
     start = load_model(default_model_path()) if method == "finetune" else None
     t0 = time.perf_counter()
     res = train(image, painted, config=cfg, model=start)
@@ -129,7 +174,7 @@ def run_method(method: str, image, painted, cfg: TrainConfig) -> tuple[np.ndarra
         "calibration_score": res.edges.score if res.edges is not None else None,
         "calibration": res.edges.reason if res.edges is not None else None,
     }
-    return segment(image, res.model, instances=True, device="cpu"), facts
+    return segment(res.model, image, instances=True, device="cpu"), facts
 
 
 def summarize(path: str, tag: str | None = None) -> None:

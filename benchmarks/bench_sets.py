@@ -51,7 +51,7 @@ def run(items: list[TrainImage], unseen: list[tuple[str, np.ndarray, np.ndarray]
     seconds = round(time.perf_counter() - t0, 1)
     out = []
     for name, image, truth in unseen:
-        pred = segment(image, res.model, instances=True, device="cpu")
+        pred = segment(res.model, image, instances=True, device="cpu")
         m = match_instances(truth, pred)
         out.append({"unseen": name, "f1": m.f1, "precision": m.precision, "recall": m.recall,
                     "train_s": seconds})  # fmt: skip

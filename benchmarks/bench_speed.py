@@ -171,7 +171,7 @@ def main() -> None:
             "B2 monai sliding_window sw_batch 1": monai_runner(model, image, 1),
             "B2 monai sliding_window sw_batch 4": monai_runner(model, image, 4),
             "B3 tessera segment (uint16 -> labels)": lambda m=model: segment(
-                image, m, device="cpu"
+                m, image, device="cpu"
             ),
             "B2 tessera core 512, exact": lambda m=model, h=exact_plan: predict_tiled(
                 m, image, device="cpu", halo="exact", tile_size=512 + 2 * h.y.keep_offset

@@ -36,7 +36,7 @@ def outlined(base: np.ndarray, labels: np.ndarray, colour=(255, 230, 0)) -> np.n
 def panel(name: str, seed: int) -> tuple[np.ndarray, float]:
     image, truth, painted = load_case(name, 0)
     res = train(image, painted, config=TrainConfig(seed=seed, device="cpu"))
-    pred = segment(image, res.model, instances=True, device="cpu")
+    pred = segment(res.model, image, instances=True, device="cpu")
     g = grey(image)
     paint = g.copy()
     for value, colour in PAINT.items():

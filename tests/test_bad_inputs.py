@@ -97,7 +97,7 @@ def _segment_cases(d: Path, image: np.ndarray, model: Path) -> dict[str, tuple[l
     cases["strings, not numbers"] = ([d / "words.npy", "--model", model], "numbers")
     rgba = np.stack([image // 256] * 3 + [np.full_like(image, 255)], axis=-1).astype(np.uint8)
     tifffile.imwrite(d / "rgba.tif", rgba, photometric="rgb")  # alpha as an extra sample
-    cases["RGBA TIFF, gray model"] = ([d / "rgba.tif", "--model", model], "has 4")
+    cases["RGBA TIFF, gray model"] = ([d / "rgba.tif", "--model", model], "several channels")
     write_tiff(d / "stack.tif", np.stack([image] * 3), axes="ZYX")
     cases["--axes YX on a 3-D stack"] = (
         [d / "stack.tif", "--model", model, "--axes", "YX"],

@@ -53,7 +53,7 @@ def read_zarr(path):
 
 @pytest.mark.parametrize("instances", [False, True])
 def test_zarr_output_equals_in_memory_segmentation(model, stack, tmp_path, instances):
-    ref = segment(stack, model, axes="ZYX", instances=instances, **SETTINGS)
+    ref = segment(model, stack, axes="ZYX", instances=instances, **SETTINGS)
     assert ref.max() > (10 if instances else 0)  # objects in several slices
     src = Recorder(stack)
     out = segment_to_zarr(
@@ -68,8 +68,8 @@ def test_zarr_output_equals_in_memory_segmentation(model, stack, tmp_path, insta
 
 def test_zarr_instances_apply_the_models_edge_offset(model, stack, tmp_path):
     model.metadata["edge_offset"] = 1.5
-    ref = segment(stack, model, axes="ZYX", instances=True, **SETTINGS)
-    plain = segment(stack, model, axes="ZYX", instances=True, edge_offset=0, **SETTINGS)
+    ref = segment(model, stack, axes="ZYX", instances=True, **SETTINGS)
+    plain = segment(model, stack, axes="ZYX", instances=True, edge_offset=0, **SETTINGS)
     assert (ref > 0).sum() < 0.9 * (plain > 0).sum()  # objects really shrank
     out = segment_to_zarr(model, stack, tmp_path / "l.zarr", axes="ZYX", instances=True, **SETTINGS)
     np.testing.assert_array_equal(read_zarr(out), ref)
@@ -80,7 +80,7 @@ def test_zarr_instances_apply_the_models_edge_offset(model, stack, tmp_path):
 
 
 def test_lazy_inputs_tiff_zarr_ome_zarr_npy(model, stack, tmp_path):
-    ref = segment(stack, model, axes="ZYX", **SETTINGS)
+    ref = segment(model, stack, axes="ZYX", **SETTINGS)
     tifffile.imwrite(tmp_path / "s.tif", stack, metadata={"axes": "ZYX"})
     z = zarr.open_array(
         str(tmp_path / "s.zarr"), mode="w", shape=stack.shape, chunks=(1, 48, 40), dtype=stack.dtype
@@ -140,7 +140,7 @@ def _interrupt_after(gen, n_slices: int, tiles: int):
 
 def test_interrupted_run_resumes_and_skips_finished_slices(model, stack, tmp_path, monkeypatch):
     out = tmp_path / "l.zarr"
-    ref = segment(stack, model, axes="ZYX", instances=True, **SETTINGS)
+    ref = segment(model, stack, axes="ZYX", instances=True, **SETTINGS)
     tiles = tiles_per_slice(model)
     gen = iter_segment_to_zarr(model, stack, out, axes="ZYX", instances=True, **SETTINGS)
     _interrupt_after(gen, 2, tiles)
@@ -183,7 +183,7 @@ def test_other_settings_start_over(model, stack, tmp_path):
     notices = [e.message for e in _events(gen) if isinstance(e, Notice)]
     assert any("other settings: starting over" in n for n in notices)
     np.testing.assert_array_equal(
-        read_zarr(out), segment(stack, model, axes="ZYX", instances=True, **SETTINGS)
+        read_zarr(out), segment(model, stack, axes="ZYX", instances=True, **SETTINGS)
     )
 
 
@@ -208,7 +208,7 @@ def test_cli_segment_tiff_to_zarr_and_zarr_to_tiff(model, stack, tmp_path, capsy
     args = ["--model", mpath, "--tile-size", "64", "--device", "cpu", "--instances"]
     code, _, err = run(["segment", tmp_path / "s.tif", "-o", tmp_path / "l.zarr", *args], capsys)
     assert code == 0, err
-    ref = segment(stack, model, axes="ZYX", instances=True, **SETTINGS)
+    ref = segment(model, stack, axes="ZYX", instances=True, **SETTINGS)
     np.testing.assert_array_equal(read_zarr(tmp_path / "l.zarr"), ref)
     # a zarr input with a TIFF output goes through memory like any TIFF
     code, _, err = run(
@@ -296,7 +296,7 @@ def test_cluster_run_from_an_array_in_memory(model, stack, tmp_path, cluster):
         axes="ZYX",
         **SETTINGS,
     )
-    np.testing.assert_array_equal(read_zarr(out), segment(stack, model, axes="ZYX", **SETTINGS))
+    np.testing.assert_array_equal(read_zarr(out), segment(model, stack, axes="ZYX", **SETTINGS))
 
 
 @pytest.mark.slow
@@ -385,7 +385,7 @@ def test_cli_ctrl_c_keeps_finished_slices_and_the_same_command_resumes(
     code, _, err = run([a for a in argv if a != "-q"], capsys)
     assert code == 0, err
     assert "resuming: 2 of 6 slices already done" in err
-    ref = segment(stack, model, axes="ZYX", instances=True, **SETTINGS)
+    ref = segment(model, stack, axes="ZYX", instances=True, **SETTINGS)
     np.testing.assert_array_equal(read_zarr(out), ref)
 
 
@@ -413,7 +413,7 @@ def loud(deep_unet):
 
 def test_blocks_give_the_labels_of_whole_slices_and_read_only_their_region(loud, tmp_path):
     img = nuclei_stack((2, 150, 130), seed=8).image
-    ref = segment(img, loud, axes="ZYX", **SETTINGS)
+    ref = segment(loud, img, axes="ZYX", **SETTINGS)
     assert len(np.unique(ref)) == 3  # all classes present: a strict comparison
     margin = chunked.block_margin(loud, "exact")
     src = Recorder(img)
@@ -450,7 +450,7 @@ def test_an_auto_halo_is_measured_once_and_used_by_every_block(loud, tmp_path, m
 
 def test_blocks_without_their_margin_would_differ(loud, tmp_path, monkeypatch):
     img = nuclei_stack((1, 150, 130), seed=8).image
-    ref = segment(img, loud, axes="ZYX", **SETTINGS)
+    ref = segment(loud, img, axes="ZYX", **SETTINGS)
     monkeypatch.setattr(chunked, "block_margin", lambda model, halo, edge_offset=0: 0)
     out = segment_to_zarr(loud, img, tmp_path / "b.zarr", axes="ZYX", block_size=48, **SETTINGS)
     assert (read_zarr(out) != ref).mean() > 0.01  # seams: the test above has power
@@ -459,9 +459,9 @@ def test_blocks_without_their_margin_would_differ(loud, tmp_path, monkeypatch):
 @pytest.mark.parametrize("offset", [2.0, -1.5])
 def test_an_edge_offset_gives_the_same_labels_in_blocks_and_whole_slices(loud, tmp_path, offset):
     img = nuclei_stack((1, 150, 130), seed=8).image
-    plain = segment(img, loud, axes="ZYX", edge_offset=0, **SETTINGS)
+    plain = segment(loud, img, axes="ZYX", edge_offset=0, **SETTINGS)
     loud.metadata["edge_offset"] = offset  # the model's own offset is the default
-    ref = segment(img, loud, axes="ZYX", **SETTINGS)
+    ref = segment(loud, img, axes="ZYX", **SETTINGS)
     assert (ref != plain).mean() > 0.01
     out = segment_to_zarr(loud, img, tmp_path / "b.zarr", axes="ZYX", block_size=48, **SETTINGS)
     np.testing.assert_array_equal(read_zarr(out), ref)
@@ -472,7 +472,7 @@ def test_an_edge_offset_gives_the_same_labels_in_blocks_and_whole_slices(loud, t
 def test_edges_moved_after_the_blocks_are_cut_would_differ(loud, tmp_path, monkeypatch):
     img = nuclei_stack((1, 150, 130), seed=8).image
     loud.metadata["edge_offset"] = 2.0
-    ref = segment(img, loud, axes="ZYX", **SETTINGS)
+    ref = segment(loud, img, axes="ZYX", **SETTINGS)
     cut_first = chunked.unit_labels
 
     def unit_labels(model, data, box, margin, levels, rule, kw, plane):
@@ -558,7 +558,7 @@ def test_blocks_of_several_chunks_on_a_cluster_equal_the_whole_plane(
         monkeypatch.setattr(chunked, "MAX_CHUNK", 40, raising=False)
         img, block_size = nuclei_stack((2, 150, 130), seed=8).image, 100
     kw = dict(axes="ZYX", tile_size=128, halo="exact", device="cpu")
-    ref = segment(img, loud, **kw)
+    ref = segment(loud, img, **kw)
     assert len(np.unique(ref)) == 3
     out = on_cluster(
         cluster,
@@ -595,7 +595,7 @@ def test_an_interrupted_block_run_resumes_from_its_finished_blocks(loud, tmp_pat
     assert any("resuming: 3 of 12 blocks (48x48 px) already done" in e.message
                for e in events if isinstance(e, Notice))  # fmt: skip
     assert len(read) == 9 and (0, 48, 0, 48) not in read  # only the other blocks
-    np.testing.assert_array_equal(read_zarr(out), segment(img, loud, axes="ZYX", **SETTINGS))
+    np.testing.assert_array_equal(read_zarr(out), segment(loud, img, axes="ZYX", **SETTINGS))
 
 
 @pytest.mark.slow

@@ -90,7 +90,7 @@ def test_segment_classes(sample_2d, saved_threshold_model, out_dir, capsys):
     assert iou > 0.7
     # same as the Python API with the same model
     model = load_model(saved_threshold_model)
-    np.testing.assert_array_equal(labels, segment(read_image(image)[0], model, device="cpu"))
+    np.testing.assert_array_equal(labels, segment(model, read_image(image)[0], device="cpu"))
     assert leftovers(out_dir) == []
     assert "wrote" in err  # summary line when not --quiet
     # the halo it measured: one pooling step, as a pixel-wise model needs no more
@@ -140,7 +140,7 @@ def test_segment_edge_offset_moves_object_edges(sample_2d, saved_threshold_model
         got[off] = read_image(out)[0]
     assert (got["2"] > 0).sum() < (got["0"] > 0).sum() < (got["-1.5"] > 0).sum()
     ref = segment(
-        read_image(image)[0], load_model(saved_threshold_model), instances=True, edge_offset=2
+        load_model(saved_threshold_model), read_image(image)[0], instances=True, edge_offset=2
     )
     np.testing.assert_array_equal(got["2"], ref)
 
@@ -338,8 +338,8 @@ CASES = {
     "edge offset text": "edge-offset",
     "edge offset too far": "between -16 and 16",
     "edge offset nan": "edge-offset",
-    "rgb for 1-channel model": "channel",
-    "rgb, axes from file": "channel",
+    "rgb for 1-channel model": "signal in several channels",
+    "rgb, axes from file": "signal in several channels",
     "tile too small for halo": "tile size",
     "tile too small for auto halo": "tile size",
     "unknown halo word": "'auto', 'exact' or pixels",

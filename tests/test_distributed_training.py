@@ -166,7 +166,7 @@ def test_tessera_train_under_torchrun_trains_writes_once_and_resumes(files, tmp_
     model = load_model(d / "m.safetensors")
     prov = read_model_info(d / "m.safetensors")[1]["provenance"]
     assert prov["processes"] == 2 and prov["steps"] == 40
-    labels = segment(image, model, device="cpu")
+    labels = segment(model, image, device="cpu")
     assert labels.shape == image.shape
     ckpt = load_checkpoint(d / "m.ckpt.safetensors")
     losses = [h["loss"] for h in ckpt.history]

@@ -279,19 +279,19 @@ def test_segment_applies_the_models_edge_offset_unless_told_otherwise(threshold_
 
     model = threshold_unet()
     image = nuclei_2d((96, 96), seed=0).image
-    plain = segment(image, model, device="cpu")
-    inst = segment(image, model, device="cpu", instances=True)
+    plain = segment(model, image, device="cpu")
+    inst = segment(model, image, device="cpu", instances=True)
     model.metadata["edge_offset"] = 1.5
-    shrunk = segment(image, model, device="cpu")
+    shrunk = segment(model, image, device="cpu")
     np.testing.assert_array_equal(shrunk, shift_edges(plain, 1.5))
     assert (shrunk > 0).sum() < 0.9 * (plain > 0).sum()
     np.testing.assert_array_equal(
-        segment(image, model, device="cpu", instances=True),
+        segment(model, image, device="cpu", instances=True),
         SplitRule(True, edge_offset=1.5).labels(plain)[0],
     )
-    np.testing.assert_array_equal(segment(image, model, device="cpu", edge_offset=0), plain)
+    np.testing.assert_array_equal(segment(model, image, device="cpu", edge_offset=0), plain)
     np.testing.assert_array_equal(
-        segment(image, model, device="cpu", instances=True, edge_offset=0.0), inst
+        segment(model, image, device="cpu", instances=True, edge_offset=0.0), inst
     )
     with pytest.raises(InputError, match="edge offset"):
-        segment(image, model, device="cpu", edge_offset=float("nan"))
+        segment(model, image, device="cpu", edge_offset=float("nan"))

@@ -275,7 +275,7 @@ def test_sigmoid_single_class(deep_unet, image):
     np.testing.assert_allclose(p, predict_whole(model, image), atol=1e-5)
     # sigmoid of the logits, not a softmax over one class (which would be all ones)
     assert p.std() > 0.01
-    labels = segment(image, model, device="cpu", halo="exact")
+    labels = segment(model, image, device="cpu", halo="exact")
     np.testing.assert_array_equal(labels, (p[0] > 0.5).astype(np.uint8))
     assert 0 < labels.mean() < 1
 
@@ -297,7 +297,7 @@ def test_non_finite_pixels_raise(deep_unet, bad):
     stack = np.ones((3, 30, 30), np.float32)
     stack[2, 0, 0] = bad
     with pytest.raises(InputError, match="slice 2"):
-        segment(stack, model, axes="ZYX", device="cpu")
+        segment(model, stack, axes="ZYX", device="cpu")
 
 
 @pytest.mark.parametrize("data", [np.zeros((8, 8), complex), np.array([["a"] * 8] * 8)])
@@ -364,7 +364,7 @@ def test_segment_is_argmax_of_probabilities(deep_unet, image):
     model = deep_unet(UNetConfig(depth=3, base_channels=4, n_classes=4), bias_std=0.3)
     tile = 2 * model.exact_halo() + 5 * model.size_multiple
     p = _tiled(model, image, tile_size=tile)
-    labels = segment(image, model, tile_size=tile, device="cpu", halo="exact")
+    labels = segment(model, image, tile_size=tile, device="cpu", halo="exact")
     assert labels.shape == SHAPE and labels.dtype == np.uint8
     np.testing.assert_array_equal(labels, p.argmax(0))
     assert len(np.unique(labels)) >= 2
@@ -376,7 +376,7 @@ def test_probabilities_out_is_completely_filled(deep_unet):
     stack = np.random.default_rng(10).random((3, 45, 38)).astype(np.float32)
     probs = np.full((3, 3, 45, 38), np.nan, np.float32)
     labels = segment(
-        stack, model, axes="ZYX", probabilities_out=probs, tile_size=64, device="cpu", halo=8
+        model, stack, axes="ZYX", probabilities_out=probs, tile_size=64, device="cpu", halo=8
     )
     _assert_probabilities(probs, 3)
     np.testing.assert_array_equal(labels, probs.argmax(0))
@@ -387,11 +387,11 @@ def test_probabilities_out_is_completely_filled(deep_unet):
 def test_segment_instances_on_a_stack(threshold_unet):
     model = threshold_unet()
     sample = nuclei_stack((2, 96, 96), seed=3)
-    classes = segment(sample.image, model, axes="ZYX", device="cpu")
+    classes = segment(model, sample.image, axes="ZYX", device="cpu")
     truth = sample.labels > 0
     iou = (truth & (classes > 0)).sum() / (truth | (classes > 0)).sum()
     assert iou > 0.7  # the hand-made model really segments the nuclei
-    inst = segment(sample.image, model, axes="ZYX", instances=True, device="cpu")
+    inst = segment(model, sample.image, axes="ZYX", instances=True, device="cpu")
     assert inst.shape == sample.image.shape
     assert np.issubdtype(inst.dtype, np.unsignedinteger)
     ids = [set(np.unique(inst[z])) - {0} for z in range(2)]
@@ -405,8 +405,8 @@ def test_segment_instances_on_a_stack(threshold_unet):
 def test_segment_min_size_drops_small_objects(threshold_unet):
     model = threshold_unet()
     sample = nuclei_2d((96, 96), seed=0)
-    inst = segment(sample.image, model, instances=True, min_size=1, device="cpu")
-    big = segment(sample.image, model, instances=True, min_size=200, device="cpu")
+    inst = segment(model, sample.image, instances=True, min_size=1, device="cpu")
+    big = segment(model, sample.image, instances=True, min_size=200, device="cpu")
     sizes = np.bincount(big.ravel())[1:]
     assert (sizes[sizes > 0] >= 200).all()
     assert big.max() < inst.max()

@@ -30,7 +30,7 @@ def test_cli_python_and_zarr_runner_give_one_dtype(
 ):
     stack = nuclei_stack((2, 64, 64), seed=5).image
     model = load_model(saved_threshold_model)
-    api = segment(stack, model, axes="ZYX", instances=instances, **SETTINGS)
+    api = segment(model, stack, axes="ZYX", instances=instances, **SETTINGS)
     # a few objects, ids a uint8 would hold: still the one type for instances
     assert (1 < api.max() < 256) if instances else api.max() == 1
     kw = dict(axes="ZYX", instances=instances, **SETTINGS)

@@ -155,19 +155,19 @@ def test_training_stores_the_calibrated_seed_depth_and_segment_applies_it(tmp_pa
     meta = res.model.metadata
     assert meta["provenance"]["edges"]["seed_depth"] == res.edges.seed_depth
     assert meta.get("seed_depth", 0.0) == res.edges.seed_depth
-    classes = segment(img.image, res.model, device="cpu", edge_offset=0)
+    classes = segment(res.model, img.image, device="cpu", edge_offset=0)
     assert calibrate_edges([classes], [_objects(lab)]) == res.edges
     rule = SplitRule(True, res.edges.offset, res.edges.seed_depth)
     np.testing.assert_array_equal(
-        segment(img.image, res.model, device="cpu", instances=True), rule.labels(classes)[0]
+        segment(res.model, img.image, device="cpu", instances=True), rule.labels(classes)[0]
     )
     # a stored depth travels with the model file; a bad one is refused on load
     res.model.metadata["seed_depth"] = 5.0
     path = save_model(res.model, tmp_path / "m.safetensors")
-    deep = segment(img.image, load_model(path), device="cpu", instances=True)
+    deep = segment(load_model(path), img.image, device="cpu", instances=True)
     np.testing.assert_array_equal(deep, SplitRule(True, res.edges.offset, 5.0).labels(classes)[0])
     np.testing.assert_array_equal(
-        segment(img.image, load_model(path), device="cpu", instances=True, seed_depth=0),
+        segment(load_model(path), img.image, device="cpu", instances=True, seed_depth=0),
         SplitRule(True, res.edges.offset, 0.0).labels(classes)[0],
     )
     res.model.metadata["seed_depth"] = 1e6

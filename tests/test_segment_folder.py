@@ -52,7 +52,7 @@ def test_a_folder_gives_one_labels_file_per_image(raw, tmp_path, saved_threshold
     for name in ("field_1", "extra"):
         src = raw / (f"{name}.tif" if name != "extra" else "extra.npy")
         image = tifffile.imread(src) if src.suffix == ".tif" else np.load(src)
-        expected = segment(image, model, instances=True, device="cpu")
+        expected = segment(model, image, instances=True, device="cpu")
         np.testing.assert_array_equal(tifffile.imread(out / f"{name}_labels.tif"), expected)
 
 

@@ -829,17 +829,17 @@ def test_dense_training_beats_an_untrained_model_on_a_new_image(nuclei):
     result = train(train_img.image, train_img.labels, config=cfg)
     assert result.steps == 60
 
-    trained_pred = segment(test_img.image, result.model, device="cpu")
-    untrained_pred = segment(test_img.image, untrained, device="cpu")
+    trained_pred = segment(result.model, test_img.image, device="cpu")
+    untrained_pred = segment(untrained, test_img.image, device="cpu")
     iou_trained = foreground_iou(trained_pred, test_img.labels)
     iou_untrained = foreground_iou(untrained_pred, test_img.labels)
     assert iou_trained > 0.8, iou_trained
     assert iou_trained > iou_untrained + 0.4, (iou_trained, iou_untrained)
 
-    inst = segment(test_img.image, result.model, device="cpu", instances=True)
+    inst = segment(result.model, test_img.image, device="cpu", instances=True)
     f1 = match_instances(test_img.labels, inst).f1
     f1_untrained = match_instances(
-        test_img.labels, segment(test_img.image, untrained, device="cpu", instances=True)
+        test_img.labels, segment(untrained, test_img.image, device="cpu", instances=True)
     ).f1
     assert f1 > 0.6 and f1 > f1_untrained + 0.4, (f1, f1_untrained)
 
@@ -857,10 +857,10 @@ def test_sparse_training_end_to_end(nuclei):
     assert result.model.config.n_classes == 2
     assert result.model.metadata["provenance"]["label_mode"] == "sparse"
     iou_trained = foreground_iou(
-        segment(test_img.image, result.model, device="cpu"), test_img.labels
+        segment(result.model, test_img.image, device="cpu"), test_img.labels
     )
     iou_untrained = foreground_iou(
-        segment(test_img.image, untrained, device="cpu"), test_img.labels
+        segment(untrained, test_img.image, device="cpu"), test_img.labels
     )
     assert iou_trained > 0.6, iou_trained
     assert iou_trained > iou_untrained + 0.3, (iou_trained, iou_untrained)
@@ -884,7 +884,7 @@ def test_stack_with_unpainted_slices_trains(rng):
     )
     assert result.steps == 6 and len(updates) == 6
     assert all(np.isfinite(u.loss) for u in updates)
-    out = segment(image, result.model, axes="ZYX", device="cpu")
+    out = segment(result.model, image, axes="ZYX", device="cpu")
     assert out.shape == image.shape
 
     # the unpainted slice is never read: its pixels may even be unusable
@@ -1061,11 +1061,11 @@ def test_training_stores_the_edge_offset_of_its_painted_objects(nuclei):
     assert meta["provenance"]["edges"] == edges.as_metadata()
     assert meta.get("edge_offset", 0.0) == edges.offset
     # the same calibration, redone from the kept model's own labels of the painted image
-    classes = segment(img.image, result.model, device="cpu", edge_offset=0)
+    classes = segment(result.model, img.image, device="cpu", edge_offset=0)
     assert calibrate_edges([classes], [painted_objects(painted, "sparse")]) == edges
     # and segment applies it by default
-    expected = segment(img.image, result.model, device="cpu", edge_offset=edges.offset)
-    np.testing.assert_array_equal(segment(img.image, result.model, device="cpu"), expected)
+    expected = segment(result.model, img.image, device="cpu", edge_offset=edges.offset)
+    np.testing.assert_array_equal(segment(result.model, img.image, device="cpu"), expected)
     # the auto halo of the kept weights, measured on the painted image, is stored with them
     from napari_tessera.axes import layout
     from napari_tessera.halo import (

@@ -179,7 +179,7 @@ def test_segment_with_model_file_updates_in_place(
     assert seg.last_result.halo == said and said.startswith("halo ") and "px (auto" in said
     from napari_tessera.inference import segment as segment_library
 
-    want = segment_library(nuclei.image, load_model(tiny_model_path), tile_size=64, device="cpu")
+    want = segment_library(load_model(tiny_model_path), nuclei.image, tile_size=64, device="cpu")
     np.testing.assert_array_equal(labels.data, want)
     n_layers = len(viewer.layers)
 
@@ -241,7 +241,7 @@ def test_segment_all_open_images(make_napari_viewer, qtbot, tiny_model_path, err
     from napari_tessera.inference import segment as segment_library
 
     for name, s in (("first", a), ("second", b)):
-        want = segment_library(s.image, model, instances=True, device="cpu")
+        want = segment_library(model, s.image, instances=True, device="cpu")
         np.testing.assert_array_equal(viewer.layers[f"{name} labels"].data, want)
     assert "broken labels" not in [la.name for la in viewer.layers]
     assert seg.status.value == "done: 2 of 3 images segmented; 1 failed"
@@ -279,7 +279,7 @@ def test_segment_a_folder_of_files(make_napari_viewer, qtbot, tiny_model_path, t
     segment(qtbot, seg)
     model = load_model(tiny_model_path)
     for name, image in fields.items():
-        want = segment_library(image, model, instances=True, device="cpu")
+        want = segment_library(model, image, instances=True, device="cpu")
         np.testing.assert_array_equal(tifffile.imread(out / f"{name}_labels.tif"), want)
         np.testing.assert_array_equal(viewer.layers[f"{name}_labels"].data, want)
     assert sorted(p.name for p in out.iterdir()) == [f"{n}_labels.tif" for n in fields]
@@ -418,18 +418,59 @@ def test_current_slice_of_a_lazy_stack_goes_into_a_zarr_array(
     assert "big probability" not in viewer.layers
 
 
-def test_segment_rgb_layer_with_gray_model(make_napari_viewer, qtbot, tiny_model_path, infos):
+def test_rgb_rule_in_the_widgets(make_napari_viewer, qtbot, saved_threshold_model, infos, errors):
+    """The images of tests/test_channels.py::test_cli_segment_and_train_follow_the_rgb_rule,
+    as RGB layers: the same note, channel and labels as the CLI; the same error."""
+    from _helpers import stain_rgb
+    from napari_tessera import segment as core_segment
+    from napari_tessera.rgb import rgb_channels
+
     viewer = make_napari_viewer()
-    gray = nuclei_2d((64, 64), seed=1).image
-    rgb = np.stack([gray, gray // 2, gray // 3], axis=-1).astype(np.uint16)
-    rgb = (rgb / rgb.max() * 255).astype(np.uint8)
-    viewer.add_image(rgb, name="colour", rgb=True)
+    green, two = stain_rgb(1), stain_rgb(0, 1)
+    viewer.add_image(two, name="two.tif", rgb=True)
+    layer = viewer.add_image(green, name="green.tif", rgb=True)
+    note = rgb_channels(green, "YXC", 1, "green.tif").note
+    assert "reading channel 1 (green), the only one with signal" in note
     seg = dock(viewer, "Segment")
-    use_file_model(seg, tiny_model_path)
-    assert "gray" in seg.info.value
+    use_file_model(seg, saved_threshold_model)
+    seg.output.value = "instances"
+    seg.device.value = "cpu"
+    seg.image.value = layer
+    assert "1 channel (green)" in seg.info.value
     segment(qtbot, seg)
-    assert viewer.layers["colour labels"].data.shape == (64, 64)
-    assert any("grayscale" in m for m in infos)
+    model = load_model(saved_threshold_model)
+    expected = core_segment(model=model, image=green[..., 1], device="cpu", instances=True)
+    np.testing.assert_array_equal(viewer.layers["green.tif labels"].data, expected)
+    assert note in infos  # the CLI's line, without "tessera: "
+    seg.image.value = viewer.layers["two.tif"]
+    several = (
+        "two.tif is RGB with signal in several channels (red and green) but the model reads 1: "
+        "choose one with channels, e.g. 0 for red"
+    )
+    assert several in seg.info.value  # said inline
+    seg.run()
+    assert not seg.running and errors == [f"Segment: {several}"]
+    seg.channels.value = "0"  # the way through: choose the channel
+    segment(qtbot, seg)
+    red = core_segment(model=model, image=two[..., 0], device="cpu", instances=True)
+    np.testing.assert_array_equal(viewer.layers["two.tif labels"].data, red)
+
+    # Train: fine-tuning the 1-channel model reads the green too; the choice is not stored
+    tr = dock(viewer, "Train")
+    tr.image.value = layer
+    ann = tr.create_annotations()
+    assert ann.data.shape == (64, 64)
+    painted = np.where(expected > 0, 2, 0).astype(np.uint8)
+    painted[:, :6] = np.where(expected[:, :6] == 0, 1, painted[:, :6])
+    ann.data = painted
+    tiny_training(tr, steps=2)
+    tr.start_from.value = "file"
+    tr.start_file.value = saved_threshold_model
+    infos.clear()
+    tr.train()
+    wait_idle(qtbot, tr)
+    assert tr.result is not None and infos[0] == note
+    assert "channels" not in tr.model.metadata
 
 
 def test_segment_rgb_layer_picks_a_channel(make_napari_viewer, qtbot, tiny_model_path):
@@ -446,7 +487,7 @@ def test_segment_rgb_layer_picks_a_channel(make_napari_viewer, qtbot, tiny_model
     from napari_tessera import segment as core_segment
 
     model = load_model(tiny_model_path)
-    expected = core_segment(rgb[..., 1], model, device="cpu", instances=True)
+    expected = core_segment(model, rgb[..., 1], device="cpu", instances=True)
     np.testing.assert_array_equal(viewer.layers["colour labels"].data > 0, expected > 0)
     seg.channels.value = "1,0"  # two channels for a 1-channel model: said inline
     assert "reads 1 channel(s) but 2 are chosen (channels 1,0)" in seg.info.value

@@ -514,7 +514,7 @@ def iter_segment(
 
 
 def segment(
-    image, model, *, axes: str = "YX", options: SegmentOptions | None = None, **settings
+    model, image, *, axes: str = "YX", options: SegmentOptions | None = None, **settings
 ) -> np.ndarray:
     """Labels for every pixel: the class (0 = background) or, with ``instances=True``, one id
     per object (touching objects split by a distance-transform watershed, ids unique across the
