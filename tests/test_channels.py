@@ -213,6 +213,13 @@ def test_cli_segment_and_train_follow_the_rgb_rule(saved_threshold_model, tmp_pa
     import zarr
 
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "l.zarr"), mode="r")[:], expected)
+    # a folder run (the Segment widget's folder runs too): each file by the rule
+    images = [tmp_path / "green.tif", tmp_path / "two.tif"]
+    code, _, err = run(["segment", *images, "-o", tmp_path / "out", *base, "-q"], capsys)
+    assert code == 1 and f"tessera: {note}" in nonempty_lines(err)
+    assert "two.tif: two.tif is RGB with signal in several channels" in err
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / "green_labels.tif"), expected)
+    assert not (tmp_path / "out" / "two_labels.tif").exists()
     # training: fine-tuning the 1-channel model reads the green; the choice is not stored
     lab = np.where(expected > 0, 2, 0).astype(np.uint8)
     lab[:, :6] = np.where(expected[:, :6] == 0, 1, lab[:, :6])

@@ -380,17 +380,27 @@ def iter_predict_tiled(
     return out.reshape((model.config.n_classes, *lay.out_shape))
 
 
-def drain(gen):
-    """Run a generator to its end and return its return value; notices become warnings."""
-    import warnings
-
+def run_to_end(gen, on_event=None):
+    """Run a job (a generator of progress events) to its end, handing each event to
+    ``on_event``; returns the job's return value. The one loop that drives the jobs."""
     while True:
         try:
             event = next(gen)
         except StopIteration as stop:
             return stop.value
+        if on_event is not None:
+            on_event(event)
+
+
+def drain(gen):
+    """Run a job to its end and return its return value; notices become warnings."""
+    import warnings
+
+    def warn(event) -> None:
         if isinstance(event, Notice):
-            warnings.warn(event.message, RuntimeWarning, stacklevel=2)
+            warnings.warn(event.message, RuntimeWarning, stacklevel=4)
+
+    return run_to_end(gen, warn)
 
 
 def predict_tiled(

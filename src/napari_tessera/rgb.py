@@ -124,3 +124,57 @@ def take_index(take: Sequence[int]):
     if take == tuple(range(take[0], take[0] + len(take))):
         return slice(take[0], take[0] + len(take))
     return list(take)
+
+
+# -- segmenting runs (the CLI, and the Segment widget's folder runs) ------------------------------
+def segment_options(model, image, axes: str, options, name: str = ""):
+    """``options`` (:class:`~napari_tessera.options.SegmentOptions`) that read what
+    :func:`rgb_channels` picks of ``image`` for ``model`` when no channels are chosen and the
+    model stores none, and the notes to give (a guess: said even when quiet)."""
+    from dataclasses import replace
+
+    stored = (getattr(model, "metadata", None) or {}).get("channels")
+    if options.channels is not None or stored is not None:
+        return options, []
+    read = rgb_channels(image, axes, model.config.in_channels, name)
+    notes = [read.note] if read.note else []
+    return (options if read.take is None else replace(options, channels=read.take)), notes
+
+
+def file_options(model, path, axes: str | None, options):
+    """:func:`segment_options` for the image file ``path`` (``axes``: given, else the file's,
+    else guessed). The file is opened without reading it, and read (a block at a time) only
+    when it is RGB(A) and the model reads fewer channels. A file that cannot be opened is left
+    to the run that reads it to report."""
+    from pathlib import Path
+
+    from .files import choose_axes
+    from .images import open_image
+
+    path = Path(path)
+    if options.channels is not None:
+        return options, []
+    try:
+        image, file_axes = open_image(path)
+        chosen = choose_axes(image.shape, axes, file_axes, model.config.in_channels).axes
+    except InputError:
+        return options, []
+    return segment_options(model, image, chosen, options, path.name)
+
+
+def files_by_rule(model, todo, options, axes):
+    """The files of a folder run one after the other, each read as :func:`file_options`
+    says: a ``run_files`` for :func:`napari_tessera.files.iter_segment_files`."""
+    from .errors import TesseraError
+    from .files import FileDone, segment_one_file
+    from .inference import Notice
+
+    for image, out in todo:
+        try:
+            own, notes = file_options(model, image, axes, options)
+        except (TesseraError, OSError, MemoryError) as err:
+            yield FileDone(image, out, "failed", str(err) or type(err).__name__)
+            continue
+        for note in notes:
+            yield Notice(note)
+        yield from segment_one_file(model, image, out, own, axes)

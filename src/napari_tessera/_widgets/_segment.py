@@ -151,8 +151,14 @@ def segment_all_job(inputs, spec, options: SegmentOptions, want_prob, folder):
 def segment_folder_job(spec, images, folder, options: SegmentOptions, restart: bool):
     """Runs in the worker thread: every image file into ``folder`` with one loaded model
     (:func:`~napari_tessera.files.iter_segment_files`); returns its FolderReport."""
+    from ..rgb import files_by_rule
+
     model = spec.load()
-    return (yield from iter_segment_files(model, images, folder, options, restart=restart))
+    return (
+        yield from iter_segment_files(
+            model, images, folder, options, restart=restart, run_files=files_by_rule
+        )
+    )
 
 
 def halo_used(model, options: SegmentOptions) -> str:

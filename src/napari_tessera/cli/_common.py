@@ -72,7 +72,8 @@ def arg_channels(text: str) -> tuple[int, ...] | None:
 
 CHANNELS_HELP = (
     "image channels the network reads, in order, from 0: e.g. 1 (green of an RGB image) or 1,0 "
-    "(cytoplasm, then nuclei); default: all"
+    "(cytoplasm, then nuclei); default: all (of an RGB(A) image, a 1-channel model reads the "
+    "one colour with signal, said on a 'tessera:' line; alpha is read only when chosen)"
 )
 
 
@@ -305,24 +306,22 @@ def drive(gen, bar: Progress, notes: list[str]):
 
     ``notes`` are printed once the work has started (so an error before that stays one line).
     """
-    from ..inference import Notice, Progress
+    from ..inference import Notice, Progress, run_to_end
+
+    pending = list(notes)
+
+    def show(event) -> None:
+        while pending:
+            warn(pending.pop(0))
+        if isinstance(event, Progress):
+            bar.update(event.done, event.total)
+        elif isinstance(event, Notice):
+            warn(event.message)
 
     try:
-        while True:
-            try:
-                event = next(gen)
-            except StopIteration as stop:
-                result = stop.value
-                break
-            for text in notes:
-                warn(text)
-            notes = []
-            if isinstance(event, Progress):
-                bar.update(event.done, event.total)
-            elif isinstance(event, Notice):
-                warn(event.message)
+        result = run_to_end(gen, show)
     finally:
         bar.close()
-    for text in notes:  # nothing was yielded (e.g. nothing left to do): say them now
+    for text in pending:  # nothing was yielded (e.g. nothing left to do): say them now
         warn(text)
     return result

@@ -32,6 +32,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..files import iter_segment_file
     from ..images import is_zarr
+    from ..rgb import file_options
 
     if args.scheduler:
         from ..cluster import open_client  # noqa: F401  an optional extra: said before any output
@@ -47,7 +48,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
         if prob_path.resolve() == out.resolve():
             raise InputError("--probabilities must name another file than -o")
     model = load_model_arg(args.model)
-    options, notes = _rgb_file(model, inp, args.axes, segment_options(args))
+    # an RGB image's channels: the widgets' rule (notes said once the run has started)
+    options, notes = file_options(model, inp, args.axes, segment_options(args))
     t0 = time.perf_counter()
     bar = Progress(args.quiet, "segment", "tile")
     gen = iter_segment_file(model, inp, out, options, args.axes, prob_path)
@@ -66,36 +68,6 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
-def rgb_options(model, image, axes: str, name: str, options):
-    """The options that read what the RGB rule (:func:`napari_tessera.rgb.rgb_channels`, as
-    in the widgets) picks of ``image`` when no channels are chosen and the model stores none,
-    and the notes to print (a guess: said even with --quiet)."""
-    from dataclasses import replace
-
-    from ..rgb import rgb_channels
-
-    stored = (getattr(model, "metadata", None) or {}).get("channels")
-    if options.channels is not None or stored is not None:
-        return options, []
-    read = rgb_channels(image, axes, model.config.in_channels, name)
-    notes = [read.note] if read.note else []
-    return (options if read.take is None else replace(options, channels=read.take)), notes
-
-
-def _rgb_file(model, path: Path, axes_arg: str | None, options):
-    """:func:`rgb_options` for an image file, opened without reading it whole (read only when
-    it is RGB(A) and the model reads fewer channels)."""
-    from ..errors import InputError
-    from ..images import open_image
-
-    try:
-        arr, file_axes = open_image(path)
-        axes, _ = resolve_axes(arr, axes_arg, file_axes, model.config.in_channels, True)
-    except InputError:
-        return options, []  # reading the image says what is wrong with it
-    return rgb_options(model, arr, axes, path.name, options)
-
-
 def _is_folder_run(inputs: list[str]) -> bool:
     """Several inputs, a pattern or a folder (not a .zarr one): one output per image."""
     from ..images import is_zarr
@@ -111,7 +83,7 @@ def _segment_folder(args: argparse.Namespace) -> int:
     Exit code 1 when some failed, with a summary of which and why."""
     from ..errors import InputError
     from ..files import FileProgress, iter_segment_files, output_folder, plan_outputs
-    from ..inference import Notice
+    from ..inference import Notice, run_to_end
     from ..sets import expand_inputs
 
     images = expand_inputs(args.input)
@@ -136,20 +108,26 @@ def _segment_folder(args: argparse.Namespace) -> int:
             restart=args.restart,
         )
     else:
+        from ..rgb import files_by_rule
+
         gen = iter_segment_files(
-            model, images, folder, options, axes=args.axes, restart=args.restart
+            model,
+            images,
+            folder,
+            options,
+            axes=args.axes,
+            restart=args.restart,
+            run_files=files_by_rule,  # an RGB image's channels: the widgets' rule
         )
+
+    def show(event) -> None:
+        if isinstance(event, FileProgress):
+            bar.update(round(event.fraction * event.n_files, 2), event.n_files, file=event.name)
+        elif isinstance(event, Notice):
+            warn(event.message)
+
     try:
-        while True:
-            try:
-                event = next(gen)
-            except StopIteration as stop:
-                report = stop.value
-                break
-            if isinstance(event, FileProgress):
-                bar.update(round(event.fraction * event.n_files, 2), event.n_files, file=event.name)
-            elif isinstance(event, Notice):
-                warn(event.message)
+        report = run_to_end(gen, show)
     finally:
         bar.close()
     _folder_summary(args, report)
@@ -202,10 +180,11 @@ def _segment_zarr(args, model, inp: Path, out: Path, bar, prefix: str) -> Path:
     from ..chunked import choose_block, iter_segment_to_zarr
     from ..images import open_image
     from ..inference import image_layout
+    from ..rgb import segment_options as rgb_options
 
     arr, file_axes = open_image(inp)
     axes, note = resolve_axes(arr, args.axes, file_axes, model.config.in_channels, args.quiet)
-    options, notes = rgb_options(model, arr, axes, inp.name, segment_options(args))
+    options, notes = rgb_options(model, arr, axes, segment_options(args), inp.name)
     lay = image_layout(model, arr, axes, options.channels)
     if choose_block(args.block_size, lay, model, args.halo, args.instances) and isinstance(
         bar, Progress

@@ -37,12 +37,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, ctx) -> int:
-    import threading
-
     from ..errors import InputError
-    from ..io import load_model, save_model
+    from ..io import load_model
     from ..models import default_model_path
-    from ..training import TrainConfig, TrainUpdate, iter_train
+    from ..training import TrainConfig, iter_train
 
     pairs = _train_pairs(args)
     inputs = [p for pair in pairs for p in pair]
@@ -79,96 +77,112 @@ def _train(args: argparse.Namespace, ctx) -> int:
     note = "; ".join(notes) or None
     if ctx is not None and not ctx.is_main:
         note = None  # said once, by rank 0
-    stop = threading.Event()
-    first_signal = [0.0]
-
-    def request_stop(signum, frame):  # first Ctrl-C: finish the step, keep the best model
-        if stop.is_set():
-            # under torchrun a stop can arrive twice at once (from the scheduler, e.g. SLURM,
-            # and forwarded by torchrun): only a later one aborts
-            if ctx is None or time.monotonic() - first_signal[0] > 5:
-                raise KeyboardInterrupt
-            return
-        stop.set()  # only the flag: printing here could re-enter a write the signal interrupted
-        first_signal[0] = time.monotonic()
-
-    told = [False]
-
-    def announce() -> None:  # the first stop request, said once, outside the signal handler
-        if stop.is_set() and not told[0]:
-            told[0] = True
-            if ctx is None or ctx.is_main:
-                warn("stopping after this step (press Ctrl-C again to abort without saving)")
-
-    old_int = signal.signal(signal.SIGINT, request_stop)
-    old_term = signal.signal(signal.SIGTERM, request_stop)
-    bar = Progress(args.quiet, "train", "step")
-    gen = iter_train(
-        items,
-        config=cfg,
-        model=model,
-        resume=args.resume,
-        stop=stop,
-        dist_ctx=ctx,
-    )
-    last_val = None
-    try:
-        while True:
-            try:
-                u: TrainUpdate = next(gen)
-            except StopIteration as done:
-                announce()
-                result = done.value
-                break
-            announce()
-            if note:
-                warn(note)
-                note = None
-            if u.notice:
-                warn(u.notice)
-            if u.val_iou is not None:
-                last_val = u.val_iou
-            post = {"loss": f"{u.loss:.3f}"}
-            if last_val is not None:
-                post["val IoU"] = f"{last_val:.3f}"
-            bar.update(u.step, u.total_steps, **post)
-    finally:
-        bar.close()
-        if ctx is None:
-            signal.signal(signal.SIGINT, old_int)
-            signal.signal(signal.SIGTERM, old_term)
-    try:  # under torchrun the stop handler stays until every rank is done
-        if note:
-            warn(note)
+    with _StopOnSignal(ctx) as stop:
+        gen = iter_train(
+            items, config=cfg, model=model, resume=args.resume, stop=stop.event, dist_ctx=ctx
+        )
+        result = _drive_training(gen, Progress(args.quiet, "train", "step"), note, stop)
         if ctx is None or ctx.is_main:  # rank 0 writes the model
-            save_model(result.model, out)
-            if not args.quiet:
-                iou = (
-                    f", kept step {result.best_step} (validation IoU {result.best_val_iou:.3f})"
-                    if (result.best_val_iou is not None)
-                    else " (no validation: too few annotated regions)"
-                )
-                warn(
-                    f"wrote {out} after {result.steps} steps in {result.elapsed:.0f} s "
-                    f"(stopped: {result.stopped}){iou}; resume with --resume {ckpt}"
-                )
-                if result.edges is not None:
-                    warn(result.edges.describe())
-                if result.stopped == "time":
-                    warn(
-                        f"the time limit cut the run at step {result.steps} of "
-                        f"{result.planned_steps}: on another machine the same command gives "
-                        "another model (lower --steps to fit, or raise --time-limit)"
-                    )
+            _save_result(args, result, out, ckpt)
         if ctx is not None:
             from ..training import distributed as ddp
 
             ddp.teardown(together=True)  # no rank leaves while rank 0 still writes
-    finally:
-        if ctx is not None:
-            signal.signal(signal.SIGINT, old_int)
-            signal.signal(signal.SIGTERM, old_term)
     return 0
+
+
+class _StopOnSignal:
+    """Ctrl-C (or SIGTERM) while training: the first finishes the step and keeps the best
+    model, a later one aborts. Under torchrun the handler stays until every rank is done."""
+
+    def __init__(self, ctx) -> None:
+        import threading
+
+        self.ctx, self.event, self.first, self.told = ctx, threading.Event(), 0.0, False
+
+    def __enter__(self) -> _StopOnSignal:
+        self.old = (
+            signal.signal(signal.SIGINT, self._request),
+            signal.signal(signal.SIGTERM, self._request),
+        )
+        return self
+
+    def __exit__(self, *exc) -> None:
+        signal.signal(signal.SIGINT, self.old[0])
+        signal.signal(signal.SIGTERM, self.old[1])
+
+    def _request(self, signum, frame) -> None:
+        if self.event.is_set():
+            # under torchrun a stop can arrive twice at once (from the scheduler, e.g. SLURM,
+            # and forwarded by torchrun): only a later one aborts
+            if self.ctx is None or time.monotonic() - self.first > 5:
+                raise KeyboardInterrupt
+            return
+        self.event.set()  # only the flag: printing here could re-enter an interrupted write
+        self.first = time.monotonic()
+
+    def announce(self) -> None:
+        """The first stop request, said once, outside the signal handler."""
+        if self.event.is_set() and not self.told:
+            self.told = True
+            if self.ctx is None or self.ctx.is_main:
+                warn("stopping after this step (press Ctrl-C again to abort without saving)")
+
+
+def _drive_training(gen, bar: Progress, note: str | None, stop: _StopOnSignal):
+    """Run the training to its end with a progress bar; returns its TrainResult."""
+    from ..inference import run_to_end
+
+    said = {"note": note, "val": None}
+
+    def show(u) -> None:
+        stop.announce()
+        if said["note"]:
+            warn(said["note"])
+            said["note"] = None
+        if u.notice:
+            warn(u.notice)
+        if u.val_iou is not None:
+            said["val"] = u.val_iou
+        post = {"loss": f"{u.loss:.3f}"}
+        if said["val"] is not None:
+            post["val IoU"] = f"{said['val']:.3f}"
+        bar.update(u.step, u.total_steps, **post)
+
+    try:
+        result = run_to_end(gen, show)
+    finally:
+        bar.close()
+    stop.announce()
+    if said["note"]:
+        warn(said["note"])
+    return result
+
+
+def _save_result(args, result, out: Path, ckpt: Path) -> None:
+    """Write the model and say what the run did."""
+    from ..io import save_model
+
+    save_model(result.model, out)
+    if args.quiet:
+        return
+    iou = (
+        f", kept step {result.best_step} (validation IoU {result.best_val_iou:.3f})"
+        if (result.best_val_iou is not None)
+        else " (no validation: too few annotated regions)"
+    )
+    warn(
+        f"wrote {out} after {result.steps} steps in {result.elapsed:.0f} s "
+        f"(stopped: {result.stopped}){iou}; resume with --resume {ckpt}"
+    )
+    if result.edges is not None:
+        warn(result.edges.describe())
+    if result.stopped == "time":
+        warn(
+            f"the time limit cut the run at step {result.steps} of "
+            f"{result.planned_steps}: on another machine the same command gives "
+            "another model (lower --steps to fit, or raise --time-limit)"
+        )
 
 
 def _train_pairs(args: argparse.Namespace) -> list[tuple[Path, Path]]:
