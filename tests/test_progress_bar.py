@@ -203,3 +203,16 @@ def test_nothing_before_the_first_update(clock, capsys):
     clock.tick(1)
     bar.close()
     assert capsys.readouterr().err == ""
+
+
+def test_a_resumed_run_counts_only_its_own_steps(clock, capsys):
+    """Training resumed at step 5001 of 10000: 10 steps in 5 s is 2 step/s, not 1002."""
+    bar = Progress(False, "train", "step")
+    bar.begin_at(5000)
+    for step in range(5001, 5011):
+        clock.tick(0.5)
+        bar.update(step, 10000)
+    bar.close()
+    final = lines(capsys.readouterr().err)[-1]
+    assert count(final) == (5010, 10000)
+    assert rate(final) == near(2.0)

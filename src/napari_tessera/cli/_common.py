@@ -122,6 +122,8 @@ class Progress:
     first update after a tiny interval cannot show an absurd rate. A rate is shown once the
     bar has run :attr:`MIN_RATE_S` (the final line: as soon as the time is measurable).
     The final count is written once, by ``close()``, with the true average rate.
+    ``begin_at(done)``: the work resumes after ``done`` units an earlier run did; rates count
+    this run's units only.
 
     On a terminal the bar is redrawn in place (at most every :attr:`TTY_INTERVAL` s); into a
     file or a pipe it writes whole lines, at most one every :attr:`LOG_INTERVAL` s. Nothing is
@@ -144,6 +146,10 @@ class Progress:
         self._shown_at: float | None = None
         self._width = 0  # of the line on the terminal, to blank what a shorter one leaves
         self._closed = False
+        self.base: float = 0  # units done before this run (a resumed run)
+
+    def begin_at(self, done: float) -> None:
+        self.base = done
 
     def update(self, done: float, total: float, **postfix) -> None:
         if self.quiet or self._closed:
@@ -187,7 +193,7 @@ class Progress:
         total = int(self.total) if float(self.total).is_integer() else self.total
         elapsed = self.at - self.start
         shown = (self.MIN_FINAL_S if final and done >= total else self.MIN_RATE_S) <= elapsed
-        rate = done / elapsed if shown and done > 0 else None
+        rate = (done - self.base) / elapsed if shown and done > self.base else None
         post = ", ".join(f"{k}={str(v).strip()}" for k, v in self.postfix.items())
         kw = {}
         if rate is None:  # tqdm would compute done / elapsed itself: say "?" instead

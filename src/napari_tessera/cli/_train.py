@@ -136,6 +136,8 @@ def _drive_training(gen, bar: Progress, note: str | None, stop: _StopOnSignal):
     said = {"note": note, "val": None}
 
     def show(u) -> None:
+        if bar.done is None:  # a resumed run goes on after the checkpoint's steps
+            bar.begin_at(u.step - 1)
         stop.announce()
         if said["note"]:
             warn(said["note"])
