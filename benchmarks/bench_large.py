@@ -8,7 +8,7 @@ array (one chunk per slice) of synthetic nuclei slices; "zarr" segments it with
 and runs `segment` (labels for the whole stack in memory), "dask" runs the zarr path on a
 LocalCluster (`--workers` single-threaded processes; torch threads split between them).
 Peak = the process's maximum resident memory (ru_maxrss), everything included (Python, torch,
-the model). Built-in model, default settings, CPU.
+the model). Built-in model, default settings (``--halo`` sets the halo), CPU.
 
     python benchmarks/bench_large.py --size 1024 --depths 4 16 64 --workers 2 \
         --json benchmarks/results/large.json
@@ -42,16 +42,17 @@ def main():
     if "{mode}" == "in memory":
         img, _ = open_image("{src}")
         img = np.asarray(img[...])
-        labels = segment(model, img, axes=axes, device="cpu")
+        labels = segment(model, img, axes=axes, device="cpu", halo={halo!r})
     else:
         if "{mode}" == "dask":
             from napari_tessera.cluster import segment_to_zarr as on_cluster
 
-            on_cluster(model, "{src}", "{out}", axes=axes, device="cpu",
+            on_cluster(model, "{src}", "{out}", axes=axes, device="cpu", halo={halo!r},
                        scheduler="local", workers={workers})
         else:
             block = {block} if "{mode}" == "zarr blocks" else None
-            segment_to_zarr(model, "{src}", "{out}", axes=axes, device="cpu", block_size=block)
+            segment_to_zarr(model, "{src}", "{out}", axes=axes, device="cpu", halo={halo!r},
+                            block_size=block)
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(dict(peak_mb=round(peak, 1), seconds=round(seconds, 1))))
@@ -77,10 +78,13 @@ def make_stack(path: Path, depth: int, size: int) -> None:
     z.attrs["axes"] = "ZYX"
 
 
-def run(mode: str, src: Path, out: Path, threads: int, workers: int, axes="ZYX", block=0) -> dict:
+def run(
+    mode: str, src: Path, out: Path, threads: int, workers: int, axes="ZYX", block=0, halo="auto"
+) -> dict:
     code = CHILD.format(
-        mode=mode, src=src, out=out, threads=threads, workers=workers, axes=axes, block=block
-    )
+        mode=mode, src=src, out=out, threads=threads, workers=workers, axes=axes, block=block,
+        halo=halo,
+    )  # fmt: skip
     script = out.parent / "child.py"
     script.write_text(code)
     res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
@@ -100,8 +104,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--plane", type=int, default=0, help="also one 2D plane of this side")
     ap.add_argument("--block", type=int, default=4096, help="block side for --plane")
+    ap.add_argument("--halo", default="auto", help="auto, exact or pixels")
     ap.add_argument("--json")
     args = ap.parse_args()
+    halo = int(args.halo) if args.halo.isdigit() else args.halo
     import torch
 
     results = []
@@ -118,7 +124,7 @@ def main() -> None:
             if depth == args.dask_depth:
                 modes.append("dask")
             for mode in modes:
-                r = run(mode, src, d / "out.zarr", args.threads, args.workers)
+                r = run(mode, src, d / "out.zarr", args.threads, args.workers, halo=halo)
                 r.update(mode=mode, depth=depth, size=args.size)
                 mp = depth * args.size**2 / 1e6
                 r["mp_per_s"] = round(mp / r["seconds"], 3)
@@ -138,7 +144,10 @@ def main() -> None:
             plane[...] = z[0]
             plane.attrs["axes"] = "YX"
             for mode in ("zarr blocks", "in memory"):
-                r = run(mode, d / "plane2d.zarr", d / "out.zarr", args.threads, 1, "YX", args.block)
+                r = run(
+                    mode, d / "plane2d.zarr", d / "out.zarr", args.threads, 1, "YX", args.block,
+                    halo,
+                )  # fmt: skip
                 r.update(mode=mode, plane=args.plane, block=args.block if "blocks" in mode else 0)
                 r["mp_per_s"] = round(args.plane**2 / 1e6 / r["seconds"], 3)
                 results.append(r)
@@ -149,6 +158,7 @@ def main() -> None:
         "machine": platform.machine(),
         "threads": args.threads,
         "workers": args.workers,
+        "halo": halo,
     }
     print("env", json.dumps(env))
     if args.json:

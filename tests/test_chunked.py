@@ -53,7 +53,7 @@ def read_zarr(path):
 
 @pytest.mark.parametrize("instances", [False, True])
 def test_zarr_output_equals_in_memory_segmentation(model, stack, tmp_path, instances):
-    ref = segment(model, stack, axes="ZYX", instances=instances, **SETTINGS)
+    ref = segment(model, stack, axes="ZYX", instances=instances, link_z=False, **SETTINGS)
     assert ref.max() > (10 if instances else 0)  # objects in several slices
     src = Recorder(stack)
     out = segment_to_zarr(
@@ -68,8 +68,10 @@ def test_zarr_output_equals_in_memory_segmentation(model, stack, tmp_path, insta
 
 def test_zarr_instances_apply_the_models_edge_offset(model, stack, tmp_path):
     model.metadata["edge_offset"] = 1.5
-    ref = segment(model, stack, axes="ZYX", instances=True, **SETTINGS)
-    plain = segment(model, stack, axes="ZYX", instances=True, edge_offset=0, **SETTINGS)
+    ref = segment(model, stack, axes="ZYX", instances=True, link_z=False, **SETTINGS)
+    plain = segment(
+        model, stack, axes="ZYX", instances=True, link_z=False, edge_offset=0, **SETTINGS
+    )
     assert (ref > 0).sum() < 0.9 * (plain > 0).sum()  # objects really shrank
     out = segment_to_zarr(model, stack, tmp_path / "l.zarr", axes="ZYX", instances=True, **SETTINGS)
     np.testing.assert_array_equal(read_zarr(out), ref)
@@ -140,7 +142,7 @@ def _interrupt_after(gen, n_slices: int, tiles: int):
 
 def test_interrupted_run_resumes_and_skips_finished_slices(model, stack, tmp_path, monkeypatch):
     out = tmp_path / "l.zarr"
-    ref = segment(model, stack, axes="ZYX", instances=True, **SETTINGS)
+    ref = segment(model, stack, axes="ZYX", instances=True, link_z=False, **SETTINGS)
     tiles = tiles_per_slice(model)
     gen = iter_segment_to_zarr(model, stack, out, axes="ZYX", instances=True, **SETTINGS)
     _interrupt_after(gen, 2, tiles)
@@ -183,7 +185,7 @@ def test_other_settings_start_over(model, stack, tmp_path):
     notices = [e.message for e in _events(gen) if isinstance(e, Notice)]
     assert any("other settings: starting over" in n for n in notices)
     np.testing.assert_array_equal(
-        read_zarr(out), segment(model, stack, axes="ZYX", instances=True, **SETTINGS)
+        read_zarr(out), segment(model, stack, axes="ZYX", instances=True, link_z=False, **SETTINGS)
     )
 
 
@@ -205,10 +207,10 @@ def test_an_existing_output_is_replaced_only_when_complete(model, stack, tmp_pat
 def test_cli_segment_tiff_to_zarr_and_zarr_to_tiff(model, stack, tmp_path, capsys):
     mpath = save_model(model, tmp_path / "m.safetensors")
     tifffile.imwrite(tmp_path / "s.tif", stack, metadata={"axes": "ZYX"})
-    args = ["--model", mpath, "--tile-size", "64", "--device", "cpu", "--instances"]
+    args = ["--model", mpath, "--tile-size", "64", "--device", "cpu", "--instances", "2d"]
     code, _, err = run(["segment", tmp_path / "s.tif", "-o", tmp_path / "l.zarr", *args], capsys)
     assert code == 0, err
-    ref = segment(model, stack, axes="ZYX", instances=True, **SETTINGS)
+    ref = segment(model, stack, axes="ZYX", instances=True, link_z=False, **SETTINGS)
     np.testing.assert_array_equal(read_zarr(tmp_path / "l.zarr"), ref)
     # a zarr input with a TIFF output goes through memory like any TIFF
     code, _, err = run(
@@ -365,7 +367,7 @@ def test_cli_ctrl_c_keeps_finished_slices_and_the_same_command_resumes(
     np.save(tmp_path / "s.npy", stack)
     out = tmp_path / "l.zarr"
     argv = ["segment", tmp_path / "s.npy", "-o", out, "--model", mpath, "--axes", "ZYX"]
-    argv += ["--tile-size", "64", "--halo", "exact", "--device", "cpu", "--instances", "-q"]
+    argv += ["--tile-size", "64", "--halo", "exact", "--device", "cpu", "--instances", "2d", "-q"]
     calls = {"n": 0}
     plain = UNet.forward
     limit = 2 * tiles_per_slice(model) + 1  # Ctrl-C in the third slice
@@ -385,7 +387,7 @@ def test_cli_ctrl_c_keeps_finished_slices_and_the_same_command_resumes(
     code, _, err = run([a for a in argv if a != "-q"], capsys)
     assert code == 0, err
     assert "resuming: 2 of 6 slices already done" in err
-    ref = segment(model, stack, axes="ZYX", instances=True, **SETTINGS)
+    ref = segment(model, stack, axes="ZYX", instances=True, link_z=False, **SETTINGS)
     np.testing.assert_array_equal(read_zarr(out), ref)
 
 

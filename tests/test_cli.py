@@ -178,7 +178,7 @@ def test_segment_probabilities(sample_2d, saved_threshold_model, out_dir, capsys
 def test_segment_zyx_stack(sample_zyx, saved_threshold_model, out_dir, capsys):
     out = out_dir / "stack_labels.tif"
     code, _, err = run(
-        ["segment", sample_zyx, "-o", out, "--model", saved_threshold_model, "--instances", "-q"],
+        ["segment", sample_zyx, "-o", out, "--model", saved_threshold_model, "--instances", "2d"],
         capsys,
     )
     assert code == 0, err
@@ -187,6 +187,142 @@ def test_segment_zyx_stack(sample_zyx, saved_threshold_model, out_dir, capsys):
     per_slice = [set(np.unique(labels[z])) - {0} for z in range(3)]
     assert all(per_slice)
     assert not (per_slice[0] & per_slice[1]) and not (per_slice[1] & per_slice[2])
+
+
+# -- segment --measure ---------------------------------------------------------------------------
+def test_segment_measure_writes_the_objects_table(
+    sample_2d, saved_threshold_model, out_dir, capsys
+):
+    import pandas as pd
+
+    from napari_tessera import measure
+
+    image, _ = sample_2d
+    out, table = out_dir / "inst.tif", out_dir / "objects.csv"
+    argv = ["segment", image, "-o", out, "--model", saved_threshold_model, "--instances"]
+    code, _, err = run([*argv, "--measure", table, "--voxel-size", "0.5,0.25"], capsys)
+    assert code == 0, err
+    assert f"wrote the objects table {table}" in err
+    labels, _ = read_image(out)
+    got = pd.read_csv(table)
+    assert len(got) == len(np.unique(labels)) - 1 > 3
+    assert list(got["label"]) == sorted(set(np.unique(labels)) - {0})
+    expected = measure(labels, read_image(image)[0], voxel_size=(0.5, 0.25))
+    pd.testing.assert_frame_equal(got, expected, check_dtype=False)
+    np.testing.assert_allclose(got["area_um2"], got["area_px"] * 0.125)
+    np.testing.assert_allclose(got["centroid_y_um"], got["centroid_y_px"] * 0.5)
+    assert sorted(p.name for p in out_dir.iterdir()) == ["inst.tif", "objects.csv"]
+
+
+def test_segment_measure_reads_the_voxel_size_of_the_tiff(
+    sample_2d, sample_zyx, saved_threshold_model, tmp_path, capsys
+):
+    import pandas as pd
+
+    image = read_image(sample_2d[0])[0]
+    calibrated = tmp_path / "calibrated.tif"
+    tifffile.imwrite(
+        calibrated, image, imagej=True, resolution=(4.0, 4.0), metadata={"unit": "um"}
+    )
+    stack = tmp_path / "stack.tif"
+    tifffile.imwrite(
+        stack,
+        read_image(sample_zyx)[0],
+        imagej=True,
+        resolution=(2.0, 2.0),
+        metadata={"unit": "micron", "spacing": 3.0, "axes": "ZYX"},
+    )
+    base = ["--model", saved_threshold_model, "--instances", "-q"]
+    code, _, err = run(
+        ["segment", calibrated, "-o", tmp_path / "a.tif", "--measure", tmp_path / "a.csv", *base],
+        capsys,
+    )
+    assert code == 0, err
+    a = pd.read_csv(tmp_path / "a.csv")
+    np.testing.assert_allclose(a["area_um2"], a["area_px"] / 16)  # 0.25 um pixels
+    np.testing.assert_allclose(a["centroid_x_um"], a["centroid_x_px"] * 0.25)
+    code, _, err = run(
+        ["segment", stack, "-o", tmp_path / "s.tif", "--measure", tmp_path / "s.csv", *base],
+        capsys,
+    )
+    assert code == 0, err
+    s = pd.read_csv(tmp_path / "s.csv")
+    assert len(s) > 0 and "area_px" not in s.columns
+    np.testing.assert_allclose(s["volume_um3"], s["volume_vox"] * 3.0 * 0.25)
+    np.testing.assert_allclose(s["centroid_z_um"], s["centroid_z_px"] * 3.0)
+    # the file's size gives way to --voxel-size
+    code, _, err = run(
+        [
+            "segment",
+            stack,
+            "-o",
+            tmp_path / "t.tif",
+            "--measure",
+            tmp_path / "t.csv",
+            "--voxel-size",
+            "1,1,1",
+            *base,
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    t = pd.read_csv(tmp_path / "t.csv")
+    np.testing.assert_allclose(t["volume_um3"], t["volume_vox"])
+    # no voxel size anywhere: pixels only
+    code, _, err = run(
+        ["segment", sample_zyx, "-o", tmp_path / "u.tif", "--measure", tmp_path / "u.csv", *base],
+        capsys,
+    )
+    assert code == 0, err
+    u = pd.read_csv(tmp_path / "u.csv")
+    assert "volume_vox" in u.columns and not [c for c in u.columns if "_um" in c]
+
+
+def test_segment_measure_into_a_zarr_output(sample_2d, saved_threshold_model, out_dir, capsys):
+    import pandas as pd
+
+    image, _ = sample_2d
+    code, _, err = run(
+        [
+            "segment",
+            image,
+            "-o",
+            out_dir / "l.zarr",
+            "--model",
+            saved_threshold_model,
+            "--instances",
+            "--measure",
+            out_dir,  # a folder: {stem}_objects.csv in it
+            "-q",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    labels = read_image(out_dir / "l.zarr")[0]
+    table = pd.read_csv(out_dir / "x_objects.csv")
+    assert list(table["label"]) == sorted(set(np.unique(labels)) - {0})
+    assert table["area_px"].sum() == np.count_nonzero(labels)
+
+
+@pytest.mark.parametrize(
+    ("extra", "expect"),
+    [
+        (["--measure", "objects.csv"], "add --instances"),
+        (["--instances", "--measure", "objects.csv", "--voxel-size", "1,1,1"], "give Y,X"),
+        (["--instances", "--measure", "objects.csv", "--voxel-size", "1,0"], "positive"),
+        (["--instances", "--measure", "nowhere/objects.csv"], "does not exist"),
+    ],
+)
+def test_segment_measure_refusals_are_one_line(
+    extra, expect, sample_2d, saved_threshold_model, out_dir, capsys, monkeypatch
+):
+    monkeypatch.chdir(out_dir)
+    argv = ["segment", sample_2d[0], "-o", "labels.tif", "--model", saved_threshold_model]
+    code, _, err = run([*argv, *extra], capsys)
+    assert code == 2
+    lines = nonempty_lines(err)
+    assert len(lines) == 1 and expect in lines[0], err
+    assert list(out_dir.iterdir()) == []  # no labels, no table, no temporary file
 
 
 def _small_sample(folder: Path) -> Path:

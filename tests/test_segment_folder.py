@@ -131,6 +131,81 @@ def test_several_files_and_their_checks(raw, tmp_path, saved_threshold_model, ca
         assert len(err.strip().splitlines()) == 1
 
 
+def test_measure_writes_one_table_per_image(raw, tmp_path, saved_threshold_model, capsys):
+    import pandas as pd
+
+    from napari_tessera import measure
+
+    out, tables = tmp_path / "out", tmp_path / "tables"  # both made by the run
+    argv = ["segment", raw, "-o", out, "--model", saved_threshold_model, "--instances"]
+    code, _, err = run([*argv, "--measure", tables, "--voxel-size", "0.5,0.5"], capsys)
+    assert code == 0, err
+    assert outputs(tables) == [
+        "extra_objects.csv",
+        "field_0_objects.csv",
+        "field_1_objects.csv",
+        "field_2_objects.csv",
+    ]
+    for name, src in (("field_1", raw / "field_1.tif"), ("extra", raw / "extra.npy")):
+        image = tifffile.imread(src) if src.suffix == ".tif" else np.load(src)
+        labels = tifffile.imread(out / f"{name}_labels.tif")
+        got = pd.read_csv(tables / f"{name}_objects.csv")
+        assert len(got) == len(np.unique(labels)) - 1 > 0
+        expected = measure(labels, image, voxel_size=(0.5, 0.5))
+        pd.testing.assert_frame_equal(got, expected, check_dtype=False)
+
+    # a re-run measures the finished images whose table is missing, without segmenting them
+    (tables / "field_1_objects.csv").unlink()
+    before = (tables / "field_0_objects.csv").stat().st_mtime_ns
+    code, _, err = run([*argv, "--measure", tables, "--voxel-size", "0.5,0.5"], capsys)
+    assert code == 0 and "4 already done, skipped" in err
+    assert (tables / "field_1_objects.csv").exists()
+    assert (tables / "field_0_objects.csv").stat().st_mtime_ns == before
+
+    # a pattern with {stem}
+    code, _, err = run([*argv, "--measure", str(tmp_path / "t" / "{stem}.csv")], capsys)
+    assert code == 0, err
+    assert outputs(tmp_path / "t") == ["extra.csv", "field_0.csv", "field_1.csv", "field_2.csv"]
+    assert "area_um2" not in pd.read_csv(tmp_path / "t" / "extra.csv").columns  # no size known
+    assert not [p for p in tables.iterdir() if ".part" in p.name]
+
+
+def test_an_image_whose_measuring_fails_is_reported(
+    raw, tmp_path, saved_threshold_model, capsys, monkeypatch
+):
+    import napari_tessera.files as files
+    from napari_tessera import InputError
+
+    real = files.measure_output
+
+    def fail_on_extra(image, *args):
+        if image.name == "extra.npy":
+            raise InputError("no room for the table")
+        return real(image, *args)
+
+    monkeypatch.setattr(files, "measure_output", fail_on_extra)
+    out, tables = tmp_path / "out", tmp_path / "tables"
+    argv = ["segment", raw, "-o", out, "--model", saved_threshold_model, "--instances"]
+    code, _, err = run([*argv, "--measure", tables], capsys)
+    assert code == 1
+    assert "extra.npy: measuring its objects failed: no room for the table" in err
+    assert "extra_labels.tif" in outputs(out)  # the labels are kept
+    assert outputs(tables) == [f"field_{k}_objects.csv" for k in range(3)]
+
+
+def test_measure_in_a_folder_run_names_a_folder(raw, tmp_path, saved_threshold_model, capsys):
+    out = tmp_path / "out"
+    base = ["segment", raw, "-o", out, "--model", saved_threshold_model]
+    for extra, message in [
+        (["--instances", "--measure", tmp_path / "one.csv"], "names one file"),
+        (["--measure", tmp_path / "tables"], "add --instances"),
+    ]:
+        code, _, err = run([*base, *extra], capsys)
+        assert code == 2 and message in err, err
+        assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "tables").exists() and not (tmp_path / "one.csv").exists()
+
+
 def test_an_interrupted_folder_run_keeps_finished_files(
     raw, tmp_path, saved_threshold_model, capsys, monkeypatch
 ):

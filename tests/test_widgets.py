@@ -346,6 +346,123 @@ def test_segment_current_slice_of_stack(make_napari_viewer, qtbot, saved_thresho
     assert labels[2].any() and labels[2][labels[2] > 0].min() > first.max() > 0
 
 
+def test_measure_objects_fills_features_and_saves_the_table(
+    make_napari_viewer, qtbot, nuclei, saved_threshold_model, tmp_path, errors
+):
+    import pandas as pd
+
+    from napari_tessera import measure
+
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei.image, name="cells", scale=(0.5, 0.25))
+    seg = dock(viewer, "Segment")
+    use_file_model(seg, saved_threshold_model)
+    seg.device.value = "cpu"
+    seg.output.value = "classes"
+    shown = [seg.measure.native, seg.save_table_button.native]
+    assert all(w.isHidden() for w in shown)  # no objects to measure
+    seg.output.value = "instances"
+    assert not any(w.isHidden() for w in shown)
+    assert not seg.save_table_button.enabled  # nothing measured yet
+    seg.save_table(path=tmp_path / "none.csv")
+    assert errors and "no objects table yet" in errors[-1]
+    seg.measure.value = True
+    segment(qtbot, seg)
+
+    layer = viewer.layers["cells labels"]
+    expected = measure(layer.data, nuclei.image, voxel_size=(0.5, 0.25))
+    assert len(expected) > 3 and "area_um2" in expected.columns
+    feats = layer.features
+    assert list(feats["index"]) == list(expected["label"])  # napari's row of each label
+    pd.testing.assert_frame_equal(feats.drop(columns="index"), expected)
+    np.testing.assert_allclose(feats["area_um2"], feats["area_px"] * 0.125)
+    # napari shows the row of the object under the cursor
+    obj = int(expected["label"].iloc[0])
+    y, x = np.argwhere(layer.data == obj)[0]
+    status = layer.get_status(position=(y * 0.5, x * 0.25), world=True)
+    text = status["coordinates"] if isinstance(status, dict) else str(status)
+    assert "area_um2" in text, text
+
+    assert seg.save_table_button.enabled
+    path = seg.save_table(path=tmp_path / "objects")  # .csv added
+    assert path == tmp_path / "objects.csv"
+    pd.testing.assert_frame_equal(pd.read_csv(path), expected, check_dtype=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["objects.csv"]
+
+    # a run without measuring clears the table: it no longer fits the labels
+    seg.measure.value = False
+    segment(qtbot, seg)
+    assert layer.features.shape[1] == 0 and seg.table is None
+    assert not seg.save_table_button.enabled
+
+
+def test_measure_objects_of_all_images_and_of_a_folder(
+    make_napari_viewer, qtbot, saved_threshold_model, tmp_path
+):
+    """All open images: each labels layer gets its own table, in its own layer's scale; a
+    folder run writes {stem}_objects.csv beside the labels files."""
+    import pandas as pd
+    import tifffile
+
+    from napari_tessera import measure
+
+    viewer = make_napari_viewer()
+    a, b = nuclei_2d((96, 96), seed=1).image, nuclei_2d((64, 80), seed=2).image
+    viewer.add_image(a, name="first", scale=(2.0, 2.0))
+    viewer.add_image(b, name="second")  # scale 1, napari's pixels: no voxel size
+    seg = dock(viewer, "Segment")
+    use_file_model(seg, saved_threshold_model)
+    seg.device.value = "cpu"
+    seg.output.value = "instances"
+    seg.measure.value = True
+    seg.scope.value = "all"
+    segment(qtbot, seg)
+    first, second = viewer.layers["first labels"], viewer.layers["second labels"]
+    want = measure(first.data, a, voxel_size=(2.0, 2.0))
+    pd.testing.assert_frame_equal(first.features.drop(columns="index"), want)
+    assert "area_um2" not in second.features.columns and len(second.features) > 0
+    pd.testing.assert_frame_equal(second.features.drop(columns="index"), measure(second.data, b))
+
+    raw, out = tmp_path / "raw", tmp_path / "labels"
+    raw.mkdir()
+    tifffile.imwrite(raw / "one.tif", a)
+    seg.scope.value = "folder"
+    seg.input_folder.value = raw
+    seg.output_folder.value = out
+    segment(qtbot, seg)
+    assert sorted(p.name for p in out.iterdir()) == ["one_labels.tif", "one_objects.csv"]
+    got = pd.read_csv(out / "one_objects.csv")
+    labels = tifffile.imread(out / "one_labels.tif")
+    pd.testing.assert_frame_equal(got, measure(labels, a), check_dtype=False)
+
+
+def test_measure_objects_of_the_current_slice_measures_the_stack(
+    make_napari_viewer, qtbot, saved_threshold_model
+):
+    from napari_tessera import measure
+
+    viewer = make_napari_viewer()
+    stack = np.stack([nuclei_2d((64, 64), seed=s).image for s in range(3)])
+    viewer.add_image(stack, name="stack", scale=(2.0, 0.5, 0.5))
+    seg = dock(viewer, "Segment")
+    use_file_model(seg, saved_threshold_model)
+    seg.device.value = "cpu"
+    seg.scope.value = "slice"
+    seg.output.value = "instances"
+    seg.measure.value = True
+    viewer.dims.set_point(0, 2.0)  # slice 1
+    segment(qtbot, seg)
+    viewer.dims.set_point(0, 4.0)  # slice 2
+    segment(qtbot, seg)
+    layer = viewer.layers["stack labels"]
+    table = seg.table
+    assert set(table["label"]) == set(np.unique(layer.data)) - {0}
+    assert set(table["bbox_z0_px"]) == {1, 2}  # objects of both slices, none of slice 0
+    expected = measure(layer.data, stack, voxel_size=(2.0, 0.5, 0.5))
+    np.testing.assert_allclose(table["volume_um3"], expected["volume_um3"])
+    np.testing.assert_allclose(table["volume_um3"], table["volume_vox"] * 0.5)
+
+
 def test_lazy_stack_is_segmented_into_a_zarr_backed_layer(
     make_napari_viewer, qtbot, saved_threshold_model, tmp_path
 ):
@@ -371,7 +488,8 @@ def test_lazy_stack_is_segmented_into_a_zarr_backed_layer(
     assert isinstance(layer.data, zarr.Array)  # backed by the output, not loaded into memory
     assert seg.last_result.path == tmp_path / "big_labels.zarr"
     assert all(r[0] <= 1 or len(r) < 3 for r in src.reads), src.reads  # a slice per read
-    expected = core_segment(stack, load_model(saved_threshold_model), axes="ZYX", instances=True)
+    model = load_model(saved_threshold_model)  # a zarr-backed stack keeps each slice's objects
+    expected = core_segment(model, stack, axes="ZYX", instances=True, link_z=False)
     assert expected.max() > 10  # objects in the slices: the comparison means something
     np.testing.assert_array_equal(np.asarray(layer.data[...]), expected)
     np.testing.assert_allclose(layer.scale, (2.0, 0.5, 0.5))
@@ -398,8 +516,8 @@ def test_current_slice_of_a_lazy_stack_goes_into_a_zarr_array(
     seg.device.value = "cpu"
     seg.probabilities.value = True  # not made for lazy images: no full-size float array
     model = load_model(saved_threshold_model)
-    first = core_segment(stack[1], model, instances=True)
-    second = core_segment(stack[3], model, instances=True)
+    first = core_segment(model, stack[1], instances=True)
+    second = core_segment(model, stack[3], instances=True)
     assert first.max() > 0 and second.max() > 0
     viewer.dims.set_point(0, 1)
     src.reads.clear()
@@ -920,3 +1038,31 @@ def test_error_in_the_worker_is_a_notification(
     wait_idle(qtbot, seg)
     assert "fp16" in errors[-1]
     assert seg.run_button.enabled and "cells labels" not in viewer.layers
+
+
+def test_segment_gives_3d_objects_for_a_z_stack(make_napari_viewer, qtbot, saved_threshold_model):
+    """Instances of a Z stack are 3D objects, linked with the layer's Z scale; unticked,
+    each slice keeps its own."""
+    from napari_tessera import segment as core_segment
+    from napari_tessera.synthetic import nuclei_3d
+
+    s = nuclei_3d((12, 64, 64), anisotropy=2.0, seed=6)
+    viewer = make_napari_viewer()
+    viewer.add_image(s.image, name="nuclei", scale=(2.0, 1.0, 1.0))
+    seg = dock(viewer, "Segment")
+    use_file_model(seg, saved_threshold_model)
+    seg.device.value = "cpu"
+    seg.output.value = "instances"
+    assert seg.link_z.value and not seg.link_z.native.isHidden()
+    segment(qtbot, seg)
+    model = load_model(saved_threshold_model)
+    want = core_segment(
+        model, s.image, axes="ZYX", instances=True, device="cpu", voxel_size=(2, 1, 1)
+    )
+    got = viewer.layers["nuclei labels"].data
+    np.testing.assert_array_equal(got, want)
+    assert max(len(np.unique(np.nonzero(got == i)[0])) for i in np.unique(got[got > 0])) > 2
+    seg.link_z.value = False
+    segment(qtbot, seg)
+    flat = viewer.layers["nuclei labels"].data
+    assert all(len(np.unique(np.nonzero(flat == i)[0])) == 1 for i in np.unique(flat[flat > 0]))

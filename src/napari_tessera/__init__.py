@@ -7,6 +7,7 @@ from .config import Normalization, UNetConfig
 from .errors import ConfigError, InputError, ModelFileError, TesseraError
 from .inference import predict_tiled, segment
 from .io import load_model, save_model
+from .measure import measure, write_table_csv
 from .model import UNet
 
 __version__ = "0.1.0"
@@ -21,7 +22,9 @@ __all__ = [
     "UNetConfig",
     "__version__",
     "load_model",
+    "measure",
     "predict_tiled",
     "save_model",
     "segment",
+    "write_table_csv",
 ]

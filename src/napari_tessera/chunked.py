@@ -42,6 +42,7 @@ from .inference import (
     check_channels,
     image_layout,
     iter_slice_predictions,
+    links_through_z,
     prepare,
     resolve_halo,
     run_halo,
@@ -474,6 +475,12 @@ def plan_zarr_run(
     lay = image_layout(model, image, axes, options.channels)
     check_dtype(image.dtype)
     check_channels(model, lay)
+    if links_through_z(options, lay):
+        yield Notice(
+            "a zarr output keeps each slice's objects (ids unique over the stack); objects "
+            "linked through Z into 3D ones need an output in memory (a TIFF)"
+        )
+        options = replace(options, link_z=False)
     # the settings are checked (tile size against halo, device) before anything is written
     here = replace(options, device="cpu") if remote else options
     prepare(model, lay, here, 0)

@@ -115,12 +115,23 @@ def iter_segment_files_on_cluster(
     workers: int | None = None,
     axes: str | None = None,
     restart: bool = False,
+    tables: str | Path | None = None,
+    voxel_size=None,
 ):
-    """:func:`napari_tessera.files.iter_segment_files` with each file a task on a cluster."""
+    """:func:`napari_tessera.files.iter_segment_files` with each file a task on a cluster
+    (the objects tables, with ``tables``, are measured here from the labels written)."""
     run = partial(_files_on_cluster, scheduler=scheduler, workers=workers)
     return (
         yield from iter_segment_files(
-            model, images, folder, options, axes=axes, restart=restart, run_files=run
+            model,
+            images,
+            folder,
+            options,
+            axes=axes,
+            restart=restart,
+            run_files=run,
+            tables=tables,
+            voxel_size=voxel_size,
         )
     )
 

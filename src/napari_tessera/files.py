@@ -3,7 +3,8 @@
 A folder run writes one labels file per input (``{stem}_labels.tif``, ``.zarr`` for zarr
 inputs), skips the inputs whose output is already there (a re-run resumes), and reports a
 file that fails without stopping the others. Every output is written to a temporary name and
-renamed, so an interrupted run never leaves a half-written labels file behind.
+renamed, so an interrupted run never leaves a half-written labels file behind. Asked, the
+objects of each labels file are measured into a CSV table (:mod:`napari_tessera.measure`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from .errors import InputError, TesseraError
 from .images import check_output_folder
 from .inference import Notice, Progress, image_layout, iter_segment
 from .options import SegmentOptions
-from .sets import output_for
+from .sets import output_for, table_for
 
 
 @dataclass(frozen=True)
@@ -119,11 +120,16 @@ def iter_segment_file(
     options: SegmentOptions,
     axes: str | None = None,
     probabilities: Path | None = None,
+    table: Path | None = None,
+    voxel_size=None,
 ):
     """Segment one image file in memory and write its labels as TIFF (through a temporary
-    file), and its class probabilities to ``probabilities`` if given. Yields
-    :class:`Progress` and :class:`Notice`; returns ``(labels, their axes)``."""
+    file), and its class probabilities to ``probabilities`` if given. With ``table``, the
+    objects of the (instance) labels are measured in the whole image (every channel) and
+    written there as CSV (:func:`measure_objects`). Yields :class:`Progress` and
+    :class:`Notice`; returns ``(labels, their axes)``."""
     from .images import read_image, write_tiff
+    from .measure import check_voxel_size
     from .normalize import check_dtype, check_finite
 
     arr, file_axes = read_image(image)
@@ -131,6 +137,9 @@ def iter_segment_file(
     check_finite(arr, image.name)
     lay = image_layout(model, arr, chosen.axes, options.channels)
     check_dtype(arr.dtype)
+    if table is not None:  # before the run: a table that cannot be made is said at once
+        check_measurable(options)
+        check_voxel_size(voxel_size, lay.out_axes)
     note = _axes_notice(chosen, arr.shape, image.name)
     if note is not None:
         yield note
@@ -148,7 +157,78 @@ def iter_segment_file(
     write_tiff(out, labels, axes=lay.out_axes)
     if probabilities is not None:
         write_tiff(probabilities, probs, axes="C" + lay.out_axes)
+    if table is not None:
+        note = measure_objects(table, labels, lay.out_axes, arr, chosen.axes, image, voxel_size)
+        if note is not None:
+            yield Notice(note)
     return labels, lay.out_axes
+
+
+def check_measurable(options: SegmentOptions) -> None:
+    """Objects are measured in instance labels only (classes are not objects)."""
+    if not options.instances:
+        raise InputError(
+            "objects are measured in instance labels: segment with instances (--instances) "
+            "to measure them"
+        )
+
+
+def measure_objects(
+    table: Path, labels, labels_axes: str, image, image_axes: str, image_path: Path, voxel_size
+) -> str | None:
+    """Measure the objects of ``labels`` in ``image`` (all its channels) and write the table
+    as CSV to ``table`` (atomically). The voxel size (micrometres) is ``voxel_size`` when
+    given, else the one ``image_path`` states (:func:`~napari_tessera.images.read_voxel_size`),
+    else none (pixels only). Returns a note for the user, or None."""
+    from .images import read_voxel_size
+    from .measure import check_voxel_size, fit_voxel_size, measure, write_table_csv
+
+    note = None
+    if voxel_size is not None:
+        sizes = check_voxel_size(voxel_size, labels_axes)
+    else:
+        sizes, note = fit_voxel_size(read_voxel_size(image_path), labels_axes)
+    data = measure(labels, image, axes=labels_axes, image_axes=image_axes, voxel_size=sizes)
+    write_table_csv(data, table)
+    return f"{Path(image_path).name}: {note}" if note else None
+
+
+def measure_output(
+    image: Path, labels_path: Path, table: Path, axes: str | None, in_channels: int, voxel_size
+) -> str | None:
+    """:func:`measure_objects` for labels already written to ``labels_path`` (a TIFF or a
+    zarr array, read whole) from the image file ``image`` (axes as the run chose them)."""
+    from .images import read_image
+
+    arr, file_axes = read_image(image)
+    chosen = choose_axes(arr.shape, axes, file_axes, in_channels)
+    lay = layout(arr.shape, chosen.axes)
+    labels, _ = read_image(labels_path)
+    if tuple(labels.shape) != lay.out_shape:
+        raise InputError(
+            f"{labels_path.name} (shape {tuple(labels.shape)}) are not the labels of "
+            f"{image.name} ({lay.out_axes} {lay.out_shape})"
+        )
+    return measure_objects(table, labels, lay.out_axes, arr, chosen.axes, image, voxel_size)
+
+
+def plan_tables(images: Sequence[Path], spec: str | Path) -> list[Path]:
+    """The objects table of each input for ``spec`` (:func:`~napari_tessera.sets.table_for`
+    with several inputs): a folder is made if its parent exists; two inputs that would write
+    one table are an error."""
+    tables = [table_for(img, spec, several=True) for img in images]
+    seen: dict[Path, Path] = {}
+    for img, tab in zip(images, tables, strict=True):
+        if tab in seen:
+            raise InputError(f"{seen[tab]} and {img} would both write {tab}: rename one")
+        seen[tab] = img
+    for folder in {t.parent for t in tables}:
+        if not folder.exists():
+            check_output_folder(folder)
+            folder.mkdir()
+        elif not folder.is_dir():
+            raise InputError(f"the tables' folder {folder} is a file")
+    return tables
 
 
 def iter_segment_zarr_file(model, image: Path, out: Path, options: SegmentOptions, axes=None):
@@ -174,6 +254,8 @@ def iter_segment_files(
     axes: str | None = None,
     restart: bool = False,
     run_files: Callable | None = None,
+    tables: str | Path | None = None,
+    voxel_size=None,
 ):
     """Segment every image into ``folder`` with one loaded model, one after the other
     (``run_files``: another way to run the files still to do, such as
@@ -182,23 +264,55 @@ def iter_segment_files(
     Yields :class:`FileProgress`, :class:`Notice` and a :class:`FileDone` per input; returns
     a :class:`FolderReport`. An input whose output exists is skipped unless ``restart``; one
     that fails (unreadable, wrong shape, out of memory) is reported and the others go on.
+
+    ``tables``: a folder (or a pattern with ``{stem}``) that gets the objects table of each
+    input as CSV (:func:`~napari_tessera.sets.table_for`), measured from the labels written
+    (:func:`measure_output`; ``voxel_size``: given, else each file's own). A skipped input
+    whose table is missing is measured; one whose measuring fails is reported as failed.
     """
     t0 = time.perf_counter()
     images = [Path(p) for p in images]
     folder = output_folder(folder)
     outs = plan_outputs(images, folder)
+    table_of: dict[Path, Path] = {}
+    if tables is not None:
+        check_measurable(options)
+        table_of = dict(zip(images, plan_tables(images, tables), strict=True))
+    in_channels = model.config.in_channels
+
+    def measured(event: FileDone):
+        """Write the input's table: yields a note if there is one; returns the event (a
+        failed one when measuring failed)."""
+        table = table_of.get(event.image)
+        if table is None or (event.status == "skipped" and table.exists()):
+            return event
+        try:
+            note = measure_output(event.image, event.output, table, axes, in_channels, voxel_size)
+        except (TesseraError, OSError, MemoryError) as err:
+            why = f"measuring its objects failed: {str(err) or type(err).__name__}"
+            return FileDone(event.image, event.output, "failed", why)
+        if note is not None:
+            yield Notice(note)
+        return event
+
     report = FolderReport(folder)
     n = len(images)
     todo = []
     for image, out in zip(images, outs, strict=True):
         if out.exists() and not restart:
-            report.skipped.append(image)
-            yield FileDone(image, out, "skipped")
+            event = yield from measured(FileDone(image, out, "skipped"))
+            if event.status == "failed":
+                report.failed.append((image, event.error or "failed"))
+            else:
+                report.skipped.append(image)
+            yield event
         else:
             todo.append((image, out))
     run = (run_files or files_here)(model, todo, options, axes)
     for event in run:
         through = len(report.done) + len(report.failed) + len(report.skipped)
+        if isinstance(event, FileDone) and event.status == "done":
+            event = yield from measured(event)
         if isinstance(event, FileDone):
             if event.status == "done":
                 report.done.append(event.image)

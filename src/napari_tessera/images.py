@@ -222,6 +222,149 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, str | None]:
     return arr, axes
 
 
+# micrometres per unit, for the unit names TIFF (ImageJ, OME) and OME-Zarr metadata use
+_MICRONS = {
+    "um": 1.0,
+    "µm": 1.0,
+    "μm": 1.0,
+    "\\u00b5m": 1.0,
+    "micron": 1.0,
+    "microns": 1.0,
+    "micrometer": 1.0,
+    "micrometre": 1.0,
+    "nm": 1e-3,
+    "nanometer": 1e-3,
+    "nanometre": 1e-3,
+    "mm": 1e3,
+    "millimeter": 1e3,
+    "millimetre": 1e3,
+    "cm": 1e4,
+    "centimeter": 1e4,
+    "centimetre": 1e4,
+    "m": 1e6,
+    "meter": 1e6,
+    "metre": 1e6,
+    "å": 1e-4,
+    "angstrom": 1e-4,
+}
+
+
+def _microns(value, unit) -> float | None:
+    """``value`` in ``unit`` as micrometres (None: not a positive length in a known unit)."""
+    factor = _MICRONS.get(str(unit).strip().lower()) if unit is not None else None
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    if factor is None or not (0 < v < math.inf):
+        return None
+    return v * factor
+
+
+def read_voxel_size(path: str | os.PathLike) -> tuple[float, ...] | None:
+    """The pixel (voxel) size a file states, in micrometres: ``(Z, Y, X)`` when it gives a Z
+    spacing for an image with a Z axis, else ``(Y, X)``; None when it states none.
+
+    Read from OME-TIFF (``PhysicalSizeX/Y/Z`` and their units), ImageJ TIFF (the resolution
+    tags in the ImageJ ``unit``, and ``spacing`` for Z), a plain TIFF's resolution tags in
+    centimetres (inches are not read: 72, 96 or 300 dpi are an image editor's defaults, not a
+    pixel size) and OME-Zarr (the first level's ``scale`` in its axes' units). Pixels, no unit
+    or an unknown unit give None. A file that cannot be read gives None (reading the image
+    reports it).
+    """
+    path = Path(path)
+    try:
+        if is_zarr(path):
+            return _zarr_voxel_size(path)
+        if path.suffix.lower() not in (".tif", ".tiff"):
+            return None
+        return _tiff_voxel_size(path)
+    except Exception:  # noqa: BLE001 - metadata is optional: an unreadable one is no size
+        return None
+
+
+def _tiff_voxel_size(path: Path) -> tuple[float, ...] | None:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        axes = tif.series[0].axes.upper()
+        if tif.is_ome and tif.ome_metadata:
+            return _ome_voxel_size(tif.ome_metadata, axes)
+        page = tif.pages.first
+        tags = page.tags
+
+        def per_pixel(name, factor):  # a resolution tag (pixels per unit) as um per pixel
+            tag = tags.get(name)
+            if tag is None:
+                return None
+            num, den = tag.value
+            return factor * den / num if num > 0 and den > 0 else None
+
+        if tif.is_imagej:
+            meta = tif.imagej_metadata or {}
+            unit = _microns(1.0, meta.get("unit"))
+            if unit is None:
+                return None
+            y, x = per_pixel("YResolution", unit), per_pixel("XResolution", unit)
+            if y is None or x is None:
+                return None
+            z = _microns(meta.get("spacing"), meta.get("unit")) if "Z" in axes else None
+            return (z, y, x) if z is not None else (y, x)
+        res_unit = tags.get("ResolutionUnit")
+        if res_unit is None or int(res_unit.value) != 3:  # centimetres only
+            return None
+        y, x = per_pixel("YResolution", 1e4), per_pixel("XResolution", 1e4)
+        return (y, x) if y is not None and x is not None else None
+
+
+def _ome_voxel_size(xml: str, axes: str) -> tuple[float, ...] | None:
+    from xml.etree import ElementTree
+
+    root = ElementTree.fromstring(xml)
+    pixels = next((e for e in root.iter() if e.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+    if pixels is None:
+        return None
+
+    def size(a):
+        return _microns(pixels.get(f"PhysicalSize{a}"), pixels.get(f"PhysicalSize{a}Unit", "µm"))
+
+    y, x = size("Y"), size("X")
+    if y is None or x is None:
+        return None
+    z = size("Z") if "Z" in axes else None
+    return (z, y, x) if z is not None else (y, x)
+
+
+def _zarr_voxel_size(path: Path) -> tuple[float, ...] | None:
+    import zarr
+
+    node = zarr.open(str(path), mode="r")
+    attrs = dict(node.attrs)
+    multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
+    if not multiscales:
+        return None
+    ms = multiscales[0]
+    names = [a if isinstance(a, dict) else {"name": a} for a in ms.get("axes", [])]
+    scale = np.ones(len(names))
+    for transforms in (
+        ms["datasets"][0].get("coordinateTransformations", []),
+        ms.get("coordinateTransformations", []),
+    ):
+        for t in transforms:
+            if t.get("type") == "scale":
+                scale = scale * np.asarray(t["scale"], dtype=float)
+    sizes = {}
+    for a, s in zip(names, scale):
+        name = str(a.get("name", "")).upper()
+        if name in ("Z", "Y", "X"):
+            sizes[name] = _microns(s, a.get("unit"))
+    if sizes.get("Y") is None or sizes.get("X") is None:
+        return None
+    if sizes.get("Z") is not None:
+        return sizes["Z"], sizes["Y"], sizes["X"]
+    return sizes["Y"], sizes["X"]
+
+
 def write_tiff(path: str | os.PathLike, data: np.ndarray, *, axes: str | None = None) -> Path:
     """Write a (zlib-compressed) TIFF atomically: temp file, then rename."""
     import tifffile

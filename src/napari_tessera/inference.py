@@ -504,12 +504,14 @@ def iter_segment(
     ``(n_classes, *lead, Y, X)`` as slices finish (e.g. a memory map or zarr array); they are
     the network's, before any edge offset.
     """
-    from .postprocess import classes_from_probabilities, labels_dtype
+    from .postprocess import classes_from_probabilities, labels_dtype, link_through_z
 
     options = SegmentOptions.build(options, **settings)
     rule = split_rule(model, options)
     lay = image_layout(model, image, axes, options.channels)
-    labels = np.zeros((lay.n_slices, *lay.yx), labels_dtype(options.instances))
+    link = links_through_z(options, lay)
+    # linked: the class maps wait for the whole stack (one byte a pixel)
+    labels = np.zeros((lay.n_slices, *lay.yx), labels_dtype(options.instances and not link))
     next_id = 1
     for event in iter_slice_predictions(model, image, axes=axes, options=options):
         if not isinstance(event, SliceResult):
@@ -519,8 +521,23 @@ def iter_segment(
         if probabilities_out is not None:
             idx = np.unravel_index(event.index, lay.lead_shape) if lay.lead_shape else ()
             probabilities_out[(slice(None), *idx)] = prob
-        labels[event.index], next_id = rule.labels(classes_from_probabilities(prob), next_id)
-    return labels.reshape(lay.out_shape)  # typed by labels_dtype: the same in every output
+        classes = classes_from_probabilities(prob)
+        if link:
+            labels[event.index] = classes
+        else:
+            labels[event.index], next_id = rule.labels(classes, next_id)
+    if link:
+        labels = link_through_z(labels, lay.lead_axes, lay.lead_shape, rule, options.spacing)
+    return labels.reshape(lay.out_shape)
+
+
+def links_through_z(options: SegmentOptions, lay: SliceLayout) -> bool:
+    """Whether a run's objects are 3D: instances of an image with more than one Z slice."""
+    if not (options.instances and options.link_z and "Z" in lay.lead_axes):
+        return False
+    return (
+        lay.lead_shape[lay.lead_axes.index("Z")] > 1
+    )  # typed by labels_dtype: the same in every output
 
 
 def segment(

@@ -9,6 +9,7 @@ workers.
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -29,6 +30,11 @@ class SegmentOptions:
         field) or pixels.
     blend: "crop" (each tile's valid centre) or "gaussian".
     instances: one id per object instead of classes; objects under ``min_size`` px dropped.
+    link_z: with instances, the objects of a Z stack's slices are linked into 3D objects
+        (one watershed through the stack; time points are never linked); False: each slice's
+        objects on their own.
+    voxel_size: the (Z, Y, X) size of a voxel, in any one unit, for linking through Z
+        (a Z step larger than the pixels spans fewer slices per object); None: cubic.
     edge_offset: pixels to move object edges (positive shrinks); None: the model's own.
     seed_depth: how deep a neck must be before touching objects are cut apart; None: the
         model's own.
@@ -43,6 +49,8 @@ class SegmentOptions:
     device: str = "auto"
     precision: str = "fp32"
     instances: bool = False
+    link_z: bool = True
+    voxel_size: tuple[float, float, float] | None = None
     min_size: int = 8
     edge_offset: float | None = None
     seed_depth: float | None = None
@@ -50,6 +58,13 @@ class SegmentOptions:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", parse_channels(self.channels))
+        if self.voxel_size is not None:
+            size = tuple(float(v) for v in self.voxel_size)
+            if len(size) != 3 or not all(math.isfinite(v) and v > 0 for v in size):
+                raise InputError(
+                    f"voxel size must be three positive numbers (Z, Y, X), got {self.voxel_size!r}"
+                )
+            object.__setattr__(self, "voxel_size", size)
         halo = self.halo
         if isinstance(halo, str):
             object.__setattr__(self, "halo", halo.lower())
@@ -79,6 +94,15 @@ class SegmentOptions:
             isinstance(t, bool) or not isinstance(t, numbers.Integral) or t < 1 for t in sizes
         ):
             raise InputError(f"tile size must be positive pixels, got {self.tile_size!r}")
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """The (Z, Y, X) voxel steps in pixel units (the Y/X pixel is 1)."""
+        if self.voxel_size is None:
+            return (1.0, 1.0, 1.0)
+        z, y, x = self.voxel_size
+        pixel = (y + x) / 2
+        return (z / pixel, y / pixel, x / pixel)
 
     @classmethod
     def build(cls, options: SegmentOptions | None = None, **settings: Any) -> SegmentOptions:

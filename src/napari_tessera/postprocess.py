@@ -97,6 +97,21 @@ class SplitRule:
             labels = expand_labels(labels, -self.edge_offset)
         return labels, nxt
 
+    def labels_3d(
+        self, classes: np.ndarray, spacing: tuple[float, float, float], start: int = 1
+    ) -> tuple[np.ndarray, int]:
+        """One id per 3D object of a ``(Z, Y, X)`` stack of class maps (instances only): the
+        slices' objects linked through Z by one watershed on the stack, with distances
+        measured in space (``spacing``: the Z step and the pixel size, in pixel units). The
+        edge offset moves edges in each slice, as in 2D; ``min_size`` counts voxels."""
+        fg = np.stack([shift_edges(c, max(self.edge_offset, 0.0)) > 0 for c in classes])
+        labels, nxt = split_instances(
+            fg, seed_depth=self.seed_depth, min_size=self.min_size, start=start, spacing=spacing
+        )
+        if self.edge_offset < 0:
+            labels = np.stack([expand_labels(z, -self.edge_offset) for z in labels])
+        return labels, nxt
+
     def as_state(self) -> dict:
         """The settings as plain values (for resume records)."""
         return {
@@ -162,33 +177,35 @@ def split_instances(
     smooth: float = 1.0,
     min_size: int = 8,
     start: int = 1,
+    spacing: tuple[float, ...] | None = None,
 ) -> tuple[np.ndarray, int]:
-    """Split a 2D foreground mask into objects; touching objects are cut apart.
+    """Split a 2D (or 3D) foreground mask into objects; touching objects are cut apart.
 
     A distance-transform watershed. Seeds are maxima of the (slightly smoothed) distance to
     the background: with ``seed_depth`` 0, every local maximum at least ``min_distance`` from
     another; with ``seed_depth`` d > 0, the regional maxima of depth d (h-maxima), so a neck
     between two parts of one object must narrow by d px before it is cut. Every connected
-    component gets one seed at least; objects smaller than ``min_size`` pixels are dropped.
+    component gets one seed at least; objects smaller than ``min_size`` pixels (voxels) are
+    dropped. ``spacing``: the step along each axis in pixel units (a 3D stack of slices 4 px
+    apart: ``(4, 1, 1)``), so distances and smoothing are measured in space, not in voxels.
     Ids start at ``start``. Returns ``(labels as int32, next free id)``.
     """
     fg = np.asarray(foreground, dtype=bool)
     labels = np.zeros(fg.shape, np.int32)
     if not fg.any():
         return labels, start
+    spacing = tuple(float(v) for v in spacing) if spacing else (1.0,) * fg.ndim
+    full = np.ones((3,) * fg.ndim)
     components, n = ndi.label(fg)
-    dist = ndi.distance_transform_edt(fg)
+    dist = ndi.distance_transform_edt(fg, sampling=spacing)
+    if fg.ndim > 2:
+        dist = dist.astype(np.float32)  # a stack: half the memory
     if smooth > 0:
-        dist = ndi.gaussian_filter(dist, smooth)
+        dist = ndi.gaussian_filter(dist, [smooth / v for v in spacing])
     if seed_depth > 0:
-        markers, n_seeds = ndi.label(deep_maxima(dist, seed_depth) & fg, np.ones((3, 3)))
+        markers, n_seeds = ndi.label(deep_maxima(dist, seed_depth) & fg, full)
     else:
-        peaks = peak_local_max(
-            dist, min_distance=min_distance, labels=components, exclude_border=False
-        )
-        markers = np.zeros(fg.shape, np.int32)
-        markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
-        n_seeds = len(peaks)
+        markers, n_seeds = _peak_seeds(dist, components, min_distance, spacing)
     # every component gets at least one seed
     seeded = np.unique(components[markers > 0])
     missing = np.setdiff1d(np.arange(1, n + 1), seeded)
@@ -210,11 +227,49 @@ def split_instances(
     return labels, start + len(ids)
 
 
+def _peak_seeds(dist, components, min_distance: int, spacing) -> tuple[np.ndarray, int]:
+    """Seeds at the local maxima of ``dist`` at least ``min_distance`` px apart in space.
+
+    On a grid with anisotropic steps the neighbourhood spans fewer steps along the longer
+    one, and maxima that touch (a plateau between two slices) make one seed."""
+    if all(v == 1.0 for v in spacing):
+        peaks = peak_local_max(
+            dist, min_distance=min_distance, labels=components, exclude_border=False
+        )
+        markers = np.zeros(dist.shape, np.int32)
+        markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+        return markers, len(peaks)
+    reach = [max(1, round(min_distance / v)) for v in spacing]
+    footprint = np.ones([2 * r + 1 for r in reach], bool)
+    peaks = peak_local_max(dist, footprint=footprint, labels=components, exclude_border=False)
+    mask = np.zeros(dist.shape, bool)
+    mask[tuple(peaks.T)] = True
+    return ndi.label(mask, np.ones((3,) * dist.ndim))
+
+
 def deep_maxima(height: np.ndarray, depth: float) -> np.ndarray:
     """Regional maxima that rise at least ``depth`` above the pass to any higher one (the
     h-maxima transform, by grayscale reconstruction): a mask, one region per maximum."""
     rec = reconstruction(height - depth, height, method="dilation")
     return local_maxima(rec, connectivity=2, allow_borders=True)
+
+
+def link_through_z(
+    classes: np.ndarray, lead_axes: str, lead_shape: tuple, rule: SplitRule, spacing
+) -> np.ndarray:
+    """3D objects of a stack of class maps ``(n_slices, Y, X)`` (slices in the order of
+    ``lead_shape``): each Z stack (each time point of a TZ series on its own) is split by
+    :meth:`SplitRule.labels_3d`; ids are unique over the whole image."""
+    z = lead_axes.index("Z")
+    cube = classes.reshape((*lead_shape, *classes.shape[-2:]))
+    out = np.zeros(cube.shape, ID_DTYPE)
+    others = [range(n) for k, n in enumerate(lead_shape) if k != z]
+    next_id = 1
+    for rest in np.ndindex(*(len(r) for r in others)) if others else [()]:
+        index = list(rest)
+        index.insert(z, slice(None))
+        out[tuple(index)], next_id = rule.labels_3d(cube[tuple(index)], spacing, next_id)
+    return out.reshape(classes.shape)
 
 
 CLASS_DTYPE = np.dtype(np.uint8)  # per-pixel classes: at most MAX_CLASSES = 256

@@ -87,6 +87,32 @@ def output_for(image: Path, folder: Path, suffix: str = ".tif") -> Path:
     return folder / f"{file_stem(image)}_labels{suffix}"
 
 
+TABLE_NAME = "{stem}_objects.csv"
+
+
+def table_for(image: Path, spec: str | Path, several: bool = False) -> Path:
+    """Where the objects table (CSV) of ``image`` goes for ``--measure SPEC``.
+
+    A spec with ``{stem}`` is a pattern (``tables/{stem}.csv``); a folder (one that exists, a
+    spec ending in a slash, or any spec without ``{stem}`` when there are ``several`` inputs)
+    gets ``{stem}_objects.csv``; otherwise the spec is the file itself.
+    """
+    text = str(spec)
+    stem = file_stem(image)
+    if "{stem}" in text:
+        return Path(text.replace("{stem}", stem))
+    folder = Path(text)
+    if several or folder.is_dir() or text.endswith(("/", "\\")):
+        if several and folder.suffix.lower() == ".csv":
+            raise InputError(
+                f"the tables' path {text} names one file but there are several inputs: give a "
+                "folder "
+                "(one {stem}_objects.csv per image) or a pattern with {stem}"
+            )
+        return folder / TABLE_NAME.replace("{stem}", stem)
+    return folder
+
+
 def check_unique_outputs(images: Sequence[Path], folder: Path, suffix: str = ".tif") -> None:
     """Two inputs with the same stem (``a.tif`` and ``a.npy``) would write one output."""
     seen: dict[Path, Path] = {}

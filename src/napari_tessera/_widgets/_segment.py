@@ -29,6 +29,7 @@ from ..errors import InputError, TesseraError
 from ..files import FileDone, FileProgress, FolderReport, iter_segment_files
 from ..images import read_image
 from ..inference import Notice, iter_segment
+from ..measure import measure, write_table_csv
 from ..options import SegmentOptions
 from ..postprocess import ids_after, labels_dtype
 from ..sets import expand_inputs
@@ -61,6 +62,72 @@ class SegmentResult:
     seconds: float
     path: Path | None = None  # the zarr output of a lazy image
     halo: str = ""  # e.g. "halo 64 px (auto)"
+    table: Any = None  # the objects table (pandas DataFrame) of a measured whole image
+    table_error: str | None = None  # why measuring failed (the labels are kept)
+
+
+@dataclass(frozen=True)
+class MeasureSpec:
+    """How to measure the objects of an image layer's labels: the voxel size of its spatial
+    axes (Z, Y, X or Y, X) in micrometres (None: pixels only)."""
+
+    voxel_size: tuple[float, ...] | None = None
+    unit: str = "um"
+
+
+def _microns_per(unit) -> float | None:
+    """Micrometres in one ``unit`` (a pint unit of a napari layer); None: not a length."""
+    try:
+        return float((1 * unit).to("micrometer").magnitude)
+    except Exception:  # noqa: BLE001 - "pixel", None or anything pint cannot convert
+        return None
+
+
+def measure_spec(layer, inp: ImageInput) -> MeasureSpec:
+    """The voxel size of an image layer for its objects table: the layer's ``scale`` (what
+    its labels layer gets) in its ``units`` converted to micrometres; with napari's default
+    units (pixels) a scale other than 1 is read as micrometres, and a scale of 1 everywhere
+    means no voxel size (the table in pixels only)."""
+    out = inp.lay.out_axes
+    keep = [i for i, a in enumerate(inp.dims) if a != "C"]
+    units = tuple(getattr(layer, "units", None) or ())
+    idx = [k for k, a in enumerate(out) if a in "ZYX"]
+    scale = [float(inp.scale[k]) for k in idx]
+    per = [
+        _microns_per(units[keep[k]]) if len(units) > keep[k] and k < len(keep) else None
+        for k in idx
+    ]
+    if all(f is not None for f in per):
+        return MeasureSpec(tuple(s * f for s, f in zip(scale, per)))
+    if all(s == 1.0 for s in scale):
+        return MeasureSpec(None)
+    return MeasureSpec(tuple(scale))
+
+
+def measure_labels(labels, inp: ImageInput, spec: MeasureSpec):
+    """The objects table of ``labels`` (shaped ``inp.lay.out_shape``) in every channel of
+    the image layer's data (RGB channels named red, green, blue, alpha)."""
+    from ..rgb import NAMES
+
+    rgb = "C" in inp.lay.axes and "C" not in inp.dims
+    names = NAMES[: inp.raw.shape[-1]] if rgb else None
+    return measure(
+        np.asarray(labels),
+        np.asarray(inp.raw),
+        axes=inp.lay.out_axes,
+        image_axes=inp.lay.axes,
+        voxel_size=spec.voxel_size,
+        unit=spec.unit,
+        channel_names=names,
+    )
+
+
+def zyx_scale(inp: ImageInput) -> tuple[float, float, float] | None:
+    """The layer's (Z, Y, X) scale, for an image with a Z axis (else None)."""
+    out = inp.lay.out_axes
+    if "Z" not in out:
+        return None
+    return tuple(float(inp.scale[out.index(a)]) for a in "ZYX")
 
 
 def lazy_output_path(folder: str | Path, name: str) -> Path:
@@ -75,18 +142,26 @@ def lazy_output_path(folder: str | Path, name: str) -> Path:
 
 
 def segment_job(
-    inp: ImageInput, spec, slice_index, options: SegmentOptions, want_prob, out_path=None
+    inp: ImageInput,
+    spec,
+    slice_index,
+    options: SegmentOptions,
+    want_prob,
+    out_path=None,
+    measuring: MeasureSpec | None = None,
 ):
     """Runs in the worker thread: yields Progress, returns a :class:`SegmentResult`.
 
     With ``out_path`` (a lazy image, whole stack) the labels go slice by slice into that zarr
-    array and the result holds it opened read-only: nothing is materialised.
+    array and the result holds it opened read-only: nothing is materialised. With
+    ``measuring``, the objects of a whole (in-memory) image are measured here too.
     """
     t0 = time.perf_counter()
     model = spec.load()
     image = inp.load()
     axes = inp.axes
-    options = replace(options, channels=inp.lay.pick)  # the whole image: pick its channels
+    # the whole image: its channels, and its voxel size for objects linked through Z
+    options = replace(options, channels=inp.lay.pick, voxel_size=zyx_scale(inp))
     if out_path is not None and slice_index is None:
         import zarr
 
@@ -110,8 +185,16 @@ def segment_job(
     fg = None
     if probs is not None:
         fg = probs[0] if probs.shape[0] == 1 else 1.0 - probs[0]
+    table = table_error = None
+    if measuring is not None and slice_index is None:
+        try:
+            table = measure_labels(labels, inp, measuring)
+        except TesseraError as err:
+            table_error = str(err)
     seconds = time.perf_counter() - t0
-    return SegmentResult(labels, fg, slice_index, seconds, None, halo_used(model, options))
+    return SegmentResult(
+        labels, fg, slice_index, seconds, None, halo_used(model, options), table, table_error
+    )
 
 
 @dataclass
@@ -133,30 +216,40 @@ class ImageDone:
     error: str | None = None
 
 
-def segment_all_job(inputs, spec, options: SegmentOptions, want_prob, folder):
+def segment_all_job(inputs, spec, options: SegmentOptions, want_prob, folder, measuring=None):
     """Runs in the worker thread: every image in turn (lazy ones into ``folder``); yields
     Progress and an :class:`ImageDone` per image. An image that fails is reported and the
-    others go on."""
-    for inp in inputs:
+    others go on. ``measuring``: a :class:`MeasureSpec` per input, or None."""
+    for k, inp in enumerate(inputs):
         out_path = lazy_output_path(folder, inp.name) if inp.lazy else None
         prob = want_prob and not inp.lazy
+        how = measuring[k] if measuring is not None else None
         try:
-            result = yield from segment_job(inp, spec, None, options, prob, out_path)
+            result = yield from segment_job(inp, spec, None, options, prob, out_path, how)
         except TesseraError as err:
             yield ImageDone(inp, None, str(err))
             continue
         yield ImageDone(inp, result)
 
 
-def segment_folder_job(spec, images, folder, options: SegmentOptions, restart: bool):
+def segment_folder_job(
+    spec, images, folder, options: SegmentOptions, restart: bool, tables: Path | None = None
+):
     """Runs in the worker thread: every image file into ``folder`` with one loaded model
-    (:func:`~napari_tessera.files.iter_segment_files`); returns its FolderReport."""
+    (:func:`~napari_tessera.files.iter_segment_files`; ``tables``: where the objects tables
+    go); returns its FolderReport."""
     from ..rgb import files_by_rule
 
     model = spec.load()
     return (
         yield from iter_segment_files(
-            model, images, folder, options, restart=restart, run_files=files_by_rule
+            model,
+            images,
+            folder,
+            options,
+            restart=restart,
+            run_files=files_by_rule,
+            tables=tables,
         )
     )
 
@@ -192,6 +285,8 @@ class SegmentWidget(Container):
         self._jobs = JobHandle()
         self.last_result: SegmentResult | None = None
         self.labels_layer: Labels | None = None
+        self.table = None  # the objects table of the last labels measured (a DataFrame)
+        self._measuring: MeasureSpec | None = None  # of the run in progress
         self._slice_stores: dict[str, Any] = {}  # layer name -> zarr array (lazy stacks)
         self._output_by_hand = False  # picked by the user: no longer follows the model
         self._output_default = "classes"
@@ -248,12 +343,28 @@ class SegmentWidget(Container):
             orientation="horizontal",
         )
         self.min_size = SpinBox(label="min object (px)", min=1, max=10**6, value=8)
+        self.link_z = CheckBox(
+            text="3D objects in Z stacks",
+            value=True,
+            tooltip="the objects of a Z stack's slices are linked into 3D objects, with the "
+            "layer's Z scale; untick for each slice's own objects (time points are never "
+            "linked)",
+        )
         self.model_edges = CheckBox(
             text="apply the model's edge offset",
             value=True,
             tooltip="a model trained here stores how far to move object edges so its objects "
             "match the painted ones; untick to keep the edges as the network predicts them",
         )
+        self.measure = CheckBox(
+            text="measure objects",
+            value=False,
+            tooltip="measure every object (size, centroid, bounding box, shape, intensity per "
+            "channel) into the labels layer's features, shown on hover; the layer's scale is "
+            "the voxel size (micrometres); a folder run writes {name}_objects.csv beside the "
+            "labels",
+        )
+        self.save_table_button = PushButton(text="Save table as CSV", enabled=False)
         self.probabilities = CheckBox(text="add a probability layer", value=False)
         self.zarr_folder = FileEdit(
             label="zarr folder",
@@ -313,7 +424,10 @@ class SegmentWidget(Container):
                 self.precision,
                 self.output,
                 self.min_size,
+                self.link_z,
                 self.model_edges,
+                self.measure,
+                self.save_table_button,
                 self.probabilities,
                 self.zarr_folder,
                 self.scope,
@@ -342,6 +456,7 @@ class SegmentWidget(Container):
         self.axes.changed.connect(self._update_info)
         self.channels.changed.connect(self._update_info)
         self.run_button.changed.connect(self.run)
+        self.save_table_button.changed.connect(self.save_table)
         self.cancel_button.changed.connect(self.cancel)
         session.changed.connect(self._on_session_model)
         self.native.destroyed.connect(self._jobs.abort)  # closing napari cancels the run
@@ -359,6 +474,9 @@ class SegmentWidget(Container):
         self.model_file.visible = self.model_source.value == _models.FILE
         self.halo_px.visible = self.halo.value == "pixels"
         self.min_size.visible = self.output.value == "instances"
+        self.link_z.visible = self.output.value == "instances"
+        self.measure.visible = self.output.value == "instances"
+        self.save_table_button.visible = self.output.value == "instances"
         folder = self.scope.value == "folder"
         for w in (self.input_folder, self.output_folder, self.open_results):
             w.visible = folder
@@ -454,9 +572,46 @@ class SegmentWidget(Container):
             device=self.device.value,
             precision=self.precision.value,
             instances=self.output.value == "instances",
+            link_z=bool(self.link_z.value),
             min_size=int(self.min_size.value),
             edge_offset=None if self.model_edges.value else 0.0,
         )
+
+    def _measure_on(self) -> bool:
+        """Objects are measured: "measure objects" ticked, with instances output."""
+        return bool(self.measure.value) and self.output.value == "instances"
+
+    def save_table(self, *_, path: str | Path | None = None) -> Path | None:
+        """Write the objects table of the last labels measured as CSV (asks where when no
+        ``path`` is given); returns the path written, or None."""
+        if self.table is None:
+            report_error(
+                "Save table",
+                InputError("no objects table yet: segment with 'measure objects' ticked"),
+            )
+            return None
+        if path is None:
+            path = self._ask_table_path()
+            if path is None:
+                return None
+        path = Path(path)
+        if path.suffix.lower() != ".csv":
+            path = path.with_name(path.name + ".csv")
+        try:
+            write_table_csv(self.table, path)
+        except (TesseraError, OSError) as err:
+            report_error("Save table", err)
+            return None
+        self.status.value = f"table of {len(self.table)} objects saved to {path}"
+        return path
+
+    def _ask_table_path(self) -> str | None:
+        from qtpy.QtWidgets import QFileDialog
+
+        path, _ = QFileDialog.getSaveFileName(
+            self.native, "Save objects table", "objects.csv", "CSV table (*.csv)"
+        )
+        return path or None
 
     def _zarr_folder(self) -> Path:
         folder = Path(self.zarr_folder.value)
@@ -483,8 +638,21 @@ class SegmentWidget(Container):
             notify_info(inp.note)
         self._input = inp
         self._instances = options.instances
+        self._measuring = measure_spec(layer, inp) if self._measure_on() else None
+        if self._measuring is not None and inp.lazy:
+            notify_info(f"{inp.name}: the objects of a lazy image are not measured")
+            self._measuring = None
         want_prob = bool(self.probabilities.value) and not inp.lazy
-        worker = make_worker(segment_job, inp, spec, slice_index, options, want_prob, out_path)
+        worker = make_worker(
+            segment_job,
+            inp,
+            spec,
+            slice_index,
+            options,
+            want_prob,
+            out_path,
+            self._measuring if slice_index is None else None,  # a slice: the stack, after
+        )
         where = f"slice {slice_index}" if slice_index is not None else inp.name
         self._start(worker, f"segmenting {where} with the {spec.label} ...")
 
@@ -508,7 +676,17 @@ class SegmentWidget(Container):
         self._instances = options.instances
         self._all = _AllImages(len(inputs) + len(skipped), failed=list(skipped))
         want_prob = bool(self.probabilities.value)
-        worker = make_worker(segment_all_job, inputs, spec, options, want_prob, folder)
+        measuring = self._measuring = None
+        if self._measure_on():
+            self._measuring = MeasureSpec()  # each image's own, measured in the worker
+            layers = {la.name: la for la in self._viewer.layers if isinstance(la, Image)}
+            measuring = [
+                None if inp.lazy else measure_spec(layers[inp.name], inp) for inp in inputs
+            ]
+            lazy = [inp.name for inp in inputs if inp.lazy]
+            if lazy:
+                notify_info(f"the objects of lazy images are not measured: {', '.join(lazy)}")
+        worker = make_worker(segment_all_job, inputs, spec, options, want_prob, folder, measuring)
         self._start(worker, f"segmenting {len(inputs)} images with the {spec.label} ...")
 
     def _run_folder(self, spec, options: SegmentOptions) -> None:
@@ -525,7 +703,9 @@ class SegmentWidget(Container):
             raise InputError("write the labels to another folder than the images")
         self._instances = options.instances
         self._all = _AllImages(len(images))
-        worker = make_worker(segment_folder_job, spec, images, target, options, False)
+        self._measuring = None
+        tables = target if self._measure_on() else None  # {stem}_objects.csv beside the labels
+        worker = make_worker(segment_folder_job, spec, images, target, options, False, tables)
         self._start(worker, f"segmenting {len(images)} files with the {spec.label} ...")
 
     def _start(self, worker, status: str) -> None:
@@ -622,6 +802,7 @@ class SegmentWidget(Container):
         if result.foreground is not None:
             self._show_probability(inp, result)
         self.labels_layer = self._show_labels(inp, result)
+        self._show_table(inp, result, self.labels_layer)
         lab = result.labels
         if result.path is not None:  # lazy: say where, without reading the labels back
             n = lab.attrs.get("max_id") if self._instances else None
@@ -652,6 +833,32 @@ class SegmentWidget(Container):
         self._set_running(False)
 
     # -- output layers ------------------------------------------------------------------------
+    def _show_table(self, inp: ImageInput, result: SegmentResult, layer: Labels) -> None:
+        """The objects table into the labels layer's ``features`` (shown on hover), kept for
+        "Save table as CSV". A slice run measures the whole stack of labels here; without
+        measuring, the layer's old table is cleared (it no longer fits the labels)."""
+        table = None
+        if self._measuring is not None:
+            table = result.table
+            if result.table_error is not None:
+                report_error("Measure", TesseraError(result.table_error))
+            elif table is None and result.path is None and not inp.lazy:
+                try:
+                    table = measure_labels(layer.data, inp, self._measuring)
+                except TesseraError as err:
+                    report_error("Measure", err)
+        if table is None:
+            if layer.features.shape[1] > 0:
+                layer.features = {}
+            self.table = None
+            self.save_table_button.enabled = False
+            return
+        features = table.copy()
+        features.insert(0, "index", table["label"].to_numpy())  # napari: the row of a label
+        layer.features = features
+        self.table = table
+        self.save_table_button.enabled = True
+
     def _write(self, existing, inp: ImageInput, result: SegmentResult, values, dtype):
         """The full-size array for a result: whole image, or one slice written into the stack."""
         if result.slice_index is None:

@@ -42,6 +42,19 @@ def arg_positive_float(text: str) -> float:
     return value
 
 
+def arg_voxel_size(text: str) -> tuple[float, ...]:
+    """--voxel-size: Z,Y,X or Y,X, positive numbers (micrometres)."""
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) not in (2, 3):
+        raise argparse.ArgumentTypeError(f"expected Z,Y,X or Y,X (micrometres), got {text!r}")
+    try:
+        return tuple(arg_positive_float(p) for p in parts)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected positive sizes Z,Y,X or Y,X (micrometres), got {text!r}"
+        ) from None
+
+
 def arg_non_negative_int(text: str) -> int:
     try:
         value = int(text)
@@ -288,7 +301,8 @@ def segment_options(args: argparse.Namespace):
         batch_size=args.batch_size,
         device=args.device,
         precision=args.precision,
-        instances=args.instances,
+        instances=bool(args.instances),
+        link_z=args.instances != "2d",
         min_size=args.min_size,
         edge_offset=args.edge_offset,
         channels=args.channels,

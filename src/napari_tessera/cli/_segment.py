@@ -18,6 +18,7 @@ from ._common import (
     arg_non_negative_int,
     arg_positive_int,
     arg_tile_size,
+    arg_voxel_size,
     check_output,
     drive,
     load_model_arg,
@@ -36,23 +37,30 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     if args.scheduler:
         from ..cluster import open_client  # noqa: F401  an optional extra: said before any output
+    if args.measure is not None and not args.instances:
+        raise InputError("--measure measures objects: add --instances (classes are not objects)")
     if _is_folder_run(args.input):
         return _segment_folder(args)
     inp, out = Path(args.input[0]), Path(args.output)
+    table = _table_path(args, inp, out)
     if is_zarr(out) or args.scheduler:
-        return _segment_chunked(args, inp, out)
+        return _segment_chunked(args, inp, out, table)
     check_output(out, inp)
     prob_path = Path(args.probabilities) if args.probabilities else None
     if prob_path is not None:
         check_output(prob_path, inp)
         if prob_path.resolve() == out.resolve():
             raise InputError("--probabilities must name another file than -o")
+        if table is not None and table.resolve() == prob_path.resolve():
+            raise InputError("--measure must name another file than --probabilities")
     model = load_model_arg(args.model)
     # an RGB image's channels: the widgets' rule (notes said once the run has started)
     options, notes = file_options(model, inp, args.axes, segment_options(args))
     t0 = time.perf_counter()
     bar = Progress(args.quiet, "segment", "tile")
-    gen = iter_segment_file(model, inp, out, options, args.axes, prob_path)
+    gen = iter_segment_file(
+        model, inp, out, options, args.axes, prob_path, table=table, voxel_size=args.voxel_size
+    )
     labels, out_axes = drive(gen, bar, notes)
     n = (
         f"{len(np.unique(labels)) - (1 if (labels == 0).any() else 0)} objects"
@@ -64,8 +72,24 @@ def cmd_segment(args: argparse.Namespace) -> int:
             f"wrote {out} ({'x'.join(map(str, labels.shape))} {out_axes}, {labels.dtype}, {n}) "
             f"in {time.perf_counter() - t0:.1f} s"
         )
+        if table is not None:
+            warn(f"wrote the objects table {table}")
         say_halo(model, args.halo)
     return 0
+
+
+def _table_path(args: argparse.Namespace, inp: Path, out: Path) -> Path | None:
+    """The CSV file --measure names for one input (None without --measure), checked."""
+    from ..errors import InputError
+    from ..sets import table_for
+
+    if args.measure is None:
+        return None
+    table = table_for(inp, args.measure)
+    check_output(table, inp)
+    if table.resolve() == out.resolve():
+        raise InputError("--measure must name another file than -o")
+    return table
 
 
 def _is_folder_run(inputs: list[str]) -> bool:
@@ -82,7 +106,13 @@ def _segment_folder(args: argparse.Namespace) -> int:
     """One labels file per input image in the -o folder (:func:`iter_segment_files`).
     Exit code 1 when some failed, with a summary of which and why."""
     from ..errors import InputError
-    from ..files import FileProgress, iter_segment_files, output_folder, plan_outputs
+    from ..files import (
+        FileProgress,
+        iter_segment_files,
+        output_folder,
+        plan_outputs,
+        plan_tables,
+    )
     from ..inference import Notice, run_to_end
     from ..sets import expand_inputs
 
@@ -91,6 +121,8 @@ def _segment_folder(args: argparse.Namespace) -> int:
         raise InputError("--probabilities takes one input image, not a folder of them")
     folder = output_folder(args.output)
     plan_outputs(images, folder)  # two inputs, one output: an error before the model loads
+    if args.measure is not None:
+        plan_tables(images, args.measure)
     options = segment_options(args)
     model = load_model_arg(args.model)
     bar = Progress(args.quiet, "segment", "file")
@@ -106,6 +138,8 @@ def _segment_folder(args: argparse.Namespace) -> int:
             workers=args.workers,
             axes=args.axes,
             restart=args.restart,
+            tables=args.measure,
+            voxel_size=args.voxel_size,
         )
     else:
         from ..rgb import files_by_rule
@@ -118,6 +152,8 @@ def _segment_folder(args: argparse.Namespace) -> int:
             axes=args.axes,
             restart=args.restart,
             run_files=files_by_rule,  # an RGB image's channels: the widgets' rule
+            tables=args.measure,
+            voxel_size=args.voxel_size,
         )
 
     def show(event) -> None:
@@ -144,6 +180,8 @@ def _folder_summary(args, report) -> None:
         )
         if report.skipped:
             said += f"; {len(report.skipped)} already done, skipped (--restart redoes them)"
+        if args.measure is not None:
+            said += f"; objects tables: {args.measure}"
         warn(said)
     if report.failed:
         warn(f"{len(report.failed)} file(s) failed:")
@@ -151,9 +189,11 @@ def _folder_summary(args, report) -> None:
             print(f"  {inp}: {why}", file=sys.stderr)
 
 
-def _segment_chunked(args: argparse.Namespace, inp: Path, out: Path) -> int:
-    """``tessera segment`` into a zarr array, slice by slice, here or on a dask cluster."""
+def _segment_chunked(args: argparse.Namespace, inp: Path, out: Path, table: Path | None) -> int:
+    """``tessera segment`` into a zarr array, slice by slice, here or on a dask cluster;
+    with ``table``, its objects are then measured from the labels written (read whole)."""
     from ..errors import InputError
+    from ..files import measure_output
     from ..images import check_output_folder, is_zarr, open_image
 
     if not is_zarr(out):
@@ -167,6 +207,13 @@ def _segment_chunked(args: argparse.Namespace, inp: Path, out: Path) -> int:
     t0 = time.perf_counter()
     bar = Progress(args.quiet, "segment", "slice" if args.scheduler else "tile")
     path = _segment_zarr(args, model, inp, out, bar, "")
+    if table is not None:
+        in_channels = model.config.in_channels
+        note = measure_output(inp, path, table, args.axes, in_channels, args.voxel_size)
+        if note is not None:
+            warn(note)
+        if not args.quiet:
+            warn(f"wrote the objects table {table}")
     if not args.quiet:
         shape = "x".join(map(str, open_image(inp)[0].shape))
         warn(f"wrote {path} (labels of a {shape} image) in {time.perf_counter() - t0:.1f} s")
@@ -279,7 +326,14 @@ def add_parser(sub) -> None:
         "--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)"
     )
     s.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
-    s.add_argument("--instances", action="store_true", help="one id per object instead of classes")
+    s.add_argument(
+        "--instances",
+        nargs="?",
+        const="3d",
+        choices=["3d", "2d"],
+        help="one id per object instead of classes; the objects of a Z stack are 3D, linked "
+        "through the slices (time points never are); '--instances 2d': each slice's own",
+    )
     s.add_argument("--min-size", type=arg_positive_int, default=8, help="smallest object kept (px)")
     s.add_argument(
         "--edge-offset",
@@ -292,6 +346,25 @@ def add_parser(sub) -> None:
         "--probabilities",
         metavar="PATH",
         help="also write class probabilities (a TIFF, or a .zarr folder with a .zarr output)",
+    )
+    s.add_argument(
+        "--measure",
+        metavar="CSV",
+        help="also measure every object (needs --instances) and write the table as CSV: "
+        "label, centroid, bounding box, area (2D) or volume (3D) in pixels and, with a voxel "
+        "size, in micrometres, equivalent diameter, solidity and eccentricity (2D), and the "
+        "mean, max and integrated intensity of each image channel. For several inputs, a "
+        "folder (made if needed) that gets one {stem}_objects.csv per image, or a pattern "
+        "with {stem} ('tables/{stem}.csv'); a re-run measures the skipped images whose table "
+        "is missing",
+    )
+    s.add_argument(
+        "--voxel-size",
+        type=arg_voxel_size,
+        metavar="Z,Y,X",
+        help="voxel (pixel) size in micrometres, Z,Y,X (3D) or Y,X (2D): the physical units of "
+        "the --measure table; default: the size the file states (OME-TIFF, ImageJ TIFF, "
+        "OME-Zarr), else the table is in pixels only",
     )
     s.add_argument(
         "--scheduler",

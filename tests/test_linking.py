@@ -1,0 +1,95 @@
+"""3D objects from 2D slices: a Z stack's objects are linked through the slices."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from _helpers import run
+from napari_tessera import segment
+from napari_tessera.images import read_image
+from napari_tessera.io import load_model
+from napari_tessera.metrics import match_instances
+from napari_tessera.postprocess import SplitRule, link_through_z
+from napari_tessera.synthetic import nuclei_3d
+
+RULE = SplitRule(instances=True, min_size=8)
+
+
+def ball(shape, centre, radius, spacing=(1.0, 1.0, 1.0)) -> np.ndarray:
+    grids = np.ogrid[tuple(slice(0, n) for n in shape)]
+    d2 = sum(((g * s - c * s) / radius) ** 2 for g, c, s in zip(grids, centre, spacing))
+    return d2 <= 1.0
+
+
+@pytest.mark.parametrize("anisotropy", [1.0, 2.0, 4.0])
+def test_two_cells_touching_in_z_stay_apart(anisotropy):
+    """Two round cells, one on top of the other, touching: one object each, at any Z step
+    (their cross-sections overlap in every slice near the contact, so matching 2D objects
+    slice to slice would join them)."""
+    z = int(48 / anisotropy)
+    r = 10.0
+    spacing = (anisotropy, 1.0, 1.0)
+    low = ball((z, 40, 40), (14 / anisotropy, 20, 20), r, spacing)
+    high = ball((z, 40, 40), ((14 + 1.9 * r) / anisotropy, 20, 20), r, spacing)
+    fg = (low | high).astype(np.uint8)
+    labels, nxt = RULE.labels_3d(fg, spacing)
+    assert nxt == 3
+    truth = low.astype(int) + 2 * (high & ~low)
+    assert match_instances(truth, labels).f1 == 1.0
+    flat, _ = ndi.label(fg)  # what plain connected components give: one blob
+    assert flat.max() == 1
+
+
+def test_a_dim_slice_does_not_cut_an_object():
+    """A cell whose middle slice came out thinner (dim): still one object."""
+    fg = ball((21, 40, 40), (10, 20, 20), 9).astype(np.uint8)
+    fg[10] = ndi.binary_erosion(fg[10], iterations=2)
+    labels, nxt = RULE.labels_3d(fg, (1.0, 1.0, 1.0))
+    assert nxt == 2 and (labels[fg > 0] == 1).all()
+
+
+def test_time_points_are_never_linked():
+    """TZYX: each time point's stack is linked on its own; the same cell at two times gets two
+    ids. TYX (no Z): nothing is linked."""
+    cell = ball((9, 32, 32), (4, 16, 16), 6).astype(np.uint8)
+    series = np.stack([cell, cell])  # T, Z, Y, X
+    flat = series.reshape(-1, 32, 32)
+    labels = link_through_z(flat, "TZ", (2, 9), RULE, (1.0, 1.0, 1.0)).reshape(series.shape)
+    assert set(np.unique(labels[0])) == {0, 1} and set(np.unique(labels[1])) == {0, 2}
+
+
+def test_segment_links_a_stack_and_the_ids_do_not_depend_on_tiles(saved_threshold_model):
+    """With instances, a ZYX image gives 3D objects (``link_z=False``: each slice's); tile
+    sizes do not change them (exact halo), and a TZYX series is linked per time point."""
+    model = load_model(saved_threshold_model)
+    s = nuclei_3d((24, 96, 96), anisotropy=2.0, seed=4)
+    kw = dict(axes="ZYX", instances=True, device="cpu", halo="exact", voxel_size=(2, 1, 1))
+    big = segment(model, s.image, tile_size=128, **kw)
+    small = segment(model, s.image, tile_size=64, **kw)
+    np.testing.assert_array_equal(big, small)
+    assert match_instances(s.labels, big).f1 > 0.85
+    per_slice = segment(model, s.image, tile_size=128, link_z=False, **kw)
+    assert match_instances(s.labels, per_slice).f1 < 0.2
+    series = segment(model, np.stack([s.image, s.image]), tile_size=128, **{**kw, "axes": "TZYX"})
+    first, second = series[0], series[1]
+    assert not set(np.unique(first[first > 0])) & set(np.unique(second[second > 0]))
+    assert match_instances(first, second - np.where(second > 0, big.max(), 0)).f1 == 1.0
+
+
+def test_cli_gives_3d_objects_unless_told_2d(saved_threshold_model, tmp_path, capsys):
+    import tifffile
+
+    s = nuclei_3d((16, 64, 64), anisotropy=2.0, seed=6)
+    tifffile.imwrite(tmp_path / "s.tif", s.image, metadata={"axes": "ZYX"})
+    base = ["segment", tmp_path / "s.tif", "--model", saved_threshold_model, "-q"]
+    code, _, err = run([*base, "-o", tmp_path / "l3.tif", "--instances"], capsys)
+    assert code == 0, err
+    code, _, err = run([*base, "-o", tmp_path / "l2.tif", "--instances", "2d"], capsys)
+    assert code == 0, err
+    linked, flat = read_image(tmp_path / "l3.tif")[0], read_image(tmp_path / "l2.tif")[0]
+    spans = [len(np.unique(np.nonzero(linked == i)[0])) for i in np.unique(linked[linked > 0])]
+    assert max(spans) > 3  # objects through several slices
+    assert all(len(np.unique(np.nonzero(flat == i)[0])) == 1 for i in np.unique(flat[flat > 0]))
+    assert match_instances(s.labels, linked).f1 > match_instances(s.labels, flat).f1 + 0.5
