@@ -221,9 +221,7 @@ def test_segment_measure_reads_the_voxel_size_of_the_tiff(
 
     image = read_image(sample_2d[0])[0]
     calibrated = tmp_path / "calibrated.tif"
-    tifffile.imwrite(
-        calibrated, image, imagej=True, resolution=(4.0, 4.0), metadata={"unit": "um"}
-    )
+    tifffile.imwrite(calibrated, image, imagej=True, resolution=(4.0, 4.0), metadata={"unit": "um"})
     stack = tmp_path / "stack.tif"
     tifffile.imwrite(
         stack,

@@ -159,7 +159,21 @@ class TrainWidget(Container):
         self._trained_on: _Run | None = None
         self._paint_watch: PaintWatch | None = None
 
-        self.image = ComboBox(label="image", choices=layer_choices(napari_viewer, Image))
+        self.extend(self._data_rows(napari_viewer) + self._training_rows() + self._run_rows())
+        text_label(self.convention)
+        text_label(self.status)
+        text_label(self.pairs_info)
+
+        self._connect()
+        self._update_convention()
+        self._update_visibility()
+        self._update_pairs_info()
+        _warm_up()
+
+    # -- the rows -----------------------------------------------------------------------------
+    def _data_rows(self, viewer) -> list:
+        """What to train on: the image, its annotations, the label convention."""
+        self.image = ComboBox(label="image", choices=layer_choices(viewer, Image))
         self.axes = LineEdit(
             label="axes",
             value="auto",
@@ -173,9 +187,7 @@ class TrainWidget(Container):
             "stores, else all (of an RGB image, a 1-channel model reads the one colour with "
             "signal; alpha only when picked)",
         )
-        self.annotations = ComboBox(
-            label="annotations", choices=layer_choices(napari_viewer, Labels)
-        )
+        self.annotations = ComboBox(label="annotations", choices=layer_choices(viewer, Labels))
         self.new_annotations = PushButton(text="New annotation layer")
         self.correct = PushButton(
             text="Correct the segmentation",
@@ -202,6 +214,22 @@ class TrainWidget(Container):
             tooltip="a 2-px band around each painted object then counts as background, which "
             "teaches where objects end; untick it if you painted strokes inside objects",
         )
+        return [
+            self.image,
+            self.axes,
+            self.channels,
+            self.annotations,
+            self.new_annotations,
+            self.correct,
+            self.all_images,
+            self.pairs_info,
+            self.mode,
+            self.convention,
+            self.whole,
+        ]
+
+    def _training_rows(self) -> list:
+        """How to train: the start, how long, the network and patches, the device."""
         self.start_from = ComboBox(
             label="start from", choices=lambda _w=None: _models.choices(training=True)
         )
@@ -228,6 +256,21 @@ class TrainWidget(Container):
         )
         self.device = ComboBox(label="device", choices=available_devices(), value="auto")
         self.live_preview = CheckBox(text="live preview of the current slice", value=True)
+        return [
+            self.start_from,
+            self.start_file,
+            self.limit_by,
+            self.time_limit,
+            self.steps,
+            self.base_channels,
+            self.depth,
+            self.patch_size,
+            self.device,
+            self.live_preview,
+        ]
+
+    def _run_rows(self) -> list:
+        """Train and Stop, the progress, the loss curve under the status line, and Save."""
         self.train_button = PushButton(text="Train")
         self.stop_button = PushButton(text="Stop", enabled=False)
         self.progress = ProgressBar(label="progress", min=0, max=1000, value=0)
@@ -242,41 +285,9 @@ class TrainWidget(Container):
         plot = Container(labels=False)  # the curve is a row of its own, under the status line
         plot.margins = (0, 0, 0, 0)
         plot.native.layout().addWidget(self.loss_curve)
-        self.extend(
-            [
-                self.image,
-                self.axes,
-                self.channels,
-                self.annotations,
-                self.new_annotations,
-                self.correct,
-                self.all_images,
-                self.pairs_info,
-                self.mode,
-                self.convention,
-                self.whole,
-                self.start_from,
-                self.start_file,
-                self.limit_by,
-                self.time_limit,
-                self.steps,
-                self.base_channels,
-                self.depth,
-                self.patch_size,
-                self.device,
-                self.live_preview,
-                buttons,
-                self.progress,
-                self.status,
-                plot,
-                self.save_path,
-                self.save_button,
-            ]
-        )
-        text_label(self.convention)
-        text_label(self.status)
-        text_label(self.pairs_info)
+        return [buttons, self.progress, self.status, plot, self.save_path, self.save_button]
 
+    def _connect(self) -> None:
         self.mode.changed.connect(self._update_convention)
         self.start_from.changed.connect(self._update_visibility)
         self.limit_by.changed.connect(self._update_visibility)
@@ -288,10 +299,6 @@ class TrainWidget(Container):
         self.stop_button.changed.connect(self.stop)
         self.save_button.changed.connect(self.save)
         self.native.destroyed.connect(self._jobs.abort)  # closing napari ends the run
-        self._update_convention()
-        self._update_visibility()
-        self._update_pairs_info()
-        _warm_up()
 
     # -- state --------------------------------------------------------------------------------
     @property
