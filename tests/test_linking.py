@@ -93,3 +93,34 @@ def test_cli_gives_3d_objects_unless_told_2d(saved_threshold_model, tmp_path, ca
     assert max(spans) > 3  # objects through several slices
     assert all(len(np.unique(np.nonzero(flat == i)[0])) == 1 for i in np.unique(flat[flat > 0]))
     assert match_instances(s.labels, linked).f1 > match_instances(s.labels, flat).f1 + 0.5
+
+
+def test_the_z_step_comes_from_the_option_or_the_file(saved_threshold_model, tmp_path, capsys):
+    """A stack of 2 um slices at 0.5 um pixels: linked with a Z step of 4 pixels, from
+    --voxel-size or from the TIFF's ImageJ metadata; the same labels as the Python call."""
+    import tifffile
+
+    s = nuclei_3d((12, 64, 64), anisotropy=4.0, seed=7)
+    plain = tmp_path / "plain.tif"
+    tifffile.imwrite(plain, s.image, metadata={"axes": "ZYX"})
+    meta = tmp_path / "meta.tif"
+    tifffile.imwrite(
+        meta,
+        s.image,
+        imagej=True,
+        resolution=(2.0, 2.0),
+        metadata={"axes": "ZYX", "spacing": 2.0, "unit": "um"},
+    )
+    model = load_model(saved_threshold_model)
+    want = segment(model, s.image, axes="ZYX", instances=True, voxel_size=(2, 0.5, 0.5))
+    cubic = segment(model, s.image, axes="ZYX", instances=True)
+    assert not np.array_equal(want, cubic)  # the Z step matters
+    base = ["--model", saved_threshold_model, "--instances", "-q"]
+    code, _, err = run(
+        ["segment", plain, "-o", tmp_path / "a.tif", *base, "--voxel-size", "2,0.5,0.5"], capsys
+    )
+    assert code == 0, err
+    code, _, err = run(["segment", meta, "-o", tmp_path / "b.tif", *base], capsys)
+    assert code == 0, err
+    np.testing.assert_array_equal(read_image(tmp_path / "a.tif")[0], want)
+    np.testing.assert_array_equal(read_image(tmp_path / "b.tif")[0], want)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,7 @@ import numpy as np
 from .axes import guess_axes, layout
 from .errors import InputError, TesseraError
 from .images import check_output_folder
-from .inference import Notice, Progress, image_layout, iter_segment
+from .inference import Notice, Progress, image_layout, iter_segment, links_through_z
 from .options import SegmentOptions
 from .sets import output_for, table_for
 
@@ -113,6 +113,11 @@ def _axes_notice(chosen: ChosenAxes, shape, name: str) -> Notice | None:
     return None
 
 
+def _zyx(size) -> tuple[float, float, float] | None:
+    """A (Z, Y, X) voxel size, or None (unknown, or Y, X only)."""
+    return tuple(size) if size is not None and len(size) == 3 else None
+
+
 def iter_segment_file(
     model,
     image: Path,
@@ -128,7 +133,7 @@ def iter_segment_file(
     objects of the (instance) labels are measured in the whole image (every channel) and
     written there as CSV (:func:`measure_objects`). Yields :class:`Progress` and
     :class:`Notice`; returns ``(labels, their axes)``."""
-    from .images import read_image, write_tiff
+    from .images import read_image, read_voxel_size, write_tiff
     from .measure import check_voxel_size
     from .normalize import check_dtype, check_finite
 
@@ -148,6 +153,8 @@ def iter_segment_file(
             f"{image.name} is constant (every pixel is {arr.flat[0]}): with no contrast, every "
             "pixel gets the same label"
         )
+    if options.voxel_size is None and links_through_z(options, lay):
+        options = replace(options, voxel_size=_zyx(read_voxel_size(image)))  # the file's own
     probs = None
     if probabilities is not None:
         probs = np.zeros((model.config.n_classes, *lay.out_shape), np.float32)

@@ -94,7 +94,7 @@ def measure_spec(layer, inp: ImageInput) -> MeasureSpec:
     idx = [k for k, a in enumerate(out) if a in "ZYX"]
     scale = [float(inp.scale[k]) for k in idx]
     per = [
-        _microns_per(units[keep[k]]) if len(units) > keep[k] and k < len(keep) else None
+        _microns_per(units[keep[k]]) if k < len(keep) and keep[k] < len(units) else None
         for k in idx
     ]
     if all(f is not None for f in per):

@@ -303,6 +303,7 @@ def segment_options(args: argparse.Namespace):
         precision=args.precision,
         instances=bool(args.instances),
         link_z=args.instances != "2d",
+        voxel_size=args.voxel_size if args.voxel_size and len(args.voxel_size) == 3 else None,
         min_size=args.min_size,
         edge_offset=args.edge_offset,
         channels=args.channels,

@@ -362,9 +362,10 @@ def add_parser(sub) -> None:
         "--voxel-size",
         type=arg_voxel_size,
         metavar="Z,Y,X",
-        help="voxel (pixel) size in micrometres, Z,Y,X (3D) or Y,X (2D): the physical units of "
-        "the --measure table; default: the size the file states (OME-TIFF, ImageJ TIFF, "
-        "OME-Zarr), else the table is in pixels only",
+        help="voxel (pixel) size in micrometres, Z,Y,X (3D) or Y,X (2D): the Z step with which "
+        "--instances links a stack's slices into 3D objects, and the physical units of the "
+        "--measure table; default: the size the file states (OME-TIFF, ImageJ TIFF, "
+        "OME-Zarr), else cubic voxels and a table in pixels only",
     )
     s.add_argument(
         "--scheduler",
