@@ -291,8 +291,24 @@ class SegmentWidget(Container):
         self._output_by_hand = False  # picked by the user: no longer follows the model
         self._output_default = "classes"
 
+        self.extend(
+            self._image_rows(napari_viewer)
+            + self._tiling_rows()
+            + self._output_rows()
+            + self._run_rows()
+        )
+        text_label(self.status)
+        text_label(self.info)
+        self._connect()
+        self._default_output()
+        self._update_visibility()
+        self._update_info()
+
+    # -- the rows -----------------------------------------------------------------------------
+    def _image_rows(self, viewer) -> list:
+        """What to segment and with which model."""
         self.image = ComboBox(
-            label="image", choices=layer_choices(napari_viewer, Image), tooltip="image to segment"
+            label="image", choices=layer_choices(viewer, Image), tooltip="image to segment"
         )
         self.axes = LineEdit(
             label="axes",
@@ -312,6 +328,10 @@ class SegmentWidget(Container):
             label="model", choices=lambda _w=None: _models.choices(training=False)
         )
         self.model_file = FileEdit(label="model file", mode="r", filter="*.safetensors")
+        return [self.image, self.axes, self.channels, self.model_source, self.model_file]
+
+    def _tiling_rows(self) -> list:
+        """How the image is tiled and where the network runs."""
         self.tile_size = SpinBox(
             label="tile size (0 = auto)",
             min=0,
@@ -336,6 +356,17 @@ class SegmentWidget(Container):
         self.batch_size = SpinBox(label="batch size", min=1, max=256, value=1)
         self.device = ComboBox(label="device", choices=available_devices(), value="auto")
         self.precision = ComboBox(label="precision", choices=list(PRECISIONS), value="fp32")
+        return [
+            self.tile_size,
+            self.halo,
+            self.halo_px,
+            self.batch_size,
+            self.device,
+            self.precision,
+        ]
+
+    def _output_rows(self) -> list:
+        """What comes out: classes or objects, and the objects table."""
         self.output = RadioButtons(
             label="output",
             choices=[("classes", "classes"), ("instances", "instances")],
@@ -365,6 +396,17 @@ class SegmentWidget(Container):
             "labels",
         )
         self.save_table_button = PushButton(text="Save table as CSV", enabled=False)
+        return [
+            self.output,
+            self.min_size,
+            self.link_z,
+            self.model_edges,
+            self.measure,
+            self.save_table_button,
+        ]
+
+    def _run_rows(self) -> list:
+        """Where the results go, what to run on, Segment and Cancel, the progress."""
         self.probabilities = CheckBox(text="add a probability layer", value=False)
         self.zarr_folder = FileEdit(
             label="zarr folder",
@@ -409,40 +451,20 @@ class SegmentWidget(Container):
             widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False
         )
         buttons.margins = (0, 0, 0, 0)
-        self.extend(
-            [
-                self.image,
-                self.axes,
-                self.channels,
-                self.model_source,
-                self.model_file,
-                self.tile_size,
-                self.halo,
-                self.halo_px,
-                self.batch_size,
-                self.device,
-                self.precision,
-                self.output,
-                self.min_size,
-                self.link_z,
-                self.model_edges,
-                self.measure,
-                self.save_table_button,
-                self.probabilities,
-                self.zarr_folder,
-                self.scope,
-                self.input_folder,
-                self.output_folder,
-                self.open_results,
-                self.info,
-                buttons,
-                self.progress,
-                self.status,
-            ]
-        )
-        text_label(self.status)
-        text_label(self.info)
+        return [
+            self.probabilities,
+            self.zarr_folder,
+            self.scope,
+            self.input_folder,
+            self.output_folder,
+            self.open_results,
+            self.info,
+            buttons,
+            self.progress,
+            self.status,
+        ]
 
+    def _connect(self) -> None:
         self.model_source.changed.connect(self._update_visibility)
         self.model_source.changed.connect(self._update_info)
         self.model_file.changed.connect(self._update_info)
@@ -461,9 +483,6 @@ class SegmentWidget(Container):
         session.changed.connect(self._on_session_model)
         self.native.destroyed.connect(self._jobs.abort)  # closing napari cancels the run
         self.native.destroyed.connect(self._forget_session)
-        self._default_output()
-        self._update_visibility()
-        self._update_info()
 
     # -- state --------------------------------------------------------------------------------
     @property

@@ -306,6 +306,15 @@ def add_parser(sub) -> None:
         type=arg_channels,
         help=CHANNELS_HELP + ", or those a model trained here was trained on",
     )
+    _tiling_args(s)
+    _output_args(s)
+    _large_args(s)
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    s.set_defaults(func=cmd_segment)
+
+
+def _tiling_args(s) -> None:
+    """How the image is tiled and where the network runs."""
     s.add_argument(
         "--tile-size",
         type=arg_tile_size,
@@ -326,6 +335,10 @@ def add_parser(sub) -> None:
         "--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)"
     )
     s.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+
+
+def _output_args(s) -> None:
+    """Classes or objects, their edges, probabilities, the objects table."""
     s.add_argument(
         "--instances",
         nargs="?",
@@ -367,6 +380,10 @@ def add_parser(sub) -> None:
         "--measure table; default: the size the file states (OME-TIFF, ImageJ TIFF, "
         "OME-Zarr), else cubic voxels and a table in pixels only",
     )
+
+
+def _large_args(s) -> None:
+    """Clusters, blocks of large planes, restarting."""
     s.add_argument(
         "--scheduler",
         metavar="local|ADDRESS",
@@ -392,5 +409,3 @@ def add_parser(sub) -> None:
         help="with .zarr output: ignore the finished slices of an interrupted run; for several "
         "inputs: redo the images whose labels are already in the output folder",
     )
-    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
-    s.set_defaults(func=cmd_segment)
