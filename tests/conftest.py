@@ -112,8 +112,24 @@ def saved_threshold_model(tmp_path_factory):
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """A test that starts a dask cluster (the ``cluster`` fixture of test_chunked.py) is
+    """A test that starts a dask cluster (the ``cluster`` fixture below) is
     ``slow`` even where its marker was forgotten, so ``-m "not slow"`` leaves it out."""
     for item in items:
         if "cluster" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """A local dask cluster of two single-threaded worker processes (tests using it are
+    marked slow)."""
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        silence_logs=40,
+    ) as c:
+        yield c

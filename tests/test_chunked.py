@@ -245,18 +245,6 @@ def test_cli_zarr_bad_input_is_one_line(model, stack, tmp_path, capsys, extra, n
 
 # -- dask.distributed ---------------------------------------------------------------------------
 # (an optional extra: the tests that need it skip without it; a cluster's start-up makes them slow)
-@pytest.fixture(scope="module")
-def cluster():
-    distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=None,
-        silence_logs=40,
-    ) as c:
-        yield c
 
 
 @pytest.mark.parametrize("instances", [False, True])

@@ -246,42 +246,31 @@ def test_a_folder_run_loads_the_model_once(
 
 @pytest.mark.slow
 def test_a_folder_run_spreads_files_over_a_dask_cluster(
-    raw, tmp_path, saved_threshold_model, capsys
+    raw, tmp_path, saved_threshold_model, capsys, cluster
 ):
     """--scheduler: each file is a task on the workers (processes of their own); the labels
     equal the in-process run, a bad file is reported, and a re-run skips the finished."""
-    distributed = pytest.importorskip("distributed")
     (raw / "broken.tif").write_bytes(b"not a tiff")
     here, there = tmp_path / "here", tmp_path / "there"
     base = ["--model", saved_threshold_model, "--instances"]
     code, _, err = run(["segment", raw, "-o", here, *base], capsys)
     assert code == 1, err
-    with distributed.LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=None,
-        silence_logs=40,
-    ) as cluster:
-        argv = ["segment", raw, "-o", there, *base, "--scheduler", cluster.scheduler_address]
-        code, _, err = run(argv, capsys)
-        assert code == 1, err
-        assert "dask: 2 worker(s) at tcp://127.0.0.1:" in err
-        assert "1 file(s) failed" in err and "broken.tif" in err
-        assert (
-            outputs(there)
-            == outputs(here)
-            == [
-                "extra_labels.tif",
-                "field_0_labels.tif",
-                "field_1_labels.tif",
-                "field_2_labels.tif",
-            ]
-        )
-        for name in outputs(here):
-            np.testing.assert_array_equal(
-                tifffile.imread(there / name), tifffile.imread(here / name)
-            )
-        code, _, err = run(argv, capsys)
-        assert code == 1 and "4 already done" in err
+    argv = ["segment", raw, "-o", there, *base, "--scheduler", cluster.scheduler_address]
+    code, _, err = run(argv, capsys)
+    assert code == 1, err
+    assert "dask: 2 worker(s) at tcp://127.0.0.1:" in err
+    assert "1 file(s) failed" in err and "broken.tif" in err
+    assert (
+        outputs(there)
+        == outputs(here)
+        == [
+            "extra_labels.tif",
+            "field_0_labels.tif",
+            "field_1_labels.tif",
+            "field_2_labels.tif",
+        ]
+    )
+    for name in outputs(here):
+        np.testing.assert_array_equal(tifffile.imread(there / name), tifffile.imread(here / name))
+    code, _, err = run(argv, capsys)
+    assert code == 1 and "4 already done" in err

@@ -166,16 +166,11 @@ def _units_on_cluster(run: ZarrRun, scheduler: str, n: int | None):
     job = UnitJob(
         run.rule, run.options, run.margin, lay, str(out.partial), prob_path, model.digest()
     )
-    client, cluster, threads = open_client(scheduler, n)
     pending = iter(todo)
-    futures: list = []
-    try:
-        client.register_plugin(
-            ModelPlugin(model_bytes(model), job.digest, threads),
-            name=PLUGIN,
-        )
-        n_workers = len(client.scheduler_info()["workers"])
-        yield Notice(f"dask: {n_workers} worker(s) at {client.scheduler.address}")
+    with _Session(model, scheduler, n) as session:
+        client, futures = session.client, session.futures
+        yield session.notice
+        n_workers = session.n_workers
         levels: dict[int, list] = {}  # whole-slice levels, for blocks
 
         def submit():
@@ -208,41 +203,58 @@ def _units_on_cluster(run: ZarrRun, scheduler: str, n: int | None):
             for text in notices:
                 yield Notice(f"slice {s}: {text}")
             yield Progress(k, total)
-    finally:
-        for fut in futures:
-            fut.cancel()
-        client.close()
-        if cluster is not None:
-            cluster.close()
 
 
 def _files_on_cluster(model, todo, options, axes, scheduler: str, workers: int | None):
     """Each file a task on a dask cluster; yields Notices and a FileDone per file."""
     if not todo:
         return
-    client, cluster, threads = open_client(scheduler, workers)
-    futures: dict = {}
-    try:
-        digest = model.digest()
-        plugin = ModelPlugin(model_bytes(model), digest, threads)
-        client.register_plugin(plugin, name=PLUGIN)
-        n_workers = len(client.scheduler_info()["workers"])
-        yield Notice(f"dask: {n_workers} worker(s) at {client.scheduler.address}")
+    with _Session(model, scheduler, workers) as session:
+        yield session.notice
+        files = {}
         for image, out in todo:
-            fut = client.submit(file_task, image, out, options, axes, digest, pure=False)
-            futures[fut] = (image, out)
-        for fut in as_completed(list(futures)):
-            image, out = futures[fut]
+            fut = session.client.submit(
+                file_task, image, out, options, axes, session.digest, pure=False
+            )
+            session.futures.append(fut)
+            files[fut] = (image, out)
+        for fut in as_completed(list(files)):
+            image, out = files[fut]
             error, notices = fut.result()
             for text in notices:
                 yield Notice(text)
             yield FileDone(image, out, "failed" if error else "done", error)
-    finally:
-        for fut in futures:
+
+
+class _Session:
+    """A client of the cluster whose workers hold the model (a plugin: loaded once per
+    worker); on leaving, the tasks still queued are cancelled and the client (and a local
+    cluster) closed."""
+
+    def __init__(self, model, scheduler: str, workers: int | None) -> None:
+        self.model, self.scheduler, self.workers = model, scheduler, workers
+        self.futures: list = []
+
+    def __enter__(self) -> _Session:
+        self.client, self.cluster, threads = open_client(self.scheduler, self.workers)
+        try:
+            self.digest = self.model.digest()
+            plugin = ModelPlugin(model_bytes(self.model), self.digest, threads)
+            self.client.register_plugin(plugin, name=PLUGIN)
+            self.n_workers = len(self.client.scheduler_info()["workers"])
+        except BaseException:
+            self.__exit__()
+            raise
+        where = self.client.scheduler.address
+        self.notice = Notice(f"dask: {self.n_workers} worker(s) at {where}")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for fut in self.futures:
             fut.cancel()
-        client.close()
-        if cluster is not None:
-            cluster.close()
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
 
 
 # -- on the workers ---------------------------------------------------------------------------
