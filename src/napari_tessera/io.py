@@ -201,6 +201,9 @@ def _check_data_fits(path: Path, header: dict[str, Any]) -> None:
 def load_model(path: str | os.PathLike, *, device: str = "cpu"):
     """Load a model written by :func:`save_model`. Never unpickles anything.
 
+    A ``.zip`` is read as a bioimage.io package that Tessera exported (needs the
+    ``[bioimageio]`` extra): the Tessera model file it carries is checked and loaded.
+
     The config is validated (types and sizes) before anything is built; every tensor's name
     and shape is checked against the network's (built on the "meta" device, no memory) and its
     data against the file's size before the network is allocated and weights are read.
@@ -212,6 +215,13 @@ def load_model(path: str | os.PathLike, *, device: str = "cpu"):
     from .model import UNet
 
     path = Path(path)
+    if path.suffix.lower() == ".zip":  # a bioimage.io package exported by Tessera
+        from ._bioimageio_read import extracted_model_file
+
+        with extracted_model_file(path) as (inner, kwargs_config):
+            if read_model_info(inner)[0] != kwargs_config:
+                raise ModelFileError(f"{path.name}: its weights do not match its architecture")
+            return load_model(inner, device=device)
     config, metadata = read_model_info(path)
     header = _read_header(path)
     stored = {k: tuple(v.get("shape", ())) for k, v in header.items() if k != "__metadata__"}

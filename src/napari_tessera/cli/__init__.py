@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from ..errors import TesseraError
-from . import _segment, _tools, _train
+from . import _export, _segment, _tools, _train
 from ._common import EXIT_INTERRUPTED, EXIT_USAGE, Parser
 
 
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     _segment.add_parser(sub)
     _train.add_parser(sub)
     _tools.add_parser(sub)
+    _export.add_parser(sub)
     return p
 
 
