@@ -1066,3 +1066,30 @@ def test_segment_gives_3d_objects_for_a_z_stack(make_napari_viewer, qtbot, saved
     segment(qtbot, seg)
     flat = viewer.layers["nuclei labels"].data
     assert all(len(np.unique(np.nonzero(flat == i)[0])) == 1 for i in np.unique(flat[flat > 0]))
+
+
+def test_save_a_bioimageio_package_and_segment_with_it(
+    make_napari_viewer, qtbot, nuclei, tmp_path, errors
+):
+    """Save as .zip writes a bioimage.io package; the Segment widget runs it as a model file
+    and gives the labels the trained model gives."""
+    pytest.importorskip("bioimageio.spec")
+    from napari_tessera.inference import segment as core_segment
+
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei.image, name="cells")
+    tr = dock(viewer, "Train")
+    tr.create_annotations().data = sparse_annotations(nuclei.labels, n_objects=4, n_strokes=2)
+    tiny_training(tr, steps=3)
+    tr.train()
+    wait_idle(qtbot, tr)
+    path = tr.save(path=tmp_path / "cells.zip")
+    assert not errors and path == tmp_path / "cells.zip" and path.is_file()
+    assert (tmp_path / "cells.annotations.tif").is_file()
+    seg = dock(viewer, "Segment")
+    use_file_model(seg, path)
+    seg.device.value = "cpu"
+    seg.output.value = "classes"
+    segment(qtbot, seg)
+    want = core_segment(tr.model, nuclei.image, device="cpu")
+    np.testing.assert_array_equal(viewer.layers["cells labels"].data, want)

@@ -99,10 +99,16 @@ def _read_header(path: Path) -> dict[str, Any]:
 
 
 def read_model_info(path: str | os.PathLike) -> tuple[UNetConfig, dict[str, Any]]:
-    """Config and metadata of a model file, validated, without loading weights."""
+    """Config and metadata of a model file, validated, without loading weights (of a
+    bioimage.io package that Tessera exported: of the model file it carries)."""
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"model file not found: {path}")
+    if path.suffix.lower() == ".zip":
+        from ._bioimageio_read import extracted_model_file
+
+        with extracted_model_file(path) as (inner, _):
+            return read_model_info(inner)
     header = _read_header(path)
     meta = header.get("__metadata__") or {}
     if meta.get("format") != FORMAT or not isinstance(meta.get("config"), str):

@@ -70,7 +70,10 @@ def _cached_loader(path: Path) -> Callable[[], Any]:
 
 def file_spec(path) -> ModelSpec:
     if not path_is_set(path):
-        raise InputError("no model file chosen: pick a .safetensors model file")
+        raise InputError(
+            "no model file chosen: pick a .safetensors model file or a bioimage.io .zip that "
+            "Tessera exported"
+        )
     path = Path(path)
     config, meta = read_model_info(path)  # header only: fast, validates the file
     return ModelSpec(

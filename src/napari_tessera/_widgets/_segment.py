@@ -327,7 +327,9 @@ class SegmentWidget(Container):
         self.model_source = ComboBox(
             label="model", choices=lambda _w=None: _models.choices(training=False)
         )
-        self.model_file = FileEdit(label="model file", mode="r", filter="*.safetensors")
+        self.model_file = FileEdit(
+            label="model file", mode="r", filter="Tessera model (*.safetensors *.zip)"
+        )
         return [self.image, self.axes, self.channels, self.model_source, self.model_file]
 
     def _tiling_rows(self) -> list:

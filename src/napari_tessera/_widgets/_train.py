@@ -85,6 +85,12 @@ def train_job(
     return (yield from iter_train(items, config=config, model=model, stop=stop, paint=paint))
 
 
+def _first_slice(inp: ImageInput) -> np.ndarray:
+    """The first slice ``(C, Y, X)`` of the image a model was trained on (a package's test
+    input: a real image of the kind the model is for)."""
+    return np.asarray(inp.lay.slice_view(np.asarray(inp.load()), 0), np.float32)
+
+
 _warm = threading.Event()
 warmed_up = threading.Event()  # set when the warm-up imports are done
 
@@ -233,7 +239,9 @@ class TrainWidget(Container):
         self.start_from = ComboBox(
             label="start from", choices=lambda _w=None: _models.choices(training=True)
         )
-        self.start_file = FileEdit(label="model file", mode="r", filter="*.safetensors")
+        self.start_file = FileEdit(
+            label="model file", mode="r", filter="Tessera model (*.safetensors *.zip)"
+        )
         self.limit_by = ComboBox(
             label="stop after",
             choices=[("number of steps", "steps"), ("time limit", "time")],
@@ -275,7 +283,13 @@ class TrainWidget(Container):
         self.stop_button = PushButton(text="Stop", enabled=False)
         self.progress = ProgressBar(label="progress", min=0, max=1000, value=0)
         self.status = Label(label="status", value="ready")
-        self.save_path = FileEdit(label="save model as", mode="w", filter="*.safetensors")
+        self.save_path = FileEdit(
+            label="save model as",
+            mode="w",
+            filter="Tessera model (*.safetensors);;bioimage.io package (*.zip)",
+            tooltip="a .safetensors model file, or a bioimage.io package (.zip) that Fiji, "
+            "ilastik, QuPath and the bioimageio tools run",
+        )
         self.save_button = PushButton(text="Save model and annotations", enabled=False)
         buttons = Container(
             widgets=[self.train_button, self.stop_button], layout="horizontal", labels=False
@@ -697,9 +711,10 @@ class TrainWidget(Container):
 
     # -- saving -------------------------------------------------------------------------------
     def save(self, *_, path: str | Path | None = None) -> Path | None:
-        """Write the trained model and, beside it, the painted annotations (TIFF): those of
-        the selected image as ``<model>.annotations.tif``, those of each other image trained
-        on as ``<model>.<image>.annotations.tif``."""
+        """Write the trained model (a ``.safetensors`` file, or a bioimage.io package for a
+        ``.zip`` path) and, beside it, the painted annotations (TIFF): those of the selected
+        image as ``<model>.annotations.tif``, those of each other image trained on as
+        ``<model>.<image>.annotations.tif``."""
         if self.model is None:
             report_error("Save", InputError("no trained model yet: train first"))
             return None
@@ -710,13 +725,18 @@ class TrainWidget(Container):
             if path is None:
                 return None
         path = Path(path)
-        if path.suffix.lower() != ".safetensors":
+        if path.suffix.lower() not in (".safetensors", ".zip"):
             path = path.with_name(path.name + ".safetensors")
         ann_path = path.with_name(path.stem + ".annotations.tif")
         run = self._trained_on
         written = [path]
         try:
-            save_model(self.model, path)
+            if path.suffix.lower() == ".zip":
+                from ..bioimageio import export_bioimageio
+
+                export_bioimageio(self.model, path, test_image=self._test_slice(run))
+            else:
+                save_model(self.model, path)
             if run is not None:
                 image = find_layer(self._viewer, run.inp.name, Image)
                 data = self._current(run.annotations, run.labels)
@@ -730,7 +750,7 @@ class TrainWidget(Container):
                     data = self._current(pair.annotations, pair.labels)
                     write_tiff(other, data, axes=pair.inp.lay.out_axes)
                     written.append(other)
-        except (TesseraError, OSError) as err:
+        except (TesseraError, OSError, ImportError) as err:
             report_error("Save", err)
             return None
         self.save_path.value = path
@@ -739,6 +759,16 @@ class TrainWidget(Container):
         self.status.value = f"saved {what} in {path.parent}"
         notify_info(f"Saved {what} in {path.parent}")
         return path
+
+    def _test_slice(self, run: _Run | None) -> np.ndarray | None:
+        """The first slice of the image trained on, as a package's test input, when the
+        network takes it whole (else None: the built-in sample)."""
+        from ..bioimageio import min_size
+
+        if run is None:
+            return None
+        image = _first_slice(run.inp)
+        return image if min(image.shape[-2:]) >= min_size(self.model) else None
 
     def _current(self, layer: Labels, start: np.ndarray) -> np.ndarray:
         """A run's annotations with the painting done since (``start`` if the layer is gone
@@ -752,6 +782,9 @@ class TrainWidget(Container):
         from qtpy.QtWidgets import QFileDialog
 
         path, _ = QFileDialog.getSaveFileName(
-            self.native, "Save model", "model.safetensors", "Tessera model (*.safetensors)"
+            self.native,
+            "Save model",
+            "model.safetensors",
+            "Tessera model (*.safetensors);;bioimage.io package (*.zip)",
         )
         return path or None
