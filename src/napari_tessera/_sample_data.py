@@ -11,10 +11,11 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from .synthetic import nuclei_2d, nuclei_stack
+from .synthetic import nuclei_2d, nuclei_3d
 
 SIZE_2D = (512, 512)
-SIZE_STACK = (8, 256, 256)
+SIZE_STACK = (24, 256, 256)
+STACK_Z_STEP = 2.0  # the stack's slices are 2 pixels apart
 
 
 def sparse_annotations(
@@ -65,9 +66,12 @@ def nuclei_2d_sample():
 
 
 def nuclei_stack_sample():
-    s = nuclei_stack(SIZE_STACK, seed=0)
+    """Nuclei in 3D, imaged as a stack of slices twice as far apart as the pixels (the
+    layer's scale says so, and Segment links the slices' objects with it)."""
+    s = nuclei_3d(SIZE_STACK, anisotropy=STACK_Z_STEP, seed=0)
+    scale = (STACK_Z_STEP, 1.0, 1.0)
     return [
-        (s.image, {"name": "nuclei stack", "colormap": "gray"}, "image"),
+        (s.image, {"name": "nuclei stack", "colormap": "gray", "scale": scale}, "image"),
     ]
 
 

@@ -10,12 +10,12 @@ from ._common import arg_positive_int, check_output, warn
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from ..images import write_tiff
-    from ..synthetic import nuclei_2d, nuclei_stack
+    from ..synthetic import nuclei_2d, nuclei_3d
 
     out = Path(args.output)
     check_output(out)
     if args.slices > 1:
-        s = nuclei_stack((args.slices, args.size, args.size), seed=args.seed)
+        s = nuclei_3d((args.slices, args.size, args.size), seed=args.seed)  # cubic voxels
         axes = "ZYX"
     else:
         s = nuclei_2d((args.size, args.size), seed=args.seed)
@@ -93,7 +93,9 @@ def add_parser(sub) -> None:
     m.add_argument("-o", "--output", required=True, help="image TIFF to write")
     m.add_argument("--labels", help="also write the ground-truth instance labels here")
     m.add_argument("--size", type=arg_positive_int, default=512, help="side length in pixels")
-    m.add_argument("--slices", type=arg_positive_int, default=1, help="Z slices (1 = a 2D image)")
+    m.add_argument(
+        "--slices", type=arg_positive_int, default=1, help="Z slices of a 3D scene (1 = a 2D image)"
+    )
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("-q", "--quiet", action="store_true")
     m.set_defaults(func=cmd_sample)
