@@ -53,7 +53,7 @@ def read_zarr(path):
 
 @pytest.mark.parametrize("instances", [False, True])
 def test_zarr_output_equals_in_memory_segmentation(model, stack, tmp_path, instances):
-    ref = segment(model, stack, axes="ZYX", instances=instances, link_z=False, **SETTINGS)
+    ref = segment(model, stack, axes="ZYX", instances=instances, **SETTINGS)
     assert ref.max() > (10 if instances else 0)  # objects in several slices
     src = Recorder(stack)
     out = segment_to_zarr(
@@ -68,10 +68,8 @@ def test_zarr_output_equals_in_memory_segmentation(model, stack, tmp_path, insta
 
 def test_zarr_instances_apply_the_models_edge_offset(model, stack, tmp_path):
     model.metadata["edge_offset"] = 1.5
-    ref = segment(model, stack, axes="ZYX", instances=True, link_z=False, **SETTINGS)
-    plain = segment(
-        model, stack, axes="ZYX", instances=True, link_z=False, edge_offset=0, **SETTINGS
-    )
+    ref = segment(model, stack, axes="ZYX", instances=True, **SETTINGS)
+    plain = segment(model, stack, axes="ZYX", instances=True, edge_offset=0, **SETTINGS)
     assert (ref > 0).sum() < 0.9 * (plain > 0).sum()  # objects really shrank
     out = segment_to_zarr(model, stack, tmp_path / "l.zarr", axes="ZYX", instances=True, **SETTINGS)
     np.testing.assert_array_equal(read_zarr(out), ref)
@@ -142,7 +140,7 @@ def _interrupt_after(gen, n_slices: int, tiles: int):
 
 def test_interrupted_run_resumes_and_skips_finished_slices(model, stack, tmp_path, monkeypatch):
     out = tmp_path / "l.zarr"
-    ref = segment(model, stack, axes="ZYX", instances=True, link_z=False, **SETTINGS)
+    ref = segment(model, stack, axes="ZYX", instances=True, **SETTINGS)
     tiles = tiles_per_slice(model)
     gen = iter_segment_to_zarr(model, stack, out, axes="ZYX", instances=True, **SETTINGS)
     _interrupt_after(gen, 2, tiles)
@@ -185,7 +183,7 @@ def test_other_settings_start_over(model, stack, tmp_path):
     notices = [e.message for e in _events(gen) if isinstance(e, Notice)]
     assert any("other settings: starting over" in n for n in notices)
     np.testing.assert_array_equal(
-        read_zarr(out), segment(model, stack, axes="ZYX", instances=True, link_z=False, **SETTINGS)
+        read_zarr(out), segment(model, stack, axes="ZYX", instances=True, **SETTINGS)
     )
 
 

@@ -124,3 +124,36 @@ def test_the_z_step_comes_from_the_option_or_the_file(saved_threshold_model, tmp
     assert code == 0, err
     np.testing.assert_array_equal(read_image(tmp_path / "a.tif")[0], want)
     np.testing.assert_array_equal(read_image(tmp_path / "b.tif")[0], want)
+
+
+def test_a_zarr_output_gets_the_same_3d_objects(saved_threshold_model, tmp_path, monkeypatch):
+    """Written slice by slice into zarr, the stack's objects are linked at the end: the same
+    labels as in memory. A stack whose class maps would not fit in memory keeps each slice's
+    objects, and says so."""
+    import zarr
+
+    from napari_tessera import chunked
+    from napari_tessera.chunked import iter_segment_to_zarr, segment_to_zarr
+    from napari_tessera.inference import Notice
+
+    model = load_model(saved_threshold_model)
+    s = nuclei_3d((12, 64, 64), anisotropy=2.0, seed=8)
+    kw = dict(axes="ZYX", instances=True, device="cpu", voxel_size=(2, 1, 1), edge_offset=1.0)
+    want = segment(model, s.image, **kw)
+    out = segment_to_zarr(model, s.image, tmp_path / "l.zarr", **kw)
+    got = zarr.open_array(str(out), mode="r")
+    np.testing.assert_array_equal(np.asarray(got[...]), want)
+    assert got.attrs["max_id"] == want.max()
+    monkeypatch.setattr(chunked, "LINK_BYTES_PER_VOXEL", 10**12)
+    gen = iter_segment_to_zarr(model, s.image, tmp_path / "f.zarr", **kw)
+    notes = []
+    while True:
+        try:
+            e = next(gen)
+        except StopIteration:
+            break
+        if isinstance(e, Notice):
+            notes.append(e.message)
+    assert any("do not fit in memory" in n for n in notes)
+    flat = segment(model, s.image, link_z=False, **kw)
+    np.testing.assert_array_equal(np.asarray(zarr.open_array(str(tmp_path / "f.zarr"))[...]), flat)

@@ -394,7 +394,18 @@ class ZarrRun:
     todo: list[tuple[int, Box | None]]  # the units not done yet: (slice, block or None)
 
     def finish(self) -> Path:
-        return self.out.finish(self.options.instances, self.keys)
+        """Unique ids (linked through Z when the run links), then the final name."""
+        if not self.out.state.get("link_z"):
+            return self.out.finish(self.options.instances, self.keys)
+        from .postprocess import link_through_z
+
+        lay, array = self.lay, self.out.array
+        classes = np.asarray(array[...]).reshape((lay.n_slices, *lay.yx))
+        rule = split_rule(self.model, self.options)
+        labels = link_through_z(classes, lay.lead_axes, lay.lead_shape, rule, self.options.spacing)
+        array[...] = labels.reshape(lay.out_shape)
+        array.attrs[MAX_ID] = int(labels.max()) if labels.size else 0
+        return self.out.finish(False, self.keys)
 
 
 def iter_segment_to_zarr(
@@ -475,10 +486,10 @@ def plan_zarr_run(
     lay = image_layout(model, image, axes, options.channels)
     check_dtype(image.dtype)
     check_channels(model, lay)
-    if links_through_z(options, lay):
+    if links_through_z(options, lay) and not _can_link(lay):
         yield Notice(
-            "a zarr output keeps each slice's objects (ids unique over the stack); objects "
-            "linked through Z into 3D ones need an output in memory (a TIFF)"
+            "the stack's class maps do not fit in memory to be linked through Z: each "
+            "slice keeps its own objects (ids unique over the stack)"
         )
         options = replace(options, link_z=False)
     # the settings are checked (tile size against halo, device) before anything is written
@@ -492,6 +503,7 @@ def plan_zarr_run(
     options = replace(options, halo=halo)
     rule = split_rule(model, options)
     state = _run_state(model, lay, rule, options, block)
+    state["link_z"] = links_through_z(options, lay)
     state["probabilities"] = str(prob_out.resolve()) if prob_out is not None else None
     out = ZarrOutput(
         output,
@@ -513,7 +525,21 @@ def plan_zarr_run(
     finished = out.done().keys()
     todo = [u for u, k in zip(units, keys, strict=True) if k not in finished]
     margin = block_margin(model, halo, rule.edge_offset) if block else 0
+    if state["link_z"]:  # the slices give plain class maps; the objects are made at the end
+        rule = replace(rule, instances=False, edge_offset=0.0)
     return ZarrRun(model, image, source, lay, options, rule, out, block, margin, keys, todo)
+
+
+LINK_BYTES_PER_VOXEL = 16  # class maps, distances, markers and labels of the whole stack
+
+
+def _can_link(lay: SliceLayout) -> bool:
+    """Whether linking a stack's objects through Z fits in half of this machine's memory."""
+    from .images import physical_memory
+
+    memory = physical_memory()
+    need = lay.n_slices * lay.yx[0] * lay.yx[1] * LINK_BYTES_PER_VOXEL
+    return memory is None or need <= memory // 2
 
 
 def _run_here(run: ZarrRun):
