@@ -157,3 +157,14 @@ def test_a_zarr_output_gets_the_same_3d_objects(saved_threshold_model, tmp_path,
     assert any("do not fit in memory" in n for n in notes)
     flat = segment(model, s.image, link_z=False, **kw)
     np.testing.assert_array_equal(np.asarray(zarr.open_array(str(tmp_path / "f.zarr"))[...]), flat)
+
+
+def test_instances_may_stand_before_the_input(saved_threshold_model, tmp_path, capsys):
+    import tifffile
+
+    s = nuclei_3d((6, 48, 48), anisotropy=2.0, seed=9)
+    tifffile.imwrite(tmp_path / "s.tif", s.image, metadata={"axes": "ZYX"})
+    for flags in (["--instances"], ["--instances", "2d"]):
+        argv = ["segment", *flags, tmp_path / "s.tif", "-o", tmp_path / "l.tif"]
+        code, _, err = run([*argv, "--model", saved_threshold_model, "-q"], capsys)
+        assert code == 0, err

@@ -38,9 +38,21 @@ def _raise_interrupt(signum, frame):  # SIGTERM behaves like Ctrl-C: clean up, e
     raise KeyboardInterrupt
 
 
+def _with_instance_mode(argv) -> list[str]:
+    """``--instances`` alone means ``--instances 3d``, wherever it stands (before the input
+    too: argparse would otherwise take the input for the mode)."""
+    argv = [str(a) for a in argv]
+    out = []
+    for k, arg in enumerate(argv):
+        out.append(arg)
+        if arg == "--instances" and (k + 1 == len(argv) or argv[k + 1] not in ("2d", "3d")):
+            out.append("3d")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_with_instance_mode(sys.argv[1:] if argv is None else argv))
     previous = signal.getsignal(signal.SIGTERM)
     try:
         signal.signal(signal.SIGTERM, _raise_interrupt)
