@@ -6,14 +6,14 @@ Kept apart from bioimageio.py (export), which imports io.py: io.load_model calls
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, ModelFileError
+from .errors import MissingExtra, ModelFileError
+from .images import file_sha256
 
 MODEL_ATTACHMENT = "tessera_model.safetensors"
 
@@ -22,17 +22,9 @@ def _need_spec():
     try:
         import bioimageio.spec  # noqa: F401
     except ImportError as err:
-        raise InputError(
+        raise MissingExtra(
             "bioimage.io packages need the optional extra: pip install 'napari-tessera[bioimageio]'"
         ) from err
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _file_name(source: Any) -> str:
@@ -113,6 +105,6 @@ def extracted_model_file(path: str | os.PathLike):
         with zipfile.ZipFile(path) as zf, zf.open(wname) as src, open(out, "wb") as dst:
             while chunk := src.read(1 << 20):
                 dst.write(chunk)
-        if att.sha256 is None or _sha256(out) != str(att.sha256):
+        if att.sha256 is None or file_sha256(out) != str(att.sha256):
             raise ModelFileError(f"{path.name}: sha256 mismatch for its weights file {wname}")
         yield out, kwargs_cfg

@@ -16,7 +16,6 @@ transposed-convolution upsampling. The architecture is read from the tensor shap
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from collections.abc import Mapping
@@ -25,6 +24,7 @@ from typing import Any
 
 from .config import Normalization, UNetConfig
 from .errors import ConfigError, ModelFileError
+from .images import file_sha256
 
 MIN_TORCH = (2, 6)
 _WRAPPERS = ("state_dict", "model_state_dict", "model", "net", "network", "weights")
@@ -197,7 +197,7 @@ def convert_weights(
         "provenance": {
             "name": src.stem,
             "converted_from": src.name,
-            "sha256": _sha256(src),
+            "sha256": file_sha256(src),
             "layout": layout_name,
             "how": "tessera convert-weights: torch.load(weights_only=True), tensors only",
         },
@@ -210,11 +210,3 @@ def _describe(config: UNetConfig) -> str:
         f"a U-Net of depth {config.depth}, width {config.base_channels}, "
         f"{config.in_channels} channel(s) in, {config.n_classes} out"
     )
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

@@ -26,6 +26,17 @@ from .tiling import mirror_indices
 
 
 # -- atomic writes ------------------------------------------------------------------------------
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes, read a megabyte at a time."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def check_output_folder(path: str | os.PathLike) -> None:
     """The one check that the folder an output goes into exists."""
     parent = Path(path).parent
