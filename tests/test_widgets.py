@@ -1093,3 +1093,32 @@ def test_save_a_bioimageio_package_and_segment_with_it(
     segment(qtbot, seg)
     want = core_segment(tr.model, nuclei.image, device="cpu")
     np.testing.assert_array_equal(viewer.layers["cells labels"].data, want)
+
+
+def test_a_bioimageio_model_from_another_tool(make_napari_viewer, qtbot, nuclei, tmp_path, errors):
+    """The Segment widget runs another tool's ONNX package through the tiling engine, as the
+    core does; the Train widget refuses to train it, in one line."""
+    pytest.importorskip("onnxruntime")
+    from test_foreign import Variant, build_package
+
+    from napari_tessera.inference import segment as core_segment
+    from napari_tessera.io import load_model
+
+    path = build_package(tmp_path / "other.zip", Variant())
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei.image, name="cells")
+    seg = dock(viewer, "Segment")
+    use_file_model(seg, path)
+    seg.device.value = "cpu"
+    seg.output.value = "instances"
+    segment(qtbot, seg)
+    want = core_segment(load_model(path), nuclei.image, instances=True)
+    assert not errors
+    np.testing.assert_array_equal(viewer.layers["cells labels"].data, want)
+    tr = dock(viewer, "Train")
+    tr.create_annotations().data = sparse_annotations(nuclei.labels, n_objects=4, n_strokes=2)
+    tiny_training(tr, steps=2)
+    tr.start_from.value = "file"
+    tr.start_file.value = path
+    tr.train()
+    assert len(errors) == 1 and "another tool" in errors[0] and "\n" not in errors[0]

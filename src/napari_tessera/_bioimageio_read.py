@@ -27,26 +27,20 @@ def _need_spec():
         ) from err
 
 
-def _file_name(source: Any) -> str:
+def file_name(source: Any) -> str:
     s = str(getattr(source, "path", None) or source)
     return s.replace("\\", "/").rsplit("/", 1)[-1]
 
 
-def _one_line(err: Any) -> str:
+def one_line(err: Any) -> str:
     text = " ".join(str(err).split())
     return text[:300]
 
 
 # -- import ------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def extracted_model_file(path: str | os.PathLike):
-    """Load a bioimage.io package that Tessera exported, natively and without running its code.
-
-    The rdf is read with ``bioimageio.spec``; the Tessera model file it carries is checked
-    against its sha256 and against the ``pytorch_state_dict`` architecture kwargs, then loaded
-    by :func:`napari_tessera.io.load_model` (safetensors: no unpickling). Yields the checked
-    model file (in a temporary folder) and the config the rdf's kwargs describe.
-    """
+def read_package(path: str | os.PathLike):
+    """The checked description of a bioimage.io model package (spec 0.5): the zip is whole
+    (every member passes its CRC) and its rdf parses. One-line :class:`ModelFileError` else."""
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"model file not found: {path}")
@@ -55,9 +49,6 @@ def extracted_model_file(path: str | os.PathLike):
     _need_spec()
     from bioimageio.spec import ValidationContext, load_description
     from bioimageio.spec.model import v0_5
-
-    from .config import UNetConfig
-    from .errors import ConfigError
 
     try:
         with zipfile.ZipFile(path) as zf:
@@ -73,27 +64,50 @@ def extracted_model_file(path: str | os.PathLike):
         with ValidationContext(perform_io_checks=False):
             descr = load_description(path, perform_io_checks=False)
     except Exception as err:  # noqa: BLE001 (any parser failure is a bad package)
-        raise ModelFileError(f"{path.name}: cannot read its rdf: {_one_line(err)}") from err
+        raise ModelFileError(f"{path.name}: cannot read its rdf: {one_line(err)}") from err
     if not isinstance(descr, v0_5.ModelDescr):
         raise ModelFileError(
             f"{path.name}: not a valid bioimage.io model (spec 0.5) package: "
-            f"{_one_line(getattr(descr, 'validation_summary', descr))}"
+            f"{one_line(getattr(descr, 'validation_summary', descr))}"
         )
-    sd = descr.weights.pytorch_state_dict
-    if sd is None:
-        raise ModelFileError(f"{path.name}: the package has no pytorch_state_dict weights")
+    return descr
+
+
+def tessera_attachment(descr):
+    """The Tessera model file a package carries (one Tessera exported), or None."""
     conf = (descr.config.model_dump() if descr.config is not None else {}) or {}
     tess = conf.get("napari_tessera") or {}
-    att = None
     for a in descr.attachments:
-        if _file_name(a.source) == tess.get("model_file", MODEL_ATTACHMENT):
-            att = a
-    if att is None:
+        if file_name(a.source) == tess.get("model_file", MODEL_ATTACHMENT):
+            return a
+    return None
+
+
+@contextlib.contextmanager
+def extracted_model_file(path: str | os.PathLike, descr=None):
+    """Load a bioimage.io package that Tessera exported, natively and without running its code.
+
+    The rdf is read with ``bioimageio.spec`` (or given as ``descr``); the Tessera model file
+    it carries is checked against its sha256 and against the ``pytorch_state_dict``
+    architecture kwargs, then loaded by :func:`napari_tessera.io.load_model` (safetensors: no
+    unpickling). Yields the checked model file (in a temporary folder) and the config the
+    rdf's kwargs describe.
+    """
+    from .config import UNetConfig
+    from .errors import ConfigError
+
+    path = Path(path)
+    descr = read_package(path) if descr is None else descr
+    sd = descr.weights.pytorch_state_dict
+    att = tessera_attachment(descr)
+    if att is None or sd is None:
         raise ModelFileError(
-            f"{path.name}: not exported by napari-tessera (no {MODEL_ATTACHMENT}); only "
-            "Tessera's own packages are loaded natively"
+            f"{path.name}: a bioimage.io model from another tool, not one Tessera exported: "
+            "it can segment, but it is not a Tessera model"
         )
-    wname = _file_name(att.source)
+    wname = file_name(att.source)
+    with zipfile.ZipFile(path) as zf:
+        names = set(zf.namelist())
     if wname not in names:
         raise ModelFileError(f"{path.name}: its weights file {wname} is missing")
     try:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._bioimageio_read import MODEL_ATTACHMENT, _need_spec, _one_line
+from ._bioimageio_read import MODEL_ATTACHMENT, _need_spec, one_line
 from .errors import InputError
 
 TESSERA_URL = "https://github.com/napari-tessera/napari-tessera"
@@ -482,7 +482,7 @@ def _build(cls, **fields):
         first = err.errors()[0]
         where = ".".join(map(str, first.get("loc", ()))) or "package"
         raise InputError(
-            f"cannot build the bioimage.io package: {where}: {_one_line(first.get('msg'))}"
+            f"cannot build the bioimage.io package: {where}: {one_line(first.get('msg'))}"
         ) from None
 
 

@@ -132,8 +132,12 @@ def prepare(model, lay: SliceLayout, options: SegmentOptions, halo: int) -> Infe
     if dtype == torch.float16 and dev.type == "cpu":
         raise InputError("fp16 is not supported on the CPU; use fp32 or bf16")
     h = resolve_halo(model, halo)
+    limit = getattr(model, "tile_limit", None)  # a model from another tool with a fixed size
     if tile_size is None:
         tile_size = DEFAULT_CORE + 2 * h if model.config.padding == "same" else 572
+        tile_size = min(tile_size, limit or tile_size)
+    elif limit is not None and max(np.atleast_1d(tile_size)) > limit:
+        raise InputError(f"this model takes tiles of at most {limit} px, got tile size {tile_size}")
     plan = plan_tiles(lay.yx, tile_size, multiple=model.size_multiple, halo=h, model=model)
     return InferenceSettings(plan.tile_shape, h, plan, dev, dtype)
 

@@ -24,6 +24,18 @@ _PICKLE_HINT = (
 
 
 # -- model files --------------------------------------------------------------------------------
+def require_tessera_model(model, path, action: str) -> None:
+    """A one-line error when ``model`` (loaded from ``path``) is a bioimage.io model from
+    another tool: those segment, but ``action`` (train, export) needs a Tessera U-Net."""
+    from .model import UNet
+
+    if not isinstance(model, UNet):
+        raise InputError(
+            f"{Path(path).name} is a bioimage.io model from another tool: Tessera segments with "
+            f"it but cannot {action} it"
+        )
+
+
 def save_model(model, path: str | os.PathLike, *, half: bool = False) -> Path:
     """Write weights and config (architecture, normalisation, class names, provenance).
 
@@ -204,11 +216,14 @@ def _check_data_fits(path: Path, header: dict[str, Any]) -> None:
             )
 
 
-def load_model(path: str | os.PathLike, *, device: str = "cpu"):
+def load_model(path: str | os.PathLike, *, device: str = "cpu", trust_model: bool = False):
     """Load a model written by :func:`save_model`. Never unpickles anything.
 
-    A ``.zip`` is read as a bioimage.io package that Tessera exported (needs the
-    ``[bioimageio]`` extra): the Tessera model file it carries is checked and loaded.
+    A ``.zip`` is read as a bioimage.io package (needs the ``[bioimageio]`` extra). One that
+    Tessera exported loads natively: the Tessera model file it carries is checked and loaded.
+    A model from another tool becomes a :class:`~napari_tessera.foreign.ForeignModel` that
+    segments (not trains) through the same engine: from its ONNX weights, or from its
+    TorchScript weights when ``trust_model`` (TorchScript runs code stored in the package).
 
     The config is validated (types and sizes) before anything is built; every tensor's name
     and shape is checked against the network's (built on the "meta" device, no memory) and its
@@ -221,10 +236,15 @@ def load_model(path: str | os.PathLike, *, device: str = "cpu"):
     from .model import UNet
 
     path = Path(path)
-    if path.suffix.lower() == ".zip":  # a bioimage.io package exported by Tessera
-        from ._bioimageio_read import extracted_model_file
+    if path.suffix.lower() == ".zip":  # a bioimage.io package
+        from ._bioimageio_read import extracted_model_file, read_package, tessera_attachment
 
-        with extracted_model_file(path) as (inner, kwargs_config):
+        descr = read_package(path)
+        if tessera_attachment(descr) is None:
+            from .foreign import load_foreign
+
+            return load_foreign(path, descr, device=device, trust_model=trust_model)
+        with extracted_model_file(path, descr) as (inner, kwargs_config):
             if read_model_info(inner)[0] != kwargs_config:
                 raise ModelFileError(f"{path.name}: its weights do not match its architecture")
             return load_model(inner, device=device)

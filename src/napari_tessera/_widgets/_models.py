@@ -33,6 +33,7 @@ class ModelSpec:
     load: Callable[[], Any] | None  # None: train from scratch
     channels: tuple[int, ...] | None = None  # the image channels it was trained on, if stored
     class_names: tuple[str, ...] | None = None  # from its metadata, if stored
+    foreign: bool = False  # a bioimage.io model from another tool: segments, never trains
 
     @property
     def finds_objects(self) -> bool:
@@ -71,10 +72,17 @@ def _cached_loader(path: Path) -> Callable[[], Any]:
 def file_spec(path) -> ModelSpec:
     if not path_is_set(path):
         raise InputError(
-            "no model file chosen: pick a .safetensors model file or a bioimage.io .zip that "
-            "Tessera exported"
+            "no model file chosen: pick a .safetensors model file or a bioimage.io package (.zip)"
         )
     path = Path(path)
+    if path.suffix.lower() == ".zip":
+        from ..foreign import package_spec
+
+        other = package_spec(path)  # None: a package Tessera exported
+        if other is not None:
+            loader = _cached_loader(path)
+            names = other.class_names
+            return ModelSpec(path.name, other.in_channels, other.n_classes, loader, None, names, True)
     config, meta = read_model_info(path)  # header only: fast, validates the file
     return ModelSpec(
         path.name,
@@ -122,6 +130,11 @@ def resolve(source: str, path=None, *, for_training: bool = False) -> ModelSpec:
         return ModelSpec("new network", None, None, None)
     else:
         raise InputError(f"unknown model choice {source!r}")
+    if for_training and spec.foreign:
+        raise InputError(
+            f"{spec.label} is a bioimage.io model from another tool: it segments, but Tessera "
+            "cannot train it; start from the built-in model or a new network"
+        )
     if for_training and spec.load is not None:
         load = spec.load
 

@@ -310,7 +310,7 @@ def segment_options(args: argparse.Namespace):
     )
 
 
-def load_model_arg(path: str | None):
+def load_model_arg(path: str | None, *, trust_model: bool = False):
     from ..errors import InputError
     from ..io import load_model
     from ..models import default_model_path
@@ -319,7 +319,7 @@ def load_model_arg(path: str | None):
         path = default_model_path()
         if path is None:
             raise InputError("no default model is installed; pass --model MODEL.safetensors")
-    return load_model(path, device="cpu")
+    return load_model(path, device="cpu", trust_model=trust_model)
 
 
 def drive(gen, bar: Progress, notes: list[str]):

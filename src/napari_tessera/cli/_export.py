@@ -17,13 +17,14 @@ def _list(text: str | None) -> list[str] | None:
 def cmd_export(args: argparse.Namespace) -> int:
     from ..bioimageio import export_bioimageio
     from ..errors import InputError
-    from ..io import load_model
+    from ..io import load_model, require_tessera_model
 
     src, out = Path(args.model), Path(args.output)
     if out.suffix.lower() != ".zip":
         raise InputError(f"the package must be a .zip file, got {out.name}")
     check_output(out, src)
     model = load_model(src)
+    require_tessera_model(model, src, "export")
     export_bioimageio(
         model,
         out,

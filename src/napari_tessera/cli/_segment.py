@@ -37,6 +37,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     if args.scheduler:
         from ..cluster import open_client  # noqa: F401  an optional extra: said before any output
+
+        if args.trust_model:
+            raise InputError("--trust-model runs a model in this process only, not with --scheduler")
     if args.measure is not None and not args.instances:
         raise InputError("--measure measures objects: add --instances (classes are not objects)")
     if _is_folder_run(args.input):
@@ -53,7 +56,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
             raise InputError("--probabilities must name another file than -o")
         if table is not None and table.resolve() == prob_path.resolve():
             raise InputError("--measure must name another file than --probabilities")
-    model = load_model_arg(args.model)
+    model = load_model_arg(args.model, trust_model=args.trust_model)
     # an RGB image's channels: the widgets' rule (notes said once the run has started)
     options, notes = file_options(model, inp, args.axes, segment_options(args))
     t0 = time.perf_counter()
@@ -124,7 +127,7 @@ def _segment_folder(args: argparse.Namespace) -> int:
     if args.measure is not None:
         plan_tables(images, args.measure)
     options = segment_options(args)
-    model = load_model_arg(args.model)
+    model = load_model_arg(args.model, trust_model=args.trust_model)
     bar = Progress(args.quiet, "segment", "file")
     if args.scheduler:
         from ..cluster import iter_segment_files_on_cluster
@@ -203,7 +206,7 @@ def _segment_chunked(args: argparse.Namespace, inp: Path, out: Path, table: Path
     check_output_folder(out)
     if out.exists() and inp.exists() and out.resolve() == inp.resolve():
         raise InputError(f"output {out} would overwrite an input")
-    model = load_model_arg(args.model)
+    model = load_model_arg(args.model, trust_model=args.trust_model)
     t0 = time.perf_counter()
     bar = Progress(args.quiet, "segment", "slice" if args.scheduler else "tile")
     path = _segment_zarr(args, model, inp, out, bar, "")
@@ -296,7 +299,17 @@ def add_parser(sub) -> None:
         help="labels to write: a TIFF, or a .zarr folder written slice by slice (larger than "
         "memory; an interrupted run resumes); for several inputs, a folder",
     )
-    s.add_argument("--model", help="model file (.safetensors); default: the built-in nuclei model")
+    s.add_argument(
+        "--model",
+        help="model file (.safetensors) or bioimage.io package (.zip, Tessera's or another "
+        "tool's with ONNX weights); default: the built-in nuclei model",
+    )
+    s.add_argument(
+        "--trust-model",
+        action="store_true",
+        help="run a bioimage.io package that has only TorchScript weights (loading TorchScript "
+        "runs code stored in the package: only for packages you trust)",
+    )
     s.add_argument(
         "--axes",
         help="axes of the image, e.g. YX, ZYX, CYX, ZCYX, YXC (default: TIFF metadata or a guess)",

@@ -38,7 +38,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace, ctx) -> int:
     from ..errors import InputError
-    from ..io import load_model
+    from ..io import load_model, require_tessera_model
     from ..models import default_model_path
     from ..training import TrainConfig, iter_train
 
@@ -73,6 +73,7 @@ def _train(args: argparse.Namespace, ctx) -> int:
         if src is None:
             raise InputError("no default model is installed to fine-tune")
         model = load_model(src)
+        require_tessera_model(model, src, "train")
     items, notes = _read_training_set(pairs, args.axes, model, args.channels, args.quiet)
     note = "; ".join(notes) or None
     if ctx is not None and not ctx.is_main:

@@ -43,7 +43,10 @@ def inference_copy(
     fold_batchnorm: bool = True,
     channels_last: bool = True,
 ) -> nn.Module:
-    """An eval-mode copy of ``model`` on ``device`` with the rewrites above."""
+    """An eval-mode copy of ``model`` on ``device`` with the rewrites above. A model that
+    ``runs_as_is`` (one from another tool, :mod:`napari_tessera.foreign`) is only moved."""
+    if getattr(model, "runs_as_is", False):
+        return model.eval().to(device)
     with torch.no_grad():
         fast = copy.deepcopy(model).eval()
         if fold_batchnorm:
