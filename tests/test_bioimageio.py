@@ -199,3 +199,58 @@ def test_cli_export(tmp_path, capsys):
     assert main(["export", str(tmp_path / "missing.safetensors"), "-o", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("tessera export: error:") and "\n" not in err
+
+
+def _package_test_input(path) -> np.ndarray:
+    with zipfile.ZipFile(path) as zf, zf.open("test_input.npy") as f:
+        return np.load(f)[0]
+
+
+def test_cli_export_takes_its_test_input_from_the_training_image(tmp_path, capsys):
+    """`tessera train` records the images it learnt from; `tessera export` then makes the
+    package's test input from the first one (a crop of its real pixels), or from
+    --test-image; without either (the file gone), the built-in sample."""
+    import tifffile
+
+    from napari_tessera.cli import main
+    from napari_tessera.synthetic import nuclei_2d
+
+    s = nuclei_2d((96, 96), seed=4)
+    other = nuclei_2d((96, 96), seed=5).image
+    tifffile.imwrite(tmp_path / "img.tif", s.image)
+    tifffile.imwrite(tmp_path / "other.tif", other)
+    tifffile.imwrite(tmp_path / "paint.tif", np.where(s.labels > 0, 2, 1).astype(np.uint8))
+    m = tmp_path / "m.safetensors"
+    train = [
+        "train",
+        str(tmp_path / "img.tif"),
+        str(tmp_path / "paint.tif"),
+        "-o",
+        str(m),
+        "--steps",
+        "2",
+        "--base-channels",
+        "4",
+        "--depth",
+        "2",
+        "--quiet",
+    ]
+    assert main(train) == 0
+    assert load_model(m).metadata["training_images"] == [str((tmp_path / "img.tif").resolve())]
+
+    def exported(*extra) -> np.ndarray:
+        out = tmp_path / "pkg.zip"
+        assert main(["export", str(m), "-o", str(out), *extra]) == 0
+        return _package_test_input(out)[0]
+
+    def is_crop_of(crop, image) -> bool:
+        h, w = crop.shape
+        y0, x0 = (image.shape[0] - h) // 2, (image.shape[1] - w) // 2
+        return np.array_equal(crop, image[y0 : y0 + h, x0 : x0 + w].astype(np.float32))
+
+    assert is_crop_of(exported(), s.image)
+    assert "the image it was trained on (img.tif" in capsys.readouterr().err
+    assert is_crop_of(exported("--test-image", str(tmp_path / "other.tif")), other)
+    (tmp_path / "img.tif").unlink()
+    fallback = exported()
+    assert not is_crop_of(fallback, s.image) and "built-in nuclei sample" in capsys.readouterr().err

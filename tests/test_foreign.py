@@ -90,8 +90,9 @@ def _axes(m, v: Variant, cin: int, names: list[str], *, out: bool):
 
 def _pre(m, v: Variant):
     if v.pre == "scale_range":
-        kw = m.ScaleRangeKwargs(axes=[m.AxisId("y"), m.AxisId("x")], min_percentile=1.0,
-                                max_percentile=99.5)
+        kw = m.ScaleRangeKwargs(
+            axes=[m.AxisId("y"), m.AxisId("x")], min_percentile=1.0, max_percentile=99.5
+        )
         return [m.ScaleRangeDescr(kwargs=kw)]
     if v.pre == "zmuv":  # joint over the channels, then a gain per channel
         kw = m.ZeroMeanUnitVarianceKwargs(axes=[m.AxisId(a) for a in ("channel", "y", "x")])
@@ -141,9 +142,16 @@ def build_package(path: Path, v: Variant, *, seed=0, test_output=None) -> Path:
         dyn = {0: "b", 1: "y", 2: "x"} if v.channel_last else {0: "b", 2: "y", 3: "x"}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(net, (ex,), str(d / "w.onnx"), dynamo=False, opset_version=17,
-                              input_names=["raw"], output_names=["out"],
-                              dynamic_axes={"raw": dyn, "out": dyn})
+            torch.onnx.export(
+                net,
+                (ex,),
+                str(d / "w.onnx"),
+                dynamo=False,
+                opset_version=17,
+                input_names=["raw"],
+                output_names=["out"],
+                dynamic_axes={"raw": dyn, "out": dyn},
+            )
         weights["onnx"] = m.OnnxWeightsDescr(source=d / "w.onnx", opset_version=17)
     if "torchscript" in v.weights:
         torch.jit.trace(net, ex).save(str(d / "w.pt"))
@@ -195,8 +203,9 @@ def tessera_whole(model, raw_cyx: np.ndarray) -> np.ndarray:
 
 VARIANTS = {
     "scale_range_sigmoid": Variant(),
-    "channel_last_zmuv_softmax": Variant(cin=2, cout=3, channel_last=True, pre="zmuv",
-                                         post="softmax"),
+    "channel_last_zmuv_softmax": Variant(
+        cin=2, cout=3, channel_last=True, pre="zmuv", post="softmax"
+    ),
     "fixed_logits": Variant(pre="fixed", post="none"),
 }
 
@@ -324,9 +333,11 @@ def test_packages_tessera_cannot_run_are_one_line_errors(tmp_path, capsys):
             good, tmp_path / "tampered.zip", lambda n, d: d[:-8] + bytes(8) if n == "w.onnx" else d
         ),
         "neither": _rdf_edit(
-            good, tmp_path / "keras.zip", lambda r: r.update(
+            good,
+            tmp_path / "keras.zip",
+            lambda r: r.update(
                 weights={"keras_hdf5": {"source": "w.onnx", "tensorflow_version": "2.15"}}
-            )
+            ),
         ),
     }
     tif = tmp_path / "img.tif"
@@ -359,8 +370,18 @@ def test_foreign_models_are_not_trained_or_exported(tmp_path, capsys):
     img = _test_input(Variant(), 7)[0]
     tifffile.imwrite(tmp_path / "img.tif", img)
     tifffile.imwrite(tmp_path / "paint.tif", (img > 500).astype(np.uint8) + 1)
-    train = ["train", str(tmp_path / "img.tif"), str(tmp_path / "paint.tif"), "-o",
-             str(tmp_path / "m.safetensors"), "--from", str(path), "--steps", "2", "--quiet"]
+    train = [
+        "train",
+        str(tmp_path / "img.tif"),
+        str(tmp_path / "paint.tif"),
+        "-o",
+        str(tmp_path / "m.safetensors"),
+        "--from",
+        str(path),
+        "--steps",
+        "2",
+        "--quiet",
+    ]
     export = ["export", str(path), "-o", str(tmp_path / "again.zip")]
     for args, word in ((train, "train"), (export, "export")):
         assert main(args) == 2

@@ -1099,10 +1099,9 @@ def test_a_bioimageio_model_from_another_tool(make_napari_viewer, qtbot, nuclei,
     """The Segment widget runs another tool's ONNX package through the tiling engine, as the
     core does; the Train widget refuses to train it, in one line."""
     pytest.importorskip("onnxruntime")
-    from test_foreign import Variant, build_package
-
     from napari_tessera.inference import segment as core_segment
     from napari_tessera.io import load_model
+    from test_foreign import Variant, build_package
 
     path = build_package(tmp_path / "other.zip", Variant())
     viewer = make_napari_viewer()

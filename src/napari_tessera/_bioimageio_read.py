@@ -62,7 +62,8 @@ def read_package(path: str | os.PathLike):
         raise ModelFileError(f"{path.name} is a zip but not a bioimage.io package (no rdf.yaml)")
     try:
         with ValidationContext(perform_io_checks=False):
-            descr = load_description(path, perform_io_checks=False)
+            # an older (0.4) package is upgraded to 0.5 as bioimageio.spec reads it
+            descr = load_description(path, perform_io_checks=False, format_version="latest")
     except Exception as err:  # noqa: BLE001 (any parser failure is a bad package)
         raise ModelFileError(f"{path.name}: cannot read its rdf: {one_line(err)}") from err
     if not isinstance(descr, v0_5.ModelDescr):

@@ -230,7 +230,9 @@ def _step(proc, n_channels: int, *, output: bool):
         return Pixelwise(pid, lambda x: (x > t).astype(np.float32))
     if pid == "clip":
         if kw.min_percentile is not None or kw.max_percentile is not None:
-            return PercentileClip(kw.min_percentile, kw.max_percentile, (kw.min, kw.max), _joint(kw))
+            return PercentileClip(
+                kw.min_percentile, kw.max_percentile, (kw.min, kw.max), _joint(kw)
+            )
         return Pixelwise(pid, lambda x: np.clip(x, kw.min, kw.max))
     if pid == "sigmoid":
         return Pixelwise(pid, lambda x: 1.0 / (1.0 + np.exp(-x)))
@@ -372,7 +374,7 @@ class ForeignModel(nn.Module):
         self.config = ForeignConfig(spec.in_channels, spec.n_classes, spec.pre)
         self.metadata = {
             "class_names": list(spec.class_names),
-            "halo": {"pixels": self.exact_halo(), "profile": []},
+            "halo": {"pixels": self.exact_halo(), "profile": [], "declared": True},
             "bioimageio": spec.name,
         }
         self._sha = weights_sha256
@@ -484,7 +486,8 @@ def _onnx_session(path: Path, file: Path):
     try:
         return ort.InferenceSession(str(file), opts, providers=["CPUExecutionProvider"])
     except Exception as err:  # noqa: BLE001 (any onnxruntime failure: a bad weight file)
-        raise ModelFileError(f"{path.name}: onnxruntime cannot load its weights: {one_line(err)}")
+        msg = f"{path.name}: onnxruntime cannot load its weights: {one_line(err)}"
+        raise ModelFileError(msg) from None
 
 
 def package_spec(path: str | os.PathLike) -> ForeignSpec | None:

@@ -293,6 +293,8 @@ def describe_halo(model, setting) -> str | None:
     entry = (getattr(model, "metadata", None) or {}).get("halo")
     if entry is not None:
         pixels = stored_halo(model)
+        if entry.get("declared"):  # a bioimage.io model from another tool
+            return f"halo {pixels} px (auto: the halo its package declares)"
         worst = (entry.get("profile") or [])[pixels : pixels + 1]
         bound = f": seams change 99.9% of probabilities by {_bound(worst[0])}" if worst else ""
         return f"halo {pixels} px (auto, stored with the model{bound})"

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from typing import Any, Protocol
+
+import numpy as np
 
 from .config import Normalization
 from .errors import InputError
@@ -17,6 +17,7 @@ class SliceTransform(Protocol):
     def levels(self, slice_cyx) -> Any: ...
 
     def apply(self, slice_cyx: np.ndarray, levels=None) -> np.ndarray: ...
+
 
 MAX_SAMPLES = 1 << 22  # percentiles from at most ~4 M evenly strided pixels per channel
 

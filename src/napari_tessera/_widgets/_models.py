@@ -82,7 +82,9 @@ def file_spec(path) -> ModelSpec:
         if other is not None:
             loader = _cached_loader(path)
             names = other.class_names
-            return ModelSpec(path.name, other.in_channels, other.n_classes, loader, None, names, True)
+            return ModelSpec(
+                path.name, other.in_channels, other.n_classes, loader, None, names, True
+            )
     config, meta = read_model_info(path)  # header only: fast, validates the file
     return ModelSpec(
         path.name,

@@ -39,7 +39,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
         from ..cluster import open_client  # noqa: F401  an optional extra: said before any output
 
         if args.trust_model:
-            raise InputError("--trust-model runs a model in this process only, not with --scheduler")
+            raise InputError(
+                "--trust-model runs a model in this process only, not with --scheduler"
+            )
     if args.measure is not None and not args.instances:
         raise InputError("--measure measures objects: add --instances (classes are not objects)")
     if _is_folder_run(args.input):

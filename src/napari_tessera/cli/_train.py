@@ -84,6 +84,8 @@ def _train(args: argparse.Namespace, ctx) -> int:
         )
         result = _drive_training(gen, Progress(args.quiet, "train", "step"), note, stop)
         if ctx is None or ctx.is_main:  # rank 0 writes the model
+            # the images it learnt from: `tessera export` takes its test input from them
+            result.model.metadata["training_images"] = [str(p.resolve()) for p, _ in pairs]
             _save_result(args, result, out, ckpt)
         if ctx is not None:
             from ..training import distributed as ddp
