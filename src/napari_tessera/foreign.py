@@ -1,7 +1,7 @@
 """bioimage.io models from other tools, run through Tessera's own overlap-tile engine.
 
 A package's declared input and output axes, size constraints, halo, preprocessing and
-postprocessing are read with ``bioimage.io.spec`` (:func:`read_spec`) and honoured:
+postprocessing are read with ``bioimageio.spec`` (:func:`read_spec`) and honoured:
 
 * preprocessing with per-image statistics (percentile scaling, zero mean and unit variance,
   percentile clipping) is computed on each whole 2D slice, never on a tile, as the package's
@@ -407,7 +407,7 @@ class ForeignModel(nn.Module):
         return self._sha
 
     def _to_declared(self, x: np.ndarray) -> np.ndarray:
-        order = [a for a in self.spec.in_order]
+        order = list(self.spec.in_order)
         arr = x if "channel" in order else x[:, 0]
         src = ["batch", "channel", "y", "x"] if "channel" in order else ["batch", "y", "x"]
         if "batch" not in order:
