@@ -197,9 +197,7 @@ def split_instances(
     spacing = tuple(float(v) for v in spacing) if spacing else (1.0,) * fg.ndim
     full = np.ones((3,) * fg.ndim)
     components, n = ndi.label(fg)
-    dist = ndi.distance_transform_edt(fg, sampling=spacing)
-    if fg.ndim > 2:
-        dist = dist.astype(np.float32)  # a stack: half the memory
+    dist = distance_inside(fg, spacing)
     if smooth > 0:
         dist = ndi.gaussian_filter(dist, [smooth / v for v in spacing])
     if seed_depth > 0:
@@ -225,6 +223,15 @@ def split_instances(
     lut[ids] = np.arange(start, start + len(ids))
     labels = lut[ws]
     return labels, start + len(ids)
+
+
+def distance_inside(fg: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
+    """float32 distance of each foreground pixel (voxel) to the background, in space
+    (``spacing`` per axis); the image border is not background. The ``edt`` package: the
+    same values as scipy's exact transform, several times faster on stacks."""
+    import edt
+
+    return edt.edt(fg, anisotropy=tuple(spacing), black_border=False, parallel=1)
 
 
 def _peak_seeds(dist, components, min_distance: int, spacing) -> tuple[np.ndarray, int]:
