@@ -29,9 +29,9 @@ from napari_tessera.postprocess import link_through_z
 from napari_tessera.synthetic import nuclei_3d
 
 
-def _time(fn):
+def _time(fn, *args, **kwargs):
     t0 = time.perf_counter()
-    out = fn()
+    out = fn(*args, **kwargs)
     return out, time.perf_counter() - t0
 
 
@@ -58,12 +58,12 @@ def main() -> None:
     for a in args.anisotropy:
         for seed in args.seeds:
             s = nuclei_3d((args.depth // a, args.size, args.size), anisotropy=a, seed=seed)
-            classes, seg_s = _time(lambda: segment(model, s.image, axes="ZYX", device="cpu"))
+            classes, seg_s = _time(segment, model, s.image, axes="ZYX", device="cpu")
             opts = SegmentOptions(instances=True, voxel_size=(a, 1, 1), device="cpu")
             rule = split_rule(model, opts)
             n = classes.shape[0]
-            per_slice, split_s = _time(lambda: _per_slice(classes, rule))
-            linked, link_s = _time(lambda: link_through_z(classes, "Z", (n,), rule, opts.spacing))
+            per_slice, split_s = _time(_per_slice, classes, rule)
+            linked, link_s = _time(link_through_z, classes, "Z", (n,), rule, opts.spacing)
             row = {
                 "anisotropy": a,
                 "seed": seed,
@@ -80,7 +80,6 @@ def main() -> None:
                 row["f1_linked"] = round(match_instances(s.labels, linked).f1, 3)
                 row["f1_per_slice"] = round(match_instances(s.labels, per_slice).f1, 3)
                 row["f1_connected_components"] = round(match_instances(s.labels, cc).f1, 3)
-            del s, classes, per_slice, linked
             rows.append(row)
             print(row, flush=True)
     report(rows, cpu_env(), args)
