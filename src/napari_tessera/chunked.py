@@ -51,6 +51,7 @@ from .inference import (
 from .normalize import check_dtype
 from .options import SegmentOptions
 from .postprocess import (
+    Slabs,
     SplitRule,
     classes_from_probabilities,
     labels_dtype,
@@ -329,10 +330,8 @@ class ZarrOutput:
 
     def finish(self, instances: bool, units: list[str]) -> Path:
         """Make instance ids unique across slices, then move the labels to the final name."""
+        self.check_done(units)
         done = self.done()
-        missing = set(units) - done.keys()
-        if missing:
-            raise RuntimeError(f"not done: {sorted(missing)[:5]}")
         if instances:
             offset = 0
             for s in range(self.lay.n_slices):
@@ -346,6 +345,20 @@ class ZarrOutput:
         if self.prob_partial is not None:
             _replace_dir(self.prob_partial, self.prob_final)
         _replace_dir(self.partial, self.final)
+        return self.final
+
+    def check_done(self, units: list[str]) -> None:
+        missing = set(units) - self.done().keys()
+        if missing:
+            raise RuntimeError(f"not done: {sorted(missing)[:5]}")
+
+    def finish_linked(self, linked: Path) -> Path:
+        """Move ``linked`` (every slice's labels, complete) to the final name in place of the
+        class maps; until then a stopped run resumes from the class maps."""
+        if self.prob_partial is not None:
+            _replace_dir(self.prob_partial, self.prob_final)
+        _replace_dir(linked, self.final)
+        shutil.rmtree(self.partial)
         return self.final
 
 
@@ -397,15 +410,44 @@ class ZarrRun:
         """Unique ids (linked through Z when the run links), then the final name."""
         if not self.out.state.get("link_z"):
             return self.out.finish(self.options.instances, self.keys)
-        from .postprocess import link_through_z
+        self.out.check_done(self.keys)
+        return self.out.finish_linked(self._link())
 
-        lay, array = self.lay, self.out.array
-        classes = np.asarray(array[...]).reshape((lay.n_slices, *lay.yx))
+    def _link(self) -> Path:
+        """The 3D objects of every Z stack, a slab at a time (:func:`plan_slabs`), into a new
+        array beside the class maps, which stay as they are until it is complete."""
+        import zarr
+
+        from .postprocess import ID_DTYPE, link_in_slabs
+
+        lay, src = self.lay, self.out.array
+        slabs = plan_slabs(lay, self.options.spacing[0])
         rule = split_rule(self.model, self.options)
-        labels = link_through_z(classes, lay.lead_axes, lay.lead_shape, rule, self.options.spacing)
-        array[...] = labels.reshape(lay.out_shape)
-        array.attrs[MAX_ID] = int(labels.max()) if labels.size else 0
-        return self.out.finish(False, self.keys)
+        path = self.out.final.with_name(self.out.final.name + LINKING)
+        dst = zarr.open_array(
+            str(path), mode="w", shape=src.shape, chunks=src.chunks, dtype=ID_DTYPE, fill_value=0
+        )
+        dst.attrs["axes"] = lay.out_axes
+        z = lay.lead_axes.index("Z")
+        others = [n for k, n in enumerate(lay.lead_shape) if k != z]
+        nxt = 1
+        for rest in np.ndindex(*others):
+
+            def at(z0: int, z1: int, rest=rest) -> tuple:
+                index = list(rest)
+                index.insert(z, slice(z0, z1))
+                return (*index, slice(None), slice(None))
+
+            def read(z0, z1, at=at):
+                return np.asarray(src[at(z0, z1)])
+
+            def write(z0, labels, at=at):
+                dst[at(z0, z0 + len(labels))] = labels
+
+            nz = lay.lead_shape[z]
+            nxt = link_in_slabs(read, write, nz, rule, self.options.spacing, nxt, slabs)
+        dst.attrs[MAX_ID] = nxt - 1
+        return path
 
 
 def iter_segment_to_zarr(
@@ -486,9 +528,9 @@ def plan_zarr_run(
     lay = image_layout(model, image, axes, options.channels)
     check_dtype(image.dtype)
     check_channels(model, lay)
-    if links_through_z(options, lay) and not _can_link(lay):
+    if links_through_z(options, lay) and plan_slabs(lay, options.spacing[0]) is None:
         yield Notice(
-            "the stack's class maps do not fit in memory to be linked through Z: each "
+            "the slices are too large to be linked through Z in this machine's memory: each "
             "slice keeps its own objects (ids unique over the stack)"
         )
         options = replace(options, link_z=False)
@@ -531,15 +573,27 @@ def plan_zarr_run(
 
 
 LINK_BYTES_PER_VOXEL = 64  # linking's peak, measured at 54 bytes a voxel (32x512x512)
+LINK_MEMORY = 4 << 30  # at most this much (and a quarter of the machine's memory) per slab
+LINK_CONTEXT_PX = 32  # context each slab is split with, above and below, in pixel units
+LINKING = ".linking.partial"  # the linked labels while they are written
 
 
-def _can_link(lay: SliceLayout) -> bool:
-    """Whether linking a stack's objects through Z fits in half of this machine's memory."""
+def plan_slabs(lay: SliceLayout, z_step: float) -> Slabs | None:
+    """How the stacks of a run are linked through Z: the whole stack at once when it fits
+    the linking memory, else in slabs with ``LINK_CONTEXT_PX`` of context (fewer slices when
+    little fits); None when not even three slices fit."""
     from .images import physical_memory
 
     memory = physical_memory()
-    need = lay.n_slices * lay.yx[0] * lay.yx[1] * LINK_BYTES_PER_VOXEL
-    return memory is None or need <= memory // 2
+    budget = min(LINK_MEMORY, memory // 4) if memory else LINK_MEMORY
+    fit = budget // (lay.yx[0] * lay.yx[1] * LINK_BYTES_PER_VOXEL)
+    nz = lay.lead_shape[lay.lead_axes.index("Z")]
+    if fit >= nz:
+        return Slabs(nz, 1)
+    if fit < 3:
+        return None
+    overlap = min(max(1, math.ceil(LINK_CONTEXT_PX / z_step)), fit // 3)
+    return Slabs(fit - 2 * overlap, overlap)
 
 
 def _run_here(run: ZarrRun):

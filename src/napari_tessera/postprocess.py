@@ -279,6 +279,66 @@ def link_through_z(
     return out.reshape(classes.shape)
 
 
+@dataclass(frozen=True)
+class Slabs:
+    """How a Z stack too deep to link at once is linked: ``depth`` slices at a time, each
+    split with ``overlap`` slices of context on either side (``depth >= overlap >= 1``)."""
+
+    depth: int
+    overlap: int
+
+
+def link_in_slabs(read, write, n: int, rule: SplitRule, spacing, start: int, slabs: Slabs) -> int:
+    """3D objects of a Z stack of ``n`` class maps, a slab at a time; returns the next free id.
+
+    ``read(z0, z1)`` gives class maps ``(z1 - z0, Y, X)``; ``write(z0, labels)`` takes the
+    ids of slices ``z0 ...``. A slab is read before the one before it is written, so ``write``
+    may overwrite what ``read`` reads. Each slab is split by :meth:`SplitRule.labels_3d` with
+    its context; its objects are matched with the slab below on the first slice of its
+    core, where the slab below has split its own context: an object is the same as the one
+    that covers most of it there (at least half), else it gets a new id. This equals linking
+    the whole stack at once (up to the order of ids) when the overlap spans the objects, and
+    chains of touching objects, along Z."""
+    nxt, below, pending = start, None, None
+    for z0 in range(0, n, slabs.depth):
+        z1 = min(n, z0 + slabs.depth)
+        a, b = max(0, z0 - slabs.overlap), min(n, z1 + slabs.overlap)
+        classes = read(a, b)
+        if pending is not None:
+            write(*pending)
+        local, _ = rule.labels_3d(classes, spacing, 1)
+        del classes
+        core = local[z0 - a : z1 - a]
+        lut = np.zeros(int(local.max()) + 1, np.int64)
+        if below is not None:
+            _match_below(lut, core[0], below)
+        ids = np.unique(core)
+        new = ids[(ids > 0) & (lut[ids] == 0)]
+        lut[new] = np.arange(nxt, nxt + len(new))
+        nxt += len(new)
+        pending = (z0, lut[core].astype(ID_DTYPE))
+        below = lut[local[z1 - a]] if z1 < n else None  # our ids on the next slab's first slice
+    if pending is not None:
+        write(*pending)
+    return nxt
+
+
+def _match_below(lut: np.ndarray, ours: np.ndarray, below: np.ndarray) -> None:
+    """Give each of our objects on a slice the id of the object below that covers at least
+    half of it there (the one covering most)."""
+    fg = ours > 0
+    if not fg.any():
+        return
+    o, w = ours[fg].astype(np.int64), below[fg].astype(np.int64)
+    pairs, counts = np.unique(np.stack([o, w]), axis=1, return_counts=True)
+    area = np.bincount(o, minlength=len(lut))
+    best = np.zeros(len(lut), np.int64)
+    for (mine, theirs), c in zip(pairs.T, counts):
+        if theirs and 2 * c >= area[mine] and c > best[mine]:
+            best[mine] = c
+            lut[mine] = theirs
+
+
 CLASS_DTYPE = np.dtype(np.uint8)  # per-pixel classes: at most MAX_CLASSES = 256
 ID_DTYPE = np.dtype(np.uint32)  # instance ids
 
