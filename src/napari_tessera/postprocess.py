@@ -211,7 +211,7 @@ def split_instances(
         coms = ndi.maximum_position(dist, components, missing)
         for k, pos in enumerate(coms):
             markers[pos] = n_seeds + 1 + k
-    ws = watershed(-dist, markers, mask=fg)
+    ws = _watershed_by_component(dist, markers, components, n)
     if min_size > 1:
         sizes = np.bincount(ws.ravel())
         small = sizes < min_size
@@ -223,6 +223,27 @@ def split_instances(
     lut[ids] = np.arange(start, start + len(ids))
     labels = lut[ws]
     return labels, start + len(ids)
+
+
+def _watershed_by_component(dist, markers, components, n: int) -> np.ndarray:
+    """``watershed(-dist, markers, mask=components > 0)``, the same labels, computed one
+    connected component at a time in its bounding box: a component with one seed is that
+    object, and the flooding of the others stays small (several times faster on a stack)."""
+    pos = markers > 0
+    comp, mark = components[pos].astype(np.int64), markers[pos].astype(np.int64)
+    pairs = np.unique(comp * (int(mark.max()) + 1) + mark)
+    n_seeds = np.bincount(pairs // (int(mark.max()) + 1), minlength=n + 1)
+    lut = np.zeros(n + 1, np.int32)
+    lut[comp] = mark
+    lut[n_seeds > 1] = 0
+    ws = lut[components]
+    boxes = ndi.find_objects(components)
+    for c in np.nonzero(n_seeds > 1)[0]:
+        box = boxes[c - 1]
+        mask = components[box] == c
+        part = watershed(-dist[box], np.where(mask, markers[box], 0), mask=mask)
+        ws[box][mask] = part[mask]
+    return ws
 
 
 def distance_inside(fg: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
