@@ -50,6 +50,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--anisotropy", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--no-score", action="store_true", help="times only (for large stacks)")
+    ap.add_argument("--seed-depth", type=float, help="seed depth (default: the model's)")
     ap.add_argument("--json")
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -59,7 +60,9 @@ def main() -> None:
         for seed in args.seeds:
             s = nuclei_3d((args.depth // a, args.size, args.size), anisotropy=a, seed=seed)
             classes, seg_s = _time(segment, model, s.image, axes="ZYX", device="cpu")
-            opts = SegmentOptions(instances=True, voxel_size=(a, 1, 1), device="cpu")
+            opts = SegmentOptions(
+                instances=True, voxel_size=(a, 1, 1), device="cpu", seed_depth=args.seed_depth
+            )
             rule = split_rule(model, opts)
             n = classes.shape[0]
             per_slice, split_s = _time(_per_slice, classes, rule)
@@ -67,6 +70,7 @@ def main() -> None:
             row = {
                 "anisotropy": a,
                 "seed": seed,
+                "seed_depth": rule.seed_depth,
                 "shape": list(s.image.shape),
                 "true_objects": int(s.labels.max()),
                 "segment_s": round(seg_s, 2),  # the class maps
