@@ -13,6 +13,7 @@ bench_real.py: instance F1 at IoU 0.5 on the right half, which nobody painted.
 from __future__ import annotations
 
 import argparse
+import copy
 
 import numpy as np
 import torch
@@ -54,7 +55,7 @@ def main() -> None:
         )
         for keep in args.keeps:
             cfg = TrainConfig(seed=args.seed, device="cpu", keep=keep)
-            res = train(image, painted, config=cfg, model=start)
+            res = train(image, painted, config=cfg, model=copy.deepcopy(start))  # trained in place
             row = score(truth, segment(res.model, image, instances=True, device="cpu"))
             append_row(
                 {

@@ -1104,3 +1104,16 @@ def test_dense_labels_calibrate_on_their_instances(dense_data):
     result = train(image, labels, config=small_config(steps=3))
     n = len(np.unique(labels)) - 1
     assert result.edges is not None and result.edges.objects == n
+
+
+def test_fine_tuning_trains_the_model_handed_in(nuclei):
+    """As PyTorch trains a module, ``train`` trains the model it is given: a caller who wants
+    the start kept (the Train widget, benchmarks) passes a copy."""
+    img = nuclei[0]
+    painted = paint_sparse(img.labels.astype(np.int64))
+    torch.manual_seed(0)
+    base = UNet(UNetConfig(base_channels=4, depth=2))
+    start = copy.deepcopy(base)
+    result = train(img.image, painted, config=small_config(mode="sparse", steps=3), model=base)
+    assert result.model is base
+    assert any(not torch.equal(start.state_dict()[k], v) for k, v in base.state_dict().items())

@@ -202,6 +202,9 @@ def iter_train(
 ):
     """Train (or fine-tune ``model``) on painted labels; yields :class:`TrainUpdate`.
 
+    ``model`` is trained in place, as PyTorch trains a module: pass a copy
+    (``copy.deepcopy``) to keep the start as it was (the Train widget does).
+
     image: array with ``axes`` (2D, stacks, channels as in :func:`predict_tiled`).
     labels: integer array shaped like the image without its channel axis.
     Or a set of images: ``image`` a sequence of :class:`TrainImage` (each with its labels and
