@@ -328,7 +328,9 @@ class SegmentWidget(Container):
             label="model", choices=lambda _w=None: _models.choices(training=False)
         )
         self.model_file = FileEdit(
-            label="model file", mode="r", filter="Tessera or bioimage.io model (*.safetensors *.zip)"
+            label="model file",
+            mode="r",
+            filter="Tessera or bioimage.io model (*.safetensors *.zip)",
         )
         return [self.image, self.axes, self.channels, self.model_source, self.model_file]
 
