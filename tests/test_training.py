@@ -1117,3 +1117,22 @@ def test_fine_tuning_trains_the_model_handed_in(nuclei):
     result = train(img.image, painted, config=small_config(mode="sparse", steps=3), model=base)
     assert result.model is base
     assert any(not torch.equal(start.state_dict()[k], v) for k, v in base.state_dict().items())
+
+
+def test_fine_tuning_keeps_the_start_unless_a_step_validates_better(nuclei, threshold_unet):
+    """The starting weights are validated before the first step and compete with every
+    step: a start that segments the paint well survives steps that make it worse (here a
+    learning rate far too high) and comes back unchanged; a poor start is left behind."""
+    img = nuclei[0]
+    painted = paint_sparse(img.labels.astype(np.int64))
+    good = threshold_unet()
+    want = copy.deepcopy(good.state_dict())
+    wild = small_config(mode="sparse", steps=10, lr=1.0, calibrate_edges=False)
+    kept = train(img.image, painted, config=wild, model=good)
+    assert kept.best_step == 0 and kept.steps == 10
+    assert all(torch.equal(want[k], v) for k, v in kept.model.state_dict().items())
+    assert "kept the starting model" in kept.describe_kept()
+    torch.manual_seed(0)
+    poor = UNet(UNetConfig(base_channels=4, depth=2))
+    moved = train(img.image, painted, config=small_config(mode="sparse", steps=20), model=poor)
+    assert moved.best_step > 0 and "kept step" in moved.describe_kept()

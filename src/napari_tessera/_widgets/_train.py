@@ -674,11 +674,7 @@ class TrainWidget(Container):
         self.result = result
         self.model = result.model
         self._trained_on = self._run
-        iou = (
-            f", kept step {result.best_step} (validation IoU {result.best_val_iou:.3f})"
-            if result.best_val_iou is not None
-            else ""
-        )
+        iou = result.describe_kept() if result.best_val_iou is not None else ""
         edges = f"; {result.edges.describe()}" if result.edges is not None else ""
         self.status.value = (
             f"done: {result.steps} steps in {result.elapsed:.0f} s "

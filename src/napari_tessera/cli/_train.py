@@ -171,11 +171,7 @@ def _save_result(args, result, out: Path, ckpt: Path) -> None:
     save_model(result.model, out)
     if args.quiet:
         return
-    iou = (
-        f", kept step {result.best_step} (validation IoU {result.best_val_iou:.3f})"
-        if (result.best_val_iou is not None)
-        else " (no validation: too few annotated regions)"
-    )
+    iou = result.describe_kept()
     warn(
         f"wrote {out} after {result.steps} steps in {result.elapsed:.0f} s "
         f"(stopped: {result.stopped}){iou}; resume with --resume {ckpt}"

@@ -165,6 +165,15 @@ class TrainResult:
     edges: EdgeCalibration | None = None  # the stored split rule and how it was chosen
     planned_steps: int | None = None  # the run's plan (a time limit may stop it earlier)
 
+    def describe_kept(self) -> str:
+        """Which weights the run returns, for the CLI and the Train widget."""
+        if self.best_val_iou is None:
+            return " (no validation: too few annotated regions)"
+        iou = f"validation IoU {self.best_val_iou:.3f}"
+        if self.best_step == 0:
+            return f", kept the starting model: no step validated better ({iou})"
+        return f", kept step {self.best_step} ({iou})"
+
 
 def _auto(cfg: TrainConfig, yx: tuple[int, int], device: torch.device, fine_tune: bool):
     side = min(yx)
@@ -310,6 +319,8 @@ class _Run:
         self.t0 = time.perf_counter() - elapsed_before
         self.last_preview = -math.inf
         self.last_ckpt = time.perf_counter()
+        if state is None and self.fine_tune and self.sampler.val_regions:
+            self.validate()  # the start is a candidate too: kept unless a step does better
 
     # -- set-up -----------------------------------------------------------------------------
     def _plan(self, state) -> None:
