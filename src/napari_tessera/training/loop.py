@@ -212,7 +212,8 @@ def iter_train(
     """Train (or fine-tune ``model``) on painted labels; yields :class:`TrainUpdate`.
 
     ``model`` is trained in place, as PyTorch trains a module: pass a copy
-    (``copy.deepcopy``) to keep the start as it was (the Train widget does).
+    (``copy.deepcopy``) to keep the start as it was (the Train widget does). Its starting
+    weights are validated first and kept unless a step validates better.
 
     image: array with ``axes`` (2D, stacks, channels as in :func:`predict_tiled`).
     labels: integer array shaped like the image without its channel axis.
