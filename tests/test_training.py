@@ -1125,7 +1125,7 @@ def test_fine_tuning_keeps_the_start_unless_a_step_validates_better(nuclei, thre
     learning rate far too high) and comes back unchanged; a poor start is left behind."""
     img = nuclei[0]
     painted = paint_sparse(img.labels.astype(np.int64))
-    good = threshold_unet()
+    good = threshold_unet(threshold=0.4)  # held-out painting: validation IoU 0.94
     want = copy.deepcopy(good.state_dict())
     wild = small_config(mode="sparse", steps=10, lr=1.0, calibrate_edges=False)
     kept = train(img.image, painted, config=wild, model=good)
@@ -1136,3 +1136,14 @@ def test_fine_tuning_keeps_the_start_unless_a_step_validates_better(nuclei, thre
     poor = UNet(UNetConfig(base_channels=4, depth=2))
     moved = train(img.image, painted, config=small_config(mode="sparse", steps=20), model=poor)
     assert moved.best_step > 0 and "kept step" in moved.describe_kept()
+
+
+def test_a_start_that_disagrees_with_the_painting_is_no_candidate(nuclei, threshold_unet):
+    """A start that gets the held-out painting wrong (here one that calls everything
+    background) is not kept, even when the steps that follow validate worse."""
+    img = nuclei[0]
+    painted = paint_sparse(img.labels.astype(np.int64))
+    blind = threshold_unet(threshold=50.0)  # foreground nowhere
+    wild = small_config(mode="sparse", steps=10, lr=1.0, calibrate_edges=False)
+    res = train(img.image, painted, config=wild, model=blind)
+    assert res.best_step > 0

@@ -245,6 +245,10 @@ def iter_train(
     return run.finish(reason)
 
 
+#: the validation IoU from which a fine-tuning start competes with the steps (see _Run)
+GOOD_START_IOU = 0.8
+
+
 @dataclass
 class _Best:
     """The weights a run returns: the best validated so far (None: the latest)."""
@@ -321,7 +325,7 @@ class _Run:
         self.last_preview = -math.inf
         self.last_ckpt = time.perf_counter()
         if state is None and self.fine_tune and self.sampler.val_regions:
-            self.validate()  # the start is a candidate too: kept unless a step does better
+            self._validate_start()
 
     # -- set-up -----------------------------------------------------------------------------
     def _plan(self, state) -> None:
@@ -590,6 +594,15 @@ class _Run:
         self.cfg = replace(cfg, preview_every=0.0)
         notices.append(f"{self.device.type.upper()} out of memory: live preview turned off")
         return None
+
+    def _validate_start(self) -> None:
+        """A start that already agrees with the held-out painting (validation IoU of at
+        least ``GOOD_START_IOU``) is a candidate like every step, kept unless a step validates
+        better. A start that does not has nothing to keep, and on a few held-out blocks its
+        loss can still come out lowest, so it is not a candidate."""
+        _, iou, _ = self.validate()
+        if iou < GOOD_START_IOU:
+            self.best = _Best()
 
     def validate(self) -> tuple[float, float, bool]:
         """Validate the current weights; keep them if they are the best so far."""
