@@ -298,6 +298,9 @@ def _output_halo(out_axes, in_id) -> int:
 
 
 def _is_probability(out, post_ids: list[str]) -> bool:
+    """Whether the package's output, after its postprocessing, is probabilities: it ends in
+    a sigmoid, softmax or binarize (then perhaps a clip or a cast), or declares a range
+    within [0, 1]. Anything else is read as logits."""
     if post_ids and post_ids[-1] in _PROBABILITY_OPS | {"clip", "ensure_dtype"}:
         if any(p in _PROBABILITY_OPS for p in post_ids):
             return True
