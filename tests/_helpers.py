@@ -17,6 +17,19 @@ def run(argv, capsys):
     return code, out, err
 
 
+def rewrite_zip(src, dst, change):
+    """A copy of the zip ``src`` at ``dst`` with each member's bytes passed through
+    ``change(name, data)`` (None drops the member); returns ``dst``."""
+    import zipfile
+
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for item in zin.infolist():
+            data = change(item.filename, zin.read(item.filename))
+            if data is not None:
+                zout.writestr(item, data)
+    return dst
+
+
 def nonempty_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.strip()]
 

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from _helpers import rewrite_zip
+
 pytest.importorskip("bioimageio.spec")
 
 from napari_tessera.bioimageio import export_bioimageio  # noqa: E402
@@ -134,20 +136,11 @@ def test_load_model_reads_package(package):
     assert again.metadata["epochs"] == 3
 
 
-def _rewrite(src, dst, change):
-    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
-        for item in zin.infolist():
-            data = change(item.filename, zin.read(item.filename))
-            if data is not None:
-                zout.writestr(item, data)
-    return dst
-
-
 def test_bad_packages_are_one_line_errors(package, tmp_path):
     _, path = package
     truncated = tmp_path / "truncated.zip"
     truncated.write_bytes(path.read_bytes()[:5000])
-    no_weights = _rewrite(
+    no_weights = rewrite_zip(
         path,
         tmp_path / "noweights.zip",
         lambda n, d: None if n == "tessera_model.safetensors" else d,
@@ -158,7 +151,7 @@ def test_bad_packages_are_one_line_errors(package, tmp_path):
             return data
         return data[:-4] + bytes(4)
 
-    tampered = _rewrite(path, tmp_path / "tampered.zip", tamper)
+    tampered = rewrite_zip(path, tmp_path / "tampered.zip", tamper)
     for bad, words in (
         (truncated, "zip"),
         (no_weights, "missing"),

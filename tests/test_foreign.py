@@ -8,7 +8,6 @@ what a package means: its own prediction pipeline must reproduce Tessera's outpu
 from __future__ import annotations
 
 import warnings
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,8 @@ import pytest
 import tifffile
 import torch
 from torch import nn
+
+from _helpers import rewrite_zip
 
 pytest.importorskip("bioimageio.spec")
 pytest.importorskip("onnxruntime")
@@ -288,15 +289,6 @@ def test_torchscript_only_needs_trust(tmp_path, capsys):
     np.testing.assert_array_equal(tifffile.imread(out), twin)
 
 
-def _rewrite(src: Path, dst: Path, change) -> Path:
-    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
-        for item in zin.infolist():
-            data = change(item.filename, zin.read(item.filename))
-            if data is not None:
-                zout.writestr(item, data)
-    return dst
-
-
 def _rdf_edit(src: Path, dst: Path, edit) -> Path:
     import yaml
 
@@ -307,7 +299,7 @@ def _rdf_edit(src: Path, dst: Path, edit) -> Path:
         edit(rdf)
         return yaml.safe_dump(rdf).encode()
 
-    return _rewrite(src, dst, change)
+    return rewrite_zip(src, dst, change)
 
 
 def _three_d(rdf):
@@ -328,8 +320,10 @@ def test_packages_tessera_cannot_run_are_one_line_errors(tmp_path, capsys):
     bad = {
         "3D": _rdf_edit(good, tmp_path / "three_d.zip", _three_d),
         "tiles cannot give": _rdf_edit(good, tmp_path / "post.zip", _stardist),
-        "missing": _rewrite(good, tmp_path / "gone.zip", lambda n, d: None if n == "w.onnx" else d),
-        "sha256": _rewrite(
+        "missing": rewrite_zip(
+            good, tmp_path / "gone.zip", lambda n, d: None if n == "w.onnx" else d
+        ),
+        "sha256": rewrite_zip(
             good, tmp_path / "tampered.zip", lambda n, d: d[:-8] + bytes(8) if n == "w.onnx" else d
         ),
         "neither": _rdf_edit(

@@ -303,7 +303,7 @@ def link_through_z(
 @dataclass(frozen=True)
 class Slabs:
     """How a Z stack too deep to link at once is linked: ``depth`` slices at a time, each
-    split with ``overlap`` slices of context on either side (``depth >= overlap >= 1``)."""
+    split with ``overlap`` slices of context on either side (``overlap >= 1``)."""
 
     depth: int
     overlap: int
@@ -313,22 +313,17 @@ def link_in_slabs(read, write, n: int, rule: SplitRule, spacing, start: int, sla
     """3D objects of a Z stack of ``n`` class maps, a slab at a time; returns the next free id.
 
     ``read(z0, z1)`` gives class maps ``(z1 - z0, Y, X)``; ``write(z0, labels)`` takes the
-    ids of slices ``z0 ...``. A slab is read before the one before it is written, so ``write``
-    may overwrite what ``read`` reads. Each slab is split by :meth:`SplitRule.labels_3d` with
-    its context; its objects are matched with the slab below on the first slice of its
-    core, where the slab below has split its own context: an object is the same as the one
-    that covers most of it there (at least half), else it gets a new id. This equals linking
-    the whole stack at once (up to the order of ids) when the overlap spans the objects, and
-    chains of touching objects, along Z."""
-    nxt, below, pending = start, None, None
+    ids of slices ``z0 ...`` (somewhere else than ``read`` reads: slabs overlap). Each slab
+    is split by :meth:`SplitRule.labels_3d` with its context; its objects are matched with
+    the slab below on the first slice of its core, where the slab below has split its own
+    context: an object is the same as the one that covers most of it there (at least half),
+    else it gets a new id. This equals linking the whole stack at once (up to the order of
+    ids) when the overlap spans the objects, and chains of touching objects, along Z."""
+    nxt, below = start, None
     for z0 in range(0, n, slabs.depth):
         z1 = min(n, z0 + slabs.depth)
         a, b = max(0, z0 - slabs.overlap), min(n, z1 + slabs.overlap)
-        classes = read(a, b)
-        if pending is not None:
-            write(*pending)
-        local, _ = rule.labels_3d(classes, spacing, 1)
-        del classes
+        local, _ = rule.labels_3d(read(a, b), spacing, 1)
         core = local[z0 - a : z1 - a]
         lut = np.zeros(int(local.max()) + 1, np.int64)
         if below is not None:
@@ -337,10 +332,8 @@ def link_in_slabs(read, write, n: int, rule: SplitRule, spacing, start: int, sla
         new = ids[(ids > 0) & (lut[ids] == 0)]
         lut[new] = np.arange(nxt, nxt + len(new))
         nxt += len(new)
-        pending = (z0, lut[core].astype(ID_DTYPE))
+        write(z0, lut[core].astype(ID_DTYPE))
         below = lut[local[z1 - a]] if z1 < n else None  # our ids on the next slab's first slice
-    if pending is not None:
-        write(*pending)
     return nxt
 
 
