@@ -147,10 +147,11 @@ def random_forest(image, painted, seed: int) -> tuple[np.ndarray, dict]:
     calibrated the same way on the painted objects."""
     classes = rf_classes(image, painted, seed)
     cal = calibrate_edges([classes], [painted_objects(painted, "sparse")])
-    rule = SplitRule(True, cal.offset, cal.seed_depth)
+    rule = SplitRule(True, cal.offset, cal.seed_depth, cal.min_size)
     return rule.labels(classes)[0], {
         "edge_offset": cal.offset,
         "seed_depth": cal.seed_depth,
+        "min_size": cal.min_size,
         "calibration_score": cal.score,
     }
 
@@ -171,6 +172,7 @@ def run_method(method: str, image, painted, cfg: TrainConfig) -> tuple[np.ndarra
         "stopped": res.stopped,
         "edge_offset": res.model.metadata.get("edge_offset", 0.0),
         "seed_depth": res.model.metadata.get("seed_depth", 0.0),
+        "min_size": res.model.metadata.get("min_size", 8),
         "calibration_score": res.edges.score if res.edges is not None else None,
         "calibration": res.edges.reason if res.edges is not None else None,
     }

@@ -145,6 +145,31 @@ def test_segment_edge_offset_moves_object_edges(sample_2d, saved_threshold_model
     np.testing.assert_array_equal(got["2"], ref)
 
 
+def test_segment_drops_objects_under_the_models_smallest_size(
+    sample_2d, saved_threshold_model, out_dir, capsys
+):
+    from napari_tessera import segment
+    from napari_tessera.io import load_model, save_model
+
+    image, _ = sample_2d
+    model = load_model(saved_threshold_model)
+    plain = segment(model, read_image(image)[0], instances=True, min_size=8)
+    sizes = np.bincount(plain.ravel())[1:]
+    model.metadata["min_size"] = int(np.median(sizes[sizes > 0]))  # half the objects go
+    path = save_model(model, out_dir / "sized.safetensors")
+    got = {}
+    for extra in ([], ["--min-size", "8"]):
+        out = out_dir / f"sized{len(extra)}.tif"
+        argv = ["segment", image, "-o", out, "--model", path, "--instances", "-q", *extra]
+        code, _, err = run(argv, capsys)
+        assert code == 0, err
+        got[len(extra)] = read_image(out)[0]
+    np.testing.assert_array_equal(got[2] > 0, plain > 0)  # --min-size wins
+    kept = np.bincount(got[0].ravel())[1:]
+    assert kept[kept > 0].min() >= model.metadata["min_size"]
+    assert 0 < got[0].max() < plain.max()
+
+
 def test_segment_probabilities(sample_2d, saved_threshold_model, out_dir, capsys):
     image, _ = sample_2d
     out, prob = out_dir / "labels.tif", out_dir / "prob.tif"

@@ -8,16 +8,24 @@ from scipy import ndimage as ndi
 
 from napari_tessera import InputError
 from napari_tessera.postprocess import (
+    DEFAULT_MIN_SIZE,
     SplitRule,
     check_edge_offset,
     check_seed_depth,
     model_edge_offset,
+    model_min_size,
     model_seed_depth,
     resolve_split,
     shift_edges,
     split_instances,
 )
-from napari_tessera.training.edges import calibrate_edges, object_ious, painted_objects
+from napari_tessera.training import edges
+from napari_tessera.training.edges import (
+    calibrate_edges,
+    object_ious,
+    painted_objects,
+    smallest_object,
+)
 
 CROSS = ndi.generate_binary_structure(2, 1)
 SQUARE = ndi.generate_binary_structure(2, 2)
@@ -154,6 +162,13 @@ def test_model_split_rule_reads_the_metadata():
     M.metadata = {"seed_depth": -2}
     with pytest.raises(InputError, match="the model's seed depth"):
         resolve_split(M(), instances=True)
+    M.metadata = {"min_size": 60}
+    assert model_min_size(M()) == 60 and resolve_split(M(), instances=True).min_size == 60
+    assert resolve_split(M(), instances=True, min_size=3).min_size == 3
+    M.metadata = {"min_size": 2.5}
+    with pytest.raises(InputError, match="the model's smallest object size"):
+        resolve_split(M(), instances=True)
+    assert model_min_size(object()) == DEFAULT_MIN_SIZE == 8
 
 
 # -- painted objects and their match ------------------------------------------------------------
@@ -257,6 +272,51 @@ def test_too_few_objects_leave_the_offset_at_zero():
     assert calibrate_edges([pred], [two], min_objects=2).offset == 2.0
 
 
+def test_the_smallest_object_kept_is_a_fifth_of_the_median_painted_object():
+    assert smallest_object(np.array([100, 500, 400, 0, 300])) == 70  # median 350
+    assert smallest_object(np.array([20, 30, 25])) == 8  # never under the default
+    assert smallest_object(np.array([], int)) == 8
+
+
+def _specks(truth, n=12, seed=0):
+    """Small fragments (9-25 px) in the background, as an undertrained network draws them."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros(truth.shape, bool)
+    far = ~grown(truth > 0, 4)
+    while out.sum() == 0 or ndi.label(out)[1] < n:
+        y, x = rng.integers(3, truth.shape[0] - 6, 2)
+        h, w = rng.integers(3, 6, 2)
+        if far[y : y + h, x : x + w].all() and not grown(out, 2)[y : y + h, x : x + w].any():
+            out[y : y + h, x : x + w] = True
+    return out
+
+
+def test_calibration_drops_fragments_much_smaller_than_the_painted_objects(monkeypatch):
+    truth, lab = _scene(seed=5)
+    specks = _specks(truth)
+    pred = ((truth > 0) | specks).astype(np.uint8)
+    cal = calibrate_edges([pred], [painted_objects(lab, "sparse")])
+    assert cal.min_size == round(0.2 * 253)  # discs of radius 9: 253 px
+    assert "objects under 51 px dropped" in cal.describe()
+    rule = SplitRule(True, cal.offset, cal.seed_depth, cal.min_size)
+    labels = rule.labels(pred)[0]
+    assert not (labels[specks] > 0).any()  # every fragment gone
+    assert np.count_nonzero(np.unique(labels[truth > 0])) == truth.max()  # every nucleus kept
+    # switched off (no fraction), the fragments stay as objects
+    monkeypatch.setattr(edges, "MIN_OBJECT_FRACTION", 0.0)
+    off = calibrate_edges([pred], [painted_objects(lab, "sparse")])
+    assert off.min_size == 8
+    assert (SplitRule(True, off.offset, off.seed_depth, off.min_size).labels(pred)[0][specks]).any()
+
+
+def test_a_kept_rule_keeps_the_base_smallest_object():
+    truth, _ = _scene(seed=4)
+    pred = grown(truth > 0, 2).astype(np.uint8)
+    two = np.where(truth <= 2, truth, 0)
+    cal = calibrate_edges([pred], [two], base=SplitRule(True, 1.0, 2.0, 40))
+    assert (cal.offset, cal.seed_depth, cal.min_size) == (1.0, 2.0, 40) and "only 2" in cal.reason
+
+
 def test_calibration_finds_the_seed_depth_that_keeps_big_objects_whole():
     objects = np.zeros((120, 240), np.int32)
     k = 0
@@ -267,7 +327,7 @@ def test_calibration_finds_the_seed_depth_that_keeps_big_objects_whole():
     pred = (objects > 0).astype(np.uint8)
     plain = calibrate_edges([pred], [objects], depths=(0.0,))
     cal = calibrate_edges([pred], [objects])
-    assert plain.score < 0.7  # the plain rule cuts every object in two
+    assert plain.score < 0.8  # the plain rule cuts every object in two
     assert cal.seed_depth > 0 and cal.score > 0.95 and cal.offset == 0.0
     assert "necks" in cal.describe()
 

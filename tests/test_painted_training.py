@@ -155,9 +155,10 @@ def test_training_stores_the_calibrated_seed_depth_and_segment_applies_it(tmp_pa
     meta = res.model.metadata
     assert meta["provenance"]["edges"]["seed_depth"] == res.edges.seed_depth
     assert meta.get("seed_depth", 0.0) == res.edges.seed_depth
+    assert meta["min_size"] == res.edges.min_size > 8  # a fifth of the median painted nucleus
     classes = segment(res.model, img.image, device="cpu", edge_offset=0)
     assert calibrate_edges([classes], [_objects(lab)]) == res.edges
-    rule = SplitRule(True, res.edges.offset, res.edges.seed_depth)
+    rule = SplitRule(True, res.edges.offset, res.edges.seed_depth, res.edges.min_size)
     np.testing.assert_array_equal(
         segment(res.model, img.image, device="cpu", instances=True), rule.labels(classes)[0]
     )
@@ -165,14 +166,21 @@ def test_training_stores_the_calibrated_seed_depth_and_segment_applies_it(tmp_pa
     res.model.metadata["seed_depth"] = 5.0
     path = save_model(res.model, tmp_path / "m.safetensors")
     deep = segment(load_model(path), img.image, device="cpu", instances=True)
-    np.testing.assert_array_equal(deep, SplitRule(True, res.edges.offset, 5.0).labels(classes)[0])
+    small = res.edges.min_size
+    np.testing.assert_array_equal(
+        deep, SplitRule(True, res.edges.offset, 5.0, small).labels(classes)[0]
+    )
     np.testing.assert_array_equal(
         segment(load_model(path), img.image, device="cpu", instances=True, seed_depth=0),
-        SplitRule(True, res.edges.offset, 0.0).labels(classes)[0],
+        SplitRule(True, res.edges.offset, 0.0, small).labels(classes)[0],
     )
     res.model.metadata["seed_depth"] = 1e6
     bad = save_model(res.model, tmp_path / "bad.safetensors")
     with pytest.raises(ModelFileError, match="seed depth"):
+        load_model(bad)
+    res.model.metadata.update(seed_depth=0.0, min_size=-3)
+    bad = save_model(res.model, tmp_path / "bad_size.safetensors")
+    with pytest.raises(ModelFileError, match="smallest object size"):
         load_model(bad)
 
 
@@ -234,12 +242,12 @@ def test_calibration_keeps_a_base_rule_unless_another_is_clearly_better():
     """Fine-tuning starts from the start model's split rule, not from the plain one."""
     _, _, objects = _disc_grid()
     pred = (objects > 0).astype(np.uint8)  # perfect: most rules match every object
-    cal = calibrate_edges([pred], [objects], base=(0.0, 3.0), trust_base=True)
+    cal = calibrate_edges([pred], [objects], base=SplitRule(True, 0.0, 3.0), trust_base=True)
     assert (cal.offset, cal.seed_depth) == (0.0, 3.0) and "clearly" in cal.reason
     assert "necks 3 px deep" in cal.describe()
     # objects predicted 2 px too large: shrinking is clearly better than the base rule
     grown = (ndi.distance_transform_edt(objects == 0) <= 2).astype(np.uint8)
-    cal = calibrate_edges([grown], [objects], base=(0.0, 3.0), trust_base=True)
+    cal = calibrate_edges([grown], [objects], base=SplitRule(True, 0.0, 3.0), trust_base=True)
     assert cal.offset == 2.0 and cal.reason == "calibrated"
 
 
@@ -259,4 +267,5 @@ def test_only_fine_tuning_asks_for_clear_evidence_against_the_start_rule(monkeyp
     seen.clear()
     train(b.image, lab, config=tiny(mode="sparse", steps=2))
     train(b.image, lab, config=tiny(mode="sparse", steps=2), model=_copy(start))
-    assert seen == [((0.0, 0.0), False), ((0.0, 2.0), True)]
+    small = start.metadata.get("min_size", 8)  # the start's own, from its painted objects
+    assert seen == [(SplitRule(True), False), (SplitRule(True, 0.0, 2.0, small), True)]

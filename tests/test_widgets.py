@@ -319,6 +319,26 @@ def test_segment_applies_the_models_edge_offset_unless_unticked(
     np.testing.assert_array_equal(shrunk, shift_edges(plain, 2.0))
 
 
+def test_segment_min_object_size_is_the_models_unless_set(
+    make_napari_viewer, qtbot, nuclei, saved_threshold_model, tmp_path
+):
+    model = load_model(saved_threshold_model)
+    model.metadata["min_size"] = 10**6  # larger than any object: none kept
+    path = save_model(model, tmp_path / "sized.safetensors")
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei.image, name="cells")
+    seg = dock(viewer, "Segment")
+    use_file_model(seg, path)
+    seg.output.value = "instances"
+    seg.device.value = "cpu"
+    assert seg.min_size.value == 0  # the model's own
+    segment(qtbot, seg)
+    assert not viewer.layers["cells labels"].data.any()
+    seg.min_size.value = 8
+    segment(qtbot, seg)
+    assert viewer.layers["cells labels"].data.max() >= 5
+
+
 def test_segment_current_slice_of_stack(make_napari_viewer, qtbot, saved_threshold_model):
     viewer = make_napari_viewer()
     stack = np.stack([nuclei_2d((64, 64), seed=s).image for s in range(3)])

@@ -555,7 +555,7 @@ def segment(
     object kept, in pixels) and ``edge_offset`` (pixels to move object edges by before objects
     are split, positive shrinks) and ``seed_depth`` (how deep a neck must be before touching
     objects are cut apart); None: the values stored with the model, calibrated when it was
-    trained, else 0. See :class:`napari_tessera.postprocess.SplitRule`.
+    trained, else 0 (8 px for ``min_size``). See :class:`napari_tessera.postprocess.SplitRule`.
 
     Stacks go slice by slice: only the slices the current batch touches have probabilities in
     memory (one or two unless a batch holds more tiles than a slice has).

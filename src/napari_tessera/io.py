@@ -136,11 +136,12 @@ def read_model_info(path: str | os.PathLike) -> tuple[UNetConfig, dict[str, Any]
         raise ModelFileError(f"{path.name}: invalid model config: {err}") from err
     if not isinstance(metadata, dict):
         raise ModelFileError(f"{path.name}: model metadata must be a JSON object")
-    from .postprocess import check_edge_offset, check_seed_depth
+    from .postprocess import check_edge_offset, check_min_size, check_seed_depth
 
     for key, check, what in (
         ("edge_offset", check_edge_offset, "its edge offset"),
         ("seed_depth", check_seed_depth, "its seed depth"),
+        ("min_size", check_min_size, "its smallest object size"),
     ):
         if key in metadata:
             try:

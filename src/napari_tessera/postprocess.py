@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.feature import peak_local_max
-from skimage.morphology import local_maxima, reconstruction
+from skimage.morphology import local_maxima
 from skimage.segmentation import expand_labels, watershed
 
 
@@ -63,6 +63,28 @@ def check_seed_depth(value, where: str = "seed depth") -> float:
     return v
 
 
+#: smallest object kept, in pixels (voxels), when neither the run nor the model says
+DEFAULT_MIN_SIZE = 8
+
+
+def check_min_size(value, where: str = "the smallest object size") -> int:
+    """``value`` as a positive whole number of pixels, or an error naming ``where``."""
+    from .errors import InputError
+
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InputError(f"{where} must be a whole number of pixels, 1 or more, got {value!r}")
+    return int(value)
+
+
+def model_min_size(model) -> int:
+    """The smallest object size stored with a model (from its painted objects when it was
+    trained here), else :data:`DEFAULT_MIN_SIZE`."""
+    meta = getattr(model, "metadata", None) or {}
+    if "min_size" not in meta:
+        return DEFAULT_MIN_SIZE
+    return check_min_size(meta["min_size"], "the model's smallest object size")
+
+
 @dataclass(frozen=True)
 class SplitRule:
     """How a map of classes becomes labels: the one place that decides it.
@@ -75,14 +97,14 @@ class SplitRule:
         of d px seeds only maxima that rise d px above the pass to a higher one, so a large,
         irregular cell is not cut into pieces.
     min_size: objects smaller than this many pixels are dropped.
-    A model trained here stores the offset and depth that fit its painted objects
-    (:mod:`napari_tessera.training.edges`); :func:`resolve_split` reads them.
+    A model trained here stores the offset, depth and smallest object size that fit its
+    painted objects (:mod:`napari_tessera.training.edges`); :func:`resolve_split` reads them.
     """
 
     instances: bool = False
     edge_offset: float = 0.0
     seed_depth: float = 0.0
-    min_size: int = 8
+    min_size: int = DEFAULT_MIN_SIZE
 
     def labels(self, classes: np.ndarray, start: int = 1) -> tuple[np.ndarray, int]:
         """Labels of one 2D class map, and the next free id (``start`` for class labels)."""
@@ -131,7 +153,7 @@ def model_seed_depth(model) -> float:
 
 
 def resolve_split(
-    model, *, instances: bool, edge_offset=None, seed_depth=None, min_size: int = 8
+    model, *, instances: bool, edge_offset=None, seed_depth=None, min_size=None
 ) -> SplitRule:
     """The rule for ``model``'s output: given values win, None means the model's own."""
     return SplitRule(
@@ -142,7 +164,7 @@ def resolve_split(
         seed_depth=(
             model_seed_depth(model) if seed_depth is None else check_seed_depth(seed_depth)
         ),
-        min_size=int(min_size),
+        min_size=model_min_size(model) if min_size is None else check_min_size(min_size),
     )
 
 
@@ -276,10 +298,134 @@ def _peak_seeds(dist, components, min_distance: int, spacing) -> tuple[np.ndarra
 
 
 def deep_maxima(height: np.ndarray, depth: float) -> np.ndarray:
-    """Regional maxima that rise at least ``depth`` above the pass to any higher one (the
-    h-maxima transform, by grayscale reconstruction): a mask, one region per maximum."""
-    rec = reconstruction(height - depth, height, method="dilation")
-    return local_maxima(rec, connectivity=2, allow_borders=True)
+    """Regional maxima that rise more than ``depth`` above the pass to any higher one (the
+    h-maxima transform): a mask, one region per maximum.
+
+    The very mask of ``local_maxima(reconstruction(height - depth, height),
+    connectivity=2)`` (skimage's grayscale reconstruction by dilation, full connectivity;
+    ``depth >= 0``; in 3D ``connectivity=2`` is 18-connectivity, so plateaus that touch
+    only at a corner are two maxima), without sorting every voxel as skimage does: each
+    voxel climbs to a peak, which splits the image into basins (:func:`_ascent_basins`);
+    the basins merge from the highest pass between them down (:func:`_flood_levels`), and
+    within a basin the reconstruction is ``height`` cut at one level.
+    """
+    height = np.asarray(height)
+    small = height.dtype in (np.float16, np.float32)
+    f = height.astype(np.float32 if small else np.float64, copy=False)  # as skimage's
+    padded = np.pad(f, 1, constant_values=-np.inf)  # no voxel climbs out of the image
+    inside = np.pad(np.ones(f.shape, bool), 1).ravel()
+    basins, peaks = _ascent_basins(padded, inside)
+    floor = f.min()  # every two voxels are joined at this level: the passes start above it
+    a, b, s = _passes(padded.ravel(), basins, _half_neighbourhood(padded), floor)
+    tops = (peaks.astype(height.dtype) - depth).astype(f.dtype)  # the seed's peaks
+    cut = _flood_levels(tops, a, b, s, floor)
+    basins = basins.reshape(padded.shape)[(slice(1, -1),) * f.ndim]
+    return local_maxima(np.minimum(f, cut[basins]), connectivity=2, allow_borders=True)
+
+
+def _half_neighbourhood(array: np.ndarray) -> np.ndarray:
+    """Flat offsets to the neighbours of a voxel (full connectivity) that come after it."""
+    ndim = array.ndim
+    offsets = np.indices((3,) * ndim).reshape(ndim, -1).T - 1
+    flat = offsets @ (np.array(array.strides) // array.itemsize)
+    return flat[flat > 0]
+
+
+def _uphill_steps(f: np.ndarray, strides: list[int]) -> np.ndarray:
+    """Flat offset from each voxel of ``f`` (flat; ``strides`` in voxels) to the highest
+    voxel of its 3x3(x3) neighbourhood, 0 where none is higher than the voxel itself. One
+    axis at a time: the highest of three along the first axis, of three of those along the
+    next, ...; a candidate replaces the current best only if it is strictly higher."""
+    best, step = f, np.zeros(f.size, np.int32 if f.size < 2**31 else np.int64)
+    for stride in strides:
+        new_best, new_step = best.copy(), step.copy()
+        for d in (-stride, stride):
+            lo, hi = max(0, -d), f.size - max(0, d)
+            cand = best[lo + d : hi + d]
+            higher = cand > new_best[lo:hi]
+            np.copyto(new_best[lo:hi], cand, where=higher)
+            np.add(step[lo + d : hi + d], d, out=new_step[lo:hi], where=higher)
+        best, step = new_best, new_step
+    return step
+
+
+def _ascent_basins(padded: np.ndarray, inside: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each voxel's basin, from 0 (flat; meaningless on the border), and each peak's height.
+
+    ``padded``: heights with a border of -inf; ``inside``: (flat) the voxels that are not
+    border. A peak is a connected set of voxels (full connectivity) none of whose
+    neighbours is higher: all at one height. A voxel climbs to its highest neighbour until
+    it reaches a peak, so a path that never goes below it joins it to its basin's peak."""
+    f = padded.ravel()
+    step = _uphill_steps(f, [s // padded.itemsize for s in padded.strides])
+    top = (step == 0) & inside
+    labels, n = ndi.label(top.reshape(padded.shape), np.ones((3,) * padded.ndim))
+    labels = labels.ravel()
+    peaks = np.empty(n, f.dtype)
+    peaks[labels[top] - 1] = f[top]
+    to = np.arange(f.size, dtype=step.dtype)
+    to += step
+    todo = np.flatnonzero(~top & inside)
+    while todo.size:  # pointer jumping: each round doubles the steps taken
+        to[todo] = reached = to[to[todo]]
+        todo = todo[~top[reached]]
+    return labels[to] - 1, peaks
+
+
+def _passes(f: np.ndarray, basins: np.ndarray, offsets: np.ndarray, floor) -> tuple:
+    """The touching pairs of basins ``(a, b, s)`` and the height ``s`` of the highest pass
+    between each pair: the most, over neighbours one in each, of the lower of the two.
+    Passes at ``floor`` or below are left out. ``f`` and ``basins`` are flat."""
+    n = int(basins.max()) + 1
+    keys, passes = [], []
+    for d in offsets:
+        here, there = basins[:-d], basins[d:]
+        low = np.minimum(f[:-d], f[d:])
+        i = np.flatnonzero((here != there) & (low > floor))
+        a, b = here[i].astype(np.int64), there[i].astype(np.int64)
+        keys.append(np.minimum(a, b) * n + np.maximum(a, b))
+        passes.append(low[i])
+    keys, passes = np.concatenate(keys), np.concatenate(passes)
+    if n * n <= max(f.size, 2**20):  # few basins: the highest pass per pair in a table
+        table = np.full(n * n, -np.inf, f.dtype)
+        np.maximum.at(table, keys, passes)
+        keys = np.flatnonzero(table > -np.inf)
+        passes = table[keys]
+    elif keys.size:  # else sorted by pair
+        order = np.argsort(keys)
+        keys, passes = keys[order], passes[order]
+        first = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+        keys, passes = keys[first], np.maximum.reduceat(passes, first)
+    return keys // n, keys % n, passes
+
+
+def _flood_levels(tops: np.ndarray, a, b, s, floor) -> np.ndarray:
+    """Per basin, the level at which grayscale reconstruction cuts it: the most, over the
+    merges of its basin with others from the highest pass ``s`` down, of the lower of the
+    pass and the highest ``top`` (peak - depth) merged so far (the basin's own top to
+    start with). Basins still apart at the end merge at ``floor``."""
+    n = len(tops)
+    up = list(range(n))  # union-find; the merges make a tree of nodes n, n + 1, ...
+    parent, top, level = [-1] * n, tops.tolist(), tops.tolist()
+    for k in np.argsort(-s, kind="stable").tolist():
+        x, y = int(a[k]), int(b[k])
+        while up[x] != x:
+            up[x] = x = up[up[x]]
+        while up[y] != y:
+            up[y] = y = up[up[y]]
+        if x != y:
+            node = len(top)
+            top.append(max(top[x], top[y]))
+            level.append(min(float(s[k]), top[node]))
+            up[x] = up[y] = node
+            up.append(node)
+            parent[x] = parent[y] = node
+            parent.append(-1)
+    for node in range(len(level) - 1, -1, -1):  # a node is cut at the most of its ancestors'
+        if parent[node] >= 0:
+            level[node] = max(level[node], level[parent[node]])
+    cut = np.array(level[:n], tops.dtype)
+    return np.maximum(cut, min(floor, tops.max()))
 
 
 def link_through_z(

@@ -377,7 +377,14 @@ class SegmentWidget(Container):
             value="classes",
             orientation="horizontal",
         )
-        self.min_size = SpinBox(label="min object (px)", min=1, max=10**6, value=8)
+        self.min_size = SpinBox(
+            label="min object (px)",
+            min=0,
+            max=10**6,
+            value=0,
+            tooltip="objects smaller than this are dropped; 0: the size the model stores (a "
+            "model trained here: a fifth of its median painted object), else 8 px",
+        )
         self.link_z = CheckBox(
             text="3D objects in Z stacks",
             value=True,
@@ -596,7 +603,7 @@ class SegmentWidget(Container):
             precision=self.precision.value,
             instances=self.output.value == "instances",
             link_z=bool(self.link_z.value),
-            min_size=int(self.min_size.value),
+            min_size=int(self.min_size.value) or None,
             edge_offset=None if self.model_edges.value else 0.0,
         )
 

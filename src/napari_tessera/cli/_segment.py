@@ -362,7 +362,13 @@ def _output_args(s) -> None:
         help="one id per object instead of classes; the objects of a Z stack are 3D, linked "
         "through the slices (time points never are); '--instances 2d': each slice's own",
     )
-    s.add_argument("--min-size", type=arg_positive_int, default=8, help="smallest object kept (px)")
+    s.add_argument(
+        "--min-size",
+        type=arg_positive_int,
+        metavar="PX",
+        help="smallest object kept (px; voxels for 3D objects); default: the size the model "
+        "stores (a model trained here: a fifth of its median painted object), else 8",
+    )
     s.add_argument(
         "--edge-offset",
         type=arg_edge_offset,

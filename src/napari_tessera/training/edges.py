@@ -19,17 +19,20 @@ the plain rule.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..postprocess import SplitRule
+from ..postprocess import DEFAULT_MIN_SIZE, SplitRule
 
 #: offsets tried, in pixels (positive shrinks); steps of one pixel, diagonal and two pixels
 EDGE_OFFSETS = (-2.5, -2.0, -1.5, -1.0, 0.0, 1.0, 1.5, 2.0, 2.5)
 #: seed depths tried, in pixels (0: every local maximum of the distance map)
 SEED_DEPTHS = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0)
+#: objects smaller than this fraction of the median painted object are dropped (a fifth of
+#: the area: under half the diameter); fragments and debris, not objects of the painted kind
+MIN_OBJECT_FRACTION = 0.2
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,8 @@ class EdgeCalibration:
         the chosen rule (how well objects come out where the user painted them).
     scores: that mean for every (offset, seed depth) tried (empty when not calibrated).
     reason: "calibrated", or why the plain rule is kept.
+    min_size: the smallest object kept, in pixels: :data:`MIN_OBJECT_FRACTION` of the median
+        painted object (at least 8), or the base rule's when the objects were not usable.
     """
 
     offset: float
@@ -50,6 +55,7 @@ class EdgeCalibration:
     scores: dict[tuple[float, float], float] = field(default_factory=dict)
     reason: str = "calibrated"
     seed_depth: float = 0.0
+    min_size: int = DEFAULT_MIN_SIZE
 
     @property
     def score(self) -> float | None:
@@ -68,6 +74,8 @@ class EdgeCalibration:
             parts.append(f"edges moved {way} by {abs(self.offset):g} px")
         if self.seed_depth:
             parts.append(f"objects cut only at necks {self.seed_depth:g} px deep")
+        if self.min_size != DEFAULT_MIN_SIZE:
+            parts.append(f"objects under {self.min_size} px dropped")
         rule = ", ".join(parts) if parts else "objects split as predicted"
         if self.reason != "calibrated":
             return f"{quality}{rule} ({self.reason})"
@@ -77,6 +85,7 @@ class EdgeCalibration:
         return {
             "offset": self.offset,
             "seed_depth": self.seed_depth,
+            "min_size": self.min_size,
             "objects": self.objects,
             "score": self.score,
             "reason": self.reason,
@@ -171,19 +180,20 @@ def calibrate_edges(
     *,
     offsets=EDGE_OFFSETS,
     depths=SEED_DEPTHS,
-    min_size: int = 8,
     min_objects: int = 3,
     min_whole: float = 0.3,
     min_gain: float = 0.01,
-    base: tuple[float, float] = (0.0, 0.0),
+    base: SplitRule | None = None,
     trust_base: bool = False,
 ) -> EdgeCalibration:
-    """Choose the edge offset and seed depth at which predicted objects best match the painted.
+    """Choose the edge offset and seed depth at which predicted objects best match the painted,
+    and the smallest object kept (:func:`smallest_object`; the base rule's when it is kept for
+    want of usable objects).
 
     class_maps: per-pixel classes predicted for the painted slices (2D each, 0 = background).
     object_maps: the painted objects of the same slices (:func:`painted_objects`).
-    ``base``: the (offset, depth) kept unless another rule does better: the plain rule (0, 0),
-    or the rule of the model that fine-tuning started from.
+    ``base``: the rule kept unless another does better: the plain rule (None), or the rule of
+    the model that fine-tuning started from.
     The base rule is kept with fewer than ``min_objects`` painted objects, when even
     the best rule matches them at a mean IoU below ``min_whole`` (objects not painted whole, or
     a model that has not learnt them), or when no rule beats it by ``min_gain`` on average.
@@ -192,15 +202,18 @@ def calibrate_edges(
     per-object differences. Among the rules that beat the base, those within ``min_gain / 2``
     of the best, the one closest to the base rule wins.
     """
-    base = (float(base[0]), float(base[1]))
+    base_rule = base if base is not None else SplitRule(True)
+    base = (base_rule.edge_offset, base_rule.seed_depth)
     n = sum(len(np.unique(o[o > 0])) for o in object_maps)
+    kept = _Kept(base, base_rule.min_size, n)
     if n < min_objects:
-        return EdgeCalibration(*_kept(base, n, {}, f"only {n} whole painted object(s)"))
+        return kept.calibration({}, f"only {n} whole painted object(s)")
     pairs = [
         _crop_to_objects(c, o) for c, o in zip(class_maps, object_maps, strict=True) if o.any()
     ]
     areas = np.concatenate([np.bincount(o.ravel())[1:] for _, o in pairs])
     min_part = 0.5 * float(np.median(areas[areas > 0]))  # half a typical painted object
+    min_size = smallest_object(areas)
     scores: dict[tuple[float, float], float] = {}
     per_object: dict[tuple[float, float], np.ndarray] = {}
     grid = {(float(o), float(d)) for o in offsets for d in depths} | {base}
@@ -212,7 +225,7 @@ def calibrate_edges(
     top = max(scores.values())
     if top < min_whole:
         why = f"painted objects matched at mean IoU {top:.2f} < {min_whole} at best: "
-        return EdgeCalibration(*_kept(base, n, scores, why + "not painted whole?"))
+        return kept.calibration(scores, why + "not painted whole?")
     plain = per_object[base]
     if trust_base:
         better = [k for k, v in per_object.items() if _clearly_better(v, plain, min_gain)]
@@ -220,15 +233,34 @@ def calibrate_edges(
         better = [k for k, v in per_object.items() if v.mean() >= plain.mean() + min_gain]
     if not better:
         why = "no other rule does clearly better" if trust_base else "no other rule does better"
-        return EdgeCalibration(*_kept(base, n, scores, why))
+        return replace(kept.calibration(scores, why), min_size=min_size)
     best = max(scores[k] for k in better)
     near = [k for k in better if scores[k] >= best - min_gain / 2]
     off, depth = min(
         near, key=lambda k: (abs(k[0] - base[0]) + abs(k[1] - base[1]) / 2, -scores[k])
     )
-    return EdgeCalibration(off, n, scores, seed_depth=depth)
+    return EdgeCalibration(off, n, scores, seed_depth=depth, min_size=min_size)
 
 
-def _kept(base: tuple[float, float], n: int, scores: dict, reason: str) -> tuple:
-    """EdgeCalibration arguments for keeping the base rule, saying why."""
-    return base[0], n, scores, reason, base[1]
+def smallest_object(areas: np.ndarray) -> int:
+    """The smallest object worth keeping, in pixels, for objects like the painted ones
+    (``areas``: their sizes): :data:`MIN_OBJECT_FRACTION` of the median, at least 8."""
+    areas = np.asarray(areas)
+    areas = areas[areas > 0]
+    if not areas.size:
+        return DEFAULT_MIN_SIZE
+    return max(DEFAULT_MIN_SIZE, int(round(MIN_OBJECT_FRACTION * float(np.median(areas)))))
+
+
+@dataclass(frozen=True)
+class _Kept:
+    """The base rule, kept (and said why) when the painted objects do not show a better one."""
+
+    rule: tuple[float, float]
+    min_size: int
+    objects: int
+
+    def calibration(self, scores: dict, reason: str) -> EdgeCalibration:
+        return EdgeCalibration(
+            self.rule[0], self.objects, scores, reason, self.rule[1], self.min_size
+        )

@@ -29,7 +29,7 @@ from ..halo import MAX_COVER_PROBES, measure_halo, read_probes
 from ..inference import predict_tiled, predict_whole
 from ..model import UNet
 from ..normalize import normalize_slice
-from ..postprocess import classes_from_probabilities, model_edge_offset, model_seed_depth
+from ..postprocess import DEFAULT_MIN_SIZE, SplitRule, classes_from_probabilities, resolve_split
 from ..tiling import round_up
 from . import distributed as ddp
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -279,9 +279,8 @@ class _Run:
         state = load_checkpoint(resume) if resume is not None else None
         cfg, model, self.fine_tune = _starting_point(cfg, model, state)
         # fine-tuning keeps the start's split rule unless the painted objects clearly want another
-        self.base_rule = (0.0, 0.0)
-        if self.fine_tune:
-            self.base_rule = (model_edge_offset(model), model_seed_depth(model))
+        # fine-tuning starts from the start's own split rule
+        self.base_rule = resolve_split(model, instances=True) if self.fine_tune else SplitRule(True)
         self.items, self.paint_updates = list(items), 0
         self.sources = load_sources(
             items,
@@ -723,7 +722,7 @@ class _Run:
 
     def _metadata(self, model: UNet, edges: EdgeCalibration | None, stopped: str) -> dict:
         # a base model's split rule gives way to this run's calibration
-        replaced = ("edge_offset", "seed_depth", "channels")
+        replaced = ("edge_offset", "seed_depth", "min_size", "channels")
         meta = {k: v for k, v in model.metadata.items() if k not in replaced}
         pick = self.sources[0].lay.pick
         if pick is not None:
@@ -732,6 +731,8 @@ class _Run:
             meta["edge_offset"] = edges.offset
         if edges is not None and edges.seed_depth:
             meta["seed_depth"] = edges.seed_depth
+        if edges is not None and edges.min_size != DEFAULT_MIN_SIZE:
+            meta["min_size"] = edges.min_size
         base = (model.metadata.get("provenance") or {}).get("name") if self.fine_tune else None
         return {
             **meta,
@@ -898,7 +899,8 @@ def validation_scores(
 
 def _calibrate_edges(model, painted, mode, device, base, trust_base) -> EdgeCalibration:
     """The split rule from the painted objects of the annotated slices (see ``edges``);
-    ``trust_base``: fine-tuning keeps the start's rule unless another is clearly better."""
+    ``base``: the start's rule; ``trust_base``: fine-tuning keeps the start's rule unless
+    another is clearly better."""
     classes, objects = [], []
     for src, s in painted:
         obj = painted_objects(src.labels[s], mode)

@@ -1,0 +1,124 @@
+"""deep_maxima, the h-maxima seeds of split_instances, against grayscale reconstruction.
+
+The fast version must give the very same mask as the reconstruction it replaces, and so
+the very same labels: it computes the same reconstruction (only faster), ties included,
+so every test asks for identity, not for close agreement.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+from skimage.morphology import local_maxima, reconstruction
+
+from napari_tessera import postprocess
+from napari_tessera.postprocess import deep_maxima, distance_inside, split_instances
+
+
+def reference_deep_maxima(height: np.ndarray, depth: float) -> np.ndarray:
+    """The former implementation: skimage's grayscale reconstruction (sorts every voxel).
+
+    Its ``connectivity=2`` is full connectivity in 2D, but 18-connectivity in 3D (plateaus
+    that touch at a corner only are two maxima): the fast version keeps that."""
+    rec = reconstruction(height - depth, height, method="dilation")
+    return local_maxima(rec, connectivity=2, allow_borders=True)
+
+
+@cache
+def blobs(shape: tuple, spacing: tuple, seed: int = 0) -> np.ndarray:
+    """A foreground mask of random overlapping discs (balls), radii 3-10 px in space,
+    covering about a third of the image: touching objects to split."""
+    rng = np.random.default_rng(seed)
+    fg = np.zeros(shape, bool)
+    while fg.mean() < 0.3:
+        centre, radius = rng.uniform(0, shape), rng.uniform(3, 10)
+        box = tuple(
+            slice(max(0, int(c - radius / v)), min(n, int(c + radius / v) + 2))
+            for n, c, v in zip(shape, centre, spacing)
+        )
+        grid = np.ogrid[box]
+        d2 = sum(((g - c) * v) ** 2 for g, c, v in zip(grid, centre, spacing))
+        fg[box] |= d2 <= radius**2
+    return fg
+
+
+def smooth_distance(fg: np.ndarray, spacing: tuple) -> np.ndarray:
+    """The height split_instances seeds from: the distance to the background, smoothed."""
+    return ndi.gaussian_filter(distance_inside(fg, spacing), [1 / v for v in spacing])
+
+
+IMAGES = [
+    ((256, 256), (1.0, 1.0)),
+    ((24, 128, 128), (1.0, 1.0, 1.0)),
+    ((24, 128, 128), (2.0, 1.0, 1.0)),
+]
+DEPTHS = [0.5, 2.0, 6.0]
+
+
+@pytest.mark.parametrize("depth", DEPTHS)
+@pytest.mark.parametrize(("shape", "spacing"), IMAGES)
+def test_deep_maxima_is_the_reconstructions(shape, spacing, depth):
+    height = smooth_distance(blobs(shape, spacing), spacing)
+    expected = reference_deep_maxima(height, depth)
+    assert np.array_equal(deep_maxima(height, depth), expected)
+
+
+@pytest.mark.parametrize("depth", DEPTHS)
+@pytest.mark.parametrize(("shape", "spacing"), IMAGES)
+def test_split_instances_labels_are_unchanged(shape, spacing, depth, monkeypatch):
+    fg = blobs(shape, spacing)
+    labels, nxt = split_instances(fg, seed_depth=depth, spacing=spacing)
+    monkeypatch.setattr(postprocess, "deep_maxima", reference_deep_maxima)
+    expected, expected_nxt = split_instances(fg, seed_depth=depth, spacing=spacing)
+    assert np.array_equal(labels, expected) and nxt == expected_nxt
+    # the depth matters on these images: touching objects are cut, and fewer when deeper
+    assert nxt - 1 > ndi.label(fg)[1]
+    if depth > DEPTHS[0]:
+        shallower, _ = split_instances(fg, seed_depth=DEPTHS[0], spacing=spacing)
+        assert shallower.max() > labels.max()
+
+
+@pytest.mark.parametrize("depth", [0.5, 1.0, 3.0])
+@pytest.mark.parametrize(
+    ("shape", "spacing"), [((96, 96), (1.0, 1.0)), ((12, 48, 48), (2.0, 1.0, 1.0))]
+)
+def test_plateaus_of_an_unsmoothed_distance(shape, spacing, depth, monkeypatch):
+    # unsmoothed, the distance takes few values (square roots of whole numbers): wide
+    # plateaus, and passes exactly as high as peaks
+    fg = blobs(shape, spacing, seed=1)
+    height = distance_inside(fg, spacing)
+    assert np.array_equal(deep_maxima(height, depth), reference_deep_maxima(height, depth))
+    labels, _ = split_instances(fg, seed_depth=depth, spacing=spacing, smooth=0)
+    monkeypatch.setattr(postprocess, "deep_maxima", reference_deep_maxima)
+    assert np.array_equal(
+        labels, split_instances(fg, seed_depth=depth, spacing=spacing, smooth=0)[0]
+    )
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_ties_everywhere(seed):
+    # small images of a few whole numbers (plateaus, passes as high as peaks, maxima on the
+    # border), whole-number depths (peak - depth exactly at a pass), 1 to 3 dimensions
+    rng = np.random.default_rng(seed)
+    shape = tuple(rng.integers(1, 10, rng.integers(1, 4)))
+    height = rng.integers(0, 4, shape).astype([np.float32, np.float64, np.int16][seed % 3])
+    for depth in (0.0, 0.5, 1.0, 2.0):
+        assert np.array_equal(deep_maxima(height, depth), reference_deep_maxima(height, depth))
+
+
+def test_many_basins():
+    # noise: a basin every few pixels, more than a table of pairs of basins would hold
+    height = np.random.default_rng(0).random((160, 160)).astype(np.float32)
+    for depth in (0.05, 0.3):
+        assert np.array_equal(deep_maxima(height, depth), reference_deep_maxima(height, depth))
+
+
+def test_empty():
+    for shape in [(32, 32), (4, 16, 16)]:
+        height = distance_inside(np.zeros(shape, bool), (1.0,) * len(shape))
+        assert not deep_maxima(height, 2.0).any() and not reference_deep_maxima(height, 2.0).any()
+        labels, nxt = split_instances(np.zeros(shape, bool), seed_depth=2.0, start=5)
+        assert not labels.any() and nxt == 5
