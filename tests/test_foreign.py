@@ -174,8 +174,12 @@ def build_package(path: Path, v: Variant, *, seed=0, test_output=None) -> Path:
         data=m.IntervalOrRatioDataDescr(type="float32"),
         postprocessing=_post(m, v),
     )
+    import imageio.v3 as iio
+
+    iio.imwrite(d / "cover.png", np.zeros((8, 16), np.uint8))  # else the spec makes one in /tmp
     descr = m.ModelDescr(
         name="pool net test model",
+        covers=[m.FileDescr(source=d / "cover.png")],
         description="a small non-U-Net network",
         authors=[m.Author(name="Test")],
         cite=[m.CiteEntry(text="test", url="https://example.com")],
