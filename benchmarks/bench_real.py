@@ -205,6 +205,24 @@ def summarize(path: str, tag: str | None = None) -> None:
                 vals = [np.mean(f1[i][m]) for i in group if m in f1[i]]
                 cells.append(f"{agg(vals):.3f}" if vals else "-")
             print(f"| **{kind}: {what}** ({len(group)}) | " + " | ".join(cells) + " |")
+    feedback(rows)
+
+
+def feedback(rows: list[dict]) -> None:
+    """How well the score a trained run reports (its painted objects' mean IoU) ranks the
+    runs by their true F1 on the unpainted half: Spearman's rank correlation."""
+    from scipy.stats import spearmanr
+
+    runs = [r for r in rows if r.get("calibration_score") is not None and "steps" in r]
+    if len(runs) < 3:
+        return
+    rho = spearmanr([r["calibration_score"] for r in runs], [r["f1"] for r in runs])[0]
+    low = [r["f1"] for r in runs if r["calibration_score"] < 0.6]
+    high = [r["f1"] for r in runs if r["calibration_score"] >= 0.6]
+    print(f"\nreported score against F1, {len(runs)} trained runs: Spearman {rho:.2f}")
+    for what, f1 in (("under 0.6", low), ("0.6 or more", high)):
+        if f1:
+            print(f"  runs reporting {what}: {len(f1)}, mean F1 {np.mean(f1):.3f}")
 
 
 def main() -> None:
