@@ -85,10 +85,10 @@ class SegmentOptions:
             raise InputError(
                 f"precision must be one of {', '.join(PRECISION_NAMES)}, got {self.precision!r}"
             )
-        for name in ("batch_size", "min_size"):
-            v = getattr(self, name)
-            if v is None and name == "min_size":
-                continue
+        counts = {"batch_size": self.batch_size}
+        if self.min_size is not None:  # None: the model's own
+            counts["min_size"] = self.min_size
+        for name, v in counts.items():
             if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
                 raise InputError(f"{name.replace('_', ' ')} must be a positive integer, got {v!r}")
         if isinstance(self.tile_size, list):

@@ -205,9 +205,8 @@ def calibrate_edges(
     base_rule = base if base is not None else SplitRule(True)
     base = (base_rule.edge_offset, base_rule.seed_depth)
     n = sum(len(np.unique(o[o > 0])) for o in object_maps)
-    kept = _Kept(base, base_rule.min_size, n)
     if n < min_objects:
-        return kept.calibration({}, f"only {n} whole painted object(s)")
+        return _kept(base_rule, n, {}, f"only {n} whole painted object(s)")
     pairs = [
         _crop_to_objects(c, o) for c, o in zip(class_maps, object_maps, strict=True) if o.any()
     ]
@@ -225,7 +224,7 @@ def calibrate_edges(
     top = max(scores.values())
     if top < min_whole:
         why = f"painted objects matched at mean IoU {top:.2f} < {min_whole} at best: "
-        return kept.calibration(scores, why + "not painted whole?")
+        return _kept(base_rule, n, scores, why + "not painted whole?")
     plain = per_object[base]
     if trust_base:
         better = [k for k, v in per_object.items() if _clearly_better(v, plain, min_gain)]
@@ -233,7 +232,7 @@ def calibrate_edges(
         better = [k for k, v in per_object.items() if v.mean() >= plain.mean() + min_gain]
     if not better:
         why = "no other rule does clearly better" if trust_base else "no other rule does better"
-        return replace(kept.calibration(scores, why), min_size=min_size)
+        return replace(_kept(base_rule, n, scores, why), min_size=min_size)
     best = max(scores[k] for k in better)
     near = [k for k in better if scores[k] >= best - min_gain / 2]
     off, depth = min(
@@ -252,15 +251,6 @@ def smallest_object(areas: np.ndarray) -> int:
     return max(DEFAULT_MIN_SIZE, int(round(MIN_OBJECT_FRACTION * float(np.median(areas)))))
 
 
-@dataclass(frozen=True)
-class _Kept:
+def _kept(rule: SplitRule, n: int, scores: dict, reason: str) -> EdgeCalibration:
     """The base rule, kept (and said why) when the painted objects do not show a better one."""
-
-    rule: tuple[float, float]
-    min_size: int
-    objects: int
-
-    def calibration(self, scores: dict, reason: str) -> EdgeCalibration:
-        return EdgeCalibration(
-            self.rule[0], self.objects, scores, reason, self.rule[1], self.min_size
-        )
+    return EdgeCalibration(rule.edge_offset, n, scores, reason, rule.seed_depth, rule.min_size)

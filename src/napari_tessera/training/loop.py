@@ -279,7 +279,6 @@ class _Run:
         state = load_checkpoint(resume) if resume is not None else None
         cfg, model, self.fine_tune = _starting_point(cfg, model, state)
         # fine-tuning keeps the start's split rule unless the painted objects clearly want another
-        # fine-tuning starts from the start's own split rule
         self.base_rule = resolve_split(model, instances=True) if self.fine_tune else SplitRule(True)
         self.items, self.paint_updates = list(items), 0
         self.sources = load_sources(
