@@ -122,3 +122,45 @@ def test_empty():
         assert not deep_maxima(height, 2.0).any() and not reference_deep_maxima(height, 2.0).any()
         labels, nxt = split_instances(np.zeros(shape, bool), seed_depth=2.0, start=5)
         assert not labels.any() and nxt == 5
+
+
+def test_every_component_is_one_object_at_least():
+    # eight specks too shallow for a seed of depth 4, and two overlapping discs deep enough
+    fg = np.zeros((64, 200), bool)
+    for k in range(8):
+        fg[3:6, 5 + 20 * k : 8 + 20 * k] = True
+    yy, xx = np.mgrid[:64, :200]
+    fg |= ((yy - 40) ** 2 + (xx - 40) ** 2 <= 225) | ((yy - 40) ** 2 + (xx - 66) ** 2 <= 225)
+    labels, nxt = split_instances(fg, seed_depth=4.0, min_size=1, start=1)
+    assert nxt == 11 and np.array_equal(labels > 0, fg)
+    # the seeded discs first, then each speck on its own, in the order of the components
+    assert [labels[4, 6 + 20 * k] for k in range(8)] == list(range(3, 11))
+    assert labels[40, 35] != labels[40, 71] and {labels[40, 35], labels[40, 71]} == {1, 2}
+
+
+def test_parallel_smoothing_is_scipys():
+    rng = np.random.default_rng(0)
+    cases = [
+        ((8, 400, 400), [0.5, 1.0, 1.0]),
+        ((1100, 1000), [1.0, 1.0]),
+        ((5, 500, 600), [0.25, 2.0, 1.0]),
+    ]
+    for shape, sigmas in cases:
+        image = rng.random(shape).astype(np.float32)
+        assert image.size >= 2**20  # large enough to go to threads
+        expected = ndi.gaussian_filter(image, sigmas)
+        assert np.array_equal(postprocess._gaussian(image, sigmas), expected)
+
+
+def test_uphill_steps_are_the_same_in_pieces(monkeypatch):
+    # the image is cut into pieces for threads: each needs the margin its neighbours reach
+    spacing = (2.0, 1.0, 1.0)
+    padded = np.pad(
+        smooth_distance(blobs((24, 128, 128), spacing), spacing), 1, constant_values=-np.inf
+    )
+    strides = [s // padded.itemsize for s in padded.strides]
+    whole = postprocess._uphill_piece(padded.ravel(), strides, np.int32)
+    assert np.count_nonzero(whole) > whole.size // 4
+    for threads in (2, 3, 7):
+        monkeypatch.setattr(postprocess, "_threads", lambda threads=threads: threads)
+        assert np.array_equal(postprocess._uphill_steps(padded.ravel(), strides), whole)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -205,8 +208,9 @@ def split_instances(
 
     A distance-transform watershed. Seeds are maxima of the (slightly smoothed) distance to
     the background: with ``seed_depth`` 0, every local maximum at least ``min_distance`` from
-    another; with ``seed_depth`` d > 0, the regional maxima of depth d (h-maxima), so a neck
-    between two parts of one object must narrow by d px before it is cut. Every connected
+    another; with ``seed_depth`` d > 0, the regional maxima of depth d (h-maxima) of the
+    distance inside the objects (0 outside), so a neck between two parts of one object must
+    narrow by d px before it is cut. Every connected
     component gets one seed at least; objects smaller than ``min_size`` pixels (voxels) are
     dropped. ``spacing``: the step along each axis in pixel units (a 3D stack of slices 4 px
     apart: ``(4, 1, 1)``), so distances and smoothing are measured in space, not in voxels.
@@ -221,19 +225,13 @@ def split_instances(
     components, n = ndi.label(fg)
     dist = distance_inside(fg, spacing)
     if smooth > 0:
-        dist = ndi.gaussian_filter(dist, [smooth / v for v in spacing])
+        dist = _gaussian(dist, [smooth / v for v in spacing])
     if seed_depth > 0:
-        markers, n_seeds = ndi.label(deep_maxima(dist, seed_depth) & fg, full)
+        inside = np.where(fg, dist, 0)  # an object's seeds: its own passes, none outside
+        markers, n_seeds = ndi.label(deep_maxima(inside, seed_depth) & fg, full)
     else:
         markers, n_seeds = _peak_seeds(dist, components, min_distance, spacing)
-    # every component gets at least one seed
-    seeded = np.unique(components[markers > 0])
-    missing = np.setdiff1d(np.arange(1, n + 1), seeded)
-    if missing.size:
-        coms = ndi.maximum_position(dist, components, missing)
-        for k, pos in enumerate(coms):
-            markers[pos] = n_seeds + 1 + k
-    ws = _watershed_by_component(dist, markers, components, n)
+    ws = _watershed_by_component(dist, markers, n_seeds, components, n)
     if min_size > 1:
         sizes = np.bincount(ws.ravel())
         small = sizes < min_size
@@ -247,24 +245,60 @@ def split_instances(
     return labels, start + len(ids)
 
 
-def _watershed_by_component(dist, markers, components, n: int) -> np.ndarray:
-    """``watershed(-dist, markers, mask=components > 0)``, the same labels, computed one
-    connected component at a time in its bounding box: a component with one seed is that
-    object, and the flooding of the others stays small (several times faster on a stack)."""
+def _threads() -> int:
+    """Threads for the steps of :func:`split_instances` that release the GIL."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _gaussian(image: np.ndarray, sigmas: list[float]) -> np.ndarray:
+    """``ndi.gaussian_filter(image, sigmas)``, the same values, in parallel threads: one
+    axis at a time, each thread filtering a slab cut across another axis."""
+    if image.ndim < 2 or image.size < 2**20:  # small: threads do not pay
+        return ndi.gaussian_filter(image, sigmas)
+    out = np.array(image, copy=True)
+    with ThreadPoolExecutor(_threads()) as pool:
+        for axis, sigma in enumerate(sigmas):
+            across = 1 if axis == 0 else 0
+            cuts = np.linspace(0, image.shape[across], _threads() + 1).astype(int)
+            slabs = []
+            for lo, hi in zip(cuts[:-1], cuts[1:]):
+                index = [slice(None)] * image.ndim
+                index[across] = slice(lo, hi)
+                slabs.append(out[tuple(index)])
+            list(pool.map(partial(_filter_in_place, axis=axis, sigma=sigma), slabs))
+    return out
+
+
+def _filter_in_place(part: np.ndarray, axis: int, sigma: float) -> None:
+    ndi.gaussian_filter1d(part, sigma, axis=axis, output=part)
+
+
+def _watershed_by_component(dist, markers, n_seeds: int, components, n: int) -> np.ndarray:
+    """``watershed(-dist, markers, mask=components > 0)`` with markers ``1..n_seeds``, the
+    same labels, computed one connected component at a time in its bounding box: a
+    component with one seed is that object, one with none is an object too (ids from
+    ``n_seeds + 1``, in the order of the components), and only the others flood, in their
+    boxes, in parallel threads (several times faster on a stack)."""
     pos = markers > 0
     comp, mark = components[pos].astype(np.int64), markers[pos].astype(np.int64)
-    pairs = np.unique(comp * (int(mark.max()) + 1) + mark)
-    n_seeds = np.bincount(pairs // (int(mark.max()) + 1), minlength=n + 1)
+    span = n_seeds + 1
+    per = np.bincount(np.unique(comp * span + mark) // span, minlength=n + 1)  # seeds
     lut = np.zeros(n + 1, np.int32)
     lut[comp] = mark
-    lut[n_seeds > 1] = 0
+    lut[per > 1] = 0
+    unseeded = np.flatnonzero(per[1:] == 0) + 1
+    lut[unseeded] = np.arange(span, span + len(unseeded))
     ws = lut[components]
     boxes = ndi.find_objects(components)
-    for c in np.nonzero(n_seeds > 1)[0]:
+
+    def flood(c: int):
         box = boxes[c - 1]
         mask = components[box] == c
-        part = watershed(-dist[box], np.where(mask, markers[box], 0), mask=mask)
-        ws[box][mask] = part[mask]
+        return box, mask, watershed(-dist[box], np.where(mask, markers[box], 0), mask=mask)
+
+    with ThreadPoolExecutor(_threads()) as pool:
+        for box, mask, part in pool.map(flood, np.flatnonzero(per > 1)):
+            ws[box][mask] = part[mask]
     return ws
 
 
@@ -312,15 +346,20 @@ def deep_maxima(height: np.ndarray, depth: float) -> np.ndarray:
     height = np.asarray(height)
     small = height.dtype in (np.float16, np.float32)
     f = height.astype(np.float32 if small else np.float64, copy=False)  # as skimage's
-    padded = np.pad(f, 1, constant_values=-np.inf)  # no voxel climbs out of the image
-    inside = np.pad(np.ones(f.shape, bool), 1).ravel()
-    basins, peaks = _ascent_basins(padded, inside)
     floor = f.min()  # every two voxels are joined at this level: the passes start above it
-    a, b, s = _passes(padded.ravel(), basins, _half_neighbourhood(padded), floor)
+    if f.size == 0 or f.max() == floor:  # flat: one plateau, which is its own maximum
+        return local_maxima(f, connectivity=2, allow_borders=True)
+    padded = np.pad(f, 1, constant_values=-np.inf)  # no voxel climbs out of the image
+    above = padded.ravel() > floor  # voxels at the floor end at the floor: left out
+    basins, peaks = _ascent_basins(padded, above)
+    a, b, s = _passes(padded.ravel(), basins, _half_neighbourhood(padded), above)
     tops = (peaks.astype(height.dtype) - depth).astype(f.dtype)  # the seed's peaks
+    low = min(floor, tops.max())  # the reconstruction at the floor, and its least anywhere
     cut = _flood_levels(tops, a, b, s, floor)
-    basins = basins.reshape(padded.shape)[(slice(1, -1),) * f.ndim]
-    return local_maxima(np.minimum(f, cut[basins]), connectivity=2, allow_borders=True)
+    inner = (slice(1, -1),) * f.ndim
+    basins, above = basins.reshape(padded.shape)[inner], above.reshape(padded.shape)[inner]
+    rebuilt = np.where(above, np.minimum(f, cut[basins]), f.dtype.type(low))
+    return local_maxima(rebuilt, connectivity=2, allow_borders=True)
 
 
 def _half_neighbourhood(array: np.ndarray) -> np.ndarray:
@@ -333,10 +372,27 @@ def _half_neighbourhood(array: np.ndarray) -> np.ndarray:
 
 def _uphill_steps(f: np.ndarray, strides: list[int]) -> np.ndarray:
     """Flat offset from each voxel of ``f`` (flat; ``strides`` in voxels) to the highest
-    voxel of its 3x3(x3) neighbourhood, 0 where none is higher than the voxel itself. One
-    axis at a time: the highest of three along the first axis, of three of those along the
-    next, ...; a candidate replaces the current best only if it is strictly higher."""
-    best, step = f, np.zeros(f.size, np.int32 if f.size < 2**31 else np.int64)
+    voxel of its 3x3(x3) neighbourhood, 0 where none is higher than the voxel itself.
+    Pieces of ``f`` go to parallel threads, each with the margin its neighbourhoods reach."""
+    step = np.zeros(f.size, np.int32 if f.size < 2**31 else np.int64)
+    margin, parts = sum(strides), _threads()
+    cuts = np.linspace(0, f.size, parts + 1).astype(np.int64)
+
+    def piece(k: int) -> None:
+        lo, hi = max(0, cuts[k] - margin), min(f.size, cuts[k + 1] + margin)
+        got = _uphill_piece(f[lo:hi], strides, step.dtype)
+        step[cuts[k] : cuts[k + 1]] = got[cuts[k] - lo : cuts[k + 1] - lo]
+
+    with ThreadPoolExecutor(parts) as pool:
+        list(pool.map(piece, range(parts)))
+    return step
+
+
+def _uphill_piece(f: np.ndarray, strides: list[int], dtype) -> np.ndarray:
+    """:func:`_uphill_steps` of one contiguous piece. One axis at a time: the highest of
+    three along the first axis, of three of those along the next, ...; a candidate replaces
+    the current best only if it is strictly higher."""
+    best, step = f, np.zeros(f.size, dtype)
     for stride in strides:
         new_best, new_step = best.copy(), step.copy()
         for d in (-stride, stride):
@@ -349,42 +405,45 @@ def _uphill_steps(f: np.ndarray, strides: list[int]) -> np.ndarray:
     return step
 
 
-def _ascent_basins(padded: np.ndarray, inside: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each voxel's basin, from 0 (flat; meaningless on the border), and each peak's height.
+def _ascent_basins(padded: np.ndarray, above: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each voxel's basin, from 0 (flat; meaningless where not ``above``), and each peak's
+    height.
 
-    ``padded``: heights with a border of -inf; ``inside``: (flat) the voxels that are not
-    border. A peak is a connected set of voxels (full connectivity) none of whose
-    neighbours is higher: all at one height. A voxel climbs to its highest neighbour until
-    it reaches a peak, so a path that never goes below it joins it to its basin's peak."""
+    ``padded``: heights with a border of -inf; ``above``: (flat) the voxels above the
+    image's floor, the only ones that count. A peak is a connected set of voxels (full
+    connectivity) none of whose neighbours is higher: all at one height. A voxel climbs to
+    its highest neighbour until it reaches a peak, so a path that never goes below it joins
+    it to its basin's peak."""
     f = padded.ravel()
     step = _uphill_steps(f, [s // padded.itemsize for s in padded.strides])
-    top = (step == 0) & inside
+    top = (step == 0) & above
     labels, n = ndi.label(top.reshape(padded.shape), np.ones((3,) * padded.ndim))
     labels = labels.ravel()
     peaks = np.empty(n, f.dtype)
     peaks[labels[top] - 1] = f[top]
     to = np.arange(f.size, dtype=step.dtype)
     to += step
-    todo = np.flatnonzero(~top & inside)
+    todo = np.flatnonzero(~top & above)  # a voxel above the floor climbs to one above it
     while todo.size:  # pointer jumping: each round doubles the steps taken
         to[todo] = reached = to[to[todo]]
         todo = todo[~top[reached]]
-    return labels[to] - 1, peaks
+    return np.maximum(labels[to] - 1, 0), peaks
 
 
-def _passes(f: np.ndarray, basins: np.ndarray, offsets: np.ndarray, floor) -> tuple:
+def _passes(f: np.ndarray, basins: np.ndarray, offsets: np.ndarray, above: np.ndarray) -> tuple:
     """The touching pairs of basins ``(a, b, s)`` and the height ``s`` of the highest pass
     between each pair: the most, over neighbours one in each, of the lower of the two.
-    Passes at ``floor`` or below are left out. ``f`` and ``basins`` are flat."""
+    Only neighbours both ``above`` the floor count. ``f``, ``basins`` and ``above`` are flat."""
     n = int(basins.max()) + 1
     keys, passes = [], []
     for d in offsets:
-        here, there = basins[:-d], basins[d:]
-        low = np.minimum(f[:-d], f[d:])
-        i = np.flatnonzero((here != there) & (low > floor))
-        a, b = here[i].astype(np.int64), there[i].astype(np.int64)
+        pair = basins[:-d] != basins[d:]
+        pair &= above[:-d]
+        pair &= above[d:]
+        i = np.flatnonzero(pair)
+        a, b = basins[i].astype(np.int64), basins[i + d].astype(np.int64)
         keys.append(np.minimum(a, b) * n + np.maximum(a, b))
-        passes.append(low[i])
+        passes.append(np.minimum(f[i], f[i + d]))
     keys, passes = np.concatenate(keys), np.concatenate(passes)
     if n * n <= max(f.size, 2**20):  # few basins: the highest pass per pair in a table
         table = np.full(n * n, -np.inf, f.dtype)
