@@ -291,14 +291,19 @@ def _watershed_by_component(dist, markers, n_seeds: int, components, n: int) -> 
     ws = lut[components]
     boxes = ndi.find_objects(components)
 
-    def flood(c: int):
-        box = boxes[c - 1]
-        mask = components[box] == c
-        return box, mask, watershed(-dist[box], np.where(mask, markers[box], 0), mask=mask)
+    def flood(group: np.ndarray) -> None:
+        for c in group:
+            box = boxes[c - 1]
+            mask = components[box] == c
+            part = watershed(-dist[box], np.where(mask, markers[box], 0), mask=mask)
+            ws[box][mask] = part[mask]  # the components' pixels are disjoint
 
-    with ThreadPoolExecutor(_threads()) as pool:
-        for box, mask, part in pool.map(flood, np.flatnonzero(per > 1)):
-            ws[box][mask] = part[mask]
+    todo = np.flatnonzero(per > 1)
+    volume = [np.prod([b.stop - b.start for b in boxes[c - 1]]) for c in todo]
+    todo = todo[np.argsort(volume)[::-1]]  # the largest first, dealt round the threads
+    groups = [todo[k :: _threads()] for k in range(min(_threads(), len(todo)))]
+    with ThreadPoolExecutor(max(1, len(groups))) as pool:
+        list(pool.map(flood, groups))
     return ws
 
 
