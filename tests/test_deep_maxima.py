@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 from skimage.morphology import local_maxima, reconstruction
+from skimage.segmentation import watershed
 
 from napari_tessera import postprocess
 from napari_tessera.postprocess import deep_maxima, distance_inside, split_instances
@@ -162,5 +163,19 @@ def test_uphill_steps_are_the_same_in_pieces(monkeypatch):
     whole = postprocess._uphill_piece(padded.ravel(), strides, np.int32)
     assert np.count_nonzero(whole) > whole.size // 4
     for threads in (2, 3, 7):
-        monkeypatch.setattr(postprocess, "_threads", lambda threads=threads: threads)
+        monkeypatch.setattr(postprocess, "_threads", lambda voxels, threads=threads: threads)
         assert np.array_equal(postprocess._uphill_steps(padded.ravel(), strides), whole)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize(("shape", "spacing"), IMAGES)
+def test_flooding_by_component_is_one_flooding(shape, spacing, threads, monkeypatch):
+    # one component at a time in its box (in threads) gives the labels of one flooding
+    monkeypatch.setattr(postprocess, "_threads", lambda voxels: threads)
+    fg = blobs(shape, spacing)
+    dist = smooth_distance(fg, spacing)
+    markers, n_seeds = ndi.label(deep_maxima(dist, 0.5) & fg, np.ones((3,) * fg.ndim))
+    components, n = ndi.label(fg)
+    assert np.array_equal(np.unique(components[markers > 0]), np.arange(1, n + 1))  # all seeded
+    got = postprocess._watershed_by_component(dist, markers, n_seeds, components, n)
+    assert np.array_equal(got, watershed(-dist, markers, mask=fg))

@@ -210,11 +210,11 @@ def split_instances(
     the background: with ``seed_depth`` 0, every local maximum at least ``min_distance`` from
     another; with ``seed_depth`` d > 0, the regional maxima of depth d (h-maxima) of the
     distance inside the objects (0 outside), so a neck between two parts of one object must
-    narrow by d px before it is cut. Every connected
-    component gets one seed at least; objects smaller than ``min_size`` pixels (voxels) are
-    dropped. ``spacing``: the step along each axis in pixel units (a 3D stack of slices 4 px
-    apart: ``(4, 1, 1)``), so distances and smoothing are measured in space, not in voxels.
-    Ids start at ``start``. Returns ``(labels as int32, next free id)``.
+    narrow by d px before it is cut. Every connected component is one object at least;
+    objects smaller than ``min_size`` pixels (voxels) are dropped. ``spacing``: the step along
+    each axis in pixel units (a 3D stack of slices 4 px apart: ``(4, 1, 1)``), so distances
+    and smoothing are measured in space, not in voxels. Ids start at ``start``. Returns
+    ``(labels as int32, next free id)``.
     """
     fg = np.asarray(foreground, dtype=bool)
     labels = np.zeros(fg.shape, np.int32)
@@ -245,21 +245,25 @@ def split_instances(
     return labels, start + len(ids)
 
 
-def _threads() -> int:
-    """Threads for the steps of :func:`split_instances` that release the GIL."""
-    return max(1, min(4, os.cpu_count() or 1))
+THREADED_VOXELS = 2**20  # below this many voxels the steps of split_instances run in one thread
+
+
+def _threads(voxels: int) -> int:
+    """Threads for a step of :func:`split_instances` that releases the GIL, on ``voxels``."""
+    return max(1, min(4, os.cpu_count() or 1)) if voxels >= THREADED_VOXELS else 1
 
 
 def _gaussian(image: np.ndarray, sigmas: list[float]) -> np.ndarray:
     """``ndi.gaussian_filter(image, sigmas)``, the same values, in parallel threads: one
     axis at a time, each thread filtering a slab cut across another axis."""
-    if image.ndim < 2 or image.size < 2**20:  # small: threads do not pay
+    threads = _threads(image.size)
+    if image.ndim < 2 or threads == 1:
         return ndi.gaussian_filter(image, sigmas)
     out = np.array(image, copy=True)
-    with ThreadPoolExecutor(_threads()) as pool:
+    with ThreadPoolExecutor(threads) as pool:
         for axis, sigma in enumerate(sigmas):
             across = 1 if axis == 0 else 0
-            cuts = np.linspace(0, image.shape[across], _threads() + 1).astype(int)
+            cuts = np.linspace(0, image.shape[across], threads + 1).astype(int)
             slabs = []
             for lo, hi in zip(cuts[:-1], cuts[1:]):
                 index = [slice(None)] * image.ndim
@@ -300,10 +304,13 @@ def _watershed_by_component(dist, markers, n_seeds: int, components, n: int) -> 
 
     todo = np.flatnonzero(per > 1)
     volume = [np.prod([b.stop - b.start for b in boxes[c - 1]]) for c in todo]
+    threads = min(_threads(int(np.sum(volume))), len(todo))
+    if threads <= 1:
+        flood(todo)
+        return ws
     todo = todo[np.argsort(volume)[::-1]]  # the largest first, dealt round the threads
-    groups = [todo[k :: _threads()] for k in range(min(_threads(), len(todo)))]
-    with ThreadPoolExecutor(max(1, len(groups))) as pool:
-        list(pool.map(flood, groups))
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(flood, [todo[k::threads] for k in range(threads)]))
     return ws
 
 
@@ -380,7 +387,9 @@ def _uphill_steps(f: np.ndarray, strides: list[int]) -> np.ndarray:
     voxel of its 3x3(x3) neighbourhood, 0 where none is higher than the voxel itself.
     Pieces of ``f`` go to parallel threads, each with the margin its neighbourhoods reach."""
     step = np.zeros(f.size, np.int32 if f.size < 2**31 else np.int64)
-    margin, parts = sum(strides), _threads()
+    margin, parts = sum(strides), _threads(f.size)
+    if parts == 1:
+        return _uphill_piece(f, strides, step.dtype)
     cuts = np.linspace(0, f.size, parts + 1).astype(np.int64)
 
     def piece(k: int) -> None:
