@@ -232,6 +232,61 @@ def test_balanced_loss_weighs_every_painted_class_the_same():
     assert float(got) == pytest.approx(float(want), abs=1e-6)
 
 
+@pytest.mark.parametrize("n_out", [1, 2, 3])
+@pytest.mark.parametrize("balance", [False, True])
+def test_summed_loss_terms_are_the_loss_of_one_batch(n_out, balance):
+    """LossTerms of two batches added give the loss of the two taken as one batch, even when
+    one batch holds no painted object (where a batch-by-batch Dice would reward certainty)."""
+    from napari_tessera.training.losses import LossTerms
+
+    gen = torch.Generator().manual_seed(n_out)
+    n_classes = max(n_out, 2)
+    logits = torch.randn((2, n_out, 12, 12), generator=gen)
+    target = torch.randint(0, n_classes, (2, 12, 12), generator=gen)
+    target[1] = torch.where(torch.rand(12, 12, generator=gen) < 0.5, 0, IGNORE)  # background
+    weight = 1 + torch.rand((2, 12, 12), generator=gen)
+    one = segmentation_loss(logits, target, weight, balance=balance)
+    parts = [LossTerms.of(logits[i : i + 1], target[i : i + 1], weight[i : i + 1]) for i in (0, 1)]
+    summed = (parts[0] + parts[1]).loss(balance=balance)
+    assert float(summed) == pytest.approx(float(one), abs=1e-5)
+    per_batch = [
+        float(
+            segmentation_loss(
+                logits[i : i + 1], target[i : i + 1], weight[i : i + 1], balance=balance
+            )
+        )
+        for i in (0, 1)
+    ]
+    assert float(summed) != pytest.approx(sum(per_batch) / 2, abs=1e-3)
+
+
+def test_validation_loss_is_one_batch_of_all_regions(deep_unet):
+    """A block with no painted object does not score by how sure the model is of the
+    background: validation adds its batches up and takes the loss once."""
+    from napari_tessera.training.loop import validation_scores
+
+    rng = np.random.default_rng(5)
+    model = deep_unet(UNetConfig(base_channels=4, depth=2, n_classes=2))
+    classes = [sparse_slice(rng)]
+    image = rng.random((SIDE, SIDE)).astype(np.float32)
+    sampler = PatchSampler(
+        [image[None]], classes, None, patch=64, val_fraction=0.3, rng=np.random.default_rng(0)
+    )
+    batches = list(sampler.validation_batches(1, 0))
+    assert len(batches) >= 2
+    with torch.no_grad():
+        logits = torch.cat([model(torch.from_numpy(x)) for x, _, _ in batches])
+    target = torch.cat([torch.from_numpy(y) for _, y, _ in batches])
+    weight = (
+        torch.cat([torch.from_numpy(w) for _, _, w in batches])
+        if batches[0][2] is not None
+        else None
+    )
+    want = float(segmentation_loss(logits, target, weight, balance=True))
+    got, _ = validation_scores(model, sampler, 1, torch.device("cpu"), 1.0, 0, True)
+    assert got == pytest.approx(want, abs=1e-5)
+
+
 def test_loss_of_nothing_annotated_is_zero_with_a_gradient():
     logits = torch.randn(1, 2, 8, 8, requires_grad=True)
     target = torch.full((1, 8, 8), IGNORE)

@@ -36,7 +36,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .data import PaintFeed, as_images, load_sources, painted_slices, smallest_side
 from .distributed import DistContext
 from .edges import EdgeCalibration, calibrate_edges, painted_objects
-from .losses import annotated_iou, kept_predictions, segmentation_loss
+from .losses import LossTerms, annotated_iou, kept_predictions, segmentation_loss
 from .sampling import WHOLE_SLICES_FROM, PatchSampler
 from .weights import border_weights
 
@@ -873,27 +873,28 @@ def validation_scores(
     context: int = 0,
     balance: bool = False,
 ):
-    """Loss and IoU on the validation regions, each seen with ``context`` pixels around it.
+    """Loss and IoU on the validation regions, each seen with ``context`` pixels around it:
+    the loss of all of them taken as one batch (:class:`~.losses.LossTerms`).
 
     Every validation of :func:`iter_train` calls ``loop.validation_scores`` by its module name
     (a test or a tool can wrap it to see what is validated, and how)."""
     was = model.training
     model.eval()
-    total_loss, n, inter, union = 0.0, 0, 0.0, 0.0
+    terms, inter, union = None, 0.0, 0.0
     try:
         for x, y, w in sampler.validation_batches(batch, context):
             logits = model(torch.from_numpy(x).to(device)).float()
             yt = torch.from_numpy(y).to(device)
             wt = torch.from_numpy(w).to(device) if w is not None else None
-            loss = segmentation_loss(logits, yt, wt, dice=dice, balance=balance)
-            total_loss += float(loss) * len(x)
-            n += len(x)
+            part = LossTerms.of(logits, yt, wt)
+            terms = part if terms is None else terms + part
             i, u = annotated_iou(logits, yt)
             inter += i
             union += u
     finally:
         model.train(was)
-    return total_loss / max(n, 1), (inter / union if union else 1.0)
+    loss = float(terms.loss(dice=dice, balance=balance)) if terms is not None else 0.0
+    return loss, (inter / union if union else 1.0)
 
 
 def _calibrate_edges(model, painted, mode, device, base, trust_base) -> EdgeCalibration:

@@ -6,6 +6,8 @@ changing the image or the prediction there does not change it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -28,37 +30,70 @@ def segmentation_loss(
         many of its pixels are annotated (the paper's class-frequency weights, per batch).
     The Dice term is ``1 - soft Dice`` of the object classes over annotated pixels.
     """
-    mask = target != IGNORE
-    n_annot = mask.sum()
-    if n_annot == 0:
+    if not (target != IGNORE).any():
         return logits.sum() * 0.0
-    w = mask.float() if weight is None else weight * mask
-    safe = target.clamp_min(0)
-    if logits.shape[1] == 1:
-        pix = F.binary_cross_entropy_with_logits(logits[:, 0], safe.float(), reduction="none")
-        prob_fg = torch.sigmoid(logits[:, 0])[:, None]
-        onehot_fg = safe.float()[:, None]
-    else:
-        pix = F.cross_entropy(logits, safe, reduction="none")
-        prob_fg = torch.softmax(logits, dim=1)[:, 1:]
-        onehot_fg = F.one_hot(safe, logits.shape[1]).permute(0, 3, 1, 2)[:, 1:].float()
-    if balance:
-        per_class = []
-        for c in range(max(logits.shape[1], 2)):
-            wc = w * (safe == c)
-            total = wc.sum()
-            if total > 0:
-                per_class.append((pix * wc).sum() / total)
-        ce = torch.stack(per_class).mean()
-    else:
-        ce = (pix * w).sum() / w.sum().clamp_min(1e-6)
-    if dice <= 0:
-        return ce
-    m = mask[:, None].float()
-    inter = (prob_fg * onehot_fg * m).sum(dim=(0, 2, 3))
-    denom = ((prob_fg + onehot_fg) * m).sum(dim=(0, 2, 3))
-    soft_dice = (2 * inter + 1.0) / (denom + 1.0)
-    return ce + dice * (1 - soft_dice.mean())
+    return LossTerms.of(logits, target, weight).loss(dice=dice, balance=balance)
+
+
+@dataclass
+class LossTerms:
+    """The sums :func:`segmentation_loss` is made of, for one batch or many.
+
+    Summed over several batches (``+``), they give the loss of all of them taken as one
+    batch. Validation adds its batches up this way: a soft Dice averaged batch by batch would
+    score a block with no painted object by how sure the model is of the background there
+    (``1 / (1 + summed object probability)``), not by whether it is right.
+    """
+
+    ce: torch.Tensor  # per class: weighted cross-entropy summed over its annotated pixels
+    ce_weight: torch.Tensor  # per class: the weights summed
+    inter: torch.Tensor  # per object class: soft Dice intersection
+    denom: torch.Tensor  # per object class: predicted plus painted
+
+    @classmethod
+    def of(cls, logits, target, weight=None) -> LossTerms:
+        mask = target != IGNORE
+        w = mask.float() if weight is None else weight * mask
+        safe = target.clamp_min(0)
+        n_classes = max(logits.shape[1], 2)
+        if logits.shape[1] == 1:
+            pix = F.binary_cross_entropy_with_logits(logits[:, 0], safe.float(), reduction="none")
+            prob_fg = torch.sigmoid(logits[:, 0])[:, None]
+            onehot_fg = safe.float()[:, None]
+        else:
+            pix = F.cross_entropy(logits, safe, reduction="none")
+            prob_fg = torch.softmax(logits, dim=1)[:, 1:]
+            onehot_fg = F.one_hot(safe, logits.shape[1]).permute(0, 3, 1, 2)[:, 1:].float()
+        wc = torch.stack([w * (safe == c) for c in range(n_classes)])
+        m = mask[:, None].float()
+        return cls(
+            ce=(pix[None] * wc).sum(dim=(1, 2, 3)),
+            ce_weight=wc.sum(dim=(1, 2, 3)),
+            inter=(prob_fg * onehot_fg * m).sum(dim=(0, 2, 3)),
+            denom=((prob_fg + onehot_fg) * m).sum(dim=(0, 2, 3)),
+        )
+
+    def __add__(self, other: LossTerms) -> LossTerms:
+        return LossTerms(
+            self.ce + other.ce,
+            self.ce_weight + other.ce_weight,
+            self.inter + other.inter,
+            self.denom + other.denom,
+        )
+
+    def loss(self, *, dice: float = 1.0, balance: bool = False) -> torch.Tensor:
+        """The loss of the summed pixels (see :func:`segmentation_loss`); 0 without any."""
+        if not bool((self.ce_weight > 0).any()):
+            return self.ce.sum() * 0.0
+        if balance:
+            present = self.ce_weight > 0
+            ce = (self.ce[present] / self.ce_weight[present]).mean()
+        else:
+            ce = self.ce.sum() / self.ce_weight.sum().clamp_min(1e-6)
+        if dice <= 0:
+            return ce
+        soft_dice = (2 * self.inter + 1.0) / (self.denom + 1.0)
+        return ce + dice * (1 - soft_dice.mean())
 
 
 def kept_predictions(
