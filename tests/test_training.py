@@ -669,21 +669,48 @@ def test_stop_before_the_first_validation_keeps_the_trained_weights(dense_data):
     assert not close_state(final, initial)
 
 
-def test_without_validation_the_run_returns_the_latest_weights(dense_data):
+def test_the_run_returns_the_mean_of_its_late_weights(dense_data):
+    """The weights at every validation interval of the second half of the plan (steps 6 and
+    8 of 8), averaged with their normalisation statistics; not the last step's."""
     image, labels = dense_data
     torch.manual_seed(0)
     model = UNet(UNetConfig(base_channels=4, depth=2))
-    states = {0: state_copy(model)}
+    states = {}
 
     def on_update(u):
         states[u.step] = state_copy(model)
 
-    cfg = small_config(steps=8, val_fraction=0.0)
+    cfg = small_config(steps=8, val_every=2, val_fraction=0.0)
     _, result = drive(iter_train(image, labels, config=cfg, model=model), on_update)
-    assert result.best_step == 8 and result.best_val_iou is None
+    assert result.averaged == (2, 6, 8)
+    assert "mean of the weights at 2 steps from 6 to 8" in result.describe_kept()
+    assert result.model.metadata["provenance"]["averaged_steps"] == [2, 6, 8]
     final = state_copy(result.model)
-    assert close_state(final, states[8])
-    assert not close_state(final, states[7])
+    floats = [k for k, v in final.items() if v.is_floating_point()]  # not the step counters
+    want = {k: (states[6][k] + states[8][k]) / 2 for k in floats}
+    assert any("running_var" in k for k in want)  # BatchNorm statistics are averaged too
+    assert close_state({k: final[k] for k in floats}, want)
+    assert not close_state({k: final[k] for k in floats}, {k: states[8][k] for k in floats})
+
+
+def test_a_run_stopped_in_its_first_half_returns_the_latest_weights(dense_data):
+    image, labels = dense_data
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(base_channels=4, depth=2))
+    states = {0: state_copy(model)}
+    stop = threading.Event()
+
+    def on_update(u):
+        states[u.step] = state_copy(model)
+        if u.step == 4:
+            stop.set()
+
+    cfg = small_config(steps=10, val_every=2, val_fraction=0.0)
+    _, result = drive(iter_train(image, labels, config=cfg, model=model, stop=stop), on_update)
+    assert result.best_step == 4 and result.best_val_iou is None and result.averaged is None
+    final = state_copy(result.model)
+    assert close_state(final, states[4])
+    assert not close_state(final, states[3])
 
 
 def test_stop_before_the_first_step():
@@ -1190,7 +1217,7 @@ def test_fine_tuning_keeps_the_start_unless_a_step_validates_better(nuclei, thre
     torch.manual_seed(0)
     poor = UNet(UNetConfig(base_channels=4, depth=2))
     moved = train(img.image, painted, config=small_config(mode="sparse", steps=20), model=poor)
-    assert moved.best_step > 0 and "kept step" in moved.describe_kept()
+    assert moved.best_step > 0 and "kept the mean of the weights" in moved.describe_kept()
 
 
 def test_a_start_that_disagrees_with_the_painting_is_no_candidate(nuclei, threshold_unet):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,8 @@ class CheckpointState:
     history: list[dict[str, Any]]
     rng_state: dict[str, Any]
     run_config: dict[str, Any]
+    average_state: dict[str, torch.Tensor] | None = None  # the run's mean of its late weights
+    averaged_steps: list[int] = field(default_factory=list)
 
 
 def save_checkpoint(
@@ -46,6 +48,8 @@ def save_checkpoint(
     history: list[dict[str, Any]],
     rng_state: dict[str, Any],
     run_config: dict[str, Any],
+    average_state: dict[str, torch.Tensor] | None = None,
+    averaged_steps: list[int] | None = None,
 ) -> Path:
     """Write everything needed to resume a run, atomically."""
     from safetensors.torch import save_file
@@ -55,6 +59,8 @@ def save_checkpoint(
         tensors[f"model.{k}"] = v.detach().cpu().contiguous()
     for k, v in best_state.items():
         tensors[f"best.{k}"] = v.detach().cpu().clone().contiguous()
+    for k, v in (average_state or {}).items():
+        tensors[f"average.{k}"] = v.detach().cpu().clone().contiguous()
     opt = optimizer.state_dict()
     opt_scalars: dict[str, dict[str, Any]] = {}
     for idx, st in opt["state"].items():
@@ -79,6 +85,7 @@ def save_checkpoint(
                 "history": history,
                 "rng_state": rng_state,
                 "run_config": run_config,
+                "averaged_steps": list(averaged_steps or []),
                 "param_groups": opt["param_groups"],
                 "opt_scalars": opt_scalars,
             }
@@ -124,6 +131,7 @@ def load_checkpoint(path: str | os.PathLike) -> CheckpointState:
         raise ModelFileError(f"{path.name}: weights do not match the config") from err
     try:
         best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+        average = {k[8:]: v for k, v in tensors.items() if k.startswith("average.")}
         opt_state: dict[int, dict[str, Any]] = {}
         for k, v in tensors.items():
             if k.startswith("opt."):
@@ -144,6 +152,8 @@ def load_checkpoint(path: str | os.PathLike) -> CheckpointState:
             history=list(state.get("history", [])),
             rng_state=state["rng_state"],
             run_config=dict(state.get("run_config", {})),
+            average_state=average or None,
+            averaged_steps=[int(v) for v in state.get("averaged_steps", [])],
         )
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise ModelFileError(

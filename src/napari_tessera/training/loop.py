@@ -1,9 +1,10 @@
-"""The training loop: a generator that yields progress and returns the best model.
+"""The training loop: a generator that yields progress and returns the trained model.
 
 ``iter_train`` is what the CLI and the napari Train widget both drive. It yields a small
 :class:`TrainUpdate` after every step (with validation numbers after each validation and, if
 asked, a preview probability map), checks a stop request between steps, and returns a
-:class:`TrainResult` holding the model restored to its best validation state.
+:class:`TrainResult` holding the mean of the weights of the run's second half (or, when it
+stops before that, the best validated weights).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel
 
 from .. import __version__
 from ..axes import SliceLayout, check_channel_count, parse_channels
@@ -164,9 +166,13 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     edges: EdgeCalibration | None = None  # the stored split rule and how it was chosen
     planned_steps: int | None = None  # the run's plan (a time limit may stop it earlier)
+    averaged: tuple[int, int, int] | None = None  # (weights averaged, first step, last step)
 
     def describe_kept(self) -> str:
         """Which weights the run returns, for the CLI and the Train widget."""
+        if self.averaged is not None:
+            n, first, last = self.averaged
+            return f", kept the mean of the weights at {n} steps from {first} to {last}"
         if self.best_val_iou is None:
             return " (no validation: too few annotated regions)"
         iou = f"validation IoU {self.best_val_iou:.3f}"
@@ -221,7 +227,7 @@ def iter_train(
     axes) or of ``(image, labels)`` pairs with ``axes``, and ``labels`` None. Sizes may
     differ; channels must not. Patches come from all of them, in proportion to their paint.
     resume: a checkpoint written by an earlier run (``config.checkpoint``) to continue from.
-    stop: set it to end training cleanly after the current step; the best model is kept.
+    stop: set it to end training cleanly after the current step; the model is kept.
     dist_ctx: this process's place in a multi-process run (see
     :mod:`napari_tessera.training.distributed`; ``from_env()`` under torchrun): the global
     batch is shared between the processes, only rank 0 writes checkpoints and previews.
@@ -247,6 +253,8 @@ def iter_train(
 
 #: the validation IoU from which a fine-tuning start competes with the steps (see _Run)
 GOOD_START_IOU = 0.8
+#: the share of the planned steps after which the weights are averaged (see _Run.finish)
+AVERAGE_FROM = 0.5
 
 
 @dataclass
@@ -265,8 +273,8 @@ class _Run:
     ``__init__`` sets it up: labels, starting model, plan, patches, optimiser, resumed state.
     :meth:`step` makes one optimiser step (and validates, previews) and reports it;
     :meth:`validate` judges the weights and keeps the best; :meth:`checkpoint` writes what a
-    resume needs; :meth:`finish` restores the best weights, measures their halo and
-    calibrates their split rule.
+    resume needs; :meth:`finish` returns the mean of the weights of the run's second half
+    (or a start that no step beat), measures their halo and calibrates their split rule.
     """
 
     def __init__(self, items, cfg: TrainConfig, model, resume, stop, dist_ctx, paint=None):
@@ -303,6 +311,8 @@ class _Run:
         self._optimiser()
         self.step_no, elapsed_before = 0, 0.0
         self.best = _Best()
+        self.average: AveragedModel | None = None  # the weights of the second half, averaged
+        self.averaged_steps: list[int] = []
         self.history: list[dict[str, Any]] = []
         if state is not None:
             self.opt.load_state_dict(state.optimizer)
@@ -314,6 +324,10 @@ class _Run:
                 state.best_val_iou,
             )
             self.history = state.history
+            if state.average_state:
+                self.average = AveragedModel(self.model, use_buffers=True)
+                self.average.load_state_dict(state.average_state)
+                self.averaged_steps = list(state.averaged_steps)
             self.rng.bit_generator.state = state.rng_state
             self.sampler.rng = self.rng
         self.bad_validations = 0
@@ -474,6 +488,8 @@ class _Run:
             self.bad_validations = 0 if is_best else self.bad_validations + 1
         elif not self.sampler.val_regions:  # no validation: the latest model is the best
             self.best = _Best(None, None, self.step_no, None)
+        if due and self.step_no > AVERAGE_FROM * self.steps:
+            self._add_to_average()
         self.history.append(record)
         preview = self._preview_if_due(notices)
         return TrainUpdate(
@@ -522,6 +538,7 @@ class _Run:
         self.paint_updates += 1
         # the validation blocks changed: scores on the earlier ones do not compare
         self.best, self.bad_validations = _Best(), 0
+        self.average, self.averaged_steps = None, []  # weights for the earlier painting
         return sum(int(np.count_nonzero(src.labels)) for src in sources)
 
     def _optimise(self, x, y, w, soft, notices: list[str]) -> float:
@@ -593,6 +610,18 @@ class _Run:
         notices.append(f"{self.device.type.upper()} out of memory: live preview turned off")
         return None
 
+    def _add_to_average(self) -> None:
+        """Add the current weights (and normalisation statistics) to the run's mean.
+
+        Late in a run the weights still move from step to step, and with a dozen painted
+        objects a single step's objects on the rest of the image swing with them; their mean
+        (stochastic weight averaging, Izmailov et al. 2018) does not depend on which step
+        a few held-out blocks favour (docs/benchmarks.md, "Which weights a run returns")."""
+        if self.average is None:
+            self.average = AveragedModel(self.model, use_buffers=True)
+        self.average.update_parameters(self.model)
+        self.averaged_steps.append(self.step_no)
+
     def _validate_start(self) -> None:
         """A start that already agrees with the held-out painting (validation IoU of at
         least ``GOOD_START_IOU``) is a candidate like every step, kept unless a step validates
@@ -659,6 +688,8 @@ class _Run:
             history=self.history,
             rng_state=self.rng.bit_generator.state,
             run_config=self.run_config(),
+            average_state=self.average.state_dict() if self.average is not None else None,
+            averaged_steps=self.averaged_steps,
         )
 
     # -- the end ----------------------------------------------------------------------------
@@ -670,7 +701,8 @@ class _Run:
             self.history[-1].update(val_loss=v_loss, val_iou=v_iou)
         if self.cfg.checkpoint and self.main_rank:
             self.checkpoint()
-        model = self._kept_model()
+        averaged = self._averaged()
+        model = self._kept_model(averaged)
         model.metadata = {k: v for k, v in model.metadata.items() if k != "halo"}  # a base's
         if self.main_rank and model.config.padding == "same":
             self._store_halo(model)
@@ -679,7 +711,7 @@ class _Run:
             edges = _calibrate_edges(
                 model, self.painted, self.cfg.mode, self.device, self.base_rule, self.fine_tune
             )
-        model.metadata = self._metadata(model, edges, stopped)
+        model.metadata = self._metadata(model, edges, stopped, averaged)
         return TrainResult(
             model,
             self.best.step,
@@ -690,11 +722,23 @@ class _Run:
             self.history,
             edges,
             planned_steps=self.steps,
+            averaged=averaged,
         )
 
-    def _kept_model(self) -> UNet:
+    def _averaged(self) -> tuple[int, int, int] | None:
+        """``(count, first, last)`` of the averaged steps the run returns, or None: no step
+        reached the second half, or a fine-tuning start that no step validated better."""
+        start_kept = self.fine_tune and self.best.step == 0 and self.best.state is not None
+        if self.average is None or start_kept:
+            return None
+        steps = self.averaged_steps
+        return len(steps), steps[0], steps[-1]
+
+    def _kept_model(self, averaged) -> UNet:
         model = self.model
-        if self.best.state is not None:
+        if averaged is not None:
+            model.load_state_dict(self.average.module.state_dict())
+        elif self.best.state is not None:
             model.load_state_dict(self.best.state)
         syncbn = any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
         if self.net is not model and syncbn:
@@ -719,7 +763,7 @@ class _Run:
             if not is_out_of_memory(err):
                 raise
 
-    def _metadata(self, model: UNet, edges: EdgeCalibration | None, stopped: str) -> dict:
+    def _metadata(self, model: UNet, edges: EdgeCalibration | None, stopped: str, averaged) -> dict:
         # a base model's split rule gives way to this run's calibration
         replaced = ("edge_offset", "seed_depth", "min_size", "channels")
         meta = {k: v for k, v in model.metadata.items() if k not in replaced}
@@ -744,6 +788,7 @@ class _Run:
                 "steps": self.step_no,
                 "best_step": self.best.step,
                 "best_val_iou": self.best.iou,
+                "averaged_steps": list(averaged) if averaged is not None else None,
                 "stopped": stopped,
                 "seed": self.cfg.seed,
                 "processes": self.dist_ctx.world_size if self.dist_ctx is not None else 1,
