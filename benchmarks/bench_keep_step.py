@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import copy
 
-import numpy as np
 import torch
 from _results import append_row, cpu_env
 from bench_real import image_names, load_case, score
@@ -35,7 +34,7 @@ from napari_tessera.io import load_model
 from napari_tessera.models import default_model_path
 from napari_tessera.postprocess import SplitRule
 from napari_tessera.training import TrainConfig, loop, train
-from napari_tessera.training.losses import LossTerms, segmentation_loss
+from napari_tessera.training.losses import segmentation_loss
 
 GOOD = loop.GOOD_START_IOU
 
@@ -142,7 +141,7 @@ def main() -> None:
     for name in image_names(args.images):
         image, truth, painted = load_case(name, 0)
         rec = Recorder()
-        loop._Run.validate = lambda run: rec.validate(run)
+        loop._Run.validate = lambda run, rec=rec: rec.validate(run)
         start = None
         if args.method == "finetune":
             start = load_model(args.start or default_model_path())

@@ -73,6 +73,27 @@ def test_painting_posted_during_a_run_changes_what_it_learns(nuclei):
     assert plain.model.metadata["provenance"]["config"]["paint_updates"] == 0
 
 
+def test_painting_taken_late_restarts_the_mean_of_the_weights(nuclei):
+    """Weights trained for the earlier painting are not averaged into the returned model:
+    painting taken at step 15 of 20 leaves only step 20 in the mean (else 15 and 20)."""
+    img, truth = nuclei.image, nuclei.labels
+    cfg = TrainConfig(steps=20, seed=0, **CFG)
+
+    def averaged(post: bool):
+        feed = PaintFeed()
+        gen = iter_train(img, painted(truth), config=cfg, paint=feed)
+        for u in gen:
+            if u.step == 15 and post:
+                feed.post(0, painted(truth, inverted=True))
+            if u.step == 15:
+                break
+        _, res = run(gen)
+        return res.averaged
+
+    assert averaged(post=False) == (2, 15, 20)
+    assert averaged(post=True) == (1, 20, 20)
+
+
 @pytest.mark.parametrize(
     ("new", "why"),
     [

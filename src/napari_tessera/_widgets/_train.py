@@ -674,7 +674,8 @@ class TrainWidget(Container):
         self.result = result
         self.model = result.model
         self._trained_on = self._run
-        iou = result.describe_kept() if result.best_val_iou is not None else ""
+        told = result.best_val_iou is not None or result.averaged is not None
+        iou = result.describe_kept() if told else ""
         edges = f"; {result.edges.describe()}" if result.edges is not None else ""
         self.status.value = (
             f"done: {result.steps} steps in {result.elapsed:.0f} s "
