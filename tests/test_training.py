@@ -1201,6 +1201,36 @@ def test_fine_tuning_trains_the_model_handed_in(nuclei):
     assert any(not torch.equal(start.state_dict()[k], v) for k, v in base.state_dict().items())
 
 
+@pytest.mark.parametrize("mean_loss", [0.4, 0.7])
+def test_a_good_start_competes_with_the_mean_of_the_steps(dense_data, monkeypatch, mean_loss):
+    """No single step validates better than the start (0.6 against 0.5); the mean of the
+    steps is returned when it validates better (0.4), else the start comes back unchanged."""
+    from napari_tessera.training import loop
+
+    image, labels = dense_data
+    torch.manual_seed(0)
+    start = UNet(UNetConfig(base_channels=4, depth=2))
+    want = state_copy(start)
+    seen = []
+
+    def scores(model, sampler, batch, device, dice, context=0, balance=False):
+        seen.append(model)
+        if model is not seen[0]:  # the mean of the steps is another module
+            return mean_loss, 0.9
+        return (0.5, 0.9) if len(seen) == 1 else (0.6, 0.9)
+
+    monkeypatch.setattr(loop, "validation_scores", scores)
+    cfg = small_config(steps=10, val_every=5, val_fraction=0.3, calibrate_edges=False)
+    result = train(image, labels, config=cfg, model=start)
+    kept = state_copy(result.model)
+    if mean_loss < 0.5:
+        assert result.averaged == (1, 10, 10) and not same_state(kept, want)
+        assert "kept the mean" in result.describe_kept()
+    else:
+        assert result.averaged is None and result.best_step == 0 and same_state(kept, want)
+        assert "neither a step nor their mean" in result.describe_kept()
+
+
 def test_fine_tuning_keeps_the_start_unless_a_step_validates_better(nuclei, threshold_unet):
     """The starting weights are validated before the first step and compete with every
     step: a start that segments the paint well survives steps that make it worse (here a

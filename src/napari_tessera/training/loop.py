@@ -177,7 +177,7 @@ class TrainResult:
             return " (no validation: too few annotated regions)"
         iou = f"validation IoU {self.best_val_iou:.3f}"
         if self.best_step == 0:
-            return f", kept the starting model: no step validated better ({iou})"
+            return f", kept the starting model: neither a step nor their mean validated better ({iou})"
         return f", kept step {self.best_step} ({iou})"
 
 
@@ -624,25 +624,30 @@ class _Run:
 
     def _validate_start(self) -> None:
         """A start that already agrees with the held-out painting (validation IoU of at
-        least ``GOOD_START_IOU``) is a candidate like every step, kept unless a step validates
-        better. A start that does not has nothing to keep, and on a few held-out blocks its
+        least ``GOOD_START_IOU``) is a candidate like every step, kept unless a step or the
+        mean of the steps (:meth:`_averaged`) validates better. A start that does not has nothing to keep, and on a few held-out blocks its
         loss can still come out lowest, so it is not a candidate."""
         _, iou, _ = self.validate()
         if iou < GOOD_START_IOU:
             self.best = _Best()
 
-    def validate(self) -> tuple[float, float, bool]:
-        """Validate the current weights; keep them if they are the best so far."""
+    def _scores(self, model) -> tuple[float, float]:
+        """Validation loss and IoU of ``model`` (rank 0's, under DDP)."""
         # each region is seen with the network's receptive field around it, as whole-image
         # inference sees it; batches hold about as many pixels as a training batch
-        context = self.model.exact_halo()
+        context = model.exact_halo()
         win = self.sampler.val_regions[0].size + 2 * context
         val_batch = max(1, (-(-self.batch // self.chunks)) * self.patch**2 // (win * win))
         v_loss, v_iou = validation_scores(
-            self.model, self.sampler, val_batch, self.device, self.cfg.dice, context, self.balance
+            model, self.sampler, val_batch, self.device, self.cfg.dice, context, self.balance
         )
         if self.dist_ctx is not None:  # rank 0's numbers decide for every rank
             v_loss, v_iou = ddp.from_rank0((v_loss, v_iou), self.device)
+        return v_loss, v_iou
+
+    def validate(self) -> tuple[float, float, bool]:
+        """Validate the current weights; keep them if they are the best so far."""
+        v_loss, v_iou = self._scores(self.model)
         self.last_validated = self.step_no
         # the lowest validation loss (IoU breaks ties): IoU on held-out scribbles often sits
         # at 1.0 while the model still changes, and the loss keeps telling steps apart
@@ -727,9 +732,12 @@ class _Run:
 
     def _averaged(self) -> tuple[int, int, int] | None:
         """``(count, first, last)`` of the averaged steps the run returns, or None: no step
-        reached the second half, or a fine-tuning start that no step validated better."""
-        start_kept = self.fine_tune and self.best.step == 0 and self.best.state is not None
-        if self.average is None or start_kept:
+        reached the second half, or a fine-tuning start that neither a step nor the mean
+        validated better (it comes back unchanged)."""
+        if self.average is None:
+            return None
+        start = self.fine_tune and self.best.step == 0 and self.best.state is not None
+        if start and (-self._scores(self.average.module)[0],) <= self.best.score[:1]:
             return None
         steps = self.averaged_steps
         return len(steps), steps[0], steps[-1]
