@@ -177,7 +177,8 @@ class TrainResult:
             return " (no validation: too few annotated regions)"
         iou = f"validation IoU {self.best_val_iou:.3f}"
         if self.best_step == 0:
-            return f", kept the starting model: neither a step nor their mean validated better ({iou})"
+            why = "neither a step nor their mean validated better"
+            return f", kept the starting model: {why} ({iou})"
         return f", kept step {self.best_step} ({iou})"
 
 
@@ -625,8 +626,9 @@ class _Run:
     def _validate_start(self) -> None:
         """A start that already agrees with the held-out painting (validation IoU of at
         least ``GOOD_START_IOU``) is a candidate like every step, kept unless a step or the
-        mean of the steps (:meth:`_averaged`) validates better. A start that does not has nothing to keep, and on a few held-out blocks its
-        loss can still come out lowest, so it is not a candidate."""
+        mean of the steps (:meth:`_averaged`) validates better. A start that does not has
+        nothing to keep, and on a few held-out blocks its loss can still come out lowest, so it
+        is not a candidate."""
         _, iou, _ = self.validate()
         if iou < GOOD_START_IOU:
             self.best = _Best()
