@@ -65,6 +65,7 @@ def main() -> None:
                     **row,
                     "start_f1": alone["f1"],
                     "calibration_score": res.edges.score if res.edges else None,
+                    "kept": res.describe_kept().lstrip(", "),
                     "env": env,
                 },
                 args.jsonl,
