@@ -169,6 +169,7 @@ def run_method(method: str, image, painted, cfg: TrainConfig) -> tuple[np.ndarra
         "train_s": round(time.perf_counter() - t0, 1),
         "steps": res.steps,
         "kept_step": res.best_step,
+        "kept": res.describe_kept().lstrip(", "),
         "stopped": res.stopped,
         "edge_offset": res.model.metadata.get("edge_offset", 0.0),
         "seed_depth": res.model.metadata.get("seed_depth", 0.0),
