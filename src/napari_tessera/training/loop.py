@@ -739,12 +739,14 @@ class _Run:
         if self.average is None:
             return None
         start = self.fine_tune and self.best.step == 0 and self.best.state is not None
-        if start and (-self._scores(self.average.module)[0],) <= self.best.score[:1]:
-            return None
+        if start:
+            start_loss = -self.best.score[0]
+            if self._scores(self.average.module)[0] >= start_loss:
+                return None
         steps = self.averaged_steps
         return len(steps), steps[0], steps[-1]
 
-    def _kept_model(self, averaged) -> UNet:
+    def _kept_model(self, averaged: tuple[int, int, int] | None) -> UNet:
         model = self.model
         if averaged is not None:
             model.load_state_dict(self.average.module.state_dict())
@@ -773,7 +775,13 @@ class _Run:
             if not is_out_of_memory(err):
                 raise
 
-    def _metadata(self, model: UNet, edges: EdgeCalibration | None, stopped: str, averaged) -> dict:
+    def _metadata(
+        self,
+        model: UNet,
+        edges: EdgeCalibration | None,
+        stopped: str,
+        averaged: tuple[int, int, int] | None,
+    ) -> dict:
         # a base model's split rule gives way to this run's calibration
         replaced = ("edge_offset", "seed_depth", "min_size", "channels")
         meta = {k: v for k, v in model.metadata.items() if k not in replaced}
