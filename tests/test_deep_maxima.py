@@ -179,3 +179,19 @@ def test_flooding_by_component_is_one_flooding(shape, spacing, threads, monkeypa
     assert np.array_equal(np.unique(components[markers > 0]), np.arange(1, n + 1))  # all seeded
     got = postprocess._watershed_by_component(dist, markers, n_seeds, components, n)
     assert np.array_equal(got, watershed(-dist, markers, mask=fg))
+
+
+@pytest.mark.parametrize("seed_depth", [0.0, 2.0])
+@pytest.mark.parametrize(("shape", "spacing"), IMAGES)
+def test_split_is_the_same_in_threads(shape, spacing, seed_depth, monkeypatch):
+    # every threaded step (distances, climbing to the peaks, passes, look-ups) gives the
+    # labels of one thread, ids included
+    fg = blobs(shape, spacing)
+    monkeypatch.setattr(postprocess, "_threads", lambda voxels: 1)
+    one, n_one = split_instances(fg, seed_depth=seed_depth, spacing=spacing)
+    assert n_one > 20
+    for threads in (2, 3):
+        monkeypatch.setattr(postprocess, "_threads", lambda voxels, threads=threads: threads)
+        got, n_got = split_instances(fg, seed_depth=seed_depth, spacing=spacing)
+        assert n_got == n_one
+        assert np.array_equal(got, one)

@@ -232,17 +232,12 @@ def split_instances(
     else:
         markers, n_seeds = _peak_seeds(dist, components, min_distance, spacing)
     ws = _watershed_by_component(dist, markers, n_seeds, components, n)
-    if min_size > 1:
-        sizes = np.bincount(ws.ravel())
-        small = sizes < min_size
-        small[0] = False
-        ws[small[ws]] = 0
-    ids = np.unique(ws)
-    ids = ids[ids > 0]
-    lut = np.zeros(int(ws.max()) + 1, np.int32)
+    sizes = np.bincount(ws.ravel())
+    sizes[0] = 0
+    ids = np.flatnonzero(sizes >= max(min_size, 1))  # smaller objects go to the background
+    lut = np.zeros(len(sizes), np.int32)
     lut[ids] = np.arange(start, start + len(ids))
-    labels = lut[ws]
-    return labels, start + len(ids)
+    return _lookup(lut, ws), start + len(ids)
 
 
 THREADED_VOXELS = 2**20  # below this many voxels the steps of split_instances run in one thread
@@ -251,6 +246,22 @@ THREADED_VOXELS = 2**20  # below this many voxels the steps of split_instances r
 def _threads(voxels: int) -> int:
     """Threads for a step of :func:`split_instances` that releases the GIL, on ``voxels``."""
     return max(1, min(4, os.cpu_count() or 1)) if voxels >= THREADED_VOXELS else 1
+
+
+def _lookup(table: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """``table[index]``, in parallel threads over slabs of ``index`` when it is large."""
+    threads = _threads(index.size)
+    if threads == 1 or index.ndim == 0:
+        return table[index]
+    out = np.empty(index.shape, table.dtype)
+    cuts = np.linspace(0, index.shape[0], threads + 1).astype(int)
+
+    def part(k: int) -> None:
+        np.take(table, index[cuts[k] : cuts[k + 1]], out=out[cuts[k] : cuts[k + 1]])
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(part, range(threads)))
+    return out
 
 
 def _gaussian(image: np.ndarray, sigmas: list[float]) -> np.ndarray:
@@ -292,7 +303,7 @@ def _watershed_by_component(dist, markers, n_seeds: int, components, n: int) -> 
     lut[per > 1] = 0
     unseeded = np.flatnonzero(per[1:] == 0) + 1
     lut[unseeded] = np.arange(span, span + len(unseeded))
-    ws = lut[components]
+    ws = _lookup(lut, components)
     boxes = ndi.find_objects(components)
 
     def flood(group: np.ndarray) -> None:
@@ -320,7 +331,8 @@ def distance_inside(fg: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
     same values as scipy's exact transform, several times faster on stacks."""
     import edt
 
-    return edt.edt(fg, anisotropy=tuple(spacing), black_border=False, parallel=1)
+    threads = _threads(fg.size)
+    return edt.edt(fg, anisotropy=tuple(spacing), black_border=False, parallel=threads)
 
 
 def _peak_seeds(dist, components, min_distance: int, spacing) -> tuple[np.ndarray, int]:
@@ -438,10 +450,19 @@ def _ascent_basins(padded: np.ndarray, above: np.ndarray) -> tuple[np.ndarray, n
     to = np.arange(f.size, dtype=step.dtype)
     to += step
     todo = np.flatnonzero(~top & above)  # a voxel above the floor climbs to one above it
-    while todo.size:  # pointer jumping: each round doubles the steps taken
-        to[todo] = reached = to[to[todo]]
-        todo = todo[~top[reached]]
-    return np.maximum(labels[to] - 1, 0), peaks
+
+    def climb(todo: np.ndarray) -> None:  # pointer jumping: each round doubles the steps
+        while todo.size:  # (threads may share ``to``: every value in it is on the way up)
+            to[todo] = reached = to[to[todo]]
+            todo = todo[~top[reached]]
+
+    threads = _threads(todo.size)
+    if threads == 1:
+        climb(todo)
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(climb, np.array_split(todo, threads)))
+    return np.maximum(_lookup(labels, to) - 1, 0), peaks
 
 
 def _passes(f: np.ndarray, basins: np.ndarray, offsets: np.ndarray, above: np.ndarray) -> tuple:
@@ -449,16 +470,19 @@ def _passes(f: np.ndarray, basins: np.ndarray, offsets: np.ndarray, above: np.nd
     between each pair: the most, over neighbours one in each, of the lower of the two.
     Only neighbours both ``above`` the floor count. ``f``, ``basins`` and ``above`` are flat."""
     n = int(basins.max()) + 1
-    keys, passes = [], []
-    for d in offsets:
+
+    def across(d: int) -> tuple[np.ndarray, np.ndarray]:  # the pairs one step ``d`` apart
         pair = basins[:-d] != basins[d:]
         pair &= above[:-d]
         pair &= above[d:]
         i = np.flatnonzero(pair)
         a, b = basins[i].astype(np.int64), basins[i + d].astype(np.int64)
-        keys.append(np.minimum(a, b) * n + np.maximum(a, b))
-        passes.append(np.minimum(f[i], f[i + d]))
-    keys, passes = np.concatenate(keys), np.concatenate(passes)
+        return np.minimum(a, b) * n + np.maximum(a, b), np.minimum(f[i], f[i + d])
+
+    with ThreadPoolExecutor(_threads(f.size)) as pool:
+        found = list(pool.map(across, offsets.tolist()))
+    keys = np.concatenate([k for k, _ in found])
+    passes = np.concatenate([p for _, p in found])
     if n * n <= max(f.size, 2**20):  # few basins: the highest pass per pair in a table
         table = np.full(n * n, -np.inf, f.dtype)
         np.maximum.at(table, keys, passes)
