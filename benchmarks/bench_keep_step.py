@@ -64,9 +64,8 @@ class Recorder:
 
 def batch_loss(run) -> float:
     """The mean of the per-batch validation losses (each batch's own Dice)."""
-    model, ctx = run.model, run.model.exact_halo()
-    win = run.sampler.val_regions[0].size + 2 * ctx
-    val_batch = max(1, (-(-run.batch // run.chunks)) * run.patch**2 // (win * win))
+    model = run.model
+    ctx, val_batch = run.validation_batching(model)
     was = model.training
     model.eval()
     total, n = 0.0, 0

@@ -633,13 +633,18 @@ class _Run:
         if iou < GOOD_START_IOU:
             self.best = _Best()
 
-    def _scores(self, model) -> tuple[float, float]:
-        """Validation loss and IoU of ``model`` (rank 0's, under DDP)."""
-        # each region is seen with the network's receptive field around it, as whole-image
-        # inference sees it; batches hold about as many pixels as a training batch
+    def validation_batching(self, model) -> tuple[int, int]:
+        """The context around each held-out region and the regions per validation batch.
+
+        Each region is seen with the network's receptive field around it, as whole-image
+        inference sees it; a batch holds about as many pixels as a training batch."""
         context = model.exact_halo()
         win = self.sampler.val_regions[0].size + 2 * context
-        val_batch = max(1, (-(-self.batch // self.chunks)) * self.patch**2 // (win * win))
+        return context, max(1, (-(-self.batch // self.chunks)) * self.patch**2 // (win * win))
+
+    def _scores(self, model) -> tuple[float, float]:
+        """Validation loss and IoU of ``model`` (rank 0's, under DDP)."""
+        context, val_batch = self.validation_batching(model)
         v_loss, v_iou = validation_scores(
             model, self.sampler, val_batch, self.device, self.cfg.dice, context, self.balance
         )

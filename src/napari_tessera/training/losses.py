@@ -28,10 +28,9 @@ def segmentation_loss(
     weight: optional ``(N, Y, X)`` per-pixel weights (the U-Net paper's border weights).
     balance: every class present in the batch weighs the same in the cross-entropy, however
         many of its pixels are annotated (the paper's class-frequency weights, per batch).
-    The Dice term is ``1 - soft Dice`` of the object classes over annotated pixels.
+    The Dice term is ``1 - soft Dice`` of the object classes over annotated pixels; the
+    loss is 0 (still a function of ``logits``) when nothing is annotated.
     """
-    if not (target != IGNORE).any():
-        return logits.sum() * 0.0
     return LossTerms.of(logits, target, weight).loss(dice=dice, balance=balance)
 
 
