@@ -30,6 +30,7 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -142,10 +143,9 @@ def rf_classes(image, labels, seed):
     return future.predict_segmenter(feats, clf) - 1
 
 
-def random_forest(image, painted, seed: int) -> tuple[np.ndarray, dict]:
-    """scikit-image's trainable segmentation; objects split by the same rule Tessera uses,
-    calibrated the same way on the painted objects."""
-    classes = rf_classes(image, painted, seed)
+def random_forest(classes, painted) -> tuple[np.ndarray, dict]:
+    """The forest's objects: its class map split by the same rule Tessera uses, calibrated
+    the same way on the painted objects."""
     cal = calibrate_edges([classes], [painted_objects(painted, "sparse")])
     rule = SplitRule(True, cal.offset, cal.seed_depth, cal.min_size)
     return rule.labels(classes)[0], {
@@ -156,12 +156,15 @@ def random_forest(image, painted, seed: int) -> tuple[np.ndarray, dict]:
     }
 
 
-def run_method(method: str, image, painted, cfg: TrainConfig) -> tuple[np.ndarray, dict]:
-    """Instance labels of the whole image and facts about the run."""
+def run_method(method: str, image, painted, cfg: TrainConfig) -> tuple[np.ndarray, dict, Any]:
+    """Instance labels of the whole image, facts about the run, and what segments: the
+    trained model, or the random forest's class map."""
     if method == "rf":
-        return random_forest(image, painted, cfg.seed)
+        classes = rf_classes(image, painted, cfg.seed)
+        return (*random_forest(classes, painted), classes)
     if method == "default":
-        return segment(load_model(default_model_path()), image, instances=True, device="cpu"), {}
+        model = load_model(default_model_path())
+        return segment(model, image, instances=True, device="cpu"), {}, model
     start = load_model(default_model_path()) if method == "finetune" else None
     t0 = time.perf_counter()
     res = train(image, painted, config=cfg, model=start)
@@ -177,7 +180,23 @@ def run_method(method: str, image, painted, cfg: TrainConfig) -> tuple[np.ndarra
         "calibration_score": res.edges.score if res.edges is not None else None,
         "calibration": res.edges.reason if res.edges is not None else None,
     }
-    return segment(res.model, image, instances=True, device="cpu"), facts
+    return segment(res.model, image, instances=True, device="cpu"), facts, res.model
+
+
+def save_map(folder: str, name: str, method: str, paint_seed: int, rep: int, image, painted, how):
+    """The class map of the whole image (the model's, or the forest's) and the paint, for
+    studying split rules without training again: ``NAME_METHOD_pPAINT_rREPEAT.npz``."""
+    classes = how if isinstance(how, np.ndarray) else segment(how, image, device="cpu")
+    meta = {} if isinstance(how, np.ndarray) else dict(how.metadata)
+    path = Path(folder) / f"{name}_{method}_p{paint_seed}_r{rep}.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys = ("edge_offset", "seed_depth", "min_size")
+    np.savez_compressed(
+        path,
+        classes=np.asarray(classes, np.uint8),
+        painted=np.asarray(painted, np.uint8),
+        **{k: np.float64(meta[k]) for k in keys if k in meta},
+    )
 
 
 def summarize(path: str, tag: str | None = None) -> None:
@@ -250,6 +269,7 @@ def main() -> None:
     )
     ap.add_argument("--tag", default="", help="a label stored with every row")
     ap.add_argument("--jsonl", help="append one JSON line per run here")
+    ap.add_argument("--save-maps", metavar="DIR", help="save each run's class map here (npz)")
     ap.add_argument("--summarize", metavar="FILE", help="print the table of a results file")
     ap.add_argument("--only-tag", help="with --summarize: only rows with this tag")
     args = ap.parse_args()
@@ -270,7 +290,10 @@ def main() -> None:
         for method in args.methods:
             repeats = args.repeats if method in ("scratch", "finetune") else 1
             for rep in range(repeats):
-                pred, facts = run_method(method, image, painted, cfg)
+                pred, facts, how = run_method(method, image, painted, cfg)
+                if args.save_maps:
+                    case = (name, method, args.paint_seed, rep)
+                    save_map(args.save_maps, *case, image, painted, how)
                 row = {
                     "image": name,
                     "method": method,
