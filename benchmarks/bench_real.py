@@ -183,11 +183,12 @@ def run_method(method: str, image, painted, cfg: TrainConfig) -> tuple[np.ndarra
     return segment(res.model, image, instances=True, device="cpu"), facts, res.model
 
 
-def save_map(folder: str, name: str, method: str, paint_seed: int, rep: int, image, painted, how):
-    """The class map of the whole image (the model's, or the forest's) and the paint, for
-    studying split rules without training again: ``NAME_METHOD_pPAINT_rREPEAT.npz``."""
+def save_map(folder: str, case: tuple, image, painted, how, facts: dict) -> None:
+    """The class map of the whole image (the model's, or the forest's), the paint and the
+    split rule the run chose, for studying split rules without training again
+    (``NAME_METHOD_pPAINT_rREPEAT.npz``; ``case``: name, method, paint seed, repeat)."""
     classes = how if isinstance(how, np.ndarray) else segment(how, image, device="cpu")
-    meta = {} if isinstance(how, np.ndarray) else dict(how.metadata)
+    name, method, paint_seed, rep = case
     path = Path(folder) / f"{name}_{method}_p{paint_seed}_r{rep}.npz"
     path.parent.mkdir(parents=True, exist_ok=True)
     keys = ("edge_offset", "seed_depth", "min_size")
@@ -195,7 +196,7 @@ def save_map(folder: str, name: str, method: str, paint_seed: int, rep: int, ima
         path,
         classes=np.asarray(classes, np.uint8),
         painted=np.asarray(painted, np.uint8),
-        **{k: np.float64(meta[k]) for k in keys if k in meta},
+        **{k: np.float64(facts[k]) for k in keys if k in facts},
     )
 
 
@@ -293,7 +294,7 @@ def main() -> None:
                 pred, facts, how = run_method(method, image, painted, cfg)
                 if args.save_maps:
                     case = (name, method, args.paint_seed, rep)
-                    save_map(args.save_maps, *case, image, painted, how)
+                    save_map(args.save_maps, case, image, painted, how, facts)
                 row = {
                     "image": name,
                     "method": method,

@@ -1,0 +1,87 @@
+#!/usr/bin/env python
+"""How much of the instance F1 on real images the split rule decides: the rule calibrated on
+the painted objects against the best rule in hindsight, on class maps saved by
+``bench_real.py --save-maps``.
+
+For every saved run (image, method, paint seed) the same class map is split by:
+  stored    the rule the run calibrated on its painted objects (what the product does)
+  plain     the plain rule (no edge offset, no seed depth), with the run's smallest object
+  oracle    the best rule of the calibration grid, chosen on the scored (unpainted) half:
+            an upper bound no calibration reaches
+and scored as instance F1 at IoU 0.5 on the unpainted right half. A large gap between
+``stored`` and ``oracle`` says calibration is worth improving; a small one says the class
+map (the network) limits F1.
+
+    python benchmarks/bench_real.py --images real --methods scratch --save-maps MAPS ...
+    python benchmarks/bench_split_rule.py MAPS --json benchmarks/results/split_rule.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from bench_real import load_case, score
+
+from napari_tessera.postprocess import DEFAULT_MIN_SIZE, SplitRule
+from napari_tessera.training.edges import EDGE_OFFSETS, SEED_DEPTHS
+
+
+def study(path: Path) -> dict:
+    """The F1 of one saved class map under the stored, plain and best-in-hindsight rules."""
+    saved = np.load(path)
+    name, method, paint, _ = path.stem.rsplit("_", 3)
+    _, truth, painted = load_case(name, int(paint[1:]))
+    assert np.array_equal(painted, saved["painted"]), f"{path}: not the paint of {name}"
+    classes = saved["classes"]
+    min_size = int(saved["min_size"]) if "min_size" in saved else DEFAULT_MIN_SIZE
+    stored = (float(saved.get("edge_offset", 0.0)), float(saved.get("seed_depth", 0.0)))
+
+    def f1(offset: float, depth: float) -> float:
+        return score(truth, SplitRule(True, offset, depth, min_size).labels(classes)[0])["f1"]
+
+    grid = {(o, d): f1(o, d) for o in EDGE_OFFSETS for d in SEED_DEPTHS}
+    best = max(grid, key=grid.get)
+    return {
+        "image": name,
+        "method": method,
+        "paint_seed": int(paint[1:]),
+        "stored": f1(*stored),
+        "stored_rule": stored,
+        "plain": f1(0.0, 0.0),
+        "oracle": grid[best],
+        "oracle_rule": best,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("maps", help="a folder of bench_real.py --save-maps files")
+    ap.add_argument("--json", help="write the rows here")
+    args = ap.parse_args()
+    rows = [study(p) for p in sorted(Path(args.maps).glob("*.npz"))]
+    by_method = defaultdict(list)
+    for r in rows:
+        by_method[r["method"]].append(r)
+        print(
+            f"{r['image']:20s} {r['method']:8s} paint {r['paint_seed']}  stored {r['stored']:.3f}"
+            f" {r['stored_rule']}  plain {r['plain']:.3f}  oracle {r['oracle']:.3f}"
+            f" {r['oracle_rule']}"
+        )
+    for method, group in by_method.items():
+        means = {k: np.mean([r[k] for r in group]) for k in ("stored", "plain", "oracle")}
+        lows = {k: np.min([r[k] for r in group]) for k in ("stored", "plain", "oracle")}
+        print(
+            f"{method}: {len(group)} runs; mean stored {means['stored']:.3f}, plain "
+            f"{means['plain']:.3f}, oracle {means['oracle']:.3f}; lowest stored "
+            f"{lows['stored']:.3f}, plain {lows['plain']:.3f}, oracle {lows['oracle']:.3f}"
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
