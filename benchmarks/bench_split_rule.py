@@ -8,6 +8,10 @@ For every saved run (image, method, paint seed) the same class map is split by:
   plain     the plain rule (no edge offset, no seed depth), with the run's smallest object
   oracle    the best rule of the calibration grid, chosen on the scored (unpainted) half:
             an upper bound no calibration reaches
+and by other ways of calibrating on the same painted objects:
+  clear     a rule other than the plain one only when it beats it by more than twice the
+            standard error of the per-object differences (as fine-tuning asks of its start)
+  offset    the edge offset calibrated, the seed depth left at 0
 and scored as instance F1 at IoU 0.5 on the unpainted right half. A large gap between
 ``stored`` and ``oracle`` says calibration is worth improving; a small one says the class
 map (the network) limits F1.
@@ -27,7 +31,16 @@ import numpy as np
 from bench_real import load_case, score
 
 from napari_tessera.postprocess import DEFAULT_MIN_SIZE, SplitRule
-from napari_tessera.training.edges import EDGE_OFFSETS, SEED_DEPTHS
+from napari_tessera.training.edges import (
+    EDGE_OFFSETS,
+    SEED_DEPTHS,
+    calibrate_edges,
+    painted_objects,
+)
+
+#: other ways of calibrating, as calibrate_edges arguments
+POLICIES = {"clear": {"trust_base": True}, "offset": {"depths": (0.0,)}}
+COLUMNS = ("stored", "plain", "clear", "offset", "oracle")
 
 
 def study(path: Path) -> dict:
@@ -45,7 +58,7 @@ def study(path: Path) -> dict:
 
     grid = {(o, d): f1(o, d) for o in EDGE_OFFSETS for d in SEED_DEPTHS}
     best = max(grid, key=grid.get)
-    return {
+    row = {
         "image": name,
         "method": method,
         "paint_seed": int(paint[1:]),
@@ -55,6 +68,12 @@ def study(path: Path) -> dict:
         "oracle": grid[best],
         "oracle_rule": best,
     }
+    objects = painted_objects(painted, "sparse")
+    for policy, kwargs in POLICIES.items():
+        cal = calibrate_edges([classes], [objects], **kwargs)
+        row[policy] = f1(cal.offset, cal.seed_depth)
+        row[f"{policy}_rule"] = (cal.offset, cal.seed_depth)
+    return row
 
 
 def main() -> None:
@@ -66,19 +85,13 @@ def main() -> None:
     by_method = defaultdict(list)
     for r in rows:
         by_method[r["method"]].append(r)
-        print(
-            f"{r['image']:20s} {r['method']:8s} paint {r['paint_seed']}  stored {r['stored']:.3f}"
-            f" {r['stored_rule']}  plain {r['plain']:.3f}  oracle {r['oracle']:.3f}"
-            f" {r['oracle_rule']}"
-        )
+        cells = "  ".join(f"{k} {r[k]:.3f}" for k in COLUMNS)
+        print(f"{r['image']:20s} {r['method']:8s} paint {r['paint_seed']}  {cells}")
     for method, group in by_method.items():
-        means = {k: np.mean([r[k] for r in group]) for k in ("stored", "plain", "oracle")}
-        lows = {k: np.min([r[k] for r in group]) for k in ("stored", "plain", "oracle")}
-        print(
-            f"{method}: {len(group)} runs; mean stored {means['stored']:.3f}, plain "
-            f"{means['plain']:.3f}, oracle {means['oracle']:.3f}; lowest stored "
-            f"{lows['stored']:.3f}, plain {lows['plain']:.3f}, oracle {lows['oracle']:.3f}"
-        )
+        print(f"{method}: {len(group)} runs")
+        for what, agg in (("mean", np.mean), ("lowest", np.min)):
+            cells = "  ".join(f"{k} {agg([r[k] for r in group]):.3f}" for k in COLUMNS)
+            print(f"  {what:7s} {cells}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 
