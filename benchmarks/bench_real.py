@@ -13,8 +13,8 @@ Methods (each on 2 CPU threads):
   finetune  the default training, starting from the built-in model
   rf        scikit-image's multiscale_basic_features + a random forest, same instance split
 
-One JSON line per (image, method, repeat) goes to ``--jsonl``; ``--summarize FILE`` prints the
-table (mean, lowest, per image) of a results file.
+One JSON line per (image, method, repeat) goes to ``--jsonl``; ``--summarize FILE ...`` prints the
+table (mean, lowest, per image) of results files.
 
     python ../shared/realdata.py   # once: fetch the real images
     python benchmarks/bench_real.py --images real synthetic --methods scratch finetune rf \
@@ -200,10 +200,11 @@ def save_map(folder: str, case: tuple, image, painted, how, facts: dict) -> None
     )
 
 
-def summarize(path: str, tag: str | None = None) -> None:
-    """A markdown table: one row per image, one column per method (F1; repeats joined by /),
-    then the mean and the lowest over the real and over the synthetic images."""
-    rows = [json.loads(line) for line in open(path)]
+def summarize(paths: list[str], tag: str | None = None) -> None:
+    """A markdown table: one row per image, one column per method (F1; repeats, and runs
+    from several files, joined by /), then the mean and the lowest over the real and over
+    the synthetic images (of each image's mean)."""
+    rows = [json.loads(line) for path in paths for line in open(path)]
     rows = [r for r in rows if tag is None or r.get("tag") == tag]
     f1 = defaultdict(lambda: defaultdict(list))
     for r in rows:
@@ -271,7 +272,9 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="a label stored with every row")
     ap.add_argument("--jsonl", help="append one JSON line per run here")
     ap.add_argument("--save-maps", metavar="DIR", help="save each run's class map here (npz)")
-    ap.add_argument("--summarize", metavar="FILE", help="print the table of a results file")
+    ap.add_argument(
+        "--summarize", nargs="+", metavar="FILE", help="print the table of results files"
+    )
     ap.add_argument("--only-tag", help="with --summarize: only rows with this tag")
     args = ap.parse_args()
     if args.summarize:
