@@ -187,7 +187,8 @@ def save_map(folder: str, case: tuple, image, painted, how, facts: dict) -> None
     """The class map of the whole image (the model's, or the forest's), the paint and the
     split rule the run chose, for studying split rules without training again
     (``NAME_METHOD_pPAINT_rREPEAT.npz``; ``case``: name, method, paint seed, repeat)."""
-    classes = how if isinstance(how, np.ndarray) else segment(how, image, device="cpu")
+    raw = {"edge_offset": 0.0}  # the network's classes, edges where it put them
+    classes = how if isinstance(how, np.ndarray) else segment(how, image, device="cpu", **raw)
     name, method, paint_seed, rep = case
     path = Path(folder) / f"{name}_{method}_p{paint_seed}_r{rep}.npz"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ and by other ways of calibrating on the same painted objects:
   clear     a rule other than the plain one only when it beats it by more than twice the
             standard error of the per-object differences (as fine-tuning asks of its start)
   offset    the edge offset calibrated, the seed depth left at 0
+and by the stored rule with its edges moved out (-) or in (+) by up to 1.5 px more.
 and scored as instance F1 at IoU 0.5 on the unpainted right half. A large gap between
 ``stored`` and ``oracle`` says calibration is worth improving; a small one says the class
 map (the network) limits F1.
@@ -40,7 +41,9 @@ from napari_tessera.training.edges import (
 
 #: other ways of calibrating, as calibrate_edges arguments
 POLICIES = {"clear": {"trust_base": True}, "offset": {"depths": (0.0,)}}
-COLUMNS = ("stored", "plain", "clear", "offset", "oracle")
+#: edge offsets added to the stored rule's (negative: objects grow)
+GROWN = (-1.5, -1.0, -0.5, 0.5)
+COLUMNS = ("stored", "plain", "clear", "offset", "oracle", *(f"{d:+g}" for d in GROWN))
 
 
 def study(path: Path) -> dict:
@@ -68,6 +71,8 @@ def study(path: Path) -> dict:
         "oracle": grid[best],
         "oracle_rule": best,
     }
+    for delta in GROWN:  # the stored rule with edges moved further
+        row[f"{delta:+g}"] = f1(stored[0] + delta, stored[1])
     objects = painted_objects(painted, "sparse")
     for policy, kwargs in POLICIES.items():
         cal = calibrate_edges([classes], [objects], **kwargs)
