@@ -41,7 +41,7 @@ from skimage.draw import line
 from sklearn.ensemble import RandomForestClassifier
 
 from napari_tessera import segment
-from napari_tessera.io import load_model
+from napari_tessera.io import load_model, save_model
 from napari_tessera.metrics import match_instances
 from napari_tessera.models import default_model_path
 from napari_tessera.postprocess import SplitRule
@@ -186,7 +186,8 @@ def run_method(method: str, image, painted, cfg: TrainConfig) -> tuple[np.ndarra
 def save_map(folder: str, case: tuple, image, painted, how, facts: dict) -> None:
     """The class map of the whole image (the model's, or the forest's), the paint and the
     split rule the run chose, for studying split rules without training again
-    (``NAME_METHOD_pPAINT_rREPEAT.npz``; ``case``: name, method, paint seed, repeat)."""
+    (``NAME_METHOD_pPAINT_rREPEAT.npz``; ``case``: name, method, paint seed, repeat), and a
+    trained model beside it (``.safetensors``)."""
     raw = {"edge_offset": 0.0}  # the network's classes, edges where it put them
     classes = how if isinstance(how, np.ndarray) else segment(how, image, device="cpu", **raw)
     name, method, paint_seed, rep = case
@@ -199,6 +200,8 @@ def save_map(folder: str, case: tuple, image, painted, how, facts: dict) -> None
         painted=np.asarray(painted, np.uint8),
         **{k: np.float64(facts[k]) for k in keys if k in facts},
     )
+    if not isinstance(how, np.ndarray):  # the trained model too, to study inference later
+        save_model(how, path.with_suffix(".safetensors"))
 
 
 def summarize(paths: list[str], tag: str | None = None) -> None:

@@ -462,7 +462,10 @@ def _ascent_basins(padded: np.ndarray, above: np.ndarray) -> tuple[np.ndarray, n
     else:
         with ThreadPoolExecutor(threads) as pool:
             list(pool.map(climb, np.array_split(todo, threads)))
-    return np.maximum(_lookup(labels, to) - 1, 0), peaks
+    basins = labels  # the peaks' own (from 1), 0 elsewhere; then each climber's peak's
+    basins[todo] = _lookup(labels, _lookup(to, todo))
+    basins -= 1
+    return np.maximum(basins, 0, out=basins), peaks
 
 
 def _passes(f: np.ndarray, basins: np.ndarray, offsets: np.ndarray, above: np.ndarray) -> tuple:
