@@ -12,7 +12,7 @@ import torch
 from scipy import ndimage as ndi
 
 from napari_tessera import UNet
-from napari_tessera.errors import ModelFileError
+from napari_tessera.errors import InputError, ModelFileError
 from napari_tessera.inference import predict_tiled, segment
 from napari_tessera.io import load_model, save_model
 from napari_tessera.postprocess import SplitRule
@@ -156,6 +156,7 @@ def test_training_stores_the_calibrated_seed_depth_and_segment_applies_it(tmp_pa
     assert meta["provenance"]["edges"]["seed_depth"] == res.edges.seed_depth
     assert meta.get("seed_depth", 0.0) == res.edges.seed_depth
     assert meta["min_size"] == res.edges.min_size > 8  # a fifth of the median painted nucleus
+    assert meta["views"] == 8  # it segments in eight views, and was calibrated in the same
     classes = segment(res.model, img.image, device="cpu", edge_offset=0)
     assert calibrate_edges([classes], [_objects(lab)]) == res.edges
     rule = SplitRule(True, res.edges.offset, res.edges.seed_depth, res.edges.min_size)
@@ -221,8 +222,9 @@ def _disc_grid():
 
 
 def test_scratch_takes_the_best_rule_fine_tuning_needs_most_objects_to_gain():
-    """From scratch the best-scoring rule wins; a start's rule (fine-tuning) gives way only to
-    a gain that most objects share, not one carried by one object of a dozen."""
+    """Without trust in the rule to beat (from scratch) the best-scoring rule wins; a start's
+    rule (fine-tuning) gives way only to a gain that most objects share, not one carried by
+    one object of a dozen."""
     yy, xx, objects = _disc_grid()
     k = int(objects.max())
     # one more object: two discs joined by a wide neck, which the plain rule cuts in two
@@ -230,11 +232,11 @@ def test_scratch_takes_the_best_rule_fine_tuning_needs_most_objects_to_gain():
     wide |= (abs(yy - 20) <= 8) & (xx > 20) & (xx < 58)
     objects[np.roll(wide, (170, 200), (0, 1)) & (objects == 0)] = k + 1
     pred = (objects > 0).astype(np.uint8)  # a perfect prediction
-    cal = calibrate_edges([pred], [objects])
+    cal = calibrate_edges([pred], [objects], base=SplitRule(True))
     deeper = max(v for (o, d), v in cal.scores.items() if o == 0)
     assert deeper > cal.scores[(0.0, 0.0)] + 0.01  # a deeper seed keeps that one object whole
     assert cal.offset == 0.0 and cal.seed_depth > 0 and cal.reason == "calibrated"
-    kept = calibrate_edges([pred], [objects], trust_base=True)
+    kept = calibrate_edges([pred], [objects], base=SplitRule(True), trust_base=True)
     assert (kept.offset, kept.seed_depth) == (0.0, 0.0) and "clearly" in kept.reason
 
 
@@ -268,4 +270,15 @@ def test_only_fine_tuning_asks_for_clear_evidence_against_the_start_rule(monkeyp
     train(b.image, lab, config=tiny(mode="sparse", steps=2))
     train(b.image, lab, config=tiny(mode="sparse", steps=2), model=_copy(start))
     small = start.metadata.get("min_size", 8)  # the start's own, from its painted objects
-    assert seen == [(SplitRule(True), False), (SplitRule(True, 0.0, 2.0, small), True)]
+    # from scratch no rule is given: calibration beats one scaled to the painted objects
+    assert seen == [(None, False), (SplitRule(True, 0.0, 2.0, small), True)]
+
+
+def test_views_are_checked_and_one_view_stores_none():
+    with pytest.raises(InputError, match="views must be 1, 2, 4 or 8"):
+        tiny(views=3)
+    img = nuclei_2d((64, 64), seed=2)
+    lab = np.where(img.labels > 0, 2, 0)
+    lab[0:3, :] = np.where(img.labels[0:3] > 0, 2, 1)
+    res = train(img.image, lab, config=tiny(mode="sparse", steps=2, views=1))
+    assert "views" not in res.model.metadata

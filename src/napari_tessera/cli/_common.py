@@ -307,6 +307,7 @@ def segment_options(args: argparse.Namespace):
         min_size=args.min_size,
         edge_offset=args.edge_offset,
         channels=args.channels,
+        views=args.views,
     )
 
 

@@ -1,13 +1,13 @@
 #!/usr/bin/env python
-"""Test-time augmentation on trained models: class probabilities averaged over the eight
-flips and quarter turns of the image, against one pass, with the split rule calibrated on
-the painted objects in the same way for both.
+"""Views on trained models: class probabilities averaged over flips and quarter turns of
+each tile (``SegmentOptions.views``: 1, 2, 4 or 8), with the split rule calibrated on the
+painted objects in the same views, as training does.
 
 Reads the models and paint that ``bench_real.py --save-maps DIR`` saved:
 
     python benchmarks/bench_real.py --images real synthetic --methods scratch \\
         --time-limit 1e6 --save-maps MAPS
-    python benchmarks/bench_tta.py MAPS --json benchmarks/results/tta.json
+    python benchmarks/bench_views.py MAPS --json benchmarks/results/views.json
 """
 
 from __future__ import annotations
@@ -27,20 +27,10 @@ from napari_tessera.postprocess import SplitRule, classes_from_probabilities
 from napari_tessera.training.edges import calibrate_edges, painted_objects
 
 
-def probabilities(model, image: np.ndarray, turns: int) -> np.ndarray:
-    """Class probabilities averaged over ``turns`` dihedral views (1: the image as it is;
-    2: and its mirror; 4: and the flips; 8: every flip and quarter turn)."""
-    views = [(0, False), (0, True), (2, False), (2, True), (1, False), (1, True)]
-    views += [(3, False), (3, True)]  # (quarter turns, mirrored): the first ``turns`` of them
-    pick = views[:turns]
-    total = None
-    for k, flip in pick:
-        view = np.ascontiguousarray(np.rot90(image[:, ::-1] if flip else image, k))
-        p = predict_tiled(model, view, axes="YX", device="cpu")
-        p = np.rot90(p, -k, axes=(1, 2))
-        p = p[:, :, ::-1] if flip else p
-        total = p.copy() if total is None else total + p
-    return total / len(pick)
+def probabilities(model, image: np.ndarray, views: int) -> np.ndarray:
+    """Class probabilities of the whole image, each tile averaged over ``views`` views (the
+    product's path: :attr:`SegmentOptions.views`)."""
+    return predict_tiled(model, image, axes="YX", device="cpu", views=views)
 
 
 def objects(classes, painted) -> tuple[np.ndarray, dict]:
@@ -52,7 +42,7 @@ def objects(classes, painted) -> tuple[np.ndarray, dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("maps")
-    ap.add_argument("--turns", type=int, nargs="+", default=[1, 2, 4, 8])
+    ap.add_argument("--views", type=int, nargs="+", default=[1, 2, 4, 8])
     ap.add_argument("--json")
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -62,16 +52,16 @@ def main() -> None:
         image, truth, painted = load_case(name, int(paint[1:]))
         model = load_model(path)
         row = {"image": name, "paint": paint}
-        for turns in args.turns:
-            classes = classes_from_probabilities(probabilities(model, image, turns))
+        for views in args.views:
+            classes = classes_from_probabilities(probabilities(model, image, views))
             labels, rule = objects(classes, painted)
-            row[f"f1_{turns}"] = round(score(truth, labels)["f1"], 3)
-            row[f"rule_{turns}"] = rule
+            row[f"f1_{views}"] = round(score(truth, labels)["f1"], 3)
+            row[f"rule_{views}"] = rule
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if not k.startswith("rule")}), flush=True)
-    for turns in args.turns:
-        f1 = [r[f"f1_{turns}"] for r in rows]
-        print(f"{turns} views: mean {np.mean(f1):.3f} lowest {np.min(f1):.3f}")
+    for views in args.views:
+        f1 = [r[f"f1_{views}"] for r in rows]
+        print(f"{views} views: mean {np.mean(f1):.3f} lowest {np.min(f1):.3f}")
     report(rows, cpu_env(), args)
 
 
