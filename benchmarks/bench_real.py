@@ -145,10 +145,8 @@ def rf_classes(image, labels, seed):
 
 def random_forest(classes, painted) -> tuple[np.ndarray, dict]:
     """The forest's objects: its class map split by the same rule Tessera uses, calibrated
-    the same way on the painted objects, against the plain rule (the forest scores higher
-    with it than with the rule scaled to the painted objects that training beats)."""
-    objects = painted_objects(painted, "sparse")
-    cal = calibrate_edges([classes], [objects], base=SplitRule(True))
+    the same way on the painted objects."""
+    cal = calibrate_edges([classes], [painted_objects(painted, "sparse")])
     rule = SplitRule(True, cal.offset, cal.seed_depth, cal.min_size)
     return rule.labels(classes)[0], {
         "edge_offset": cal.offset,

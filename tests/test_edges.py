@@ -355,29 +355,3 @@ def test_segment_applies_the_models_edge_offset_unless_told_otherwise(threshold_
     )
     with pytest.raises(InputError, match="edge offset"):
         segment(model, image, device="cpu", edge_offset=float("nan"))
-
-
-def test_the_rule_to_beat_scales_with_the_painted_objects():
-    """From scratch, with nothing in the paint to choose between seed depths, the rule kept cuts
-    only at necks a fifth of the objects' radius deep: large round painted cells leave
-    unpainted two-lobed cells of their size whole (the plain rule cuts each in two), and
-    small touching nuclei are still cut apart."""
-    big = [(40 + 60 * (k // 3), 40 + 60 * (k % 3)) for k in range(6)]  # the painted cells
-    shape = (200, 400)
-    painted_cells = discs(shape, big, 18)
-    lobes = [(40 + 60 * (k // 2), 260 + 80 * (k % 2) + dx) for k in range(3) for dx in (-6, 6)]
-    two_lobed = discs(shape, lobes, 18) > 0  # three cells, each two discs 12 px apart
-    pred = ((painted_cells > 0) | two_lobed).astype(np.uint8)
-    paint = np.where(painted_cells > 0, 2, 0).astype(np.uint8)
-    paint[190:194, 10:180] = 1
-    cal = calibrate_edges([pred], [painted_objects(paint, "sparse")])
-    assert (cal.offset, cal.seed_depth) == (0.0, 4.0), cal  # 0.2 x 18 px, the nearest tried
-    rule = SplitRule(True, cal.offset, cal.seed_depth, cal.min_size)
-    right = rule.labels(pred)[0][:, 220:]
-    assert len(np.unique(right)) - 1 == 3
-    plain = SplitRule(True, 0.0, 0.0, cal.min_size).labels(pred)[0][:, 220:]
-    assert len(np.unique(plain)) - 1 == 6  # the plain rule cuts every two-lobed cell
-    small = discs((60, 60), [(30, 23), (30, 37)], 8) > 0  # two nuclei 14 px apart, touching
-    depth = edges.scaled_rule(np.bincount(discs((60, 60), [(30, 30)], 8).ravel())[1:]).seed_depth
-    assert depth == 2.0
-    assert split_instances(small, seed_depth=depth)[1] - 1 == 2

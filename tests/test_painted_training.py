@@ -222,9 +222,8 @@ def _disc_grid():
 
 
 def test_scratch_takes_the_best_rule_fine_tuning_needs_most_objects_to_gain():
-    """Without trust in the rule to beat (from scratch) the best-scoring rule wins; a start's
-    rule (fine-tuning) gives way only to a gain that most objects share, not one carried by
-    one object of a dozen."""
+    """From scratch the best-scoring rule wins; a start's rule (fine-tuning) gives way only to
+    a gain that most objects share, not one carried by one object of a dozen."""
     yy, xx, objects = _disc_grid()
     k = int(objects.max())
     # one more object: two discs joined by a wide neck, which the plain rule cuts in two
@@ -232,11 +231,11 @@ def test_scratch_takes_the_best_rule_fine_tuning_needs_most_objects_to_gain():
     wide |= (abs(yy - 20) <= 8) & (xx > 20) & (xx < 58)
     objects[np.roll(wide, (170, 200), (0, 1)) & (objects == 0)] = k + 1
     pred = (objects > 0).astype(np.uint8)  # a perfect prediction
-    cal = calibrate_edges([pred], [objects], base=SplitRule(True))
+    cal = calibrate_edges([pred], [objects])
     deeper = max(v for (o, d), v in cal.scores.items() if o == 0)
     assert deeper > cal.scores[(0.0, 0.0)] + 0.01  # a deeper seed keeps that one object whole
     assert cal.offset == 0.0 and cal.seed_depth > 0 and cal.reason == "calibrated"
-    kept = calibrate_edges([pred], [objects], base=SplitRule(True), trust_base=True)
+    kept = calibrate_edges([pred], [objects], trust_base=True)
     assert (kept.offset, kept.seed_depth) == (0.0, 0.0) and "clearly" in kept.reason
 
 
@@ -270,8 +269,7 @@ def test_only_fine_tuning_asks_for_clear_evidence_against_the_start_rule(monkeyp
     train(b.image, lab, config=tiny(mode="sparse", steps=2))
     train(b.image, lab, config=tiny(mode="sparse", steps=2), model=_copy(start))
     small = start.metadata.get("min_size", 8)  # the start's own, from its painted objects
-    # from scratch no rule is given: calibration beats one scaled to the painted objects
-    assert seen == [(None, False), (SplitRule(True, 0.0, 2.0, small), True)]
+    assert seen == [(SplitRule(True), False), (SplitRule(True, 0.0, 2.0, small), True)]
 
 
 def test_views_are_checked_and_one_view_stores_none():

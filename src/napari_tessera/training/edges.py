@@ -30,10 +30,6 @@ from ..postprocess import DEFAULT_MIN_SIZE, SplitRule
 EDGE_OFFSETS = (-2.5, -2.0, -1.5, -1.0, 0.0, 1.0, 1.5, 2.0, 2.5)
 #: seed depths tried, in pixels (0: every local maximum of the distance map)
 SEED_DEPTHS = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0)
-#: with no rule to start from, the rule to beat cuts an object only at a neck this fraction
-#: of the painted objects' median radius deep (the depth tried nearest to it): a neck the
-#: scale of the objects, not of a pixel
-SCALED_DEPTH = 0.2
 #: objects smaller than this fraction of the median painted object are dropped (a fifth of
 #: the area: under half the diameter); fragments and debris, not objects of the painted kind
 MIN_OBJECT_FRACTION = 0.2
@@ -196,8 +192,8 @@ def calibrate_edges(
 
     class_maps: per-pixel classes predicted for the painted slices (2D each, 0 = background).
     object_maps: the painted objects of the same slices (:func:`painted_objects`).
-    ``base``: the rule kept unless another does better: the rule of the model that
-    fine-tuning started from, or (None) :func:`scaled_rule` of the painted objects.
+    ``base``: the rule kept unless another does better: the plain rule (None), or the rule of
+    the model that fine-tuning started from.
     The base rule is kept with fewer than ``min_objects`` painted objects, when even
     the best rule matches them at a mean IoU below ``min_whole`` (objects not painted whole, or
     a model that has not learnt them), or when no rule beats it by ``min_gain`` on average.
@@ -206,16 +202,15 @@ def calibrate_edges(
     per-object differences. Among the rules that beat the base, those within ``min_gain / 2``
     of the best, the one closest to the base rule wins.
     """
-    plain = base if base is not None else SplitRule(True)  # kept when objects are unusable
+    base_rule = base if base is not None else SplitRule(True)
+    base = (base_rule.edge_offset, base_rule.seed_depth)
     n = sum(len(np.unique(o[o > 0])) for o in object_maps)
     if n < min_objects:
-        return _kept(plain, n, {}, f"only {n} whole painted object(s)")
+        return _kept(base_rule, n, {}, f"only {n} whole painted object(s)")
     pairs = [
         _crop_to_objects(c, o) for c, o in zip(class_maps, object_maps, strict=True) if o.any()
     ]
     areas = np.concatenate([np.bincount(o.ravel())[1:] for _, o in pairs])
-    base_rule = base if base is not None else scaled_rule(areas, depths)
-    base = (base_rule.edge_offset, base_rule.seed_depth)
     min_part = 0.5 * float(np.median(areas[areas > 0]))  # half a typical painted object
     min_size = smallest_object(areas)
     scores: dict[tuple[float, float], float] = {}
@@ -229,12 +224,12 @@ def calibrate_edges(
     top = max(scores.values())
     if top < min_whole:
         why = f"painted objects matched at mean IoU {top:.2f} < {min_whole} at best: "
-        return _kept(plain, n, scores, why + "not painted whole?")
-    held = per_object[base]
+        return _kept(base_rule, n, scores, why + "not painted whole?")
+    plain = per_object[base]
     if trust_base:
-        better = [k for k, v in per_object.items() if _clearly_better(v, held, min_gain)]
+        better = [k for k, v in per_object.items() if _clearly_better(v, plain, min_gain)]
     else:
-        better = [k for k, v in per_object.items() if v.mean() >= held.mean() + min_gain]
+        better = [k for k, v in per_object.items() if v.mean() >= plain.mean() + min_gain]
     if not better:
         why = "no other rule does clearly better" if trust_base else "no other rule does better"
         return replace(_kept(base_rule, n, scores, why), min_size=min_size)
@@ -244,16 +239,6 @@ def calibrate_edges(
         near, key=lambda k: (abs(k[0] - base[0]) + abs(k[1] - base[1]) / 2, -scores[k])
     )
     return EdgeCalibration(off, n, scores, seed_depth=depth, min_size=min_size)
-
-
-def scaled_rule(areas: np.ndarray, depths=SEED_DEPTHS) -> SplitRule:
-    """The rule to beat when there is no other: edges as predicted, and objects cut only at
-    necks :data:`SCALED_DEPTH` of the objects' median radius deep (``areas``: the painted
-    objects' sizes; the depth of ``depths`` nearest to that)."""
-    areas = np.asarray(areas)
-    radius = float(np.sqrt(np.median(areas[areas > 0]) / np.pi))
-    depth = min(depths, key=lambda d: (abs(d - SCALED_DEPTH * radius), d))
-    return SplitRule(True, 0.0, float(depth))
 
 
 def smallest_object(areas: np.ndarray) -> int:

@@ -32,7 +32,7 @@ from ..inference import predict_tiled, predict_whole
 from ..model import UNet
 from ..normalize import normalize_slice
 from ..options import check_views
-from ..postprocess import DEFAULT_MIN_SIZE, classes_from_probabilities, resolve_split
+from ..postprocess import DEFAULT_MIN_SIZE, SplitRule, classes_from_probabilities, resolve_split
 from ..tiling import round_up
 from . import distributed as ddp
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -293,9 +293,8 @@ class _Run:
         self.main_rank = dist_ctx is None or dist_ctx.is_main
         state = load_checkpoint(resume) if resume is not None else None
         cfg, model, self.fine_tune = _starting_point(cfg, model, state)
-        # fine-tuning keeps the start's split rule unless the painted objects clearly want
-        # another; from scratch, the rule to beat is scaled to the painted objects
-        self.base_rule = resolve_split(model, instances=True) if self.fine_tune else None
+        # fine-tuning keeps the start's split rule unless the painted objects clearly want another
+        self.base_rule = resolve_split(model, instances=True) if self.fine_tune else SplitRule(True)
         self.items, self.paint_updates = list(items), 0
         self.sources = load_sources(
             items,
@@ -976,8 +975,9 @@ def validation_scores(
 
 def _calibrate_edges(model, painted, cfg, device, base, trust_base) -> EdgeCalibration:
     """The split rule from the painted objects of the annotated slices (see ``edges``), in
-    the views the model will segment with; ``base``: the start's rule (None from scratch);
-    ``trust_base``: fine-tuning keeps the start's rule unless another is clearly better."""
+    the views the model will segment with; ``base``: the start's rule (the plain one from
+    scratch); ``trust_base``: fine-tuning keeps the start's rule unless another is clearly
+    better."""
     classes, objects = [], []
     for src, s in painted:
         obj = painted_objects(src.labels[s], cfg.mode)
