@@ -459,7 +459,6 @@ def bad_inputs(tmp_path, sample_2d, saved_threshold_model):
         "edge offset text": [image, "--model", model, "--edge-offset", "wide"],
         "edge offset too far": [image, "--model", model, "--edge-offset", "40"],
         "edge offset nan": [image, "--model", model, "--edge-offset", "nan"],
-        "views 3": [image, "--model", model, "--views", "3"],
         "rgb for 1-channel model": [rgb, "--model", model, "--axes", "YXC"],
         "rgb, axes from file": [rgb, "--model", model],
         "tile too small for halo": [
@@ -498,7 +497,6 @@ CASES = {
     "edge offset text": "edge-offset",
     "edge offset too far": "between -16 and 16",
     "edge offset nan": "edge-offset",
-    "views 3": "views",
     "rgb for 1-channel model": "signal in several channels",
     "rgb, axes from file": "signal in several channels",
     "tile too small for halo": "tile size",

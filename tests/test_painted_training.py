@@ -12,7 +12,7 @@ import torch
 from scipy import ndimage as ndi
 
 from napari_tessera import UNet
-from napari_tessera.errors import InputError, ModelFileError
+from napari_tessera.errors import ModelFileError
 from napari_tessera.inference import predict_tiled, segment
 from napari_tessera.io import load_model, save_model
 from napari_tessera.postprocess import SplitRule
@@ -156,7 +156,6 @@ def test_training_stores_the_calibrated_seed_depth_and_segment_applies_it(tmp_pa
     assert meta["provenance"]["edges"]["seed_depth"] == res.edges.seed_depth
     assert meta.get("seed_depth", 0.0) == res.edges.seed_depth
     assert meta["min_size"] == res.edges.min_size > 8  # a fifth of the median painted nucleus
-    assert meta["views"] == 8  # it segments in eight views, and was calibrated in the same
     classes = segment(res.model, img.image, device="cpu", edge_offset=0)
     assert calibrate_edges([classes], [_objects(lab)]) == res.edges
     rule = SplitRule(True, res.edges.offset, res.edges.seed_depth, res.edges.min_size)
@@ -270,13 +269,3 @@ def test_only_fine_tuning_asks_for_clear_evidence_against_the_start_rule(monkeyp
     train(b.image, lab, config=tiny(mode="sparse", steps=2), model=_copy(start))
     small = start.metadata.get("min_size", 8)  # the start's own, from its painted objects
     assert seen == [(SplitRule(True), False), (SplitRule(True, 0.0, 2.0, small), True)]
-
-
-def test_views_are_checked_and_one_view_stores_none():
-    with pytest.raises(InputError, match="views must be 1, 2, 4 or 8"):
-        tiny(views=3)
-    img = nuclei_2d((64, 64), seed=2)
-    lab = np.where(img.labels > 0, 2, 0)
-    lab[0:3, :] = np.where(img.labels[0:3] > 0, 2, 1)
-    res = train(img.image, lab, config=tiny(mode="sparse", steps=2, views=1))
-    assert "views" not in res.model.metadata

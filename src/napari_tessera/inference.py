@@ -25,7 +25,7 @@ from .device import (
 )
 from .errors import InputError
 from .normalize import check_dtype, normalize_slice
-from .options import SegmentOptions, check_views
+from .options import SegmentOptions
 from .tiling import TilePlan, plan_tiles, round_up
 
 DEFAULT_CORE = 1024  # pixels kept per tile side when no tile size is given (see benchmarks)
@@ -61,32 +61,6 @@ class InferenceSettings:
     plan: TilePlan
     device: torch.device
     dtype: torch.dtype
-    views: int = 1
-
-
-#: the views of a tile averaged (quarter turns, mirrored): the first N of them for N views
-VIEWS = ((0, False), (0, True), (2, False), (2, True), (1, False), (1, True), (3, False), (3, True))
-
-
-def resolve_views(model, views: int | None) -> int:
-    """The views averaged: as given, else the number a model trained here stores, else 1."""
-    if views is not None:
-        return check_views(views)
-    stored = (getattr(model, "metadata", None) or {}).get("views", 1)
-    return check_views(stored, "the model's views")
-
-
-def forward_views(net, x: torch.Tensor, views: int, memory_format=torch.contiguous_format):
-    """Class probabilities of a batch of tiles ``x`` (N, C, Y, X), averaged over the first
-    ``views`` of :data:`VIEWS`: each view is turned and mirrored, run, and turned back."""
-    total = None
-    for turns, mirror in VIEWS[:views]:
-        view = torch.rot90(x.flip(-1) if mirror else x, turns, dims=(-2, -1)) if views > 1 else x
-        p = probabilities(net(view.contiguous(memory_format=memory_format)))
-        p = torch.rot90(p, -turns, dims=(-2, -1))
-        p = p.flip(-1) if mirror else p
-        total = p if total is None else total + p
-    return total / views if views > 1 else total
 
 
 def resolve_halo(model, halo: str | int) -> int:
@@ -165,8 +139,7 @@ def prepare(model, lay: SliceLayout, options: SegmentOptions, halo: int) -> Infe
     elif limit is not None and max(np.atleast_1d(tile_size)) > limit:
         raise InputError(f"this model takes tiles of at most {limit} px, got tile size {tile_size}")
     plan = plan_tiles(lay.yx, tile_size, multiple=model.size_multiple, halo=h, model=model)
-    views = resolve_views(model, options.views)
-    return InferenceSettings(plan.tile_shape, h, plan, dev, dtype, views)
+    return InferenceSettings(plan.tile_shape, h, plan, dev, dtype)
 
 
 def check_channels(model, lay: SliceLayout) -> None:
@@ -274,7 +247,7 @@ def iter_slice_predictions(
         while True:
             failed = None
             run = _run_slices(
-                model, image, lay, remaining, attempt, blend, finished_tiles, fast, levels, st.views
+                model, image, lay, remaining, attempt, blend, finished_tiles, fast, levels
             )
             try:
                 for event in run:
@@ -302,9 +275,7 @@ def iter_slice_predictions(
         model.train(was_training)
 
 
-def _run_slices(
-    model, image, lay, todo, attempt: _Attempt, blend, finished_tiles, fast, levels, views: int
-):
+def _run_slices(model, image, lay, todo, attempt: _Attempt, blend, finished_tiles, fast, levels):
     """One pass over the slices ``todo`` with fixed settings (see iter_slice_predictions)."""
     from .model.fast import inference_copy
 
@@ -344,7 +315,7 @@ def _run_slices(
             x = torch.from_numpy(np.stack([b[2] for b in batch])).to(attempt.device)
             x = x.contiguous(memory_format=layout_)
             with torch.inference_mode(), autocast(attempt.device, attempt.dtype):
-                probs = forward_views(net, x, views, layout_).cpu().numpy()
+                probs = probabilities(net(x)).cpu().numpy()
             del x
             for (s, t, _), p in zip(batch, probs):
                 if s not in acc:

@@ -21,20 +21,6 @@ BLENDS = ("crop", "gaussian")
 PRECISION_NAMES = ("fp32", "bf16", "fp16")
 
 
-VIEW_COUNTS = (1, 2, 4, 8)
-
-
-def check_views(value, where: str = "views") -> int:
-    """A number of views (:attr:`SegmentOptions.views`), checked."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Integral)
-        or value not in VIEW_COUNTS
-    ):
-        raise InputError(f"{where} must be 1, 2, 4 or 8, got {value!r}")
-    return int(value)
-
-
 @dataclass(frozen=True)
 class SegmentOptions:
     """Tiling, device and post-processing settings of a segmentation.
@@ -56,10 +42,6 @@ class SegmentOptions:
         model's own.
     channels: image channels the network reads, in order (``(1, 0)`` or ``"1,0"``); None:
         all (or those the model stores).
-    views: the class probabilities are averaged over this many views of each tile (1: as it
-        is; 2: and mirrored; 4: and turned upside down; 8: every flip and quarter turn),
-        which costs as many passes of the network; None: the model's own (a model trained
-        here stores 8), else 1.
     """
 
     tile_size: int | tuple[int, int] | None = None
@@ -75,7 +57,6 @@ class SegmentOptions:
     edge_offset: float | None = None
     seed_depth: float | None = None
     channels: tuple[int, ...] | None = None
-    views: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", parse_channels(self.channels))
@@ -110,8 +91,6 @@ class SegmentOptions:
         for name, v in counts.items():
             if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
                 raise InputError(f"{name.replace('_', ' ')} must be a positive integer, got {v!r}")
-        if self.views is not None:
-            check_views(self.views)
         if isinstance(self.tile_size, list):
             object.__setattr__(self, "tile_size", tuple(self.tile_size))
         sizes = self.tile_size if isinstance(self.tile_size, tuple) else (self.tile_size,)

@@ -307,7 +307,6 @@ def segment_options(args: argparse.Namespace):
         min_size=args.min_size,
         edge_offset=args.edge_offset,
         channels=args.channels,
-        views=args.views,
     )
 
 

@@ -350,14 +350,6 @@ def _tiling_args(s) -> None:
         "--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)"
     )
     s.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
-    s.add_argument(
-        "--views",
-        type=int,
-        choices=[1, 2, 4, 8],
-        help="average the network's output over this many flips and quarter turns of each "
-        "tile (as many passes); default: what the model stores (8 for a model trained here), "
-        "else 1",
-    )
 
 
 def _output_args(s) -> None:

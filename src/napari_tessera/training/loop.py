@@ -31,7 +31,6 @@ from ..halo import MAX_COVER_PROBES, measure_halo, read_probes
 from ..inference import predict_tiled, predict_whole
 from ..model import UNet
 from ..normalize import normalize_slice
-from ..options import check_views
 from ..postprocess import DEFAULT_MIN_SIZE, SplitRule, classes_from_probabilities, resolve_split
 from ..tiling import round_up
 from . import distributed as ddp
@@ -73,9 +72,6 @@ class TrainConfig:
     keep: fine-tuning only: weight of a term that keeps the starting model's own predictions
         where nothing is painted (:func:`~napari_tessera.training.losses.kept_predictions`),
         so a dozen painted objects correct the model without rewriting it. 0: off.
-    views: the views (flips and quarter turns) the trained model averages when it segments
-        (:attr:`~napari_tessera.options.SegmentOptions.views`), stored with it; the split
-        rule is calibrated on the same.
     """
 
     mode: str = "sparse"
@@ -100,7 +96,6 @@ class TrainConfig:
     calibrate_edges: bool = True
     surround: float = 2.0
     keep: float = 1.0
-    views: int = 8
     channels: tuple[int, ...] | None = None
     preview_every: float = 0.0
     preview_slice: int = 0
@@ -119,7 +114,6 @@ class TrainConfig:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise InputError(f"seed must be a non-negative integer, got {self.seed!r}")
         object.__setattr__(self, "channels", parse_channels(self.channels))
-        check_views(self.views)
         for name in ("surround", "keep"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
@@ -727,7 +721,7 @@ class _Run:
         edges = None
         if self.cfg.calibrate_edges and self.main_rank:
             edges = _calibrate_edges(
-                model, self.painted, self.cfg, self.device, self.base_rule, self.fine_tune
+                model, self.painted, self.cfg.mode, self.device, self.base_rule, self.fine_tune
             )
         model.metadata = self._metadata(model, edges, stopped, averaged)
         return TrainResult(
@@ -794,10 +788,8 @@ class _Run:
         averaged: tuple[int, int, int] | None,
     ) -> dict:
         # a base model's split rule gives way to this run's calibration
-        replaced = ("edge_offset", "seed_depth", "min_size", "channels", "views")
+        replaced = ("edge_offset", "seed_depth", "min_size", "channels")
         meta = {k: v for k, v in model.metadata.items() if k not in replaced}
-        if self.cfg.views != 1:
-            meta["views"] = self.cfg.views
         pick = self.sources[0].lay.pick
         if pick is not None:
             meta["channels"] = list(pick)
@@ -973,18 +965,17 @@ def validation_scores(
     return loss, (inter / union if union else 1.0)
 
 
-def _calibrate_edges(model, painted, cfg, device, base, trust_base) -> EdgeCalibration:
-    """The split rule from the painted objects of the annotated slices (see ``edges``), in
-    the views the model will segment with; ``base``: the start's rule (the plain one from
-    scratch); ``trust_base``: fine-tuning keeps the start's rule unless another is clearly
-    better."""
+def _calibrate_edges(model, painted, mode, device, base, trust_base) -> EdgeCalibration:
+    """The split rule from the painted objects of the annotated slices (see ``edges``);
+    ``base``: the start's rule; ``trust_base``: fine-tuning keeps the start's rule unless
+    another is clearly better."""
     classes, objects = [], []
     for src, s in painted:
-        obj = painted_objects(src.labels[s], cfg.mode)
+        obj = painted_objects(src.labels[s], mode)
         if not obj.any():
             continue
         sl = np.asarray(src.lay.slice_view(src.image, s))
-        prob = predict_tiled(model, sl, axes="CYX", device=device, views=cfg.views)
+        prob = predict_tiled(model, sl, axes="CYX", device=device)
         classes.append(classes_from_probabilities(prob))
         objects.append(obj)
     return calibrate_edges(classes, objects, base=base, trust_base=trust_base)
