@@ -12,6 +12,8 @@ and by other ways of calibrating on the same painted objects:
   clear     a rule other than the plain one only when it beats it by more than twice the
             standard error of the per-object differences (as fine-tuning asks of its start)
   offset    the edge offset calibrated, the seed depth left at 0
+  scaled    the rule to beat (from scratch: the plain one) replaced by seeds only at necks
+            a fifth of the painted objects' median radius deep (the depth tried nearest)
 and by the stored rule with its edges moved out (-) or in (+) by up to 1.5 px more.
 and scored as instance F1 at IoU 0.5 on the unpainted right half. A large gap between
 ``stored`` and ``oracle`` says calibration is worth improving; a small one says the class
@@ -43,7 +45,9 @@ from napari_tessera.training.edges import (
 POLICIES = {"clear": {"trust_base": True}, "offset": {"depths": (0.0,)}}
 #: edge offsets added to the stored rule's (negative: objects grow)
 GROWN = (-1.5, -1.0, -0.5, 0.5)
-COLUMNS = ("stored", "plain", "clear", "offset", "oracle", *(f"{d:+g}" for d in GROWN))
+#: the scaled rule's depth, as a fraction of the painted objects' median radius
+SCALED = 0.2
+COLUMNS = ("stored", "plain", "clear", "offset", "scaled", "oracle", *(f"{d:+g}" for d in GROWN))
 
 
 def study(path: Path) -> dict:
@@ -74,6 +78,12 @@ def study(path: Path) -> dict:
     for delta in GROWN:  # the stored rule with edges moved further
         row[f"{delta:+g}"] = f1(stored[0] + delta, stored[1])
     objects = painted_objects(painted, "sparse")
+    areas = np.bincount(objects.ravel())[1:]
+    radius = float(np.sqrt(np.median(areas[areas > 0]) / np.pi))
+    depth = min(SEED_DEPTHS, key=lambda v: abs(v - SCALED * radius))
+    cal = calibrate_edges([classes], [objects], base=SplitRule(True, 0.0, depth))
+    row["scaled"] = f1(cal.offset, cal.seed_depth)
+    row["scaled_rule"] = (cal.offset, cal.seed_depth)
     for policy, kwargs in POLICIES.items():
         cal = calibrate_edges([classes], [objects], **kwargs)
         row[policy] = f1(cal.offset, cal.seed_depth)
