@@ -14,6 +14,8 @@ and by other ways of calibrating on the same painted objects:
   offset    the edge offset calibrated, the seed depth left at 0
   scaled    the rule to beat (from scratch: the plain one) replaced by seeds only at necks
             a fifth of the painted objects' median radius deep (the depth tried nearest)
+  whole     every painted region scored as one object: a region cut into object-sized
+            parts is never right (calibration takes it for touching objects painted as one)
 and by the stored rule with its edges moved out (-) or in (+) by up to 1.5 px more.
 and scored as instance F1 at IoU 0.5 on the unpainted right half. A large gap between
 ``stored`` and ``oracle`` says calibration is worth improving; a small one says the class
@@ -37,8 +39,11 @@ from napari_tessera.postprocess import DEFAULT_MIN_SIZE, SplitRule
 from napari_tessera.training.edges import (
     EDGE_OFFSETS,
     SEED_DEPTHS,
+    _crop_to_objects,
     calibrate_edges,
+    object_ious,
     painted_objects,
+    smallest_object,
 )
 
 #: other ways of calibrating, as calibrate_edges arguments
@@ -47,7 +52,27 @@ POLICIES = {"clear": {"trust_base": True}, "offset": {"depths": (0.0,)}}
 GROWN = (-1.5, -1.0, -0.5, 0.5)
 #: the scaled rule's depth, as a fraction of the painted objects' median radius
 SCALED = 0.2
-COLUMNS = ("stored", "plain", "clear", "offset", "scaled", "oracle", *(f"{d:+g}" for d in GROWN))
+COLUMNS = ("stored", "plain", "clear", "offset", "scaled", "whole", "oracle")
+COLUMNS += tuple(f"{d:+g}" for d in GROWN)
+
+
+def whole_rule(classes: np.ndarray, objects: np.ndarray, min_gain: float = 0.01) -> tuple:
+    """The rule calibration chooses from scratch when each painted region counts as one
+    object (``object_ious`` without joined parts): the best mean IoU, if it beats the plain
+    rule by ``min_gain``; among rules that near, the one closest to the plain rule."""
+    classes, objects = _crop_to_objects(classes, objects)  # as calibration judges them
+    min_size = smallest_object(np.bincount(objects.ravel())[1:])
+
+    def mean_iou(offset: float, depth: float) -> float:
+        labels = SplitRule(True, offset, depth, min_size).labels(classes)[0]
+        return float(object_ious(objects, labels).mean())
+
+    score = {(o, d): mean_iou(o, d) for o in EDGE_OFFSETS for d in SEED_DEPTHS}
+    better = {k: v for k, v in score.items() if v >= score[(0.0, 0.0)] + min_gain}
+    if not better or max(score.values()) < 0.3:
+        return (0.0, 0.0)
+    near = [k for k, v in better.items() if v >= max(better.values()) - min_gain / 2]
+    return min(near, key=lambda k: (abs(k[0]) + abs(k[1]) / 2, -score[k]))
 
 
 def study(path: Path) -> dict:
@@ -84,6 +109,8 @@ def study(path: Path) -> dict:
     cal = calibrate_edges([classes], [objects], base=SplitRule(True, 0.0, depth))
     row["scaled"] = f1(cal.offset, cal.seed_depth)
     row["scaled_rule"] = (cal.offset, cal.seed_depth)
+    row["whole_rule"] = whole_rule(classes, objects)
+    row["whole"] = f1(*row["whole_rule"])
     for policy, kwargs in POLICIES.items():
         cal = calibrate_edges([classes], [objects], **kwargs)
         row[policy] = f1(cal.offset, cal.seed_depth)
