@@ -41,6 +41,7 @@ from napari_tessera.training.edges import (
     SEED_DEPTHS,
     _crop_to_objects,
     calibrate_edges,
+    choose_rule,
     object_ious,
     painted_objects,
     smallest_object,
@@ -63,16 +64,14 @@ def whole_rule(classes: np.ndarray, objects: np.ndarray, min_gain: float = 0.01)
     classes, objects = _crop_to_objects(classes, objects)  # as calibration judges them
     min_size = smallest_object(np.bincount(objects.ravel())[1:])
 
-    def mean_iou(offset: float, depth: float) -> float:
+    def per_object(offset: float, depth: float) -> np.ndarray:
         labels = SplitRule(True, offset, depth, min_size).labels(classes)[0]
-        return float(object_ious(objects, labels).mean())
+        return object_ious(objects, labels)
 
-    score = {(o, d): mean_iou(o, d) for o in EDGE_OFFSETS for d in SEED_DEPTHS}
-    better = {k: v for k, v in score.items() if v >= score[(0.0, 0.0)] + min_gain}
-    if not better or max(score.values()) < 0.3:
+    ious = {(o, d): per_object(o, d) for o in EDGE_OFFSETS for d in SEED_DEPTHS}
+    if max(v.mean() for v in ious.values()) < 0.3:  # as calibration: not painted whole
         return (0.0, 0.0)
-    near = [k for k, v in better.items() if v >= max(better.values()) - min_gain / 2]
-    return min(near, key=lambda k: (abs(k[0]) + abs(k[1]) / 2, -score[k]))
+    return choose_rule(ious, (0.0, 0.0), min_gain) or (0.0, 0.0)
 
 
 def study(path: Path) -> dict:

@@ -225,20 +225,37 @@ def calibrate_edges(
     if top < min_whole:
         why = f"painted objects matched at mean IoU {top:.2f} < {min_whole} at best: "
         return _kept(base_rule, n, scores, why + "not painted whole?")
+    chosen = choose_rule(per_object, base, min_gain, trust_base)
+    if chosen is None:
+        why = "no other rule does clearly better" if trust_base else "no other rule does better"
+        return replace(_kept(base_rule, n, scores, why), min_size=min_size)
+    off, depth = chosen
+    return EdgeCalibration(off, n, scores, seed_depth=depth, min_size=min_size)
+
+
+def choose_rule(
+    per_object: dict[tuple[float, float], np.ndarray],
+    base: tuple[float, float],
+    min_gain: float = 0.01,
+    trust_base: bool = False,
+) -> tuple[float, float] | None:
+    """The ``(offset, seed depth)`` that beats ``base`` on the painted objects, or None.
+
+    per_object: each rule's per-object IoUs (``base`` among them). A rule beats the base by
+    ``min_gain`` on average (and, with ``trust_base``, by more than twice the standard error
+    of the paired differences); of those within ``min_gain / 2`` of the best, the one closest
+    to the base wins.
+    """
     plain = per_object[base]
     if trust_base:
         better = [k for k, v in per_object.items() if _clearly_better(v, plain, min_gain)]
     else:
         better = [k for k, v in per_object.items() if v.mean() >= plain.mean() + min_gain]
     if not better:
-        why = "no other rule does clearly better" if trust_base else "no other rule does better"
-        return replace(_kept(base_rule, n, scores, why), min_size=min_size)
-    best = max(scores[k] for k in better)
-    near = [k for k in better if scores[k] >= best - min_gain / 2]
-    off, depth = min(
-        near, key=lambda k: (abs(k[0] - base[0]) + abs(k[1] - base[1]) / 2, -scores[k])
-    )
-    return EdgeCalibration(off, n, scores, seed_depth=depth, min_size=min_size)
+        return None
+    scores = {k: float(per_object[k].mean()) for k in better}
+    near = [k for k in better if scores[k] >= max(scores.values()) - min_gain / 2]
+    return min(near, key=lambda k: (abs(k[0] - base[0]) + abs(k[1] - base[1]) / 2, -scores[k]))
 
 
 def smallest_object(areas: np.ndarray) -> int:
