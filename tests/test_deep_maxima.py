@@ -153,18 +153,46 @@ def test_parallel_smoothing_is_scipys():
         assert np.array_equal(postprocess._gaussian(image, sigmas), expected)
 
 
-def test_uphill_steps_are_the_same_in_pieces(monkeypatch):
-    # the image is cut into pieces for threads: each needs the margin its neighbours reach
+def uphill_heights() -> list[np.ndarray]:
+    """Padded heights in 2D and 3D: smooth distances, and coarse noise full of ties."""
+    rng = np.random.default_rng(3)
     spacing = (2.0, 1.0, 1.0)
-    padded = np.pad(
-        smooth_distance(blobs((24, 128, 128), spacing), spacing), 1, constant_values=-np.inf
-    )
-    strides = [s // padded.itemsize for s in padded.strides]
-    whole = postprocess._uphill_piece(padded.ravel(), strides, np.int32)
-    assert np.count_nonzero(whole) > whole.size // 4
-    for threads in (2, 3, 7):
-        monkeypatch.setattr(postprocess, "_threads", lambda voxels, threads=threads: threads)
-        assert np.array_equal(postprocess._uphill_steps(padded.ravel(), strides), whole)
+    heights = [
+        smooth_distance(blobs((24, 128, 128), spacing), spacing),
+        rng.integers(0, 4, (9, 40, 50)).astype(np.float32),
+        rng.integers(0, 4, (70, 90)).astype(np.float32),
+    ]
+    return [np.pad(h, 1, constant_values=-np.inf) for h in heights]
+
+
+@pytest.mark.parametrize("block", [postprocess.UPHILL_BLOCK_VOXELS, 200])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_uphill_steps_reach_the_highest_neighbour(block, threads, monkeypatch):
+    # in blocks with a margin of one: a block edge must still see the neighbours beyond it
+    monkeypatch.setattr(postprocess, "UPHILL_BLOCK_VOXELS", block)
+    monkeypatch.setattr(postprocess, "_threads", lambda voxels: threads)
+    for padded in uphill_heights():
+        step = postprocess._uphill_steps(padded)
+        inner = np.zeros(padded.shape, bool)
+        inner[(slice(1, -1),) * padded.ndim] = True
+        inner = inner.ravel()
+        f = padded.ravel()
+        highest = ndi.maximum_filter(padded, size=3, mode="constant", cval=-np.inf).ravel()
+        i = np.flatnonzero(inner)
+        assert np.array_equal(step[i] == 0, highest[i] == f[i])  # a peak stays put
+        assert np.array_equal(f[i + step[i]], highest[i])  # else it moves to the highest
+        assert np.all(np.abs(step[i]) <= sum(s // padded.itemsize for s in padded.strides))
+        assert np.count_nonzero(step[i]) > i.size // 4
+
+
+def test_uphill_steps_do_not_depend_on_blocks_or_threads(monkeypatch):
+    # ties between equally high neighbours go the same way however the image is cut
+    padded = uphill_heights()[1]
+    whole = postprocess._uphill_steps(padded)
+    for block, threads in ((200, 1), (200, 3), (1000, 2)):
+        monkeypatch.setattr(postprocess, "UPHILL_BLOCK_VOXELS", block)
+        monkeypatch.setattr(postprocess, "_threads", lambda voxels, t=threads: t)
+        assert np.array_equal(postprocess._uphill_steps(padded), whole)
 
 
 @pytest.mark.parametrize("threads", [1, 3])

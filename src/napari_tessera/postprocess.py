@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -394,41 +395,61 @@ def _half_neighbourhood(array: np.ndarray) -> np.ndarray:
     return flat[flat > 0]
 
 
-def _uphill_steps(f: np.ndarray, strides: list[int]) -> np.ndarray:
-    """Flat offset from each voxel of ``f`` (flat; ``strides`` in voxels) to the highest
-    voxel of its 3x3(x3) neighbourhood, 0 where none is higher than the voxel itself.
-    Pieces of ``f`` go to parallel threads, each with the margin its neighbourhoods reach."""
-    step = np.zeros(f.size, np.int32 if f.size < 2**31 else np.int64)
-    margin, parts = sum(strides), _threads(f.size)
-    if parts == 1:
-        return _uphill_piece(f, strides, step.dtype)
-    cuts = np.linspace(0, f.size, parts + 1).astype(np.int64)
-
-    def piece(k: int) -> None:
-        lo, hi = max(0, cuts[k] - margin), min(f.size, cuts[k + 1] + margin)
-        got = _uphill_piece(f[lo:hi], strides, step.dtype)
-        step[cuts[k] : cuts[k + 1]] = got[cuts[k] - lo : cuts[k + 1] - lo]
-
-    with ThreadPoolExecutor(parts) as pool:
-        list(pool.map(piece, range(parts)))
-    return step
+#: voxels in one block of :func:`_uphill_steps` (with its margin): a few fit in the cache
+UPHILL_BLOCK_VOXELS = 2**18
 
 
-def _uphill_piece(f: np.ndarray, strides: list[int], dtype) -> np.ndarray:
-    """:func:`_uphill_steps` of one contiguous piece. One axis at a time: the highest of
-    three along the first axis, of three of those along the next, ...; a candidate replaces
-    the current best only if it is strictly higher."""
-    best, step = f, np.zeros(f.size, dtype)
-    for stride in strides:
-        new_best, new_step = best.copy(), step.copy()
-        for d in (-stride, stride):
-            lo, hi = max(0, -d), f.size - max(0, d)
-            cand = best[lo + d : hi + d]
-            higher = cand > new_best[lo:hi]
-            np.copyto(new_best[lo:hi], cand, where=higher)
-            np.add(step[lo + d : hi + d], d, out=new_step[lo:hi], where=higher)
-        best, step = new_best, new_step
-    return step
+def _uphill_steps(padded: np.ndarray) -> np.ndarray:
+    """Flat offset from each voxel of ``padded`` to the highest voxel of its 3x3(x3)
+    neighbourhood, 0 where none is higher than the voxel itself (and on the outermost
+    border, which is padding). Blocks cut across every axis but the last, each with a
+    margin of one, go to parallel threads: passes over a block that fits in the cache are
+    several times faster than over the whole stack."""
+    ndim, shape = padded.ndim, padded.shape
+    strides = np.array(padded.strides) // padded.itemsize
+    codes = np.indices((3,) * ndim).reshape(ndim, -1).T - 1  # one step per axis: -1, 0, 1
+    big = padded.size >= 2**31
+    to_offset = (codes @ strides).astype(np.int64 if big else np.int32)
+    step = np.zeros(shape, to_offset.dtype)
+    edge = max(4, int((UPHILL_BLOCK_VOXELS / shape[-1]) ** (1 / max(1, ndim - 1))))
+
+    def block(corner: tuple[int, ...]) -> None:
+        inner = tuple(slice(c, min(c + edge, n - 1)) for c, n in zip(corner, shape))
+        margin = tuple(slice(s.start - 1, s.stop + 1) for s in inner)
+        code = _uphill_codes(np.ascontiguousarray(padded[margin]))
+        step[inner] = to_offset[code[(slice(1, -1),) * len(inner)]]
+
+    corners = list(itertools.product(*(range(1, n - 1, edge) for n in shape[:-1])))
+    threads = min(_threads(padded.size), len(corners))
+    if threads == 1:
+        list(map(block, corners))
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(block, corners))
+    return step.ravel()
+
+
+def _uphill_codes(best: np.ndarray) -> np.ndarray:
+    """Per voxel of ``best``, which neighbour is the highest, as an index into
+    ``np.indices((3,) * ndim)`` (the voxel itself: the middle one) where no neighbour is
+    higher. One axis at a time: the highest of three along the first axis, of three of
+    those along the next, ...; a candidate replaces the current best only if it is strictly
+    higher. Neighbours outside ``best`` do not count."""
+    ndim = best.ndim
+    code = np.full(best.shape, (3**ndim - 1) // 2, np.uint8)
+    for axis in range(ndim):
+        new_best, new_code = best.copy(), code.copy()
+        for d in (-1, 1):
+            here, there = [slice(None)] * ndim, [slice(None)] * ndim
+            here[axis] = slice(max(0, -d), best.shape[axis] - max(0, d))
+            there[axis] = slice(max(0, d), best.shape[axis] - max(0, -d))
+            here, there = tuple(here), tuple(there)
+            higher = best[there] > new_best[here]
+            np.copyto(new_best[here], best[there], where=higher)
+            move = np.add if d > 0 else np.subtract  # a step of d along ``axis``
+            move(code[there], np.uint8(3 ** (ndim - 1 - axis)), out=new_code[here], where=higher)
+        best, code = new_best, new_code
+    return code
 
 
 def _ascent_basins(padded: np.ndarray, above: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -441,7 +462,7 @@ def _ascent_basins(padded: np.ndarray, above: np.ndarray) -> tuple[np.ndarray, n
     its highest neighbour until it reaches a peak, so a path that never goes below it joins
     it to its basin's peak."""
     f = padded.ravel()
-    step = _uphill_steps(f, [s // padded.itemsize for s in padded.strides])
+    step = _uphill_steps(padded)
     top = (step == 0) & above
     labels, n = ndi.label(top.reshape(padded.shape), np.ones((3,) * padded.ndim))
     labels = labels.ravel()
