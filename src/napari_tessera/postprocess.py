@@ -383,7 +383,12 @@ def deep_maxima(height: np.ndarray, depth: float) -> np.ndarray:
     cut = _flood_levels(tops, a, b, s, floor)
     inner = (slice(1, -1),) * f.ndim
     basins, above = basins.reshape(padded.shape)[inner], above.reshape(padded.shape)[inner]
-    rebuilt = np.where(above, np.minimum(f, cut[basins]), f.dtype.type(low))
+    rebuilt = np.empty(f.shape, f.dtype)
+    rows = max(1, PASS_CHUNK * f.shape[0] // f.size)
+    for z in range(0, f.shape[0], rows):  # in pieces: small temporaries
+        part = slice(z, z + rows)
+        np.minimum(f[part], cut[basins[part]], out=rebuilt[part])
+        np.copyto(rebuilt[part], f.dtype.type(low), where=~above[part])
     return local_maxima(rebuilt, connectivity=2, allow_borders=True)
 
 
@@ -489,6 +494,10 @@ def _ascent_basins(padded: np.ndarray, above: np.ndarray) -> tuple[np.ndarray, n
     return np.maximum(basins, 0, out=basins), peaks
 
 
+#: voxels per piece of the scans in :func:`deep_maxima`: small temporaries
+PASS_CHUNK = 2**20
+
+
 def _passes(f: np.ndarray, basins: np.ndarray, offsets: np.ndarray, above: np.ndarray) -> tuple:
     """The touching pairs of basins ``(a, b, s)`` and the height ``s`` of the highest pass
     between each pair: the most, over neighbours one in each, of the lower of the two.
@@ -496,12 +505,17 @@ def _passes(f: np.ndarray, basins: np.ndarray, offsets: np.ndarray, above: np.nd
     n = int(basins.max()) + 1
 
     def across(d: int) -> tuple[np.ndarray, np.ndarray]:  # the pairs one step ``d`` apart
-        pair = basins[:-d] != basins[d:]
-        pair &= above[:-d]
-        pair &= above[d:]
-        i = np.flatnonzero(pair)
-        a, b = basins[i].astype(np.int64), basins[i + d].astype(np.int64)
-        return np.minimum(a, b) * n + np.maximum(a, b), np.minimum(f[i], f[i + d])
+        keys, heights = [np.empty(0, np.int64)], [np.empty(0, f.dtype)]
+        for lo in range(0, f.size - d, PASS_CHUNK):  # in pieces: small temporaries
+            hi = min(lo + PASS_CHUNK, f.size - d)
+            pair = basins[lo:hi] != basins[lo + d : hi + d]
+            pair &= above[lo:hi]
+            pair &= above[lo + d : hi + d]
+            i = np.flatnonzero(pair) + lo
+            a, b = basins[i].astype(np.int64), basins[i + d].astype(np.int64)
+            keys.append(np.minimum(a, b) * n + np.maximum(a, b))
+            heights.append(np.minimum(f[i], f[i + d]))
+        return np.concatenate(keys), np.concatenate(heights)
 
     with ThreadPoolExecutor(_threads(f.size)) as pool:
         found = list(pool.map(across, offsets.tolist()))
