@@ -92,6 +92,17 @@ def use_file_model(seg: SegmentWidget, path) -> None:
     seg.model_file.value = path
 
 
+def segment_widget(viewer, model, *, output: str | None = None, cpu: bool = False):
+    """The Segment widget docked in ``viewer``, reading the model file ``model``."""
+    seg = dock(viewer, "Segment")
+    use_file_model(seg, model)
+    if output is not None:
+        seg.output.value = output
+    if cpu:
+        seg.device.value = "cpu"
+    return seg
+
+
 def tiny_training(tr: TrainWidget, steps: int | None = 5, seconds: int | None = None) -> None:
     tr.start_from.value = "scratch"
     tr.base_channels.value = 4
@@ -151,8 +162,7 @@ def test_segment_with_model_file_updates_in_place(
 ):
     viewer = make_napari_viewer()
     image = viewer.add_image(nuclei.image, name="cells", scale=(0.5, 0.25), translate=(3, 4))
-    seg = dock(viewer, "Segment")
-    use_file_model(seg, tiny_model_path)
+    seg = segment_widget(viewer, tiny_model_path)
     assert seg.output.value == "instances"  # a background/object model's default
     seg.output.value = "classes"
     seg.tile_size.value = 64
@@ -231,10 +241,7 @@ def test_segment_all_open_images(make_napari_viewer, qtbot, tiny_model_path, err
     viewer.add_image(a.image, name="first")
     viewer.add_image(np.full((32, 32), np.nan, np.float32), name="broken")
     viewer.add_image(b.image, name="second")
-    seg = dock(viewer, "Segment")
-    use_file_model(seg, tiny_model_path)
-    seg.device.value = "cpu"
-    seg.output.value = "instances"
+    seg = segment_widget(viewer, tiny_model_path, cpu=True, output="instances")
     seg.scope.value = "all"
     segment(qtbot, seg)
     model = load_model(tiny_model_path)
@@ -263,10 +270,7 @@ def test_segment_a_folder_of_files(make_napari_viewer, qtbot, tiny_model_path, t
         tifffile.imwrite(raw / f"{name}.tif", image)
     (raw / "broken.tif").write_bytes(b"not a tiff")
     viewer = make_napari_viewer()
-    seg = dock(viewer, "Segment")
-    use_file_model(seg, tiny_model_path)
-    seg.device.value = "cpu"
-    seg.output.value = "instances"
+    seg = segment_widget(viewer, tiny_model_path, cpu=True, output="instances")
     seg.scope.value = "folder"
     assert not seg.input_folder.native.isHidden() and not seg.output_folder.native.isHidden()
     seg.run()
@@ -305,10 +309,7 @@ def test_segment_applies_the_models_edge_offset_unless_unticked(
     path = save_model(model, tmp_path / "edges.safetensors")
     viewer = make_napari_viewer()
     viewer.add_image(nuclei.image, name="cells")
-    seg = dock(viewer, "Segment")
-    use_file_model(seg, path)
-    seg.output.value = "classes"  # compared as classes below
-    seg.device.value = "cpu"
+    seg = segment_widget(viewer, path, output="classes", cpu=True)  # compared as classes below
     assert seg.model_edges.value  # ticked by default
     segment(qtbot, seg)
     shrunk = viewer.layers["cells labels"].data.copy()
@@ -327,10 +328,7 @@ def test_segment_min_object_size_is_the_models_unless_set(
     path = save_model(model, tmp_path / "sized.safetensors")
     viewer = make_napari_viewer()
     viewer.add_image(nuclei.image, name="cells")
-    seg = dock(viewer, "Segment")
-    use_file_model(seg, path)
-    seg.output.value = "instances"
-    seg.device.value = "cpu"
+    seg = segment_widget(viewer, path, output="instances", cpu=True)
     assert seg.min_size.value == 0  # the model's own
     segment(qtbot, seg)
     assert not viewer.layers["cells labels"].data.any()
@@ -343,8 +341,7 @@ def test_segment_current_slice_of_stack(make_napari_viewer, qtbot, saved_thresho
     viewer = make_napari_viewer()
     stack = np.stack([nuclei_2d((64, 64), seed=s).image for s in range(3)])
     viewer.add_image(stack, name="stack", scale=(2.0, 0.5, 0.5))
-    seg = dock(viewer, "Segment")
-    use_file_model(seg, saved_threshold_model)  # finds the nuclei: ids to compare
+    seg = segment_widget(viewer, saved_threshold_model)  # finds the nuclei: ids to compare
     assert seg.scope.enabled
     seg.scope.value = "slice"
     seg.output.value = "instances"
@@ -375,10 +372,7 @@ def test_measure_objects_fills_features_and_saves_the_table(
 
     viewer = make_napari_viewer()
     viewer.add_image(nuclei.image, name="cells", scale=(0.5, 0.25))
-    seg = dock(viewer, "Segment")
-    use_file_model(seg, saved_threshold_model)
-    seg.device.value = "cpu"
-    seg.output.value = "classes"
+    seg = segment_widget(viewer, saved_threshold_model, cpu=True, output="classes")
     shown = [seg.measure.native, seg.save_table_button.native]
     assert all(w.isHidden() for w in shown)  # no objects to measure
     seg.output.value = "instances"
@@ -430,10 +424,7 @@ def test_measure_objects_of_all_images_and_of_a_folder(
     a, b = nuclei_2d((96, 96), seed=1).image, nuclei_2d((64, 80), seed=2).image
     viewer.add_image(a, name="first", scale=(2.0, 2.0))
     viewer.add_image(b, name="second")  # scale 1, napari's pixels: no voxel size
-    seg = dock(viewer, "Segment")
-    use_file_model(seg, saved_threshold_model)
-    seg.device.value = "cpu"
-    seg.output.value = "instances"
+    seg = segment_widget(viewer, saved_threshold_model, cpu=True, output="instances")
     seg.measure.value = True
     seg.scope.value = "all"
     segment(qtbot, seg)
@@ -464,9 +455,7 @@ def test_measure_objects_of_the_current_slice_measures_the_stack(
     viewer = make_napari_viewer()
     stack = np.stack([nuclei_2d((64, 64), seed=s).image for s in range(3)])
     viewer.add_image(stack, name="stack", scale=(2.0, 0.5, 0.5))
-    seg = dock(viewer, "Segment")
-    use_file_model(seg, saved_threshold_model)
-    seg.device.value = "cpu"
+    seg = segment_widget(viewer, saved_threshold_model, cpu=True)
     seg.scope.value = "slice"
     seg.output.value = "instances"
     seg.measure.value = True
@@ -496,8 +485,7 @@ def test_lazy_stack_is_segmented_into_a_zarr_backed_layer(
     lazy = da.from_array(src, chunks=(1, 64, 64), asarray=False)
     viewer = make_napari_viewer()
     viewer.add_image(lazy, name="big", scale=(2.0, 0.5, 0.5))
-    seg = dock(viewer, "Segment")
-    use_file_model(seg, saved_threshold_model)
+    seg = segment_widget(viewer, saved_threshold_model)
     assert "lazy" in seg.info.value
     seg.zarr_folder.value = tmp_path
     seg.output.value = "instances"
@@ -528,8 +516,7 @@ def test_current_slice_of_a_lazy_stack_goes_into_a_zarr_array(
     src = ReadRecorder(stack)
     viewer = make_napari_viewer()
     viewer.add_image(da.from_array(src, chunks=(1, 64, 64), asarray=False), name="big")
-    seg = dock(viewer, "Segment")
-    use_file_model(seg, saved_threshold_model)
+    seg = segment_widget(viewer, saved_threshold_model)
     seg.zarr_folder.value = tmp_path
     seg.scope.value = "slice"
     seg.output.value = "instances"
@@ -569,10 +556,7 @@ def test_rgb_rule_in_the_widgets(make_napari_viewer, qtbot, saved_threshold_mode
     layer = viewer.add_image(green, name="green.tif", rgb=True)
     note = rgb_channels(green, "YXC", 1, "green.tif").note
     assert "reading channel 1 (green), the only one with signal" in note
-    seg = dock(viewer, "Segment")
-    use_file_model(seg, saved_threshold_model)
-    seg.output.value = "instances"
-    seg.device.value = "cpu"
+    seg = segment_widget(viewer, saved_threshold_model, output="instances", cpu=True)
     seg.image.value = layer
     assert "1 channel (green)" in seg.info.value
     segment(qtbot, seg)
@@ -617,8 +601,7 @@ def test_segment_rgb_layer_picks_a_channel(make_napari_viewer, qtbot, tiny_model
     rgb = np.stack([gray[::-1], gray, gray[:, ::-1]], axis=-1)
     rgb = (rgb / rgb.max() * 255).astype(np.uint8)
     viewer.add_image(rgb, name="colour", rgb=True)
-    seg = dock(viewer, "Segment")
-    use_file_model(seg, tiny_model_path)
+    seg = segment_widget(viewer, tiny_model_path)
     seg.channels.value = "1"
     assert "gray" not in seg.info.value and "1 channel" in seg.info.value
     segment(qtbot, seg)
@@ -635,8 +618,7 @@ def test_segment_cancel(make_napari_viewer, qtbot, tiny_model_path):
     viewer = make_napari_viewer()
     stack = np.stack([nuclei_2d((64, 64), seed=s).image for s in range(6)])
     viewer.add_image(stack, name="stack")
-    seg = dock(viewer, "Segment")
-    use_file_model(seg, tiny_model_path)
+    seg = segment_widget(viewer, tiny_model_path)
     seg.tile_size.value = 32  # many tiles: time to cancel
     seg.halo.value = "pixels"
     seg.halo_px.value = 0
@@ -653,9 +635,7 @@ def test_closing_napari_ends_a_running_segmentation(make_napari_viewer, qtbot, t
     viewer = make_napari_viewer()
     stack = np.stack([nuclei_2d((128, 128), seed=s).image for s in range(24)])
     viewer.add_image(stack, name="stack")
-    seg = dock(viewer, "Segment")
-    use_file_model(seg, tiny_model_path)
-    seg.device.value = "cpu"
+    seg = segment_widget(viewer, tiny_model_path, cpu=True)
     seg.tile_size.value = 32  # 384 tiles: still running when napari closes
     seg.halo.value = "pixels"
     seg.halo_px.value = 0
@@ -1050,9 +1030,7 @@ def test_error_in_the_worker_is_a_notification(
     assert errors and "background" in errors[-1]
     assert tr.train_button.enabled and tr.model is None
 
-    seg = dock(viewer, "Segment")
-    use_file_model(seg, tiny_model_path)
-    seg.device.value = "cpu"
+    seg = segment_widget(viewer, tiny_model_path, cpu=True)
     seg.precision.value = "fp16"  # refused by the core, in the worker
     seg.run()
     wait_idle(qtbot, seg)
@@ -1069,10 +1047,7 @@ def test_segment_gives_3d_objects_for_a_z_stack(make_napari_viewer, qtbot, saved
     s = nuclei_3d((12, 64, 64), anisotropy=2.0, seed=6)
     viewer = make_napari_viewer()
     viewer.add_image(s.image, name="nuclei", scale=(2.0, 1.0, 1.0))
-    seg = dock(viewer, "Segment")
-    use_file_model(seg, saved_threshold_model)
-    seg.device.value = "cpu"
-    seg.output.value = "instances"
+    seg = segment_widget(viewer, saved_threshold_model, cpu=True, output="instances")
     assert seg.link_z.value and not seg.link_z.native.isHidden()
     segment(qtbot, seg)
     model = load_model(saved_threshold_model)
@@ -1106,10 +1081,7 @@ def test_save_a_bioimageio_package_and_segment_with_it(
     path = tr.save(path=tmp_path / "cells.zip")
     assert not errors and path == tmp_path / "cells.zip" and path.is_file()
     assert (tmp_path / "cells.annotations.tif").is_file()
-    seg = dock(viewer, "Segment")
-    use_file_model(seg, path)
-    seg.device.value = "cpu"
-    seg.output.value = "classes"
+    seg = segment_widget(viewer, path, cpu=True, output="classes")
     segment(qtbot, seg)
     want = core_segment(tr.model, nuclei.image, device="cpu")
     np.testing.assert_array_equal(viewer.layers["cells labels"].data, want)
@@ -1126,10 +1098,7 @@ def test_a_bioimageio_model_from_another_tool(make_napari_viewer, qtbot, nuclei,
     path = build_package(tmp_path / "other.zip", Variant())
     viewer = make_napari_viewer()
     viewer.add_image(nuclei.image, name="cells")
-    seg = dock(viewer, "Segment")
-    use_file_model(seg, path)
-    seg.device.value = "cpu"
-    seg.output.value = "instances"
+    seg = segment_widget(viewer, path, cpu=True, output="instances")
     segment(qtbot, seg)
     want = core_segment(load_model(path), nuclei.image, instances=True)
     assert not errors
