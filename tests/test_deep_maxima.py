@@ -15,8 +15,9 @@ from scipy import ndimage as ndi
 from skimage.morphology import local_maxima, reconstruction
 from skimage.segmentation import watershed
 
-from napari_tessera import postprocess
-from napari_tessera.postprocess import deep_maxima, distance_inside, split_instances
+from napari_tessera import maxima, parallel, postprocess
+from napari_tessera.maxima import deep_maxima
+from napari_tessera.postprocess import distance_inside, split_instances
 
 
 def reference_deep_maxima(height: np.ndarray, depth: float) -> np.ndarray:
@@ -71,7 +72,7 @@ def test_deep_maxima_is_the_reconstructions(shape, spacing, depth):
 def test_deep_maxima_in_small_pieces(shape, spacing, monkeypatch):
     # the passes and the rebuilt heights are taken piece by piece: pieces of a few hundred
     # voxels (pairs cut at every piece's edge, a rebuilt slab per slice) change nothing
-    monkeypatch.setattr(postprocess, "PASS_CHUNK", 333)
+    monkeypatch.setattr(maxima, "PASS_CHUNK", 333)
     height = smooth_distance(blobs(shape, spacing), spacing)
     for depth in DEPTHS:
         assert np.array_equal(deep_maxima(height, depth), reference_deep_maxima(height, depth))
@@ -160,7 +161,7 @@ def test_parallel_smoothing_is_scipys():
         image = rng.random(shape).astype(np.float32)
         assert image.size >= 2**20  # large enough to go to threads
         expected = ndi.gaussian_filter(image, sigmas)
-        assert np.array_equal(postprocess._gaussian(image, sigmas), expected)
+        assert np.array_equal(parallel.gaussian(image, sigmas), expected)
 
 
 def uphill_heights() -> list[np.ndarray]:
@@ -175,14 +176,14 @@ def uphill_heights() -> list[np.ndarray]:
     return [np.pad(h, 1, constant_values=-np.inf) for h in heights]
 
 
-@pytest.mark.parametrize("block", [postprocess.UPHILL_BLOCK_VOXELS, 200])
+@pytest.mark.parametrize("block", [maxima.UPHILL_BLOCK_VOXELS, 200])
 @pytest.mark.parametrize("threads", [1, 3])
 def test_uphill_steps_reach_the_highest_neighbour(block, threads, monkeypatch):
     # in blocks with a margin of one: a block edge must still see the neighbours beyond it
-    monkeypatch.setattr(postprocess, "UPHILL_BLOCK_VOXELS", block)
-    monkeypatch.setattr(postprocess, "_threads", lambda voxels: threads)
+    monkeypatch.setattr(maxima, "UPHILL_BLOCK_VOXELS", block)
+    monkeypatch.setattr(parallel, "threads_for", lambda voxels: threads)
     for padded in uphill_heights():
-        step = postprocess._uphill_steps(padded)
+        step = maxima._uphill_steps(padded)
         inner = np.zeros(padded.shape, bool)
         inner[(slice(1, -1),) * padded.ndim] = True
         inner = inner.ravel()
@@ -198,18 +199,18 @@ def test_uphill_steps_reach_the_highest_neighbour(block, threads, monkeypatch):
 def test_uphill_steps_do_not_depend_on_blocks_or_threads(monkeypatch):
     # ties between equally high neighbours go the same way however the image is cut
     padded = uphill_heights()[1]
-    whole = postprocess._uphill_steps(padded)
+    whole = maxima._uphill_steps(padded)
     for block, threads in ((200, 1), (200, 3), (1000, 2)):
-        monkeypatch.setattr(postprocess, "UPHILL_BLOCK_VOXELS", block)
-        monkeypatch.setattr(postprocess, "_threads", lambda voxels, t=threads: t)
-        assert np.array_equal(postprocess._uphill_steps(padded), whole)
+        monkeypatch.setattr(maxima, "UPHILL_BLOCK_VOXELS", block)
+        monkeypatch.setattr(parallel, "threads_for", lambda voxels, t=threads: t)
+        assert np.array_equal(maxima._uphill_steps(padded), whole)
 
 
 @pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize(("shape", "spacing"), IMAGES)
 def test_flooding_by_component_is_one_flooding(shape, spacing, threads, monkeypatch):
     # one component at a time in its box (in threads) gives the labels of one flooding
-    monkeypatch.setattr(postprocess, "_threads", lambda voxels: threads)
+    monkeypatch.setattr(parallel, "threads_for", lambda voxels: threads)
     fg = blobs(shape, spacing)
     dist = smooth_distance(fg, spacing)
     markers, n_seeds = ndi.label(deep_maxima(dist, 0.5) & fg, np.ones((3,) * fg.ndim))
@@ -225,11 +226,11 @@ def test_split_is_the_same_in_threads(shape, spacing, seed_depth, monkeypatch):
     # every threaded step (distances, climbing to the peaks, passes, look-ups) gives the
     # labels of one thread, ids included
     fg = blobs(shape, spacing)
-    monkeypatch.setattr(postprocess, "_threads", lambda voxels: 1)
+    monkeypatch.setattr(parallel, "threads_for", lambda voxels: 1)
     one, n_one = split_instances(fg, seed_depth=seed_depth, spacing=spacing)
     assert n_one > 20
     for threads in (2, 3):
-        monkeypatch.setattr(postprocess, "_threads", lambda voxels, threads=threads: threads)
+        monkeypatch.setattr(parallel, "threads_for", lambda voxels, threads=threads: threads)
         got, n_got = split_instances(fg, seed_depth=seed_depth, spacing=spacing)
         assert n_got == n_one
         assert np.array_equal(got, one)

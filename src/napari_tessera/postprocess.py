@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import itertools
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
 
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.feature import peak_local_max
-from skimage.morphology import local_maxima
 from skimage.segmentation import expand_labels, watershed
+
+from . import parallel
+from .maxima import deep_maxima
 
 
 def classes_from_probabilities(prob: np.ndarray) -> np.ndarray:
@@ -226,7 +225,7 @@ def split_instances(
     components, n = ndi.label(fg)
     dist = distance_inside(fg, spacing)
     if smooth > 0:
-        dist = _gaussian(dist, [smooth / v for v in spacing])
+        dist = parallel.gaussian(dist, [smooth / v for v in spacing])
     if seed_depth > 0:
         inside = np.where(fg, dist, 0)  # an object's seeds: its own passes, none outside
         markers, n_seeds = ndi.label(deep_maxima(inside, seed_depth) & fg, full)
@@ -238,55 +237,7 @@ def split_instances(
     ids = np.flatnonzero(sizes >= max(min_size, 1))  # smaller objects go to the background
     lut = np.zeros(len(sizes), np.int32)
     lut[ids] = np.arange(start, start + len(ids))
-    return _lookup(lut, ws), start + len(ids)
-
-
-THREADED_VOXELS = 2**20  # below this many voxels the steps of split_instances run in one thread
-
-
-def _threads(voxels: int) -> int:
-    """Threads for a step of :func:`split_instances` that releases the GIL, on ``voxels``."""
-    return max(1, min(4, os.cpu_count() or 1)) if voxels >= THREADED_VOXELS else 1
-
-
-def _lookup(table: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """``table[index]``, in parallel threads over slabs of ``index`` when it is large."""
-    threads = _threads(index.size)
-    if threads == 1 or index.ndim == 0:
-        return table[index]
-    out = np.empty(index.shape, table.dtype)
-    cuts = np.linspace(0, index.shape[0], threads + 1).astype(int)
-
-    def part(k: int) -> None:
-        np.take(table, index[cuts[k] : cuts[k + 1]], out=out[cuts[k] : cuts[k + 1]])
-
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(part, range(threads)))
-    return out
-
-
-def _gaussian(image: np.ndarray, sigmas: list[float]) -> np.ndarray:
-    """``ndi.gaussian_filter(image, sigmas)``, the same values, in parallel threads: one
-    axis at a time, each thread filtering a slab cut across another axis."""
-    threads = _threads(image.size)
-    if image.ndim < 2 or threads == 1:
-        return ndi.gaussian_filter(image, sigmas)
-    out = np.array(image, copy=True)
-    with ThreadPoolExecutor(threads) as pool:
-        for axis, sigma in enumerate(sigmas):
-            across = 1 if axis == 0 else 0
-            cuts = np.linspace(0, image.shape[across], threads + 1).astype(int)
-            slabs = []
-            for lo, hi in zip(cuts[:-1], cuts[1:]):
-                index = [slice(None)] * image.ndim
-                index[across] = slice(lo, hi)
-                slabs.append(out[tuple(index)])
-            list(pool.map(partial(_filter_in_place, axis=axis, sigma=sigma), slabs))
-    return out
-
-
-def _filter_in_place(part: np.ndarray, axis: int, sigma: float) -> None:
-    ndi.gaussian_filter1d(part, sigma, axis=axis, output=part)
+    return parallel.lookup(lut, ws), start + len(ids)
 
 
 def _watershed_by_component(dist, markers, n_seeds: int, components, n: int) -> np.ndarray:
@@ -304,7 +255,7 @@ def _watershed_by_component(dist, markers, n_seeds: int, components, n: int) -> 
     lut[per > 1] = 0
     unseeded = np.flatnonzero(per[1:] == 0) + 1
     lut[unseeded] = np.arange(span, span + len(unseeded))
-    ws = _lookup(lut, components)
+    ws = parallel.lookup(lut, components)
     boxes = ndi.find_objects(components)
 
     def flood(group: np.ndarray) -> None:
@@ -316,7 +267,7 @@ def _watershed_by_component(dist, markers, n_seeds: int, components, n: int) -> 
 
     todo = np.flatnonzero(per > 1)
     volume = [np.prod([b.stop - b.start for b in boxes[c - 1]]) for c in todo]
-    threads = min(_threads(int(np.sum(volume))), len(todo))
+    threads = min(parallel.threads_for(int(np.sum(volume))), len(todo))
     if threads <= 1:
         flood(todo)
         return ws
@@ -332,7 +283,7 @@ def distance_inside(fg: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
     same values as scipy's exact transform, several times faster on stacks."""
     import edt
 
-    threads = _threads(fg.size)
+    threads = parallel.threads_for(fg.size)
     return edt.edt(fg, anisotropy=tuple(spacing), black_border=False, parallel=threads)
 
 
@@ -354,213 +305,6 @@ def _peak_seeds(dist, components, min_distance: int, spacing) -> tuple[np.ndarra
     mask = np.zeros(dist.shape, bool)
     mask[tuple(peaks.T)] = True
     return ndi.label(mask, np.ones((3,) * dist.ndim))
-
-
-def deep_maxima(height: np.ndarray, depth: float) -> np.ndarray:
-    """Regional maxima that rise more than ``depth`` above the pass to any higher one (the
-    h-maxima transform): a mask, one region per maximum.
-
-    The very mask of ``local_maxima(reconstruction(height - depth, height),
-    connectivity=2)`` (skimage's grayscale reconstruction by dilation, full connectivity;
-    ``depth >= 0``; in 3D ``connectivity=2`` is 18-connectivity, so plateaus that touch
-    only at a corner are two maxima), without sorting every voxel as skimage does: each
-    voxel climbs to a peak, which splits the image into basins (:func:`_ascent_basins`);
-    the basins merge from the highest pass between them down (:func:`_flood_levels`), and
-    within a basin the reconstruction is ``height`` cut at one level.
-    """
-    height = np.asarray(height)
-    small = height.dtype in (np.float16, np.float32)
-    f = height.astype(np.float32 if small else np.float64, copy=False)  # as skimage's
-    floor = f.min()  # every two voxels are joined at this level: the passes start above it
-    if f.size == 0 or f.max() == floor:  # flat: one plateau, which is its own maximum
-        return local_maxima(f, connectivity=2, allow_borders=True)
-    padded = np.pad(f, 1, constant_values=-np.inf)  # no voxel climbs out of the image
-    above = padded.ravel() > floor  # voxels at the floor end at the floor: left out
-    basins, peaks = _ascent_basins(padded, above)
-    a, b, s = _passes(padded.ravel(), basins, _half_neighbourhood(padded), above)
-    tops = (peaks.astype(height.dtype) - depth).astype(f.dtype)  # the seed's peaks
-    low = min(floor, tops.max())  # the reconstruction at the floor, and its least anywhere
-    cut = _flood_levels(tops, a, b, s, floor)
-    inner = (slice(1, -1),) * f.ndim
-    basins, above = basins.reshape(padded.shape)[inner], above.reshape(padded.shape)[inner]
-    rebuilt = np.empty(f.shape, f.dtype)
-    rows = max(1, PASS_CHUNK * f.shape[0] // f.size)
-    for z in range(0, f.shape[0], rows):  # in pieces: small temporaries
-        part = slice(z, z + rows)
-        np.minimum(f[part], cut[basins[part]], out=rebuilt[part])
-        np.copyto(rebuilt[part], f.dtype.type(low), where=~above[part])
-    return local_maxima(rebuilt, connectivity=2, allow_borders=True)
-
-
-def _half_neighbourhood(array: np.ndarray) -> np.ndarray:
-    """Flat offsets to the neighbours of a voxel (full connectivity) that come after it."""
-    ndim = array.ndim
-    offsets = np.indices((3,) * ndim).reshape(ndim, -1).T - 1
-    flat = offsets @ (np.array(array.strides) // array.itemsize)
-    return flat[flat > 0]
-
-
-#: voxels in one block of :func:`_uphill_steps` (with its margin): a few fit in the cache
-UPHILL_BLOCK_VOXELS = 2**18
-
-
-def _uphill_steps(padded: np.ndarray) -> np.ndarray:
-    """Flat offset from each voxel of ``padded`` to the highest voxel of its 3x3(x3)
-    neighbourhood, 0 where none is higher than the voxel itself (and on the outermost
-    border, which is padding). Blocks cut across every axis but the last, each with a
-    margin of one, go to parallel threads: passes over a block that fits in the cache are
-    several times faster than over the whole stack."""
-    ndim, shape = padded.ndim, padded.shape
-    strides = np.array(padded.strides) // padded.itemsize
-    codes = np.indices((3,) * ndim).reshape(ndim, -1).T - 1  # one step per axis: -1, 0, 1
-    big = padded.size >= 2**31
-    to_offset = (codes @ strides).astype(np.int64 if big else np.int32)
-    step = np.zeros(shape, to_offset.dtype)
-    edge = max(4, int((UPHILL_BLOCK_VOXELS / shape[-1]) ** (1 / max(1, ndim - 1))))
-
-    def block(corner: tuple[int, ...]) -> None:
-        inner = tuple(slice(c, min(c + edge, n - 1)) for c, n in zip(corner, shape))
-        margin = tuple(slice(s.start - 1, s.stop + 1) for s in inner)
-        code = _uphill_codes(np.ascontiguousarray(padded[margin]))
-        step[inner] = to_offset[code[(slice(1, -1),) * len(inner)]]
-
-    corners = list(itertools.product(*(range(1, n - 1, edge) for n in shape[:-1])))
-    threads = min(_threads(padded.size), len(corners))
-    if threads == 1:
-        list(map(block, corners))
-    else:
-        with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(block, corners))
-    return step.ravel()
-
-
-def _uphill_codes(best: np.ndarray) -> np.ndarray:
-    """Per voxel of ``best``, which neighbour is the highest, as an index into
-    ``np.indices((3,) * ndim)`` (the voxel itself: the middle one) where no neighbour is
-    higher. One axis at a time: the highest of three along the first axis, of three of
-    those along the next, ...; a candidate replaces the current best only if it is strictly
-    higher. Neighbours outside ``best`` do not count."""
-    ndim = best.ndim
-    code = np.full(best.shape, (3**ndim - 1) // 2, np.uint8)
-    for axis in range(ndim):
-        new_best, new_code = best.copy(), code.copy()
-        for d in (-1, 1):
-            here, there = [slice(None)] * ndim, [slice(None)] * ndim
-            here[axis] = slice(max(0, -d), best.shape[axis] - max(0, d))
-            there[axis] = slice(max(0, d), best.shape[axis] - max(0, -d))
-            here, there = tuple(here), tuple(there)
-            higher = best[there] > new_best[here]
-            np.copyto(new_best[here], best[there], where=higher)
-            move = np.add if d > 0 else np.subtract  # a step of d along ``axis``
-            move(code[there], np.uint8(3 ** (ndim - 1 - axis)), out=new_code[here], where=higher)
-        best, code = new_best, new_code
-    return code
-
-
-def _ascent_basins(padded: np.ndarray, above: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each voxel's basin, from 0 (flat; meaningless where not ``above``), and each peak's
-    height.
-
-    ``padded``: heights with a border of -inf; ``above``: (flat) the voxels above the
-    image's floor, the only ones that count. A peak is a connected set of voxels (full
-    connectivity) none of whose neighbours is higher: all at one height. A voxel climbs to
-    its highest neighbour until it reaches a peak, so a path that never goes below it joins
-    it to its basin's peak."""
-    f = padded.ravel()
-    step = _uphill_steps(padded)
-    top = (step == 0) & above
-    labels, n = ndi.label(top.reshape(padded.shape), np.ones((3,) * padded.ndim))
-    labels = labels.ravel()
-    peaks = np.empty(n, f.dtype)
-    peaks[labels[top] - 1] = f[top]
-    to = np.arange(f.size, dtype=step.dtype)
-    to += step
-    todo = np.flatnonzero(~top & above)  # a voxel above the floor climbs to one above it
-
-    def climb(todo: np.ndarray) -> None:  # pointer jumping: each round doubles the steps
-        while todo.size:  # (threads may share ``to``: every value in it is on the way up)
-            to[todo] = reached = to[to[todo]]
-            todo = todo[~top[reached]]
-
-    threads = _threads(todo.size)
-    if threads == 1:
-        climb(todo)
-    else:
-        with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(climb, np.array_split(todo, threads)))
-    basins = labels  # the peaks' own (from 1), 0 elsewhere; then each climber's peak's
-    basins[todo] = _lookup(labels, _lookup(to, todo))
-    basins -= 1
-    return np.maximum(basins, 0, out=basins), peaks
-
-
-#: voxels per piece of the scans in :func:`deep_maxima`: small temporaries
-PASS_CHUNK = 2**20
-
-
-def _passes(f: np.ndarray, basins: np.ndarray, offsets: np.ndarray, above: np.ndarray) -> tuple:
-    """The touching pairs of basins ``(a, b, s)`` and the height ``s`` of the highest pass
-    between each pair: the most, over neighbours one in each, of the lower of the two.
-    Only neighbours both ``above`` the floor count. ``f``, ``basins`` and ``above`` are flat."""
-    n = int(basins.max()) + 1
-
-    def across(d: int) -> tuple[np.ndarray, np.ndarray]:  # the pairs one step ``d`` apart
-        keys, heights = [np.empty(0, np.int64)], [np.empty(0, f.dtype)]
-        for lo in range(0, f.size - d, PASS_CHUNK):  # in pieces: small temporaries
-            hi = min(lo + PASS_CHUNK, f.size - d)
-            pair = basins[lo:hi] != basins[lo + d : hi + d]
-            pair &= above[lo:hi]
-            pair &= above[lo + d : hi + d]
-            i = np.flatnonzero(pair) + lo
-            a, b = basins[i].astype(np.int64), basins[i + d].astype(np.int64)
-            keys.append(np.minimum(a, b) * n + np.maximum(a, b))
-            heights.append(np.minimum(f[i], f[i + d]))
-        return np.concatenate(keys), np.concatenate(heights)
-
-    with ThreadPoolExecutor(_threads(f.size)) as pool:
-        found = list(pool.map(across, offsets.tolist()))
-    keys = np.concatenate([k for k, _ in found])
-    passes = np.concatenate([p for _, p in found])
-    if n * n <= max(f.size, 2**20):  # few basins: the highest pass per pair in a table
-        table = np.full(n * n, -np.inf, f.dtype)
-        np.maximum.at(table, keys, passes)
-        keys = np.flatnonzero(table > -np.inf)
-        passes = table[keys]
-    elif keys.size:  # else sorted by pair
-        order = np.argsort(keys)
-        keys, passes = keys[order], passes[order]
-        first = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-        keys, passes = keys[first], np.maximum.reduceat(passes, first)
-    return keys // n, keys % n, passes
-
-
-def _flood_levels(tops: np.ndarray, a, b, s, floor) -> np.ndarray:
-    """Per basin, the level at which grayscale reconstruction cuts it: the most, over the
-    merges of its basin with others from the highest pass ``s`` down, of the lower of the
-    pass and the highest ``top`` (peak - depth) merged so far (the basin's own top to
-    start with). Basins still apart at the end merge at ``floor``."""
-    n = len(tops)
-    up = list(range(n))  # union-find; the merges make a tree of nodes n, n + 1, ...
-    parent, top, level = [-1] * n, tops.tolist(), tops.tolist()
-    for k in np.argsort(-s, kind="stable").tolist():
-        x, y = int(a[k]), int(b[k])
-        while up[x] != x:
-            up[x] = x = up[up[x]]
-        while up[y] != y:
-            up[y] = y = up[up[y]]
-        if x != y:
-            node = len(top)
-            top.append(max(top[x], top[y]))
-            level.append(min(float(s[k]), top[node]))
-            up[x] = up[y] = node
-            up.append(node)
-            parent[x] = parent[y] = node
-            parent.append(-1)
-    for node in range(len(level) - 1, -1, -1):  # a node is cut at the most of its ancestors'
-        if parent[node] >= 0:
-            level[node] = max(level[node], level[parent[node]])
-    cut = np.array(level[:n], tops.dtype)
-    return np.maximum(cut, min(floor, tops.max()))
 
 
 def link_through_z(
