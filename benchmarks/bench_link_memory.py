@@ -5,7 +5,7 @@ Each case runs in its own Python process (peaks do not mix). The input is a zarr
 synthetic nuclei (``synthetic.nuclei_3d``, Z step 2 pixels) written beforehand; the child opens
 it lazily, records its resident memory, runs ``segment_to_zarr(..., instances=True)`` with the
 built-in model on the CPU (3D objects: the slices' class maps, then linking through Z in slabs
-when the stack does not fit ``--link-memory``) and records the peak RSS (``ru_maxrss``).
+when the stack does not fit ``--link-memory``) and records the peak RSS (``VmHWM``).
 
     python benchmarks/bench_link_memory.py --depths 32 128 --size 512 --link-memory 1024 \
         --json benchmarks/results/link_memory.json
@@ -23,7 +23,7 @@ from pathlib import Path
 from _results import cpu_env, report
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 import torch
 torch.set_num_threads({threads})
 from napari_tessera import chunked, load_model
@@ -45,7 +45,8 @@ t0 = time.perf_counter()
 segment_to_zarr(model, image, {out!r}, axes="ZYX", instances=True, voxel_size=(2, 1, 1),
                 device="cpu")
 seconds = time.perf_counter() - t0
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+with open("/proc/self/status") as f:  # VmHWM: ru_maxrss keeps the parent's peak
+    peak = next(int(v.split()[1]) for v in f if v.startswith("VmHWM")) / 1024
 print(json.dumps(dict(before_mb=round(before), peak_mb=round(peak),
                       working_mb=round(peak - before), seconds=round(seconds, 1),
                       slabs=[slabs.depth, slabs.overlap] if slabs else None)))

@@ -4,7 +4,7 @@
 Each case runs in its own Python process (so peaks do not mix), which builds a uint16 image
 (a 512x512 synthetic nuclei image repeated to the size asked), records its resident memory
 (RSS) before segmenting, runs `segment` with the default settings (or ``--halo``) on the CPU
-and records the peak RSS (``ru_maxrss``). "working" = peak - before: what segmenting costs on
+and records the peak RSS (``VmHWM``). "working" = peak - before: what segmenting costs on
 top of the image already in memory. What must scale with the image is the output labels (and,
 for one 2D image, the per-slice buffers); what must not scale is anything per stack slice.
 
@@ -23,7 +23,7 @@ import sys
 from _results import report  # noqa: E402  (benchmarks/, on sys.path when run)
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 import numpy as np, torch
 torch.set_num_threads({threads})
 from napari_tessera import UNet, UNetConfig
@@ -47,7 +47,8 @@ before = rss_mb()
 t0 = time.perf_counter()
 labels = segment(model, img, axes=axes, device="cpu", batch_size={batch}, halo={halo!r})
 seconds = time.perf_counter() - t0
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+with open("/proc/self/status") as f:  # VmHWM: ru_maxrss keeps the parent's peak
+    peak = next(int(v.split()[1]) for v in f if v.startswith("VmHWM")) / 1024
 print(json.dumps(dict(before_mb=round(before, 1), peak_mb=round(peak, 1),
       working_mb=round(peak - before, 1), image_mb=round(img.nbytes / 2**20, 1),
       labels_mb=round(labels.nbytes / 2**20, 1), seconds=round(seconds, 1))))
