@@ -258,22 +258,21 @@ def _watershed_by_component(dist, markers, n_seeds: int, components, n: int) -> 
     ws = parallel.lookup(lut, components)
     boxes = ndi.find_objects(components)
 
-    def flood(group: np.ndarray) -> None:
-        for c in group:
-            box = boxes[c - 1]
-            mask = components[box] == c
-            part = watershed(-dist[box], np.where(mask, markers[box], 0), mask=mask)
-            ws[box][mask] = part[mask]  # the components' pixels are disjoint
+    def flood(c: int) -> None:
+        box = boxes[c - 1]
+        mask = components[box] == c
+        part = watershed(-dist[box], np.where(mask, markers[box], 0), mask=mask)
+        ws[box][mask] = part[mask]  # the components' pixels are disjoint
 
     todo = np.flatnonzero(per > 1)
     volume = [np.prod([b.stop - b.start for b in boxes[c - 1]]) for c in todo]
     threads = min(parallel.threads_for(int(np.sum(volume))), len(todo))
     if threads <= 1:
-        flood(todo)
+        list(map(flood, todo))
         return ws
-    todo = todo[np.argsort(volume)[::-1]]  # the largest first, dealt round the threads
+    todo = todo[np.argsort(volume)[::-1]]  # the largest first, each to the next free thread
     with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(flood, [todo[k::threads] for k in range(threads)]))
+        list(pool.map(flood, todo))
     return ws
 
 
