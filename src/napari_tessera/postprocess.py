@@ -268,7 +268,8 @@ def _watershed_by_component(dist, markers, n_seeds: int, components, n: int) -> 
     volume = [np.prod([b.stop - b.start for b in boxes[c - 1]]) for c in todo]
     threads = min(parallel.threads_for(int(np.sum(volume))), len(todo))
     if threads <= 1:
-        list(map(flood, todo))
+        for c in todo:
+            flood(c)
         return ws
     todo = todo[np.argsort(volume)[::-1]]  # the largest first, each to the next free thread
     with ThreadPoolExecutor(threads) as pool:
