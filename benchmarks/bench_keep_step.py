@@ -88,9 +88,7 @@ def step_f1(res, rec: Recorder, state, image, truth) -> dict:
     # as the run's finish does: the halo of these weights, then the calibration with it
     model.metadata = {k: v for k, v in model.metadata.items() if k != "halo"}
     run._store_halo(model)
-    edges = loop._calibrate_edges(
-        model, run.painted, run.cfg.mode, torch.device("cpu"), run.base_rule, run.fine_tune
-    )
+    edges, _ = run.judge(model)
     rule = SplitRule(True, edges.offset, edges.seed_depth, edges.min_size)
     classes = segment(model, image, instances=False, device="cpu")
     return {**score(truth, rule.labels(classes)[0]), "calibration_score": edges.score}

@@ -179,8 +179,20 @@ def run_method(method: str, image, painted, cfg: TrainConfig) -> tuple[np.ndarra
         "min_size": res.model.metadata.get("min_size", 8),
         "calibration_score": res.edges.score if res.edges is not None else None,
         "calibration": res.edges.reason if res.edges is not None else None,
+        **agreement_facts(res.agreement),
     }
     return segment(res.model, image, instances=True, device="cpu"), facts, res.model
+
+
+def agreement_facts(agreement) -> dict:
+    """How far the kept model agrees with the painting, as the run reports it."""
+    if agreement is None:
+        return {}
+    return {
+        "paint_background_wrong": agreement.background_wrong,
+        "paint_objects_wrong": agreement.objects_wrong,
+        "paint_learnt": agreement.learnt,
+    }
 
 
 def save_map(folder: str, case: tuple, image, painted, how, facts: dict) -> None:

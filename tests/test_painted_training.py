@@ -269,3 +269,47 @@ def test_only_fine_tuning_asks_for_clear_evidence_against_the_start_rule(monkeyp
     train(b.image, lab, config=tiny(mode="sparse", steps=2), model=_copy(start))
     small = start.metadata.get("min_size", 8)  # the start's own, from its painted objects
     assert seen == [(SplitRule(True), False), (SplitRule(True, 0.0, 2.0, small), True)]
+
+
+# -- how far the kept model agrees with the painting ------------------------------------------
+def test_paint_agreement_judges_the_painted_background_and_the_objects_iou():
+    from napari_tessera.training.agreement import WARN_BACKGROUND, paint_agreement
+
+    tgt = np.full((4, 5), IGNORE, np.int64)
+    tgt[0] = 0  # five painted background pixels
+    tgt[1, :2], tgt[1, 2:] = 1, 2  # painted objects of two classes: not background
+    pred = np.zeros((4, 5), np.int64)
+    pred[0, 0] = 1  # one painted background pixel called object
+    pred[1] = 0  # objects called background: the objects' IoU judges them, not this share
+    pred[2:] = 2  # not painted: not judged
+    a = paint_agreement([pred], [tgt], objects_iou=0.8)
+    assert (a.background_wrong, a.background_pixels) == (0.2, 5)
+    assert not a.learnt and a.describe().startswith("the model has not learnt the painting")
+    assert "it calls 20% of the painted background object" in a.describe()
+    pred[0, 0] = 0
+    a = paint_agreement([pred], [tgt], objects_iou=0.8)
+    assert a.learnt and a.describe() == "the model calls 0% of the painted background object"
+    low = paint_agreement([pred], [tgt], objects_iou=0.45)
+    assert not low.learnt and "the painted objects come out at mean IoU 0.45" in low.describe()
+    assert paint_agreement([pred], [tgt]).learnt  # not calibrated: the background alone
+    pred[0, :1] = 1  # 1 of 5 at the limit is still "learnt"; 2 of 5 is not
+    assert paint_agreement([pred], [tgt]).learnt == (0.2 <= WARN_BACKGROUND)
+    assert paint_agreement([pred[:1]], [np.zeros((1, 5), np.int64)]).background_wrong == 0.2
+
+
+def test_the_run_reports_how_far_the_kept_model_agrees_with_the_painting():
+    img = nuclei_2d((128, 128), seed=5)
+    lab = np.zeros(img.labels.shape, np.int64)
+    for i in range(1, 9):
+        lab[img.labels == i] = 2
+    lab[~ndi.binary_dilation(img.labels > 0, iterations=4) & (np.arange(128) % 9 == 0)] = 1
+    res = train(img.image, lab, config=tiny(mode="sparse", steps=30, base_channels=8, seed=0))
+    classes = segment(res.model, img.image, device="cpu", edge_offset=0)
+    bg = lab == 1
+    a = res.agreement
+    # only what was painted: not the band of background the run adds around painted objects
+    assert a.background_pixels == bg.sum()
+    # the kept (returned) weights, segmenting the image as a user would
+    assert a.background_wrong == pytest.approx(np.mean(classes[bg] != 0))
+    assert a.objects_iou == res.edges.score
+    assert res.model.metadata["provenance"]["paint_agreement"] == a.as_metadata()

@@ -89,6 +89,10 @@ def test_train_then_segment(files, tmp_path, capsys):
     assert prov["edges"]["objects"] >= 3 and "scores" in prov["edges"]  # calibrated
     assert meta.get("edge_offset", 0.0) == prov["edges"]["offset"]
     assert "painted objects come out at mean IoU" in err
+    judged = prov["paint_agreement"]  # whether it learnt the painting, said either way
+    assert judged["background_pixels"] > 0 and judged["objects_iou"] == prov["edges"]["score"]
+    said = "of the painted background object" if judged["learnt"] else "has not learnt the"
+    assert said in err
     assert meta["class_names"] == ["background", "object"]
     assert isinstance(load_model(model), torch.nn.Module)
 
@@ -301,3 +305,22 @@ def test_a_time_limit_that_cuts_the_plan_is_said(files, tmp_path, capsys):
     assert "the time limit cut the run at step" in err and "of 100000" in err
     code, _, err = run([*argv, "--steps", "2", "--time-limit", "600"], capsys)
     assert code == 0 and "time limit" not in err
+
+
+def test_a_run_that_has_not_learnt_the_painting_says_so(files, tmp_path, capsys):
+    from napari_tessera import UNet
+    from napari_tessera.config import UNetConfig
+    from napari_tessera.io import save_model
+
+    # a start that calls every pixel an object; a step too small to change it
+    start = UNet(UNetConfig(in_channels=1, n_classes=2, base_channels=4, depth=2))
+    with torch.no_grad():
+        start.outc.bias.copy_(torch.tensor([-50.0, 50.0]))
+    path = save_model(start, tmp_path / "start.safetensors")
+    model = tmp_path / "m.safetensors"
+    argv = ["train", files["image"], files["sparse"], "-o", model, "--steps", "1"]
+    code, _, err = run([*argv, "--from", path, "--lr", "1e-9", "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert "has not learnt the painting: it calls 100% of the painted background object" in err
+    _, meta = read_model_info(model)
+    assert meta["provenance"]["paint_agreement"]["background_wrong"] == 1.0

@@ -72,6 +72,13 @@ def errors(monkeypatch):
 
 
 @pytest.fixture
+def warned(monkeypatch):
+    shown: list[str] = []
+    monkeypatch.setattr(_common, "show_warning", lambda msg: shown.append(str(msg)))
+    return shown
+
+
+@pytest.fixture
 def infos(monkeypatch):
     shown: list[str] = []
     monkeypatch.setattr(_common, "show_info", lambda msg: shown.append(str(msg)))
@@ -653,7 +660,7 @@ def test_closing_napari_ends_a_running_segmentation(make_napari_viewer, qtbot, t
 
 
 # -- training -----------------------------------------------------------------------------------
-def test_train_then_segment_with_the_result(make_napari_viewer, qtbot, nuclei, tmp_path):
+def test_train_then_segment_with_the_result(make_napari_viewer, qtbot, nuclei, tmp_path, warned):
     viewer = make_napari_viewer()
     image = viewer.add_image(nuclei.image, name="cells", scale=(0.5, 0.5))
     tr = dock(viewer, "Train")
@@ -676,6 +683,10 @@ def test_train_then_segment_with_the_result(make_napari_viewer, qtbot, nuclei, t
     assert session.last_trained_model is tr.model
     assert seg.model_source.value == "session"
     assert "painted objects come out" in tr.status.value  # how well, and the rule, is said
+    agreement = tr.result.agreement  # and how far the model agrees with the painting
+    assert agreement.describe() in tr.status.value
+    # five steps of a tiny network: whether it learnt the painting is told, and warned of
+    assert len([m for m in warned if "has not learnt" in m]) == (0 if agreement.learnt else 1)
     segment(qtbot, seg)
     assert viewer.layers["cells labels"].data.shape == image.data.shape
 

@@ -677,12 +677,17 @@ class TrainWidget(Container):
         told = result.best_val_iou is not None or result.averaged is not None
         iou = result.describe_kept() if told else ""
         edges = f"; {result.edges.describe()}" if result.edges is not None else ""
+        agreement = result.agreement
+        judged = f"; {agreement.describe()}" if agreement is not None else ""
         self.status.value = (
             f"done: {result.steps} steps in {result.elapsed:.0f} s "
-            f"(stopped: {result.stopped}){iou}{edges}. The model is selected in Segment."
+            f"(stopped: {result.stopped}){iou}{edges}{judged}. The model is selected in Segment."
         )
         self.progress.value = 1000
         session.set_trained_model(result.model)
+        if agreement is not None and not agreement.learnt:
+            notify_warning(f"Training finished, but {agreement.describe()}.")
+            return
         notify_info(
             f"Training finished after {result.steps} steps{iou}; the model is ready in the "
             "Segment widget (Save keeps it)."

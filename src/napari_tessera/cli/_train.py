@@ -178,6 +178,8 @@ def _save_result(args, result, out: Path, ckpt: Path) -> None:
     )
     if result.edges is not None:
         warn(result.edges.describe())
+    if result.agreement is not None:
+        warn(result.agreement.describe())
     if result.stopped == "time":
         warn(
             f"the time limit cut the run at step {result.steps} of "

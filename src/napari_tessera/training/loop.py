@@ -34,10 +34,12 @@ from ..normalize import normalize_slice
 from ..postprocess import DEFAULT_MIN_SIZE, SplitRule, classes_from_probabilities, resolve_split
 from ..tiling import round_up
 from . import distributed as ddp
+from .agreement import PaintAgreement, paint_agreement
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import PaintFeed, as_images, load_sources, painted_slices, smallest_side
 from .distributed import DistContext
 from .edges import EdgeCalibration, calibrate_edges, painted_objects
+from .labels import make_targets
 from .losses import LossTerms, annotated_iou, kept_predictions, segmentation_loss
 from .sampling import WHOLE_SLICES_FROM, PatchSampler
 from .weights import border_weights
@@ -167,6 +169,7 @@ class TrainResult:
     edges: EdgeCalibration | None = None  # the stored split rule and how it was chosen
     planned_steps: int | None = None  # the run's plan (a time limit may stop it earlier)
     averaged: tuple[int, int, int] | None = None  # (weights averaged, first step, last step)
+    agreement: PaintAgreement | None = None  # the kept model on the painted pixels
 
     def describe_kept(self) -> str:
         """Which weights the run returns, for the CLI and the Train widget."""
@@ -718,12 +721,8 @@ class _Run:
         model.metadata = {k: v for k, v in model.metadata.items() if k != "halo"}  # a base's
         if self.main_rank and model.config.padding == "same":
             self._store_halo(model)
-        edges = None
-        if self.cfg.calibrate_edges and self.main_rank:
-            edges = _calibrate_edges(
-                model, self.painted, self.cfg.mode, self.device, self.base_rule, self.fine_tune
-            )
-        model.metadata = self._metadata(model, edges, stopped, averaged)
+        edges, agreement = self.judge(model) if self.main_rank else (None, None)
+        model.metadata = self._metadata(model, edges, agreement, stopped, averaged)
         return TrainResult(
             model,
             self.best.step,
@@ -735,7 +734,27 @@ class _Run:
             edges,
             planned_steps=self.steps,
             averaged=averaged,
+            agreement=agreement,
         )
+
+    def judge(self, model: UNet) -> tuple[EdgeCalibration | None, PaintAgreement]:
+        """``model`` on the painted slices, segmented as a user would: the split rule its
+        objects match the painted ones best with (None when calibration is off; see
+        ``edges``), and whether it has learnt the painting (``agreement``)."""
+        mode = self.cfg.mode
+        predicted = _painted_classes(model, self.painted, self.device)
+        targets = [
+            make_targets(src.labels[s][None], mode, n_classes=self.n_classes).classes[0]
+            for src, s in self.painted
+        ]
+        edges = None
+        if self.cfg.calibrate_edges:
+            objects = [painted_objects(src.labels[s], mode) for src, s in self.painted]
+            edges = calibrate_edges(
+                predicted, objects, base=self.base_rule, trust_base=self.fine_tune
+            )
+        score = edges.score if edges is not None else None
+        return edges, paint_agreement(predicted, targets, score)
 
     def _averaged(self) -> tuple[int, int, int] | None:
         """``(count, first, last)`` of the averaged steps the run returns, or None: no step
@@ -784,6 +803,7 @@ class _Run:
         self,
         model: UNet,
         edges: EdgeCalibration | None,
+        agreement: PaintAgreement | None,
         stopped: str,
         averaged: tuple[int, int, int] | None,
     ) -> dict:
@@ -817,6 +837,7 @@ class _Run:
                 "processes": self.dist_ctx.world_size if self.dist_ctx is not None else 1,
                 "config": self.run_config(),
                 "edges": edges.as_metadata() if edges is not None else None,
+                "paint_agreement": agreement.as_metadata() if agreement is not None else None,
             },
         }
 
@@ -965,20 +986,14 @@ def validation_scores(
     return loss, (inter / union if union else 1.0)
 
 
-def _calibrate_edges(model, painted, mode, device, base, trust_base) -> EdgeCalibration:
-    """The split rule from the painted objects of the annotated slices (see ``edges``);
-    ``base``: the start's rule; ``trust_base``: fine-tuning keeps the start's rule unless
-    another is clearly better."""
-    classes, objects = [], []
+def _painted_classes(model, painted, device) -> list[np.ndarray]:
+    """The model's classes on each painted ``(source, slice)``, segmented as a user would."""
+    out = []
     for src, s in painted:
-        obj = painted_objects(src.labels[s], mode)
-        if not obj.any():
-            continue
         sl = np.asarray(src.lay.slice_view(src.image, s))
         prob = predict_tiled(model, sl, axes="CYX", device=device)
-        classes.append(classes_from_probabilities(prob))
-        objects.append(obj)
-    return calibrate_edges(classes, objects, base=base, trust_base=trust_base)
+        out.append(classes_from_probabilities(prob))
+    return out
 
 
 def _spread(items: list, n: int) -> list:

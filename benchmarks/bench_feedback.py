@@ -1,0 +1,132 @@
+#!/usr/bin/env python
+"""Can a user tell a good training run from a bad one without ground truth?
+
+A trained run reports two things measured on the user's own painting: the painted objects'
+mean IoU with the objects the model draws there (``calibration_score``), and the share of the
+painted background the kept model calls object. A run with too much of either is told it "has
+not learnt the painting" (``napari_tessera.training.agreement``). This script puts both beside
+each run's true F1 on the unpainted half and the random forest's F1 on the same paint.
+
+The runs come from ``bench_real.py --save-maps DIR --jsonl FILE``: each saved class map (the
+kept model's classes on the whole image, edges where the network put them, as the run's own
+check segments them) is judged with the product's ``paint_agreement``; a run's F1 is the row of
+``FILE`` with the same image and method (and ``--tag``).
+
+    python benchmarks/bench_feedback.py \
+        --runs MAPS0 benchmarks/results/real_v9.jsonl v9 benchmarks/results/real_v8.jsonl v8 \
+        --runs MAPS2 benchmarks/results/real_v9_paint_seeds.jsonl paint2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from napari_tessera.training.agreement import paint_agreement
+from napari_tessera.training.labels import make_targets
+
+
+def _rows(jsonl: str, tag: str) -> list[dict]:
+    return [r for r in map(json.loads, open(jsonl)) if r.get("tag") == tag]
+
+
+def judged(folder: str, jsonl: str, tag: str, forest_from: tuple[str, str] | None) -> list[dict]:
+    """One row per saved scratch or fine-tuned map with its F1 and paint agreement; the
+    forest's F1 on the same paint from ``jsonl`` or from ``forest_from`` (file, tag)."""
+    rows = _rows(jsonl, tag)
+    forest_rows = _rows(*forest_from) if forest_from else rows
+    forest = {r["image"]: r["f1"] for r in forest_rows if r["method"] == "rf"}
+    out = []
+    for path in sorted(Path(folder).glob("*_p*_r*.npz")):
+        name, method, paint, rep = path.stem.rsplit("_", 3)
+        key = (name, method, int(rep[1:]))
+        match = [r for r in rows if (r["image"], r["method"], r["repeat"]) == key]
+        if method == "rf" or not match:
+            continue
+        saved = np.load(path)
+        targets = make_targets(saved["painted"].astype(np.int64)[None], "sparse").classes[0]
+        r = match[0]
+        a = paint_agreement([saved["classes"]], [targets], r.get("calibration_score"))
+        out.append(
+            {
+                "image": name,
+                "method": method,
+                "paint": paint,
+                "f1": r["f1"],
+                "rf": forest.get(name),
+                "objects_iou": a.objects_iou,
+                "background_wrong": a.background_wrong,
+                "learnt": a.learnt,
+            }
+        )
+    return out
+
+
+def table(rows: list[dict]) -> None:
+    head = "image | paint | F1 | forest F1 | painted objects' IoU | painted background as object"
+    print(f"| {head} |")
+    print("|---|---|---|---|---|---|")
+    for r in sorted(rows, key=lambda r: (r["image"], r["paint"])):
+        rf = f"{r['rf']:.3f}" if r["rf"] is not None else "-"
+        iou = f"{r['objects_iou']:.2f}" if r["objects_iou"] is not None else "-"
+        flag = "" if r["learnt"] else " (**not learnt**)"
+        print(
+            f"| {r['image']} | {r['paint']} | {r['f1']:.3f} | {rf} | {iou} | "
+            f"{r['background_wrong']:.2f}{flag} |"
+        )
+
+
+def summary(rows: list[dict]) -> None:
+    real = [r for r in rows if not r["image"].startswith("synthetic")]
+    for kind, group in (("real", real), ("all", rows)):
+        if len(group) < 3:
+            continue
+        f1 = np.array([r["f1"] for r in group])
+        print(f"\n{kind}: {len(group)} runs; Spearman's rank correlation with F1:")
+        iou = [r["objects_iou"] for r in group]
+        bg = np.array([r["background_wrong"] for r in group])
+        if None not in iou:
+            both = np.array(iou) * (1 - bg)
+            print(f"  painted objects' IoU                 {spearmanr(iou, f1)[0]:+.2f}")
+            print(f"  IoU x (1 - background called object) {spearmanr(both, f1)[0]:+.2f}")
+        print(f"  -(background called object)          {spearmanr(-bg, f1)[0]:+.2f}")
+        learnt = np.array([r["learnt"] for r in group])
+        for said, keep in (("learnt", learnt), ("not learnt", ~learnt)):
+            if keep.any():
+                vs = [r for r, k in zip(group, keep) if k and r["rf"] is not None]
+                below = sum(r["f1"] < r["rf"] for r in vs)
+                print(
+                    f"  told '{said}': {int(keep.sum())} runs, F1 mean {f1[keep].mean():.3f}, "
+                    f"lowest {f1[keep].min():.3f}; below the forest in {below} of {len(vs)}"
+                )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument(
+        "--runs",
+        nargs="+",
+        action="append",
+        required=True,
+        metavar="ARG",
+        help="MAPS JSONL TAG [FOREST_JSONL FOREST_TAG]: a --save-maps folder, the --jsonl "
+        "file of the same runs and their --tag; the forest's rows on the same paint when "
+        "they are in another file",
+    )
+    args = ap.parse_args()
+    rows = []
+    for run in args.runs:
+        if len(run) not in (3, 5):
+            ap.error("--runs takes MAPS JSONL TAG [FOREST_JSONL FOREST_TAG]")
+        forest = (run[3], run[4]) if len(run) == 5 else None
+        rows += judged(run[0], run[1], run[2], forest)
+    table(rows)
+    summary(rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""Whether the trained model has learnt the painting it was trained on.
+
+A run that has learnt the painted objects segments the painted pixels as painted. A run that
+has not can still score well on a few held-out blocks: the failure seen on real images is a
+model that calls large empty areas "object", painted background strokes among them, while the
+painted objects still come out at a fair IoU. Two numbers on the user's own painting tell
+such a run apart without any other ground truth (docs/benchmarks.md, "Feedback"): the share
+of the painted background the kept model calls object, and the painted objects' mean IoU with
+the objects it draws there (the split-rule calibration's score, :mod:`.edges`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: a larger share of the painted background called object: the painting was not learnt
+WARN_BACKGROUND = 0.10
+#: a lower mean IoU of the painted objects: the model does not reproduce what was painted
+WARN_OBJECTS_IOU = 0.6
+
+
+@dataclass(frozen=True)
+class PaintAgreement:
+    """The kept model on the pixels the user painted.
+
+    background_wrong: share of the painted background pixels it calls an object class.
+    background_pixels: how many painted background pixels were judged.
+    objects_iou: mean IoU of the painted objects with the objects it draws there under the
+        stored split rule (None: not calibrated).
+    """
+
+    background_wrong: float
+    background_pixels: int
+    objects_iou: float | None = None
+
+    def problems(self) -> list[str]:
+        """What says the painting was not learnt (empty: nothing)."""
+        out = []
+        if self.background_wrong > WARN_BACKGROUND:
+            out.append(f"it calls {self.background_wrong:.0%} of the painted background object")
+        if self.objects_iou is not None and self.objects_iou < WARN_OBJECTS_IOU:
+            out.append(f"the painted objects come out at mean IoU {self.objects_iou:.2f}")
+        return out
+
+    @property
+    def learnt(self) -> bool:
+        return not self.problems()
+
+    def describe(self) -> str:
+        """One line for the user; a warning with advice when the painting was not learnt."""
+        problems = self.problems()
+        if not problems:
+            return f"the model calls {self.background_wrong:.0%} of the painted background object"
+        return (
+            f"the model has not learnt the painting: {' and '.join(problems)}; expect wrong "
+            "objects elsewhere too (paint background where it goes wrong and train again)"
+        )
+
+    def as_metadata(self) -> dict:
+        return {
+            "background_wrong": round(self.background_wrong, 4),
+            "background_pixels": self.background_pixels,
+            "objects_iou": self.objects_iou,
+            "learnt": self.learnt,
+        }
+
+
+def background_wrong(predicted: list[np.ndarray], targets: list[np.ndarray]) -> tuple[float, int]:
+    """The share of painted background pixels predicted as an object class, and their count.
+
+    predicted: per-pixel classes (0 = background), one 2D map per slice.
+    targets: the painted classes of the same slices (``IGNORE`` = not painted; no band of
+        background added around objects: only what the user painted is judged).
+    """
+    wrong = n = 0
+    for pred, tgt in zip(predicted, targets, strict=True):
+        bg = np.asarray(tgt) == 0
+        n += int(bg.sum())
+        wrong += int(np.count_nonzero(np.asarray(pred)[bg] != 0))
+    return (wrong / n if n else 0.0), n
+
+
+def paint_agreement(
+    predicted: list[np.ndarray], targets: list[np.ndarray], objects_iou: float | None = None
+) -> PaintAgreement:
+    """:class:`PaintAgreement` of predicted class maps with the painted targets."""
+    share, n = background_wrong(predicted, targets)
+    return PaintAgreement(share, n, objects_iou)
