@@ -27,7 +27,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from napari_tessera.training.agreement import paint_agreement
-from napari_tessera.training.labels import make_targets
+from napari_tessera.training.labels import painted_background
 
 
 def _rows(jsonl: str, tag: str) -> list[dict]:
@@ -48,9 +48,9 @@ def judged(folder: str, jsonl: str, tag: str, forest_from: tuple[str, str] | Non
         if method == "rf" or not match:
             continue
         saved = np.load(path)
-        targets = make_targets(saved["painted"].astype(np.int64)[None], "sparse").classes[0]
+        background = painted_background(saved["painted"], "sparse")
         r = match[0]
-        a = paint_agreement([saved["classes"]], [targets], r.get("calibration_score"))
+        a = paint_agreement([saved["classes"]], [background], r.get("calibration_score"))
         out.append(
             {
                 "image": name,

@@ -274,27 +274,36 @@ def test_only_fine_tuning_asks_for_clear_evidence_against_the_start_rule(monkeyp
 # -- how far the kept model agrees with the painting ------------------------------------------
 def test_paint_agreement_judges_the_painted_background_and_the_objects_iou():
     from napari_tessera.training.agreement import WARN_BACKGROUND, paint_agreement
+    from napari_tessera.training.labels import painted_background
 
-    tgt = np.full((4, 5), IGNORE, np.int64)
-    tgt[0] = 0  # five painted background pixels
-    tgt[1, :2], tgt[1, 2:] = 1, 2  # painted objects of two classes: not background
+    lab = np.zeros((4, 5), np.int64)
+    lab[0] = 1  # five pixels painted background
+    lab[1, :2], lab[1, 2:] = 2, 3  # objects of two classes
+    bg = painted_background(lab, "sparse")
+    np.testing.assert_array_equal(bg, lab == 1)
+    np.testing.assert_array_equal(painted_background(lab, "dense"), lab == 0)  # 0 = background
     pred = np.zeros((4, 5), np.int64)
     pred[0, 0] = 1  # one painted background pixel called object
     pred[1] = 0  # objects called background: the objects' IoU judges them, not this share
     pred[2:] = 2  # not painted: not judged
-    a = paint_agreement([pred], [tgt], objects_iou=0.8)
+    a = paint_agreement([pred], [bg], objects_iou=0.8)
     assert (a.background_wrong, a.background_pixels) == (0.2, 5)
     assert not a.learnt and a.describe().startswith("the model has not learnt the painting")
     assert "it calls 20% of the painted background object" in a.describe()
     pred[0, 0] = 0
-    a = paint_agreement([pred], [tgt], objects_iou=0.8)
+    a = paint_agreement([pred], [bg], objects_iou=0.8)
     assert a.learnt and a.describe() == "the model calls 0% of the painted background object"
-    low = paint_agreement([pred], [tgt], objects_iou=0.45)
+    low = paint_agreement([pred], [bg], objects_iou=0.45)
     assert not low.learnt and "the painted objects come out at mean IoU 0.45" in low.describe()
-    assert paint_agreement([pred], [tgt]).learnt  # not calibrated: the background alone
-    pred[0, :1] = 1  # 1 of 5 at the limit is still "learnt"; 2 of 5 is not
-    assert paint_agreement([pred], [tgt]).learnt == (0.2 <= WARN_BACKGROUND)
-    assert paint_agreement([pred[:1]], [np.zeros((1, 5), np.int64)]).background_wrong == 0.2
+    assert paint_agreement([pred], [bg]).learnt  # not calibrated: the background alone
+    # the limit: a tenth of the painted background is still learnt, more is not
+    ten = np.ones((2, 10), bool)
+    wrong = np.zeros((2, 10), np.int64)
+    wrong[0, :2] = 1
+    assert paint_agreement([wrong], [ten]).background_wrong == WARN_BACKGROUND
+    assert paint_agreement([wrong], [ten]).learnt
+    wrong[0, 2] = 1
+    assert not paint_agreement([wrong], [ten]).learnt
 
 
 def test_the_run_reports_how_far_the_kept_model_agrees_with_the_painting():
@@ -313,3 +322,19 @@ def test_the_run_reports_how_far_the_kept_model_agrees_with_the_painting():
     assert a.background_wrong == pytest.approx(np.mean(classes[bg] != 0))
     assert a.objects_iou == res.edges.score
     assert res.model.metadata["provenance"]["paint_agreement"] == a.as_metadata()
+
+
+def test_an_image_of_a_set_painted_with_background_only_is_judged_too():
+    from napari_tessera.training import TrainImage
+
+    img = nuclei_2d((96, 96), seed=2)
+    lab = np.zeros(img.labels.shape, np.int64)
+    lab[img.labels == 1], lab[img.labels == 2] = 2, 2
+    lab[~ndi.binary_dilation(img.labels > 0, iterations=4) & (np.arange(96) % 9 == 0)] = 1
+    only_bg = np.zeros_like(lab)
+    only_bg[:4, :] = 1  # an image where only background is painted
+    res = train(
+        [TrainImage(img.image, lab), TrainImage(img.image, only_bg)],
+        config=tiny(mode="sparse", steps=4),
+    )
+    assert res.agreement.background_pixels == (lab == 1).sum() + (only_bg == 1).sum()

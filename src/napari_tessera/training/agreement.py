@@ -67,24 +67,19 @@ class PaintAgreement:
         }
 
 
-def background_wrong(predicted: list[np.ndarray], targets: list[np.ndarray]) -> tuple[float, int]:
-    """The share of painted background pixels predicted as an object class, and their count.
+def paint_agreement(
+    predicted: list[np.ndarray], background: list[np.ndarray], objects_iou: float | None = None
+) -> PaintAgreement:
+    """:class:`PaintAgreement` of predicted class maps with the painting.
 
-    predicted: per-pixel classes (0 = background), one 2D map per slice.
-    targets: the painted classes of the same slices (``IGNORE`` = not painted; no band of
-        background added around objects: only what the user painted is judged).
+    predicted: per-pixel classes (0 = background), one 2D map per painted slice.
+    background: the painted background of the same slices (boolean; only what the user
+        painted, no band added around objects).
+    objects_iou: the painted objects' mean IoU under the stored split rule, or None.
     """
     wrong = n = 0
-    for pred, tgt in zip(predicted, targets, strict=True):
-        bg = np.asarray(tgt) == 0
+    for pred, bg in zip(predicted, background, strict=True):
+        bg = np.asarray(bg, bool)
         n += int(bg.sum())
         wrong += int(np.count_nonzero(np.asarray(pred)[bg] != 0))
-    return (wrong / n if n else 0.0), n
-
-
-def paint_agreement(
-    predicted: list[np.ndarray], targets: list[np.ndarray], objects_iou: float | None = None
-) -> PaintAgreement:
-    """:class:`PaintAgreement` of predicted class maps with the painted targets."""
-    share, n = background_wrong(predicted, targets)
-    return PaintAgreement(share, n, objects_iou)
+    return PaintAgreement(wrong / n if n else 0.0, n, objects_iou)

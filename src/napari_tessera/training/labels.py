@@ -63,6 +63,11 @@ def check_labels(labels, image_yx_shape: tuple[int, ...], mode: str) -> np.ndarr
     return arr
 
 
+def painted_background(labels2d: np.ndarray, mode: str) -> np.ndarray:
+    """Pixels of one annotated slice painted (sparse) or marked (dense) as background."""
+    return np.asarray(labels2d) == (1 if mode == "sparse" else 0)
+
+
 def make_targets(
     labels: np.ndarray, mode: str, *, n_classes: int | None = None, surround: float = 0.0
 ) -> Targets:

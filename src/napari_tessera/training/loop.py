@@ -39,7 +39,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .data import PaintFeed, as_images, load_sources, painted_slices, smallest_side
 from .distributed import DistContext
 from .edges import EdgeCalibration, calibrate_edges, painted_objects
-from .labels import make_targets
+from .labels import painted_background
 from .losses import LossTerms, annotated_iou, kept_predictions, segmentation_loss
 from .sampling import WHOLE_SLICES_FROM, PatchSampler
 from .weights import border_weights
@@ -743,10 +743,7 @@ class _Run:
         ``edges``), and whether it has learnt the painting (``agreement``)."""
         mode = self.cfg.mode
         predicted = _painted_classes(model, self.painted, self.device)
-        targets = [
-            make_targets(src.labels[s][None], mode, n_classes=self.n_classes).classes[0]
-            for src, s in self.painted
-        ]
+        background = [painted_background(src.labels[s], mode) for src, s in self.painted]
         edges = None
         if self.cfg.calibrate_edges:
             objects = [painted_objects(src.labels[s], mode) for src, s in self.painted]
@@ -754,7 +751,7 @@ class _Run:
                 predicted, objects, base=self.base_rule, trust_base=self.fine_tune
             )
         score = edges.score if edges is not None else None
-        return edges, paint_agreement(predicted, targets, score)
+        return edges, paint_agreement(predicted, background, score)
 
     def _averaged(self) -> tuple[int, int, int] | None:
         """``(count, first, last)`` of the averaged steps the run returns, or None: no step
