@@ -190,7 +190,6 @@ def agreement_facts(agreement) -> dict:
         return {}
     return {
         "paint_background_wrong": agreement.background_wrong,
-        "paint_objects_wrong": agreement.objects_wrong,
         "paint_learnt": agreement.learnt,
     }
 
