@@ -318,6 +318,8 @@ def main() -> None:
                     "method": method,
                     "repeat": rep,
                     "tag": args.tag,
+                    "seed": args.seed,
+                    "paint_seed": args.paint_seed,
                     **score(truth, pred),
                     **facts,
                     "set": args.set,
