@@ -227,7 +227,9 @@ def split_instances(
     if smooth > 0:
         dist = parallel.gaussian(dist, [smooth / v for v in spacing])
     if seed_depth > 0:
-        inside = np.where(fg, dist, 0)  # an object's seeds: its own passes, none outside
+        # an object's seeds: its own passes, none outside; in place (the flooding below
+        # reads only the objects' voxels), so a stack needs no second copy of the map
+        inside = np.multiply(dist, fg, out=dist)
         markers, n_seeds = ndi.label(deep_maxima(inside, seed_depth) & fg, full)
     else:
         markers, n_seeds = _peak_seeds(dist, components, min_distance, spacing)
