@@ -149,14 +149,6 @@ def pick(groups: list[list[dict]]) -> None:
         f"the better run on {int(np.sum(picked == f1.max(1)))}; below the forest on {below}"
     )
     print(f"  always the better run: mean {f1.max(1).mean():.3f}")
-    again = [g0 if g0["learnt"] else c for g0, c in zip((by_image[0][i] for i in images), chosen)]
-    retried = np.array([r["f1"] for r in again])
-    below = sum(r["f1"] < r["rf"] for r in again if r["rf"] is not None)
-    print(
-        f"  run 1, or the run the paint check prefers where run 1 has not learnt the painting "
-        f"({sum(not by_image[0][i]['learnt'] for i in images)} images): mean "
-        f"{retried.mean():.3f}, lowest {retried.min():.3f}; below the forest on {below}"
-    )
 
 
 def main() -> None:
@@ -167,9 +159,9 @@ def main() -> None:
         action="append",
         required=True,
         metavar="ARG",
-        help="MAPS JSONL TAG [FOREST_JSONL FOREST_TAG]: a --save-maps folder, the --jsonl "
-        "file of the same runs and their --tag; the forest's rows on the same paint when "
-        "they are in another file",
+        help="MAPS JSONL TAG [FOREST_JSONL FOREST_TAG]: a --save-maps folder (or -: the paint "
+        "check the rows recorded), the --jsonl file of the same runs and their --tag; the "
+        "forest's rows on the same paint when they are in another file",
     )
     ap.add_argument(
         "--pick",

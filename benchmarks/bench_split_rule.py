@@ -80,7 +80,7 @@ def sized_rule(classes: np.ndarray, objects: np.ndarray, near: float = 0.01) -> 
     """Of the rules whose painted objects' mean IoU is within ``near`` of the best, the one
     whose objects over the whole image are closest to the painted objects' median size."""
     cal = calibrate_edges([classes], [objects])
-    if cal.reason != "calibrated" and not cal.scores:
+    if not cal.scores:  # too few painted objects: nothing to choose from
         return (cal.offset, cal.seed_depth)
     top = max(cal.scores.values())
     areas = np.bincount(objects.ravel())[1:]
