@@ -12,7 +12,7 @@ import torch
 from scipy import ndimage as ndi
 
 from napari_tessera import UNet
-from napari_tessera.errors import ModelFileError
+from napari_tessera.errors import InputError, ModelFileError
 from napari_tessera.inference import predict_tiled, segment
 from napari_tessera.io import load_model, save_model
 from napari_tessera.postprocess import SplitRule
@@ -338,3 +338,46 @@ def test_an_image_of_a_set_painted_with_background_only_is_judged_too():
         config=tiny(mode="sparse", steps=4),
     )
     assert res.agreement.background_pixels == (lab == 1).sum() + (only_bg == 1).sum()
+
+
+# -- validation: only fine-tuning holds painting out ------------------------------------------
+def test_from_scratch_every_painted_pixel_trains_fine_tuning_holds_some_out(monkeypatch):
+    """From scratch the returned weights are the mean of the second half, which needs no
+    validation, so no painting is held out; a fine-tuning start must prove itself against
+    painting the run does not train on."""
+    import napari_tessera.training.loop as loop
+
+    samplers = []
+    real = loop.PatchSampler
+
+    def spy(*args, **kwargs):
+        samplers.append(real(*args, **kwargs))
+        return samplers[-1]
+
+    monkeypatch.setattr(loop, "PatchSampler", spy)
+    s = nuclei_2d((128, 128), seed=4)
+    painted = np.where(s.labels > 0, 2, 1).astype(np.uint8)
+    cfg = tiny(steps=4, calibrate_edges=False)
+    assert cfg.val_fraction is None
+
+    def trainable(sampler) -> int:
+        return sum(len(ix) for pool in sampler._candidates for _, ix in pool)
+
+    scratch = train(s.image, painted, config=cfg)
+    run = scratch.model.metadata["provenance"]["config"]
+    assert run["val_fraction"] == 0 and run["validation_regions"] == 0
+    assert not samplers[-1].val_regions
+    assert trainable(samplers[-1]) == painted.size  # every painted pixel can be drawn
+
+    tuned = train(s.image, painted, config=cfg, model=scratch.model)
+    run = tuned.model.metadata["provenance"]["config"]
+    assert run["val_fraction"] == loop.FINE_TUNE_VAL_FRACTION and run["validation_regions"] > 0
+    assert 0 < trainable(samplers[-1]) < painted.size
+
+    # an explicit share holds painting out from scratch too
+    train(s.image, painted, config=tiny(steps=2, calibrate_edges=False, val_fraction=0.3))
+    assert samplers[-1].val_regions and trainable(samplers[-1]) < painted.size
+
+    # stopping early is judged by validation: from scratch it needs a share held out
+    with pytest.raises(InputError, match="patience stops a run by its validation"):
+        train(s.image, painted, config=tiny(steps=2, patience=2))

@@ -243,8 +243,12 @@ def test_help_mentions_the_label_conventions(capsys):
     assert "--resume" in text
     # the default the help states is the engine's
     from napari_tessera.training import TrainConfig
+    from napari_tessera.training.loop import FINE_TUNE_VAL_FRACTION
 
-    assert f"share held out (default {TrainConfig().val_fraction:g})" in text
+    assert TrainConfig().val_fraction is None  # chosen by the run: fine-tuning or not
+    assert f"(default: {FINE_TUNE_VAL_FRACTION:g} when fine-tuning, none from scratch)" in " ".join(
+        text.split()
+    )
 
 
 def test_bad_numbers_are_usage_errors(files, tmp_path, capsys):

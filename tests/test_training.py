@@ -52,6 +52,7 @@ def small_config(**kw) -> TrainConfig:
         patch_size=32,
         batch_size=2,
         val_every=5,
+        val_fraction=0.2,  # these tests watch validation; a run from scratch has none by default
         device="cpu",
     )
     base.update(kw)

@@ -319,7 +319,12 @@ def add_parser(sub) -> None:
         "--base-channels", type=arg_positive_int, default=16, help="width (from scratch)"
     )
     t.add_argument("--depth", type=arg_positive_int, default=4, help="poolings (from scratch)")
-    t.add_argument("--val-fraction", type=float, default=0.2, help="share held out (default 0.2)")
+    t.add_argument(
+        "--val-fraction",
+        type=float,
+        help="share of the painting held out for validation (default: 0.2 when fine-tuning, "
+        "none from scratch)",
+    )
     t.add_argument(
         "--batch-size",
         type=arg_positive_int,

@@ -45,6 +45,8 @@ from .sampling import WHOLE_SLICES_FROM, PatchSampler
 from .weights import border_weights
 
 DEFAULT_STEPS = 500
+#: share of the painting held out to validate a fine-tuning run (none from scratch)
+FINE_TUNE_VAL_FRACTION = 0.2
 
 
 @dataclass(frozen=True)
@@ -57,8 +59,12 @@ class TrainConfig:
         them, so a run does not depend on the machine's speed.
     time_limit: stop after this many seconds even if the planned steps are not done.
     base_channels / depth: size of a network trained from scratch.
-    val_fraction: share of annotated blocks (or slices) held out for validation.
-    patience: stop after this many validations without improvement (None: never).
+    val_fraction: share of annotated blocks (or slices) held out for validation. None:
+        :data:`FINE_TUNE_VAL_FRACTION` when fine-tuning (the start must prove itself against
+        painting it was not trained on), 0 from scratch (every painted pixel trains; the
+        weights returned are the mean of the second half, which needs no validation).
+    patience: stop after this many validations without improvement (None: never); from
+        scratch it needs a ``val_fraction``, since nothing is held out by default.
     balance: sparse labels only: every painted class weighs the same in each batch's loss,
         however many of its pixels were painted (dense labels balance per image).
     calibrate_edges: after training, segment the painted slices and store with the model the
@@ -83,7 +89,7 @@ class TrainConfig:
     patch_size: int | None = None
     lr: float | None = None
     weight_decay: float = 1e-4
-    val_fraction: float = 0.2
+    val_fraction: float | None = None
     val_every: int | None = None
     patience: int | None = None
     seed: int = 0
@@ -120,7 +126,7 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
                 raise InputError(f"{name} must be zero or a positive number, got {v!r}")
-        if not 0 <= self.val_fraction < 1:
+        if self.val_fraction is not None and not 0 <= self.val_fraction < 1:
             raise InputError(f"validation fraction must be in [0, 1), got {self.val_fraction}")
         for name in ("batch_size", "patch_size", "val_every", "patience"):
             v = getattr(self, name)
@@ -177,7 +183,7 @@ class TrainResult:
             n, first, last = self.averaged
             return f", kept the mean of the weights at {n} steps from {first} to {last}"
         if self.best_val_iou is None:
-            return " (no validation: too few annotated regions)"
+            return f", kept the last step, {self.steps} (no validation)"
         iou = f"validation IoU {self.best_val_iou:.3f}"
         if self.best_step == 0:
             why = "neither a step nor their mean validated better"
@@ -843,14 +849,19 @@ def _starting_point(cfg: TrainConfig, model: UNet | None, state):
     """``(config, model, fine_tune)``: a resumed run takes its model and the settings that
     rebuild the same validation split and loss from its checkpoint."""
     if state is None:
-        return cfg, model, model is not None
+        fine_tune = model is not None
+        if cfg.val_fraction is None:
+            cfg = replace(cfg, val_fraction=FINE_TUNE_VAL_FRACTION if fine_tune else 0.0)
+        if cfg.patience and not cfg.val_fraction:
+            raise InputError("patience stops a run by its validation: give a validation fraction")
+        return cfg, model, fine_tune
     rc = state.run_config
     if rc.get("mode", cfg.mode) != cfg.mode:
         raise InputError(f"the checkpoint was trained with {rc['mode']} labels, not {cfg.mode}")
     cfg = replace(
         cfg,
         seed=int(rc.get("seed", cfg.seed)),
-        val_fraction=float(rc.get("val_fraction", cfg.val_fraction)),
+        val_fraction=float(rc.get("val_fraction", cfg.val_fraction or 0.0)),
         patch_size=cfg.patch_size or rc.get("patch_size"),
         surround=float(rc.get("surround", cfg.surround)),
         keep=float(rc.get("keep", cfg.keep)),
