@@ -11,6 +11,8 @@ Methods (each on 2 CPU threads):
   default   the built-in nuclei model, no training
   scratch   ``tessera``'s default training from scratch
   finetune  the default training, starting from the built-in model
+  auto      the CLI's and the Train widget's default: the built-in model where it already
+            segments the painted objects, else a new network (``start_if_fits``)
   rf        scikit-image's multiscale_basic_features + a random forest, same instance split
 
 One JSON line per (image, method, repeat) goes to ``--jsonl``; ``--summarize FILE ...`` prints the
@@ -29,6 +31,7 @@ import os
 import sys
 import time
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -165,7 +168,9 @@ def run_method(method: str, image, painted, cfg: TrainConfig) -> tuple[np.ndarra
     if method == "default":
         model = load_model(default_model_path())
         return segment(model, image, instances=True, device="cpu"), {}, model
-    start = load_model(default_model_path()) if method == "finetune" else None
+    start = load_model(default_model_path()) if method in ("finetune", "auto") else None
+    if method == "auto":
+        cfg = replace(cfg, start_if_fits=True)
     t0 = time.perf_counter()
     res = train(image, painted, config=cfg, model=start)
     facts = {
@@ -180,6 +185,7 @@ def run_method(method: str, image, painted, cfg: TrainConfig) -> tuple[np.ndarra
         "calibration_score": res.edges.score if res.edges is not None else None,
         "calibration": res.edges.reason if res.edges is not None else None,
         **agreement_facts(res.agreement),
+        **({"start_fit": res.start_fit.as_metadata()} if res.start_fit is not None else {}),
     }
     return segment(res.model, image, instances=True, device="cpu"), facts, res.model
 
@@ -225,7 +231,9 @@ def summarize(paths: list[str], tag: str | None = None) -> None:
     for r in rows:
         f1[r["image"]][r["method"]].append(r["f1"])
     methods = [
-        m for m in ("default", "rf", "scratch", "finetune") if any(m in v for v in f1.values())
+        m
+        for m in ("default", "rf", "scratch", "finetune", "auto")
+        if any(m in v for v in f1.values())
     ]
     print("| image | " + " | ".join(methods) + " |")
     print("|---" * (1 + len(methods)) + "|")
@@ -274,7 +282,7 @@ def main() -> None:
         "--methods",
         nargs="+",
         default=["default", "scratch", "finetune", "rf"],
-        choices=["default", "scratch", "finetune", "rf"],
+        choices=["default", "scratch", "finetune", "auto", "rf"],
     )
     ap.add_argument("--time-limit", type=float, default=120.0)
     ap.add_argument("--steps", type=int, help="a fixed number of steps instead of the default")
@@ -307,7 +315,7 @@ def main() -> None:
     for name in image_names(args.images):
         image, truth, painted = load_case(name, args.paint_seed)
         for method in args.methods:
-            repeats = args.repeats if method in ("scratch", "finetune") else 1
+            repeats = args.repeats if method in ("scratch", "finetune", "auto") else 1
             for rep in range(repeats):
                 pred, facts, how = run_method(method, image, painted, cfg)
                 if args.save_maps:

@@ -34,7 +34,18 @@ from napari_tessera.synthetic import nuclei_2d
 from napari_tessera.tiling import round_up
 
 SIDE = 64
-TINY = ["--base-channels", "4", "--depth", "2", "--patch-size", "32", "--batch-size", "2"]
+TINY = [
+    "--from",
+    "scratch",
+    "--base-channels",
+    "4",
+    "--depth",
+    "2",
+    "--patch-size",
+    "32",
+    "--batch-size",
+    "2",
+]
 TINY += ["--device", "cpu", "-q"]
 
 

@@ -222,6 +222,8 @@ def test_cli_export_takes_its_test_input_from_the_training_image(tmp_path, capsy
         str(m),
         "--steps",
         "2",
+        "--from",
+        "scratch",
         "--base-channels",
         "4",
         "--depth",

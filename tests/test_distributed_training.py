@@ -149,7 +149,18 @@ def files(tmp_path_factory):
     return d, s.image
 
 
-TINY = ["--base-channels", "4", "--depth", "2", "--patch-size", "32", "--batch-size", "4"]
+TINY = [
+    "--from",
+    "scratch",
+    "--base-channels",
+    "4",
+    "--depth",
+    "2",
+    "--patch-size",
+    "32",
+    "--batch-size",
+    "4",
+]
 TINY += ["--seed", "0", "--device", "cpu", "--val-fraction", "0", "--axes", "YX"]
 
 

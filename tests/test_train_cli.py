@@ -21,7 +21,18 @@ from napari_tessera.io import load_model, read_model_info
 from napari_tessera.synthetic import nuclei_2d
 
 SIDE = 128
-TINY = ["--base-channels", "4", "--depth", "2", "--patch-size", "32", "--batch-size", "2"]
+TINY = [
+    "--from",
+    "scratch",
+    "--base-channels",
+    "4",
+    "--depth",
+    "2",
+    "--patch-size",
+    "32",
+    "--batch-size",
+    "2",
+]
 TINY += ["--device", "cpu"]
 
 
@@ -221,7 +232,8 @@ def test_bad_cases_are_all_listed(bad_inputs):
 def test_bad_input_exits_2_with_one_line_and_no_model(case, bad_inputs, tmp_path, capsys):
     args, needle = bad_inputs[case]
     model = tmp_path / "model.safetensors"
-    code, out, err = run(["train", *args, "-o", model, "--steps", "2", *TINY], capsys)
+    tiny = TINY[2:] if "--from" in args else TINY  # without TINY's --from scratch
+    code, out, err = run(["train", *args, "-o", model, "--steps", "2", *tiny], capsys)
     assert code == 2, err
     lines = nonempty_lines(err)
     assert len(lines) == 1, err

@@ -20,7 +20,18 @@ from napari_tessera.training.labels import IGNORE
 from napari_tessera.training.sampling import PatchSampler
 
 TINY_CFG = dict(base_channels=4, depth=2, patch_size=32, batch_size=2, device="cpu")
-TINY = ["--base-channels", "4", "--depth", "2", "--patch-size", "32", "--batch-size", "2"]
+TINY = [
+    "--from",
+    "scratch",
+    "--base-channels",
+    "4",
+    "--depth",
+    "2",
+    "--patch-size",
+    "32",
+    "--batch-size",
+    "2",
+]
 TINY += ["--device", "cpu", "--steps", "4", "-q"]
 
 

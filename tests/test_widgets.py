@@ -698,6 +698,28 @@ def test_train_then_segment_with_the_result(make_napari_viewer, qtbot, nuclei, t
     np.testing.assert_array_equal(painted, ann.data)
 
 
+def test_train_starts_from_the_built_in_model_only_where_it_fits(
+    make_napari_viewer, qtbot, nuclei, infos
+):
+    """The first choice of 'start from': the run judges the built-in model on the painting
+    and says which start it took; a new network's size settings stay usable for it."""
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei.image, name="cells")
+    tr = dock(viewer, "Train")
+    assert tr.start_from.value == "auto" and tr.base_channels.enabled
+    ann = tr.create_annotations()
+    ann.data = sparse_annotations(nuclei.labels, n_objects=8, n_strokes=3, seed=1)
+    tr.device.value = "cpu"
+    tr.limit_by.value = "steps"
+    tr.steps.value = 2
+    tr.train()
+    wait_idle(qtbot, tr)
+    fit = tr.result.start_fit
+    assert fit is not None and fit.fits  # the built-in model segments painted nuclei
+    assert tr.model.metadata["provenance"]["trained_from"] == "fine-tuned"
+    assert [m for m in infos if m.startswith("fine-tuning the tessera-nuclei-v1 model")]
+
+
 def _rows(widget) -> list:
     """The visible rows of a docked widget: (Qt widget, its rectangle), top to bottom."""
     lay = widget.native.layout()

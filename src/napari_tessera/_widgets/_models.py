@@ -14,6 +14,7 @@ from ..io import load_model, read_model_info
 from ..models import default_model_path
 from ._session import session
 
+AUTO = "auto"  # the built-in model where it already segments the painting, else a new network
 BUILTIN = "builtin"
 SESSION = "session"
 FILE = "file"
@@ -108,6 +109,12 @@ def _names(metadata) -> tuple[str, ...] | None:
 
 def resolve(source: str, path=None, *, for_training: bool = False) -> ModelSpec:
     """The model behind a widget's choice. Training gets a copy it may change."""
+    if source == AUTO and default_model_path() is None:
+        source = SCRATCH
+    if source == AUTO:
+        builtin = resolve(BUILTIN, for_training=for_training)
+        # the images are read as a new network reads them; the run judges the built-in model
+        return ModelSpec("built-in nuclei model or a new network", None, None, builtin.load)
     if source == BUILTIN:
         p = default_model_path()
         if p is None:
@@ -150,6 +157,8 @@ def resolve(source: str, path=None, *, for_training: bool = False) -> ModelSpec:
 def choices(*, training: bool) -> list[tuple[str, str]]:
     out = []
     if default_model_path() is not None:
+        if training:  # the default: it measured best on nuclei and on other objects
+            out.append(("built-in model if it fits, else new", AUTO))
         out.append(("built-in nuclei model", BUILTIN))
     if session.last_trained_model is not None:
         out.append(("last trained (this session)", SESSION))

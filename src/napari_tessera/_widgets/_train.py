@@ -326,7 +326,7 @@ class TrainWidget(Container):
 
     def _update_visibility(self, *_):
         self.start_file.visible = self.start_from.value == _models.FILE
-        scratch = self.start_from.value == _models.SCRATCH
+        scratch = self.start_from.value in (_models.SCRATCH, _models.AUTO)
         self.base_channels.enabled = scratch
         self.depth.enabled = scratch
         by_time = self.limit_by.value == "time"
@@ -495,6 +495,7 @@ class TrainWidget(Container):
             preview_every=PREVIEW_EVERY if self.live_preview.value else 0.0,
             preview_slice=lead,
             channels=inp.lay.pick,
+            start_if_fits=self.start_from.value == _models.AUTO,
             **({} if self.whole.value else {"surround": 0.0}),
         )
         others = tuple(self._other_pairs(spec)) if self.all_images.value else ()
@@ -621,6 +622,8 @@ class TrainWidget(Container):
     # -- worker signals (main thread) ---------------------------------------------------------
     @while_open
     def _on_update(self, u: TrainUpdate) -> None:
+        if u.info:
+            notify_info(u.info)
         if u.notice:
             notify_warning(u.notice)
         self.progress.value = int(round(1000 * u.fraction))

@@ -37,9 +37,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, ctx) -> int:
-    from ..errors import InputError
-    from ..io import load_model, require_tessera_model
-    from ..models import default_model_path
     from ..training import TrainConfig, iter_train
 
     pairs = _train_pairs(args)
@@ -65,16 +62,12 @@ def _train(args: argparse.Namespace, ctx) -> int:
         checkpoint=str(ckpt),
         calibrate_edges=args.calibrate_edges,
         channels=args.channels,
+        start_if_fits=args.from_model == AUTO,
         **({"surround": 0.0} if args.strokes else {}),
     )
-    model = None
-    if args.from_model:
-        src = default_model_path() if args.from_model == "default" else args.from_model
-        if src is None:
-            raise InputError("no default model is installed to fine-tune")
-        model = load_model(src)
-        require_tessera_model(model, src, "train")
-    items, notes = _read_training_set(pairs, args.axes, model, args.channels, args.quiet)
+    model = _start(args)
+    reader = None if cfg.start_if_fits else model  # auto reads the images as a new network does
+    items, notes = _read_training_set(pairs, args.axes, reader, args.channels, args.quiet)
     note = "; ".join(notes) or None
     if ctx is not None and not ctx.is_main:
         note = None  # said once, by rank 0
@@ -92,6 +85,28 @@ def _train(args: argparse.Namespace, ctx) -> int:
 
             ddp.teardown(together=True)  # no rank leaves while rank 0 still writes
     return 0
+
+
+AUTO = "auto"  # the built-in model where it fits the painting, else a new network
+
+
+def _start(args: argparse.Namespace):
+    """The model ``--from`` names (None: a new network, or a resumed run's checkpoint)."""
+    from ..errors import InputError
+    from ..io import load_model, require_tessera_model
+    from ..models import default_model_path
+
+    choice = args.from_model
+    if choice == "scratch" or (args.resume and choice == AUTO):
+        return None  # a resumed run takes its model from the checkpoint
+    src = default_model_path() if choice in (AUTO, "default") else choice
+    if src is None:
+        if choice == AUTO:
+            return None  # no built-in model installed: a new network
+        raise InputError("no default model is installed to fine-tune")
+    model = load_model(src)
+    require_tessera_model(model, src, "train")
+    return model
 
 
 class _StopOnSignal:
@@ -145,6 +160,8 @@ def _drive_training(gen, bar: Progress, note: str | None, stop: _StopOnSignal):
         if said["note"]:
             warn(said["note"])
             said["note"] = None
+        if u.info:
+            warn(u.info)
         if u.notice:
             warn(u.notice)
         if u.val_iou is not None:
@@ -252,6 +269,7 @@ def _read_training_set(pairs, axes_arg, model, channels, quiet: bool):
 def add_parser(sub) -> None:
     """The ``tessera train`` subcommand."""
     from ..training.labels import CONVENTION
+    from ..training.start import FITS_IOU
 
     t = sub.add_parser(
         "train",
@@ -309,7 +327,11 @@ def add_parser(sub) -> None:
         "--from",
         dest="from_model",
         metavar="MODEL",
-        help="fine-tune this model file, or 'default' for the built-in nuclei model",
+        default=AUTO,
+        help="where training starts: 'auto' (default): the built-in nuclei model if it "
+        f"already segments the painted objects (mean IoU {FITS_IOU} or more), else a new network; "
+        "'default': fine-tune the built-in model; 'scratch': a new network; or a model file "
+        "to fine-tune",
     )
     t.add_argument("--resume", metavar="CHECKPOINT", help="continue an interrupted run")
     t.add_argument(

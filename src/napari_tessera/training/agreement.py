@@ -15,6 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..inference import predict_tiled
+from ..postprocess import classes_from_probabilities
+
 #: a larger share of the painted background called object: the painting was not learnt
 WARN_BACKGROUND = 0.10
 #: a lower mean IoU of the painted objects: the model does not reproduce what was painted
@@ -83,3 +86,13 @@ def paint_agreement(
         n += int(bg.sum())
         wrong += int(np.count_nonzero(np.asarray(pred)[bg] != 0))
     return PaintAgreement(wrong / n if n else 0.0, n, objects_iou)
+
+
+def painted_classes(model, painted, device) -> list[np.ndarray]:
+    """``model``'s classes on each painted ``(source, slice)``, segmented as a user would."""
+    out = []
+    for src, s in painted:
+        sl = np.asarray(src.lay.slice_view(src.image, s))
+        prob = predict_tiled(model, sl, axes="CYX", device=device)
+        out.append(classes_from_probabilities(prob))
+    return out

@@ -31,10 +31,10 @@ from ..halo import MAX_COVER_PROBES, measure_halo, read_probes
 from ..inference import predict_tiled, predict_whole
 from ..model import UNet
 from ..normalize import normalize_slice
-from ..postprocess import DEFAULT_MIN_SIZE, SplitRule, classes_from_probabilities, resolve_split
+from ..postprocess import DEFAULT_MIN_SIZE, SplitRule, resolve_split
 from ..tiling import round_up
 from . import distributed as ddp
-from .agreement import PaintAgreement, paint_agreement
+from .agreement import PaintAgreement, paint_agreement, painted_classes
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import PaintFeed, as_images, load_sources, painted_slices, smallest_side
 from .distributed import DistContext
@@ -42,6 +42,7 @@ from .edges import EdgeCalibration, calibrate_edges, painted_objects
 from .labels import painted_background
 from .losses import LossTerms, annotated_iou, kept_predictions, segmentation_loss
 from .sampling import WHOLE_SLICES_FROM, PatchSampler
+from .start import StartFit, judge_start
 from .weights import border_weights
 
 DEFAULT_STEPS = 500
@@ -77,6 +78,10 @@ class TrainConfig:
     channels: the image channels the network reads, in order (e.g. ``(1, 0)``); stored with
         the model, so segmenting an image like this one reads the same. None: all (or, when
         fine-tuning a model that stores them and the image has another number, those).
+    start_if_fits: fine-tune the given model only if it already segments the painted
+        objects (:func:`~napari_tessera.training.start.judge_start`); otherwise train a new
+        network (``base_channels``, ``depth``) as from scratch. The CLI's and the Train
+        widget's default start, with the built-in model.
     keep: fine-tuning only: weight of a term that keeps the starting model's own predictions
         where nothing is painted (:func:`~napari_tessera.training.losses.kept_predictions`),
         so a dozen painted objects correct the model without rewriting it. 0: off.
@@ -104,6 +109,7 @@ class TrainConfig:
     calibrate_edges: bool = True
     surround: float = 2.0
     keep: float = 1.0
+    start_if_fits: bool = False
     channels: tuple[int, ...] | None = None
     preview_every: float = 0.0
     preview_slice: int = 0
@@ -151,6 +157,7 @@ class TrainUpdate:
     preview_slice: int | None = None
     notice: str | None = None  # something to tell the user (e.g. an out-of-memory fallback)
     new_paint: int | None = None  # painted pixels, on the step that took new painting
+    info: str | None = None  # something the user may like to know (the start a run took)
 
     @property
     def fraction(self) -> float:
@@ -176,6 +183,7 @@ class TrainResult:
     planned_steps: int | None = None  # the run's plan (a time limit may stop it earlier)
     averaged: tuple[int, int, int] | None = None  # (weights averaged, first step, last step)
     agreement: PaintAgreement | None = None  # the kept model on the painted pixels
+    start_fit: StartFit | None = None  # whether the given start was fine-tuned, and why
 
     def describe_kept(self) -> str:
         """Which weights the run returns, for the CLI and the Train widget."""
@@ -295,6 +303,7 @@ class _Run:
         self.device = device
         self.main_rank = dist_ctx is None or dist_ctx.is_main
         state = load_checkpoint(resume) if resume is not None else None
+        model = self._choose_start(items, cfg, model, state)
         cfg, model, self.fine_tune = _starting_point(cfg, model, state)
         # fine-tuning keeps the start's split rule unless the painted objects clearly want another
         self.base_rule = resolve_split(model, instances=True) if self.fine_tune else SplitRule(True)
@@ -350,6 +359,22 @@ class _Run:
             self._validate_start()
 
     # -- set-up -----------------------------------------------------------------------------
+    def _choose_start(self, items, cfg: TrainConfig, model, state):
+        """The model to fine-tune, or None: with ``start_if_fits``, the given one only if it
+        already segments the painting (:mod:`.start`)."""
+        self.start_fit, self.start_name = None, _name(model) if model is not None else ""
+        if state is None and model is not None and cfg.start_if_fits:
+            self.start_fit = judge_start(
+                items,
+                model,
+                mode=cfg.mode,
+                channels=cfg.channels,
+                device=self.device,
+                name=self.start_name,
+            )
+            return model if self.start_fit.fits else None
+        return model
+
     def _plan(self, state) -> None:
         """Patch and batch size, learning rate, planned steps, validation interval."""
         cfg, model = self.cfg, self.model
@@ -516,7 +541,14 @@ class _Run:
             preview_slice=self.cfg.preview_slice if preview is not None else None,
             notice="; ".join(notices) or None,
             new_paint=new_paint,
+            info=self._start_info() if self.step_no == 1 else None,
         )
+
+    def _start_info(self) -> str | None:
+        """The start the run took, when it chose one (said with the first step)."""
+        if self.start_fit is None:
+            return None
+        return self.start_fit.describe(self.start_name)
 
     def _take_paint(self, notices: list[str]) -> int | None:
         """Learn from the painting posted since the last round: new targets, patches and
@@ -741,6 +773,7 @@ class _Run:
             planned_steps=self.steps,
             averaged=averaged,
             agreement=agreement,
+            start_fit=self.start_fit,
         )
 
     def judge(self, model: UNet) -> tuple[EdgeCalibration | None, PaintAgreement]:
@@ -748,7 +781,7 @@ class _Run:
         objects match the painted ones best with (None when calibration is off; see
         ``edges``), and whether it has learnt the painting (``agreement``)."""
         mode = self.cfg.mode
-        predicted = _painted_classes(model, self.painted, self.device)
+        predicted = painted_classes(model, self.painted, self.device)
         background = [painted_background(src.labels[s], mode) for src, s in self.painted]
         edges = None
         if self.cfg.calibrate_edges:
@@ -841,6 +874,7 @@ class _Run:
                 "config": self.run_config(),
                 "edges": edges.as_metadata() if edges is not None else None,
                 "paint_agreement": agreement.as_metadata() if agreement is not None else None,
+                "start_fit": self.start_fit.as_metadata() if self.start_fit else None,
             },
         }
 
@@ -994,14 +1028,10 @@ def validation_scores(
     return loss, (inter / union if union else 1.0)
 
 
-def _painted_classes(model, painted, device) -> list[np.ndarray]:
-    """The model's classes on each painted ``(source, slice)``, segmented as a user would."""
-    out = []
-    for src, s in painted:
-        sl = np.asarray(src.lay.slice_view(src.image, s))
-        prob = predict_tiled(model, sl, axes="CYX", device=device)
-        out.append(classes_from_probabilities(prob))
-    return out
+def _name(model: UNet) -> str:
+    """How messages name a model a run may start from."""
+    name = (model.metadata.get("provenance") or {}).get("name")
+    return f"the {name} model" if name else "the starting model"
 
 
 def _spread(items: list, n: int) -> list:
