@@ -13,6 +13,8 @@ Methods (each on 2 CPU threads):
   finetune  the default training, starting from the built-in model
   auto      the CLI's and the Train widget's default: the built-in model where it already
             segments the painted objects, else a new network (``start_if_fits``)
+  fit       the built-in model as ``default``, and how the default start judges it on the
+            paint (``start_fit``), without training
   rf        scikit-image's multiscale_basic_features + a random forest, same instance split
 
 One JSON line per (image, method, repeat) goes to ``--jsonl``; ``--summarize FILE ...`` prints the
@@ -49,8 +51,9 @@ from napari_tessera.metrics import match_instances
 from napari_tessera.models import default_model_path
 from napari_tessera.postprocess import SplitRule
 from napari_tessera.synthetic import nuclei_2d
-from napari_tessera.training import TrainConfig, train
+from napari_tessera.training import TrainConfig, TrainImage, train
 from napari_tessera.training.edges import calibrate_edges, painted_objects
+from napari_tessera.training.start import judge_start
 
 SHARED = Path(os.environ.get("TESSERA_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 SYNTHETIC_SEEDS = [90_000 + k for k in range(6)]
@@ -165,9 +168,14 @@ def run_method(method: str, image, painted, cfg: TrainConfig) -> tuple[np.ndarra
     if method == "rf":
         classes = rf_classes(image, painted, cfg.seed)
         return (*random_forest(classes, painted), classes)
-    if method == "default":
+    if method in ("default", "fit"):
         model = load_model(default_model_path())
-        return segment(model, image, instances=True, device="cpu"), {}, model
+        facts = {}
+        if method == "fit":  # how the default start judges the built-in model, no training
+            item = [TrainImage(image, painted)]
+            fit = judge_start(item, model, mode="sparse", channels=None, device="cpu", name="it")
+            facts = {"start_fit": fit.as_metadata()}
+        return segment(model, image, instances=True, device="cpu"), facts, model
     start = load_model(default_model_path()) if method in ("finetune", "auto") else None
     if method == "auto":
         cfg = replace(cfg, start_if_fits=True)
@@ -282,7 +290,7 @@ def main() -> None:
         "--methods",
         nargs="+",
         default=["default", "scratch", "finetune", "rf"],
-        choices=["default", "scratch", "finetune", "auto", "rf"],
+        choices=["default", "fit", "scratch", "finetune", "auto", "rf"],
     )
     ap.add_argument("--time-limit", type=float, default=120.0)
     ap.add_argument("--steps", type=int, help="a fixed number of steps instead of the default")

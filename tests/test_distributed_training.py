@@ -187,6 +187,20 @@ def test_tessera_train_under_torchrun_trains_writes_once_and_resumes(files, tmp_
 
 
 @pytest.mark.slow
+def test_the_default_start_is_rank_0s_on_every_rank(files):
+    """``--from auto`` under torchrun: the ranks take one start (rank 0's) and train it."""
+    d, _ = files
+    cmd = [c for c in train_cmd(d, "auto.safetensors", "--steps", "2") if c != "scratch"]
+    cmd[cmd.index("--from")] = "--quiet"  # the default start, judged on every rank
+    res = _run(cmd)
+    assert res.returncode == 0, res.stderr[-2000:]
+    prov = read_model_info(d / "auto.safetensors")[1]["provenance"]
+    fit = prov["start_fit"]
+    assert prov["processes"] == 2 and fit is not None and fit["objects_iou"] is not None
+    assert prov["trained_from"] == ("fine-tuned" if fit["fits"] else "scratch")
+
+
+@pytest.mark.slow
 def test_a_batch_not_shared_evenly_is_refused(files):
     d, _ = files
     res = subprocess.run(

@@ -372,6 +372,10 @@ class _Run:
                 device=self.device,
                 name=self.start_name,
             )
+            if self.dist_ctx is not None:  # every rank takes rank 0's start
+                (fits,) = ddp.from_rank0((float(self.start_fit.fits),), self.device)
+                why = self.start_fit.why or "the first process judged it a poor start"
+                self.start_fit = replace(self.start_fit, fits=bool(fits), why=why)
             return model if self.start_fit.fits else None
         return model
 
