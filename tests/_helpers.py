@@ -6,6 +6,10 @@ import numpy as np
 
 from napari_tessera import cli
 
+#: ``tessera train`` options for a tiny new network (``--from scratch`` first: a test that
+#: names another start drops the first two)
+TINY_NETWORK = ["--from", "scratch", "--base-channels", "4", "--depth", "2", "--patch-size", "32"]
+
 
 def run(argv, capsys):
     """``main(argv)`` -> (exit code, stdout, stderr); argparse errors exit via SystemExit."""

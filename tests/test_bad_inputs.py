@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import napari_tessera.model as model_pkg
-from _helpers import nonempty_lines, run
+from _helpers import TINY_NETWORK, nonempty_lines, run
 from napari_tessera import ModelFileError, UNet, UNetConfig, save_model
 from napari_tessera.images import read_image, write_tiff
 from napari_tessera.inference import predict_tiled, predict_whole
@@ -34,18 +34,7 @@ from napari_tessera.synthetic import nuclei_2d
 from napari_tessera.tiling import round_up
 
 SIDE = 64
-TINY = [
-    "--from",
-    "scratch",
-    "--base-channels",
-    "4",
-    "--depth",
-    "2",
-    "--patch-size",
-    "32",
-    "--batch-size",
-    "2",
-]
+TINY = [*TINY_NETWORK, "--batch-size", "2"]
 TINY += ["--device", "cpu", "-q"]
 
 

@@ -21,6 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from _helpers import TINY_NETWORK
 from napari_tessera import load_model, segment
 from napari_tessera.io import read_model_info
 from napari_tessera.synthetic import nuclei_2d
@@ -149,18 +150,7 @@ def files(tmp_path_factory):
     return d, s.image
 
 
-TINY = [
-    "--from",
-    "scratch",
-    "--base-channels",
-    "4",
-    "--depth",
-    "2",
-    "--patch-size",
-    "32",
-    "--batch-size",
-    "4",
-]
+TINY = [*TINY_NETWORK, "--batch-size", "4"]
 TINY += ["--seed", "0", "--device", "cpu", "--val-fraction", "0", "--axes", "YX"]
 
 
@@ -187,8 +177,9 @@ def test_tessera_train_under_torchrun_trains_writes_once_and_resumes(files, tmp_
 
 
 @pytest.mark.slow
-def test_the_default_start_is_rank_0s_on_every_rank(files):
-    """``--from auto`` under torchrun: the ranks take one start (rank 0's) and train it."""
+def test_the_default_start_under_torchrun_trains_the_start_it_records(files):
+    """``--from auto`` under torchrun: the ranks judge the built-in model, take one start
+    (rank 0's) and train it; the model records the judgement and the start it took."""
     d, _ = files
     cmd = [c for c in train_cmd(d, "auto.safetensors", "--steps", "2") if c != "scratch"]
     cmd[cmd.index("--from")] = "--quiet"  # the default start, judged on every rank

@@ -16,23 +16,12 @@ import tifffile
 import torch
 from scipy import ndimage as ndi
 
-from _helpers import nonempty_lines, run
+from _helpers import TINY_NETWORK, nonempty_lines, run
 from napari_tessera.io import load_model, read_model_info
 from napari_tessera.synthetic import nuclei_2d
 
 SIDE = 128
-TINY = [
-    "--from",
-    "scratch",
-    "--base-channels",
-    "4",
-    "--depth",
-    "2",
-    "--patch-size",
-    "32",
-    "--batch-size",
-    "2",
-]
+TINY = [*TINY_NETWORK, "--batch-size", "2"]
 TINY += ["--device", "cpu"]
 
 

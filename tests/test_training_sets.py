@@ -10,7 +10,7 @@ import pytest
 import tifffile
 from scipy import ndimage as ndi
 
-from _helpers import run
+from _helpers import TINY_NETWORK, run
 from napari_tessera.errors import InputError
 from napari_tessera.io import read_model_info
 from napari_tessera.synthetic import nuclei_2d
@@ -20,18 +20,7 @@ from napari_tessera.training.labels import IGNORE
 from napari_tessera.training.sampling import PatchSampler
 
 TINY_CFG = dict(base_channels=4, depth=2, patch_size=32, batch_size=2, device="cpu")
-TINY = [
-    "--from",
-    "scratch",
-    "--base-channels",
-    "4",
-    "--depth",
-    "2",
-    "--patch-size",
-    "32",
-    "--batch-size",
-    "2",
-]
+TINY = [*TINY_NETWORK, "--batch-size", "2"]
 TINY += ["--device", "cpu", "--steps", "4", "-q"]
 
 

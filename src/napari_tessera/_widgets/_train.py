@@ -326,9 +326,9 @@ class TrainWidget(Container):
 
     def _update_visibility(self, *_):
         self.start_file.visible = self.start_from.value == _models.FILE
-        scratch = self.start_from.value in (_models.SCRATCH, _models.AUTO)
-        self.base_channels.enabled = scratch
-        self.depth.enabled = scratch
+        may_be_new = self.start_from.value in (_models.SCRATCH, _models.AUTO)
+        self.base_channels.enabled = may_be_new
+        self.depth.enabled = may_be_new
         by_time = self.limit_by.value == "time"
         self.time_limit.visible = by_time
         self.steps.visible = not by_time

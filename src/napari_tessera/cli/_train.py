@@ -21,6 +21,8 @@ from ._common import (
     warn,
 )
 
+AUTO = "auto"  # --from's default: the built-in model where it fits the painting, else new
+
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``tessera train``; under torchrun, one of several processes (rank 0 writes)."""
@@ -85,9 +87,6 @@ def _train(args: argparse.Namespace, ctx) -> int:
 
             ddp.teardown(together=True)  # no rank leaves while rank 0 still writes
     return 0
-
-
-AUTO = "auto"  # the built-in model where it fits the painting, else a new network
 
 
 def _start(args: argparse.Namespace):
