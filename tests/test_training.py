@@ -1202,10 +1202,17 @@ def test_fine_tuning_trains_the_model_handed_in(nuclei):
     assert any(not torch.equal(start.state_dict()[k], v) for k, v in base.state_dict().items())
 
 
-@pytest.mark.parametrize("mean_loss", [0.4, 0.7])
-def test_a_good_start_competes_with_the_mean_of_the_steps(dense_data, monkeypatch, mean_loss):
-    """No single step validates better than the start (0.6 against 0.5); the mean of the
-    steps is returned when it validates better (0.4), else the start comes back unchanged."""
+@pytest.mark.parametrize(
+    ("step", "mean"),
+    [
+        ((0.6, 0.9), (0.4, 0.9)),  # the mean beats the start
+        ((0.6, 0.9), (0.7, 0.9)),  # nothing does
+        ((0.45, 0.85), (0.4, 0.88)),  # lower losses, but fewer held-out pixels right
+    ],
+)
+def test_a_good_start_competes_with_the_mean_of_the_steps(dense_data, monkeypatch, step, mean):
+    """The start validates at loss 0.5, IoU 0.9. A step or the mean of the steps replaces it
+    only with a lower loss and an IoU at least as high, else the start comes back unchanged."""
     from napari_tessera.training import loop
 
     image, labels = dense_data
@@ -1217,19 +1224,44 @@ def test_a_good_start_competes_with_the_mean_of_the_steps(dense_data, monkeypatc
     def scores(model, sampler, batch, device, dice, context=0, balance=False):
         seen.append(model)
         if model is not seen[0]:  # the mean of the steps is another module
-            return mean_loss, 0.9
-        return (0.5, 0.9) if len(seen) == 1 else (0.6, 0.9)
+            return mean
+        return (0.5, 0.9) if len(seen) == 1 else step
 
     monkeypatch.setattr(loop, "validation_scores", scores)
     cfg = small_config(steps=10, val_every=5, val_fraction=0.3, calibrate_edges=False)
     result = train(image, labels, config=cfg, model=start)
     kept = state_copy(result.model)
-    if mean_loss < 0.5:
+    if mean == (0.4, 0.9):
         assert result.averaged == (1, 10, 10) and not same_state(kept, want)
         assert "kept the mean" in result.describe_kept()
     else:
         assert result.averaged is None and result.best_step == 0 and same_state(kept, want)
         assert "neither a step nor their mean" in result.describe_kept()
+
+
+def test_a_resumed_run_still_holds_its_good_start_to_both_scores(dense_data, tmp_path, monkeypatch):
+    """The start's scores travel in the checkpoint: after a resume, steps with a lower loss
+    but a lower IoU than the start (0.45, 0.85 against 0.5, 0.9) still do not replace it."""
+    from napari_tessera.training import loop
+
+    image, labels = dense_data
+    torch.manual_seed(0)
+    start = UNet(UNetConfig(base_channels=4, depth=2))
+    want = state_copy(start)
+    calls = []
+
+    def scores(model, sampler, batch, device, dice, context=0, balance=False):
+        calls.append(model)
+        return (0.5, 0.9) if len(calls) == 1 else (0.45, 0.85)
+
+    monkeypatch.setattr(loop, "validation_scores", scores)
+    cfg = small_config(steps=10, val_every=2, val_fraction=0.3, calibrate_edges=False)
+    ckpt, *_, resumed = interrupted_then_resumed(
+        image, labels, cfg, tmp_path, stop_at=4, model=start
+    )
+    assert load_checkpoint(ckpt).start_score == (0.5, 0.9)
+    assert resumed.best_step == 0 and resumed.averaged is None
+    assert same_state(state_copy(resumed.model), want)
 
 
 def test_fine_tuning_keeps_the_start_unless_a_step_validates_better(nuclei, threshold_unet):

@@ -32,6 +32,7 @@ class CheckpointState:
     run_config: dict[str, Any]
     average_state: dict[str, torch.Tensor] | None = None  # the run's mean of its late weights
     averaged_steps: list[int] = field(default_factory=list)
+    start_score: tuple[float, float] | None = None  # a good fine-tuning start's (loss, IoU)
 
 
 def save_checkpoint(
@@ -50,6 +51,7 @@ def save_checkpoint(
     run_config: dict[str, Any],
     average_state: dict[str, torch.Tensor] | None = None,
     averaged_steps: list[int] | None = None,
+    start_score: tuple[float, float] | None = None,
 ) -> Path:
     """Write everything needed to resume a run, atomically."""
     from safetensors.torch import save_file
@@ -86,6 +88,7 @@ def save_checkpoint(
                 "rng_state": rng_state,
                 "run_config": run_config,
                 "averaged_steps": list(averaged_steps or []),
+                "start_score": list(start_score) if start_score is not None else None,
                 "param_groups": opt["param_groups"],
                 "opt_scalars": opt_scalars,
             }
@@ -154,8 +157,13 @@ def load_checkpoint(path: str | os.PathLike) -> CheckpointState:
             run_config=dict(state.get("run_config", {})),
             average_state=average or None,
             averaged_steps=[int(v) for v in state.get("averaged_steps", [])],
+            start_score=_pair(state.get("start_score")),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise ModelFileError(
             f"{path.name} is not a readable checkpoint (bad state: {err!r})"
         ) from err
+
+
+def _pair(value) -> tuple[float, float] | None:
+    return (float(value[0]), float(value[1])) if value is not None else None

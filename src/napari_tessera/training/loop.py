@@ -333,9 +333,11 @@ class _Run:
         self.average: AveragedModel | None = None  # the weights of the second half, averaged
         self.averaged_steps: list[int] = []
         self.history: list[dict[str, Any]] = []
+        self.start_score: tuple[float, float] | None = None  # a good start's (loss, IoU)
         if state is not None:
             self.opt.load_state_dict(state.optimizer)
             self.step_no, elapsed_before = state.step, state.elapsed
+            self.start_score = state.start_score
             self.best = _Best(
                 state.best_state if state.best_score is not None else None,
                 state.best_score,
@@ -583,7 +585,7 @@ class _Run:
         self.items, self.sources, self.painted, self.sampler = items, sources, painted, sampler
         self.paint_updates += 1
         # the validation blocks changed: scores on the earlier ones do not compare
-        self.best, self.bad_validations = _Best(), 0
+        self.best, self.bad_validations, self.start_score = _Best(), 0, None
         self.average, self.averaged_steps = None, []  # weights for the earlier painting
         return sum(int(np.count_nonzero(src.labels)) for src in sources)
 
@@ -670,13 +672,23 @@ class _Run:
 
     def _validate_start(self) -> None:
         """A start that already agrees with the held-out painting (validation IoU of at
-        least ``GOOD_START_IOU``) is a candidate like every step, kept unless a step or the
-        mean of the steps (:meth:`_averaged`) validates better. A start that does not has
-        nothing to keep, and on a few held-out blocks its loss can still come out lowest, so it
-        is not a candidate."""
-        _, iou, _ = self.validate()
+        least ``GOOD_START_IOU``) is kept unless a step or the mean of the steps
+        (:meth:`_averaged`) validates better on both counts: a lower loss and an IoU at least
+        as high. Fine-tuning sharpens the probabilities, which lowers the loss of weights
+        that get fewer held-out pixels right; the IoU keeps those from replacing a good start.
+        A start that does not agree has nothing to keep, and on a few held-out blocks its
+        loss can still come out lowest, so it is not a candidate."""
+        loss, iou, _ = self.validate()
         if iou < GOOD_START_IOU:
             self.best = _Best()
+        else:
+            self.start_score = (loss, iou)
+
+    def _beats_start(self, loss: float, iou: float) -> bool:
+        """Whether weights with these validation scores may replace a good start."""
+        if self.start_score is None:
+            return True
+        return loss < self.start_score[0] and iou >= self.start_score[1]
 
     def validation_batching(self, model) -> tuple[int, int]:
         """The context around each held-out region and the regions per validation batch.
@@ -704,7 +716,8 @@ class _Run:
         # the lowest validation loss (IoU breaks ties): IoU on held-out scribbles often sits
         # at 1.0 while the model still changes, and the loss keeps telling steps apart
         score = (-v_loss, v_iou)
-        if self.best.score is None or score > self.best.score:
+        better = self.best.score is None or score > self.best.score
+        if better and self._beats_start(v_loss, v_iou):
             self.best = _Best(copy.deepcopy(self.model.state_dict()), score, self.step_no, v_iou)
             return v_loss, v_iou, True
         return v_loss, v_iou, False
@@ -747,6 +760,7 @@ class _Run:
             run_config=self.run_config(),
             average_state=self.average.state_dict() if self.average is not None else None,
             averaged_steps=self.averaged_steps,
+            start_score=self.start_score,
         )
 
     # -- the end ----------------------------------------------------------------------------
@@ -798,15 +812,14 @@ class _Run:
 
     def _averaged(self) -> tuple[int, int, int] | None:
         """``(count, first, last)`` of the averaged steps the run returns, or None: no step
-        reached the second half, or a fine-tuning start that neither a step nor the mean
-        validated better (it comes back unchanged)."""
+        reached the second half, or the mean does not beat a good start (:meth:`_beats_start`;
+        the start comes back unchanged, or the step that beat it)."""
         if self.average is None:
             return None
-        start = self.fine_tune and self.best.step == 0 and self.best.state is not None
-        if start:
-            start_loss = -self.best.score[0]
-            if self._scores(self.average.module)[0] >= start_loss:
-                return None
+        if self.start_score is not None and not self._beats_start(
+            *self._scores(self.average.module)
+        ):
+            return None
         steps = self.averaged_steps
         return len(steps), steps[0], steps[-1]
 
