@@ -28,6 +28,7 @@ from napari_tessera.synthetic import nuclei_2d
 from napari_tessera.training import (
     IGNORE,
     TrainConfig,
+    TrainResult,
     border_weights,
     iter_train,
     make_targets,
@@ -1208,11 +1209,13 @@ def test_fine_tuning_trains_the_model_handed_in(nuclei):
         ((0.6, 0.9), (0.4, 0.9)),  # the mean beats the start
         ((0.6, 0.9), (0.7, 0.9)),  # nothing does
         ((0.45, 0.85), (0.4, 0.88)),  # lower losses, but fewer held-out pixels right
+        ((0.4, 0.95), (0.55, 0.9)),  # a step beats the start on both, the mean does not
     ],
 )
 def test_a_good_start_competes_with_the_mean_of_the_steps(dense_data, monkeypatch, step, mean):
-    """The start validates at loss 0.5, IoU 0.9. A step or the mean of the steps replaces it
-    only with a lower loss and an IoU at least as high, else the start comes back unchanged."""
+    """The start validates at loss 0.5, IoU 0.9. The mean of the steps replaces it only with
+    a lower loss and an IoU at least as high, else the start comes back unchanged; single
+    steps never do."""
     from napari_tessera.training import loop
 
     image, labels = dense_data
@@ -1236,7 +1239,16 @@ def test_a_good_start_competes_with_the_mean_of_the_steps(dense_data, monkeypatc
         assert "kept the mean" in result.describe_kept()
     else:
         assert result.averaged is None and result.best_step == 0 and same_state(kept, want)
-        assert "neither a step nor their mean" in result.describe_kept()
+        assert "the mean of the steps did not validate better" in result.describe_kept()
+
+
+def test_a_start_kept_says_why():
+    def kept(steps: int) -> str:
+        result = TrainResult(None, 0, 0.9, steps, 1.0, "requested", planned_steps=100)
+        return result.describe_kept()
+
+    assert "stopped before the steps were averaged" in kept(40)
+    assert "the mean of the steps did not validate better" in kept(100)
 
 
 def test_a_resumed_run_still_holds_its_good_start_to_both_scores(dense_data, tmp_path, monkeypatch):
@@ -1264,7 +1276,7 @@ def test_a_resumed_run_still_holds_its_good_start_to_both_scores(dense_data, tmp
     assert same_state(state_copy(resumed.model), want)
 
 
-def test_fine_tuning_keeps_the_start_unless_a_step_validates_better(nuclei, threshold_unet):
+def test_fine_tuning_keeps_a_good_start_that_the_steps_make_worse(nuclei, threshold_unet):
     """The starting weights are validated before the first step and compete with every
     step: a start that segments the paint well survives steps that make it worse (here a
     learning rate far too high) and comes back unchanged; a poor start is left behind."""

@@ -194,7 +194,9 @@ class TrainResult:
             return f", kept the last step, {self.steps} (no validation)"
         iou = f"validation IoU {self.best_val_iou:.3f}"
         if self.best_step == 0:
-            why = "neither a step nor their mean validated better"
+            why = "the mean of the steps did not validate better"
+            if self.planned_steps and self.steps <= AVERAGE_FROM * self.planned_steps:
+                why = "stopped before the steps were averaged"
             return f", kept the starting model: {why} ({iou})"
         return f", kept step {self.best_step} ({iou})"
 
@@ -269,7 +271,7 @@ def iter_train(
     return run.finish(reason)
 
 
-#: the validation IoU from which a fine-tuning start competes with the steps (see _Run)
+#: the validation IoU from which a fine-tuning start competes with the mean of the steps
 GOOD_START_IOU = 0.8
 #: the share of the planned steps after which the weights are averaged (see _Run.finish)
 AVERAGE_FROM = 0.5
@@ -292,7 +294,8 @@ class _Run:
     :meth:`step` makes one optimiser step (and validates, previews) and reports it;
     :meth:`validate` judges the weights and keeps the best; :meth:`checkpoint` writes what a
     resume needs; :meth:`finish` returns the mean of the weights of the run's second half
-    (or a start that no step beat), measures their halo and calibrates their split rule.
+    (or a good start that their mean did not beat), measures their halo and calibrates their
+    split rule.
     """
 
     def __init__(self, items, cfg: TrainConfig, model, resume, stop, dist_ctx, paint=None):
@@ -672,23 +675,18 @@ class _Run:
 
     def _validate_start(self) -> None:
         """A start that already agrees with the held-out painting (validation IoU of at
-        least ``GOOD_START_IOU``) is kept unless a step or the mean of the steps
-        (:meth:`_averaged`) validates better on both counts: a lower loss and an IoU at least
-        as high. Fine-tuning sharpens the probabilities, which lowers the loss of weights
-        that get fewer held-out pixels right; the IoU keeps those from replacing a good start.
-        A start that does not agree has nothing to keep, and on a few held-out blocks its
-        loss can still come out lowest, so it is not a candidate."""
+        least ``GOOD_START_IOU``) is kept unless the mean of the steps (:meth:`_averaged`)
+        validates better on both counts: a lower loss and an IoU at least as high. Single
+        steps do not compete with it: one that a few held-out blocks favour can still lose
+        objects elsewhere. Fine-tuning sharpens the probabilities, which lowers the loss of
+        weights that get fewer held-out pixels right; the IoU keeps those out too. A start
+        that does not agree has nothing to keep, and on a few held-out blocks its loss can
+        still come out lowest, so it is not a candidate."""
         loss, iou, _ = self.validate()
         if iou < GOOD_START_IOU:
             self.best = _Best()
         else:
             self.start_score = (loss, iou)
-
-    def _beats_start(self, loss: float, iou: float) -> bool:
-        """Whether weights with these validation scores may replace a good start."""
-        if self.start_score is None:
-            return True
-        return loss < self.start_score[0] and iou >= self.start_score[1]
 
     def validation_batching(self, model) -> tuple[int, int]:
         """The context around each held-out region and the regions per validation batch.
@@ -717,7 +715,7 @@ class _Run:
         # at 1.0 while the model still changes, and the loss keeps telling steps apart
         score = (-v_loss, v_iou)
         better = self.best.score is None or score > self.best.score
-        if better and self._beats_start(v_loss, v_iou):
+        if better and self.start_score is None:  # a good start gives way to the mean only
             self.best = _Best(copy.deepcopy(self.model.state_dict()), score, self.step_no, v_iou)
             return v_loss, v_iou, True
         return v_loss, v_iou, False
@@ -812,14 +810,14 @@ class _Run:
 
     def _averaged(self) -> tuple[int, int, int] | None:
         """``(count, first, last)`` of the averaged steps the run returns, or None: no step
-        reached the second half, or the mean does not beat a good start (:meth:`_beats_start`;
-        the start comes back unchanged, or the step that beat it)."""
+        reached the second half, or the mean does not beat a good start on both loss and IoU
+        (:meth:`_validate_start`; the start comes back unchanged)."""
         if self.average is None:
             return None
-        if self.start_score is not None and not self._beats_start(
-            *self._scores(self.average.module)
-        ):
-            return None
+        if self.start_score is not None:
+            loss, iou = self._scores(self.average.module)
+            if loss >= self.start_score[0] or iou < self.start_score[1]:
+                return None
         steps = self.averaged_steps
         return len(steps), steps[0], steps[-1]
 
