@@ -271,8 +271,6 @@ def iter_train(
     return run.finish(reason)
 
 
-#: the validation IoU from which a fine-tuning start competes with the mean of the steps
-GOOD_START_IOU = 0.8
 #: the share of the planned steps after which the weights are averaged (see _Run.finish)
 AVERAGE_FROM = 0.5
 
@@ -365,23 +363,27 @@ class _Run:
 
     # -- set-up -----------------------------------------------------------------------------
     def _choose_start(self, items, cfg: TrainConfig, model, state):
-        """The model to fine-tune, or None: with ``start_if_fits``, the given one only if it
-        already segments the painting (:mod:`.start`)."""
+        """The model to fine-tune, or None. A given model is judged on the painting first
+        (:mod:`.start`): with ``start_if_fits`` the run fine-tunes it only if it fits; a start
+        that fits is a good start, which the run keeps unless the mean of the steps validates
+        better (:meth:`_validate_start`)."""
         self.start_fit, self.start_name = None, _name(model) if model is not None else ""
-        if state is None and model is not None and cfg.start_if_fits:
-            self.start_fit = judge_start(
-                items,
-                model,
-                mode=cfg.mode,
-                channels=cfg.channels,
-                device=self.device,
-                name=self.start_name,
-            )
-            if self.dist_ctx is not None:  # every rank takes rank 0's start
-                (fits,) = ddp.from_rank0((float(self.start_fit.fits),), self.device)
-                why = self.start_fit.why or "the first process judged it a poor start"
-                self.start_fit = replace(self.start_fit, fits=bool(fits), why=why)
-            return model if self.start_fit.fits else None
+        if state is not None or model is None:
+            return model
+        self.start_fit = judge_start(
+            items,
+            model,
+            mode=cfg.mode,
+            channels=cfg.channels,
+            device=self.device,
+            name=self.start_name,
+        )
+        if self.dist_ctx is not None:  # every rank takes rank 0's judgement
+            (fits,) = ddp.from_rank0((float(self.start_fit.fits),), self.device)
+            why = self.start_fit.why or "the first process judged it a poor start"
+            self.start_fit = replace(self.start_fit, fits=bool(fits), why=why)
+        if cfg.start_if_fits and not self.start_fit.fits:
+            return None
         return model
 
     def _plan(self, state) -> None:
@@ -555,7 +557,7 @@ class _Run:
 
     def _start_info(self) -> str | None:
         """The start the run took, when it chose one (said with the first step)."""
-        if self.start_fit is None:
+        if self.start_fit is None or not self.cfg.start_if_fits:
             return None
         return self.start_fit.describe(self.start_name)
 
@@ -674,19 +676,19 @@ class _Run:
         self.averaged_steps.append(self.step_no)
 
     def _validate_start(self) -> None:
-        """A start that already agrees with the held-out painting (validation IoU of at
-        least ``GOOD_START_IOU``) is kept unless the mean of the steps (:meth:`_averaged`)
+        """A good start (one that already segments the painted objects, as judged by
+        :func:`~.start.judge_start`) is kept unless the mean of the steps (:meth:`_averaged`)
         validates better on both counts: a lower loss and an IoU at least as high. Single
         steps do not compete with it: one that a few held-out blocks favour can still lose
         objects elsewhere. Fine-tuning sharpens the probabilities, which lowers the loss of
-        weights that get fewer held-out pixels right; the IoU keeps those out too. A start
-        that does not agree has nothing to keep, and on a few held-out blocks its loss can
-        still come out lowest, so it is not a candidate."""
+        weights that get fewer held-out pixels right; the IoU keeps those out too. A poor
+        start has nothing to keep, and on a few held-out blocks its loss or IoU can still come
+        out highest, so it is not a candidate."""
         loss, iou, _ = self.validate()
-        if iou < GOOD_START_IOU:
-            self.best = _Best()
-        else:
+        if self.start_fit is not None and self.start_fit.fits:
             self.start_score = (loss, iou)
+        else:
+            self.best = _Best()
 
     def validation_batching(self, model) -> tuple[int, int]:
         """The context around each held-out region and the regions per validation batch.
