@@ -1204,6 +1204,32 @@ def test_fine_tuning_trains_the_model_handed_in(nuclei):
     assert any(not torch.equal(start.state_dict()[k], v) for k, v in base.state_dict().items())
 
 
+def scripted_start(monkeypatch, fit: StartFit, first, later, mean=None):
+    """A small start, judged ``fit``, whose validations are scripted: ``first`` for the start,
+    ``later`` for every step, ``mean`` (default: ``later``) for the mean of the steps.
+    Returns the start and a copy of its weights."""
+    from napari_tessera.training import loop
+
+    torch.manual_seed(0)
+    start = UNet(UNetConfig(base_channels=4, depth=2))
+    seen = []
+
+    def scores(model, sampler, batch, device, dice, context=0, balance=False):
+        seen.append(model)
+        if len(seen) == 1:
+            return first
+        if mean is not None and model is not seen[0]:  # the mean is another module
+            return mean
+        return later
+
+    monkeypatch.setattr(loop, "validation_scores", scores)
+    monkeypatch.setattr(loop, "judge_start", lambda *a, **k: fit)
+    return start, state_copy(start)
+
+
+GOOD_START = StartFit(True, 0.9, 0.0)
+
+
 @pytest.mark.parametrize(
     ("step", "mean"),
     [
@@ -1217,22 +1243,8 @@ def test_a_good_start_competes_with_the_mean_of_the_steps(dense_data, monkeypatc
     """A good start (judged so) validates at loss 0.5, IoU 0.9. The mean of the steps
     replaces it only with a lower loss and an IoU at least as high, else the start comes back
     unchanged; single steps never do."""
-    from napari_tessera.training import loop
-
     image, labels = dense_data
-    torch.manual_seed(0)
-    start = UNet(UNetConfig(base_channels=4, depth=2))
-    want = state_copy(start)
-    seen = []
-
-    def scores(model, sampler, batch, device, dice, context=0, balance=False):
-        seen.append(model)
-        if model is not seen[0]:  # the mean of the steps is another module
-            return mean
-        return (0.5, 0.9) if len(seen) == 1 else step
-
-    monkeypatch.setattr(loop, "validation_scores", scores)
-    monkeypatch.setattr(loop, "judge_start", lambda *a, **k: StartFit(True, 0.9, 0.0))
+    start, want = scripted_start(monkeypatch, GOOD_START, (0.5, 0.9), step, mean)
     cfg = small_config(steps=10, val_every=5, val_fraction=0.3, calibrate_edges=False)
     result = train(image, labels, config=cfg, model=start)
     kept = state_copy(result.model)
@@ -1247,21 +1259,9 @@ def test_a_good_start_competes_with_the_mean_of_the_steps(dense_data, monkeypatc
 def test_a_start_judged_poor_is_no_candidate_however_it_validates(dense_data, monkeypatch):
     """A start that does not segment the painted objects (judged so) is left behind even
     when it validates best on the held-out blocks (loss 0.3, IoU 0.95 against 0.6, 0.85)."""
-    from napari_tessera.training import loop
-
     image, labels = dense_data
-    torch.manual_seed(0)
-    start = UNet(UNetConfig(base_channels=4, depth=2))
-    want = state_copy(start)
-    calls = []
-
-    def scores(model, sampler, batch, device, dice, context=0, balance=False):
-        calls.append(model)
-        return (0.3, 0.95) if len(calls) == 1 else (0.6, 0.85)
-
-    monkeypatch.setattr(loop, "validation_scores", scores)
     poor = StartFit(False, 0.65, 0.0, "it segments the painted objects at mean IoU 0.65")
-    monkeypatch.setattr(loop, "judge_start", lambda *a, **k: poor)
+    start, want = scripted_start(monkeypatch, poor, (0.3, 0.95), (0.6, 0.85))
     cfg = small_config(steps=10, val_every=5, val_fraction=0.3, calibrate_edges=False)
     result = train(image, labels, config=cfg, model=start)
     assert result.averaged is not None and not same_state(state_copy(result.model), want)
@@ -1280,20 +1280,8 @@ def test_a_start_kept_says_why():
 def test_a_resumed_run_still_holds_its_good_start_to_both_scores(dense_data, tmp_path, monkeypatch):
     """The start's scores travel in the checkpoint: after a resume, steps with a lower loss
     but a lower IoU than the start (0.45, 0.85 against 0.5, 0.9) still do not replace it."""
-    from napari_tessera.training import loop
-
     image, labels = dense_data
-    torch.manual_seed(0)
-    start = UNet(UNetConfig(base_channels=4, depth=2))
-    want = state_copy(start)
-    calls = []
-
-    def scores(model, sampler, batch, device, dice, context=0, balance=False):
-        calls.append(model)
-        return (0.5, 0.9) if len(calls) == 1 else (0.45, 0.85)
-
-    monkeypatch.setattr(loop, "validation_scores", scores)
-    monkeypatch.setattr(loop, "judge_start", lambda *a, **k: StartFit(True, 0.9, 0.0))
+    start, want = scripted_start(monkeypatch, GOOD_START, (0.5, 0.9), (0.45, 0.85))
     cfg = small_config(steps=10, val_every=2, val_fraction=0.3, calibrate_edges=False)
     ckpt, *_, resumed = interrupted_then_resumed(
         image, labels, cfg, tmp_path, stop_at=4, model=start
