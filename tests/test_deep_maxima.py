@@ -1,8 +1,11 @@
-"""deep_maxima, the h-maxima seeds of split_instances, against grayscale reconstruction.
+"""deep_maxima, the h-maxima seeds of split_instances, against grayscale reconstruction;
+and the objects split_instances grows from them through the basins.
 
-The fast version must give the very same mask as the reconstruction it replaces, and so
-the very same labels: it computes the same reconstruction (only faster), ties included,
-so every test asks for identity, not for close agreement.
+The fast seeds must be the very mask of the reconstruction they replace, ties included, so
+those tests ask for identity. The objects are a watershed from those seeds by the basins
+each voxel climbs into: the same objects as skimage's flooding, with the voxels on the rims
+of basins where they climb, so those tests ask for the same seeds and objects, every voxel
+labelled as the neighbour it climbs to, and near-identity with the flooding.
 """
 
 from __future__ import annotations
@@ -21,12 +24,10 @@ from napari_tessera.postprocess import distance_inside, split_instances
 
 
 def reference_deep_maxima(height: np.ndarray, depth: float) -> np.ndarray:
-    """The former implementation: skimage's grayscale reconstruction (sorts every voxel).
-
-    Its ``connectivity=2`` is full connectivity in 2D, but 18-connectivity in 3D (plateaus
-    that touch at a corner only are two maxima): the fast version keeps that."""
+    """skimage's grayscale reconstruction (sorts every voxel), and its regional maxima with
+    full connectivity (all 26 neighbours of a voxel in 3D), as the reconstruction's own."""
     rec = reconstruction(height - depth, height, method="dilation")
-    return local_maxima(rec, connectivity=2, allow_borders=True)
+    return local_maxima(rec, connectivity=height.ndim, allow_borders=True)
 
 
 @cache
@@ -78,15 +79,53 @@ def test_deep_maxima_in_small_pieces(shape, spacing, monkeypatch):
         assert np.array_equal(deep_maxima(height, depth), reference_deep_maxima(height, depth))
 
 
+def flooded(fg: np.ndarray, depth: float, spacing: tuple, smooth: bool = True) -> np.ndarray:
+    """The objects of skimage's flooding from the reconstruction's seeds (no size limit; a
+    component without a seed is an object of its own), and the height flooded."""
+    dist = distance_inside(fg, spacing)
+    if smooth:
+        dist = ndi.gaussian_filter(dist, [1 / v for v in spacing])
+    dist *= fg
+    markers, n_seeds = ndi.label(reference_deep_maxima(dist, depth) & fg, np.ones((3,) * fg.ndim))
+    components, n = ndi.label(fg)
+    return postprocess._watershed_by_component(dist, markers, n_seeds, components, n), dist
+
+
+def assert_a_watershed_by_climbing(labels, expected, height, fg) -> int:
+    """``labels``: the same objects as ``expected`` (a flooding from the same seeds), few
+    voxels anywhere else than the flooding put them, and in each component that differs
+    from the flooding (that did not flood), each voxel labelled as the highest of its
+    neighbours inside ``fg`` where one is higher than it. Returns how many differ."""
+    assert labels.max() == expected.max() and np.array_equal(labels > 0, fg)
+    pairs = np.unique(np.stack([expected[fg], labels[fg]]), axis=1)  # overlaps
+    agree = np.bincount(expected[fg] * (labels.max() + 1) + labels[fg])
+    # every flooded object has one climbed object covering most of it, and the reverse
+    assert len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == expected.max()
+    most = agree.reshape(-1, labels.max() + 1)[1:, 1:].max(axis=1)
+    sizes = np.bincount(expected[fg])[1:]
+    assert np.all(most > sizes / 2)
+    assert np.mean(labels[fg] == expected[fg]) > 0.95  # the same ids here
+    padded = np.pad(np.where(fg, height, -np.inf), 1, constant_values=-np.inf)
+    step = maxima._uphill_steps(padded)
+    components = ndi.label(fg)[0]
+    climbed = np.unique(components[labels != expected])
+    flat = np.pad(labels, 1).ravel()
+    inside = np.pad(np.isin(components, climbed), 1).ravel() & (step != 0)
+    inside = np.flatnonzero(inside)
+    assert np.array_equal(flat[inside], flat[inside + step[inside]])
+    return len(climbed)
+
+
 @pytest.mark.parametrize("depth", DEPTHS)
 @pytest.mark.parametrize(("shape", "spacing"), IMAGES)
-def test_split_instances_labels_are_unchanged(shape, spacing, depth, monkeypatch):
+def test_split_instances_is_a_watershed_from_the_deep_maxima(shape, spacing, depth):
     fg = blobs(shape, spacing)
-    labels, nxt = split_instances(fg, seed_depth=depth, spacing=spacing)
-    monkeypatch.setattr(postprocess, "deep_maxima", reference_deep_maxima)
-    expected, expected_nxt = split_instances(fg, seed_depth=depth, spacing=spacing)
-    assert np.array_equal(labels, expected) and nxt == expected_nxt
-    # the depth matters on these images: touching objects are cut, and fewer when deeper
+    labels, nxt = split_instances(fg, seed_depth=depth, spacing=spacing, min_size=1)
+    expected, height = flooded(fg, depth, spacing)
+    climbed = assert_a_watershed_by_climbing(labels, expected, height, fg)
+    assert (
+        climbed > 0 or depth > 2
+    )  # the rims of basins differ from the flooding    # the depth matters on these images: touching objects are cut, and fewer when deeper
     assert nxt - 1 > ndi.label(fg)[1]
     if depth > DEPTHS[0]:
         shallower, _ = split_instances(fg, seed_depth=DEPTHS[0], spacing=spacing)
@@ -97,17 +136,60 @@ def test_split_instances_labels_are_unchanged(shape, spacing, depth, monkeypatch
 @pytest.mark.parametrize(
     ("shape", "spacing"), [((96, 96), (1.0, 1.0)), ((12, 48, 48), (2.0, 1.0, 1.0))]
 )
-def test_plateaus_of_an_unsmoothed_distance(shape, spacing, depth, monkeypatch):
+def test_plateaus_of_an_unsmoothed_distance(shape, spacing, depth):
     # unsmoothed, the distance takes few values (square roots of whole numbers): wide
     # plateaus, and passes exactly as high as peaks
     fg = blobs(shape, spacing, seed=1)
     height = distance_inside(fg, spacing)
     assert np.array_equal(deep_maxima(height, depth), reference_deep_maxima(height, depth))
-    labels, _ = split_instances(fg, seed_depth=depth, spacing=spacing, smooth=0)
-    monkeypatch.setattr(postprocess, "deep_maxima", reference_deep_maxima)
-    assert np.array_equal(
-        labels, split_instances(fg, seed_depth=depth, spacing=spacing, smooth=0)[0]
-    )
+    labels, _ = split_instances(fg, seed_depth=depth, spacing=spacing, smooth=0, min_size=1)
+    expected, height = flooded(fg, depth, spacing, smooth=False)
+    assert_a_watershed_by_climbing(labels, expected, height, fg)
+
+
+def test_basins_join_the_seed_over_the_highest_pass():
+    # three peaks (5, 4, 6) seeded at 5 and 6: the middle basin joins the 5 over the
+    # higher pass (3 against 2); the slope from the 6 climbs to it; the floor joins none
+    height = np.array([0, 5, 3, 4, 2, 6, 0], np.float32)
+    seeds, basins = maxima.deep_maxima_and_basins(height, 1.5)
+    assert seeds.tolist() == [False, True, False, False, False, True, False]
+    markers = np.array([0, 1, 0, 0, 0, 2, 0])  # the 4 left without a seed of its own
+    assert climb_all(basins, markers) == [0, 1, 1, 1, 2, 2, 0]
+    # two seeded basins never merge, however high the pass between them
+    markers[3] = 3
+    assert climb_all(basins, markers) == [0, 1, 1, 3, 2, 2, 0]
+    # a basin given two seeds joins neither (its component then floods)
+    markers = np.array([0, 1, 4, 0, 0, 2, 0])  # the 3 climbs to the 5: one basin
+    assert climb_all(basins, markers)[:3] == [0, 0, 0]
+
+
+def climb_all(basins, markers) -> list[int]:
+    return basins.seeds(markers)((slice(None),), np.ones(markers.shape, bool)).tolist()
+
+
+def test_a_component_not_all_joining_its_own_seeds_floods():
+    # a component takes the seeds its voxels climb to only when every one is a seed of its
+    # own; else (a voxel that joins none, or another component's seed) it floods
+    fg = blobs((256, 256), (1.0, 1.0))
+    height = smooth_distance(fg, (1.0, 1.0)) * fg
+    markers, n_seeds = ndi.label(reference_deep_maxima(height, 0.5) & fg, np.ones((3, 3)))
+    components, n = ndi.label(fg)
+    flooding = postprocess._watershed_by_component(height, markers, n_seeds, components, n)
+    seeds = [np.unique(markers[(components == c) & (markers > 0)]) for c in range(n + 1)]
+    two, other = [c for c in range(1, n + 1) if len(seeds[c]) >= 2][:2]
+    swapped = flooding.copy()  # component ``two`` with its first two seeds swapped
+    first, second = seeds[two][:2]
+    swapped[flooding == first], swapped[flooding == second] = second, first
+    for wrong, expected in ((0, flooding), (seeds[other][0], flooding), (None, swapped)):
+        given = swapped.copy()
+        if wrong is not None:  # one voxel of ``two`` joins no seed, or ``other``'s
+            given[tuple(np.argwhere(components == two)[0])] = wrong
+
+        def climb(box, mask, given=given):
+            return given[box][mask]
+
+        got = postprocess._watershed_by_component(height, markers, n_seeds, components, n, climb)
+        assert np.array_equal(got, expected)
 
 
 @pytest.mark.parametrize("seed", range(40))

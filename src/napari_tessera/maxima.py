@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -12,25 +14,93 @@ from skimage.morphology import local_maxima
 
 from . import parallel
 
+#: the seed each voxel of a box (those of a mask in it) joins: ``climb(box, mask)``
+Climb = Callable[[tuple[slice, ...], np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Basins:
+    """The basins of a height map: each voxel above the floor climbs to its highest
+    neighbour until it reaches a peak, whose basin it is in (voxels at the floor are in the
+    last basin, ``n``, which holds no peak); ``a``, ``b``, ``s``: the touching pairs of
+    basins and the highest pass between each pair."""
+
+    of: np.ndarray  # per voxel, its basin (0 .. n)
+    n: int
+    a: np.ndarray
+    b: np.ndarray
+    s: np.ndarray
+
+    def seeds(self, markers: np.ndarray) -> Climb:
+        """The seed (a label of ``markers``) each voxel joins through its basin, as a function
+        of a box and a mask in it (0: none). Basins merge from the highest pass between them
+        down, but two that hold different seeds never merge: the watershed of the basins as
+        a minimum spanning forest. Labelling each voxel by its basin's seed is a watershed
+        from ``markers`` on the height, up to the voxels on the rims of basins, which go
+        where they climb rather than where a flooding reaches first."""
+        pos = markers > 0
+        basin, mark = self.of[pos], markers[pos]
+        own = np.zeros(self.n + 1, np.int64)
+        own[basin] = mark
+        mixed = basin[own[basin] != mark]  # none where the seeds are deep_maxima's
+        seed = own[: self.n].tolist()
+        root = _merge_unseeded(seed, self.a, self.b, self.s)
+        joined = np.zeros(self.n + 1, markers.dtype)  # the floor's basin joins none
+        joined[: self.n] = np.array(seed, np.int64)[root]
+        joined[mixed] = 0
+
+        def seeds_in(box: tuple[slice, ...], mask: np.ndarray) -> np.ndarray:
+            return joined[self.of[box][mask]]
+
+        return seeds_in
+
+
+def _merge_unseeded(seed: list[int], a, b, s) -> np.ndarray:
+    """Per basin, the basin whose seed it joins: union-find over the passes from the highest
+    down, joining two groups unless each holds a different seed (``seed``: per basin, 0 for
+    none; updated for the groups' roots)."""
+    up = list(range(len(seed)))
+    for k in np.argsort(-s, kind="stable").tolist():
+        x, y = int(a[k]), int(b[k])
+        while up[x] != x:
+            up[x] = x = up[up[x]]
+        while up[y] != y:
+            up[y] = y = up[up[y]]
+        if x != y and (seed[x] == 0 or seed[y] == 0 or seed[x] == seed[y]):
+            up[y] = x
+            seed[x] = seed[x] or seed[y]
+    root = np.array(up, np.int64)
+    while True:  # pointer jumping to each basin's root
+        nxt = root[root]
+        if np.array_equal(nxt, root):
+            return root
+        root = nxt
+
 
 def deep_maxima(height: np.ndarray, depth: float) -> np.ndarray:
+    """:func:`deep_maxima_and_basins`'s mask alone."""
+    return deep_maxima_and_basins(height, depth)[0]
+
+
+def deep_maxima_and_basins(height: np.ndarray, depth: float) -> tuple[np.ndarray, Basins | None]:
     """Regional maxima that rise more than ``depth`` above the pass to any higher one (the
     h-maxima transform): a mask, one region per maximum.
 
     The very mask of ``local_maxima(reconstruction(height - depth, height),
-    connectivity=2)`` (skimage's grayscale reconstruction by dilation, full connectivity;
-    ``depth >= 0``; in 3D ``connectivity=2`` is 18-connectivity, so plateaus that touch
-    only at a corner are two maxima), without sorting every voxel as skimage does: each
+    connectivity=height.ndim)`` (skimage's grayscale reconstruction by dilation; full
+    connectivity throughout, as the climbing below; ``depth >= 0``), without sorting every
+    voxel as skimage does: each
     voxel climbs to a peak, which splits the image into basins (:func:`_ascent_basins`);
     the basins merge from the highest pass between them down (:func:`_flood_levels`), and
-    within a basin the reconstruction is ``height`` cut at one level.
+    within a basin the reconstruction is ``height`` cut at one level. Also returns the
+    basins (:class:`Basins`; None for a flat image).
     """
     height = np.asarray(height)
     small = height.dtype in (np.float16, np.float32)
     f = height.astype(np.float32 if small else np.float64, copy=False)  # as skimage's
     floor = f.min()  # every two voxels are joined at this level: the passes start above it
     if f.size == 0 or f.max() == floor:  # flat: one plateau, which is its own maximum
-        return local_maxima(f, connectivity=2, allow_borders=True)
+        return local_maxima(f, connectivity=f.ndim, allow_borders=True), None
     padded = np.pad(f, 1, constant_values=-np.inf)  # no voxel climbs out of the image
     above = padded.ravel() > floor  # voxels at the floor end at the floor: left out
     basins, peaks = _ascent_basins(padded, above)
@@ -46,7 +116,9 @@ def deep_maxima(height: np.ndarray, depth: float) -> np.ndarray:
         part = slice(z, z + rows)
         np.minimum(f[part], cut[basins[part]], out=rebuilt[part])
         np.copyto(rebuilt[part], f.dtype.type(low), where=~above[part])
-    return local_maxima(rebuilt, connectivity=2, allow_borders=True)
+        np.copyto(basins[part], len(peaks), where=~above[part])  # the floor's own basin
+    found = Basins(basins, len(peaks), a, b, s)
+    return local_maxima(rebuilt, connectivity=f.ndim, allow_borders=True), found
 
 
 def _half_neighbourhood(array: np.ndarray) -> np.ndarray:

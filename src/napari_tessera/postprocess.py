@@ -11,7 +11,7 @@ from skimage.feature import peak_local_max
 from skimage.segmentation import expand_labels, watershed
 
 from . import parallel
-from .maxima import deep_maxima
+from .maxima import Climb, deep_maxima_and_basins
 
 
 def classes_from_probabilities(prob: np.ndarray) -> np.ndarray:
@@ -230,10 +230,13 @@ def split_instances(
         # an object's seeds: its own passes, none outside; in place (the flooding below
         # reads only the objects' voxels), so a stack needs no second copy of the map
         inside = np.multiply(dist, fg, out=dist)
-        markers, n_seeds = ndi.label(deep_maxima(inside, seed_depth) & fg, full)
+        maxima, basins = deep_maxima_and_basins(inside, seed_depth)
+        markers, n_seeds = ndi.label(maxima & fg, full)
+        climb = basins.seeds(markers) if basins is not None else None
     else:
         markers, n_seeds = _peak_seeds(dist, components, min_distance, spacing)
-    ws = _watershed_by_component(dist, markers, n_seeds, components, n)
+        climb = None
+    ws = _watershed_by_component(dist, markers, n_seeds, components, n, climb)
     sizes = np.bincount(ws.ravel())
     sizes[0] = 0
     ids = np.flatnonzero(sizes >= max(min_size, 1))  # smaller objects go to the background
@@ -242,18 +245,28 @@ def split_instances(
     return parallel.lookup(lut, ws), start + len(ids)
 
 
-def _watershed_by_component(dist, markers, n_seeds: int, components, n: int) -> np.ndarray:
+def _watershed_by_component(
+    dist, markers, n_seeds: int, components, n: int, climb: Climb | None = None
+) -> np.ndarray:
     """``watershed(-dist, markers, mask=components > 0)`` with markers ``1..n_seeds``, the
     same labels, computed one connected component at a time in its bounding box: a
     component with one seed is that object, one with none is an object too (ids from
     ``n_seeds + 1``, in the order of the components), and only the others flood, in their
-    boxes, in parallel threads (several times faster on a stack)."""
+    boxes, in parallel threads (several times faster on a stack).
+
+    With ``climb`` (each voxel's seed through the basin it climbs into, see
+    :meth:`~napari_tessera.maxima.Basins.seeds`), a component whose voxels all join seeds
+    of its own takes those instead of flooding: the same objects, and the voxels on the
+    rims of basins where they climb."""
     pos = markers > 0
     comp, mark = components[pos].astype(np.int64), markers[pos].astype(np.int64)
     span = n_seeds + 1
     per = np.bincount(np.unique(comp * span + mark) // span, minlength=n + 1)  # seeds
     lut = np.zeros(n + 1, np.int32)
     lut[comp] = mark
+    owner = np.zeros(span, np.int64)  # each seed's component; -1 for one across two
+    owner[mark] = comp
+    owner[mark[owner[mark] != comp]] = -1
     lut[per > 1] = 0
     unseeded = np.flatnonzero(per[1:] == 0) + 1
     lut[unseeded] = np.arange(span, span + len(unseeded))
@@ -263,6 +276,11 @@ def _watershed_by_component(dist, markers, n_seeds: int, components, n: int) -> 
     def flood(c: int) -> None:
         box = boxes[c - 1]
         mask = components[box] == c
+        if climb is not None:
+            part = climb(box, mask)
+            if np.all(owner[part] == c):
+                ws[box][mask] = part
+                return
         part = watershed(-dist[box], np.where(mask, markers[box], 0), mask=mask)
         ws[box][mask] = part[mask]  # the components' pixels are disjoint
 
