@@ -123,9 +123,8 @@ def test_split_instances_is_a_watershed_from_the_deep_maxima(shape, spacing, dep
     labels, nxt = split_instances(fg, seed_depth=depth, spacing=spacing, min_size=1)
     expected, height = flooded(fg, depth, spacing)
     climbed = assert_a_watershed_by_climbing(labels, expected, height, fg)
-    assert (
-        climbed > 0 or depth > 2
-    )  # the rims of basins differ from the flooding    # the depth matters on these images: touching objects are cut, and fewer when deeper
+    assert climbed > 0 or depth > 2  # the rims of basins differ from the flooding
+    # the depth matters on these images: touching objects are cut, and fewer when deeper
     assert nxt - 1 > ndi.label(fg)[1]
     if depth > DEPTHS[0]:
         shallower, _ = split_instances(fg, seed_depth=DEPTHS[0], spacing=spacing)
