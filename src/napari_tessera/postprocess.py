@@ -210,7 +210,9 @@ def split_instances(
     the background: with ``seed_depth`` 0, every local maximum at least ``min_distance`` from
     another; with ``seed_depth`` d > 0, the regional maxima of depth d (h-maxima) of the
     distance inside the objects (0 outside), so a neck between two parts of one object must
-    narrow by d px before it is cut. Every connected component is one object at least;
+    narrow by d px before it is cut; each voxel then joins the seed of the basin it climbs
+    into (:meth:`~napari_tessera.maxima.Basins.seeds`: the objects of a flooding from the
+    same seeds, without one). Every connected component is one object at least;
     objects smaller than ``min_size`` pixels (voxels) are dropped. ``spacing``: the step along
     each axis in pixel units (a 3D stack of slices 4 px apart: ``(4, 1, 1)``), so distances
     and smoothing are measured in space, not in voxels. Ids start at ``start``. Returns
@@ -227,11 +229,11 @@ def split_instances(
     if smooth > 0:
         dist = parallel.gaussian(dist, [smooth / v for v in spacing])
     if seed_depth > 0:
-        # an object's seeds: its own passes, none outside; in place (the flooding below
-        # reads only the objects' voxels), so a stack needs no second copy of the map
+        # an object's seeds: its own passes, none outside; in place (the steps below read
+        # only the objects' voxels), so a stack needs no second copy of the map
         inside = np.multiply(dist, fg, out=dist)
-        maxima, basins = deep_maxima_and_basins(inside, seed_depth)
-        markers, n_seeds = ndi.label(maxima & fg, full)
+        peaks, basins = deep_maxima_and_basins(inside, seed_depth)
+        markers, n_seeds = ndi.label(peaks & fg, full)
         climb = basins.seeds(markers) if basins is not None else None
     else:
         markers, n_seeds = _peak_seeds(dist, components, min_distance, spacing)
