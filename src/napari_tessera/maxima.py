@@ -33,21 +33,25 @@ class Basins:
 
     def seeds(self, markers: np.ndarray) -> Climb:
         """The seed (a label of ``markers``) each voxel joins through its basin, as a function
-        of a box and a mask in it (0: none). Basins merge from the highest pass between them
-        down, but two that hold different seeds never merge: the watershed of the basins as
-        a minimum spanning forest. Labelling each voxel by its basin's seed is a watershed
-        from ``markers`` on the height, up to the voxels on the rims of basins, which go
-        where they climb rather than where a flooding reaches first."""
+        of a box and a mask in it. Basins merge from the highest pass between them down, but
+        two that hold different seeds never merge: the watershed of the basins as a minimum
+        spanning forest. Labelling each voxel by its basin's seed is a watershed from
+        ``markers`` on the height, up to the voxels on the rims of basins, which go where
+        they climb rather than where a flooding reaches first.
+
+        0 where a voxel joins no seed, and in a basin that holds two seeds or more (in 3D a
+        maximum among its 18 neighbours may have a higher 26th, and climb to another
+        seed's peak) and the basins that join it: those need flooding."""
         pos = markers > 0
         basin, mark = self.of[pos], markers[pos]
         own = np.zeros(self.n + 1, np.int64)
         own[basin] = mark
-        mixed = basin[own[basin] != mark]  # none where the seeds are deep_maxima's
+        mixed = np.unique(basin[own[basin] != mark])
         seed = own[: self.n].tolist()
         root = _merge_unseeded(seed, self.a, self.b, self.s)
         joined = np.zeros(self.n + 1, markers.dtype)  # the floor's basin joins none
         joined[: self.n] = np.array(seed, np.int64)[root]
-        joined[mixed] = 0
+        joined[: self.n][np.isin(root, root[mixed[mixed < self.n]])] = 0
 
         def seeds_in(box: tuple[slice, ...], mask: np.ndarray) -> np.ndarray:
             return joined[self.of[box][mask]]
@@ -87,9 +91,9 @@ def deep_maxima_and_basins(height: np.ndarray, depth: float) -> tuple[np.ndarray
     h-maxima transform): a mask, one region per maximum.
 
     The very mask of ``local_maxima(reconstruction(height - depth, height),
-    connectivity=height.ndim)`` (skimage's grayscale reconstruction by dilation; full
-    connectivity throughout, as the climbing below; ``depth >= 0``), without sorting every
-    voxel as skimage does: each
+    connectivity=2)`` (skimage's grayscale reconstruction by dilation, full connectivity;
+    ``depth >= 0``; in 3D ``connectivity=2`` is 18-connectivity, so plateaus that touch
+    only at a corner are two maxima), without sorting every voxel as skimage does: each
     voxel climbs to a peak, which splits the image into basins (:func:`_ascent_basins`);
     the basins merge from the highest pass between them down (:func:`_flood_levels`), and
     within a basin the reconstruction is ``height`` cut at one level. Also returns the
@@ -100,7 +104,7 @@ def deep_maxima_and_basins(height: np.ndarray, depth: float) -> tuple[np.ndarray
     f = height.astype(np.float32 if small else np.float64, copy=False)  # as skimage's
     floor = f.min()  # every two voxels are joined at this level: the passes start above it
     if f.size == 0 or f.max() == floor:  # flat: one plateau, which is its own maximum
-        return local_maxima(f, connectivity=f.ndim, allow_borders=True), None
+        return local_maxima(f, connectivity=2, allow_borders=True), None
     padded = np.pad(f, 1, constant_values=-np.inf)  # no voxel climbs out of the image
     above = padded.ravel() > floor  # voxels at the floor end at the floor: left out
     basins, peaks = _ascent_basins(padded, above)
@@ -118,7 +122,7 @@ def deep_maxima_and_basins(height: np.ndarray, depth: float) -> tuple[np.ndarray
         np.copyto(rebuilt[part], f.dtype.type(low), where=~above[part])
         np.copyto(basins[part], len(peaks), where=~above[part])  # the floor's own basin
     found = Basins(basins, len(peaks), a, b, s)
-    return local_maxima(rebuilt, connectivity=f.ndim, allow_borders=True), found
+    return local_maxima(rebuilt, connectivity=2, allow_borders=True), found
 
 
 def _half_neighbourhood(array: np.ndarray) -> np.ndarray:

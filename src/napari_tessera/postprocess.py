@@ -257,9 +257,10 @@ def _watershed_by_component(
     boxes, in parallel threads (several times faster on a stack).
 
     With ``climb`` (each voxel's seed through the basin it climbs into, see
-    :meth:`~napari_tessera.maxima.Basins.seeds`), a component whose voxels all join seeds
-    of its own takes those instead of flooding: the same objects, and the voxels on the
-    rims of basins where they climb."""
+    :meth:`~napari_tessera.maxima.Basins.seeds`), a component takes those seeds instead of
+    flooding when they are all its own: the same objects, and the voxels on the rims of
+    basins where they climb. Where the basins leave voxels without a seed, those alone
+    flood from the seeds among them; a component where some are still left floods whole."""
     pos = markers > 0
     comp, mark = components[pos].astype(np.int64), markers[pos].astype(np.int64)
     span = n_seeds + 1
@@ -280,7 +281,7 @@ def _watershed_by_component(
         mask = components[box] == c
         if climb is not None:
             part = climb(box, mask)
-            if np.all(owner[part] == c):
+            if _fill_by_flooding(part, box, mask, dist, markers) and np.all(owner[part] == c):
                 ws[box][mask] = part
                 return
         part = watershed(-dist[box], np.where(mask, markers[box], 0), mask=mask)
@@ -297,6 +298,20 @@ def _watershed_by_component(
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(flood, todo))
     return ws
+
+
+def _fill_by_flooding(part: np.ndarray, box, mask: np.ndarray, dist, markers) -> bool:
+    """Fill the voxels of ``part`` (the ``mask`` voxels of ``box``) that are 0 by flooding
+    them from the seeds among them (those 0 voxels only: the rest is done); False where
+    some are left without a seed."""
+    todo = part == 0
+    if not todo.any():
+        return True
+    region = np.zeros(mask.shape, bool)
+    region[mask] = todo
+    flooded = watershed(-dist[box], np.where(region, markers[box], 0), mask=region)
+    part[todo] = flooded[region]
+    return bool(part.all())
 
 
 def distance_inside(fg: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
