@@ -572,8 +572,8 @@ def plan_zarr_run(
     return ZarrRun(model, image, source, lay, options, rule, out, block, margin, keys, todo)
 
 
-# linking's peak over its class maps, measured on 32x512x512: 37 bytes a voxel, 88 with a
-# seed depth (the h-maxima's reconstruction)
+# linking's peak over its class maps, measured on 32x512x512: 37 bytes a voxel, 43 with a
+# seed depth (the basins kept for the objects)
 LINK_BYTES_PER_VOXEL = 96
 LINK_MEMORY = 8 << 30  # at most this much (and a quarter of the machine's memory) per slab
 LINK_CONTEXT_PX = 24  # context each slab is split with, above and below, in pixel units
