@@ -98,7 +98,7 @@ def assert_a_watershed_by_climbing(labels, expected, height, fg, depth) -> int:
     voxels anywhere else than the flooding put them, and in each component that differs
     from the flooding (that did not flood whole), each voxel labelled as the highest of
     its neighbours inside ``fg`` where one is higher than it, but for the few the basins
-    leave to flooding. Returns how many components differ."""
+    leave to a climb from the seeds among them. Returns how many components differ."""
     assert labels.max() == expected.max() and np.array_equal(labels > 0, fg)
     pairs = np.unique(np.stack([expected[fg], labels[fg]]), axis=1)  # overlaps
     agree = np.bincount(expected[fg] * (labels.max() + 1) + labels[fg])
@@ -114,7 +114,7 @@ def assert_a_watershed_by_climbing(labels, expected, height, fg, depth) -> int:
     climbed = np.unique(components[labels != expected])
     peaks, basins = maxima.deep_maxima_and_basins(height, depth)
     markers = ndi.label(peaks & fg, np.ones((3,) * fg.ndim))[0]
-    left = np.zeros(fg.shape, bool)  # the voxels the basins leave to flooding
+    left = np.zeros(fg.shape, bool)  # the voxels the basins leave to a climb
     left[fg] = basins.seeds(markers)((slice(None),) * fg.ndim, fg) == 0
     left &= np.isin(components, components[markers > 0])  # (a component without seeds
     # is one object: the basins are not asked)
@@ -167,9 +167,21 @@ def test_basins_join_the_seed_over_the_highest_pass():
     # two seeded basins never merge, however high the pass between them
     markers[3] = 3
     assert climb_all(basins, markers) == [0, 1, 1, 3, 2, 2, 0]
-    # a basin given two seeds joins neither (its component then floods)
+    # a basin given two seeds is left to climbing; a basin joining it joins the higher seed
     markers = np.array([0, 1, 4, 0, 0, 2, 0])  # the 3 climbs to the 5: one basin
-    assert climb_all(basins, markers)[:3] == [0, 0, 0]
+    assert climb_all(basins, markers) == [0, 0, 0, 1, 2, 2, 0]
+
+
+def test_the_first_seed_uphill():
+    # each voxel climbs to its highest neighbour and stops at the first seed it meets;
+    # a voxel at -inf, or whose climb meets none, gets 0
+    height = np.array([1, 2, 3, 4, 5, -np.inf, 2, 1], np.float32)
+    markers = np.array([0, 0, 7, 0, 9, 0, 0, 0])
+    assert maxima.first_seed_uphill(height, markers).tolist() == [7, 7, 7, 9, 9, 0, 0, 0]
+    plane = np.array([[1, 2, 1], [2, 9, 3], [1, 3, 8]], np.float32)
+    seeds = np.zeros((3, 3), int)
+    seeds[2, 2], seeds[1, 1] = 5, 6  # the centre's climb stops at it: a seed
+    assert maxima.first_seed_uphill(plane, seeds).tolist() == [[6] * 3, [6] * 3, [6, 6, 5]]
 
 
 def climb_all(basins, markers) -> list[int]:

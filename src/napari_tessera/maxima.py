@@ -26,6 +26,7 @@ class Basins:
     basins and the highest pass between each pair."""
 
     of: np.ndarray  # per voxel, its basin (0 .. n)
+    height: np.ndarray  # per voxel
     n: int
     a: np.ndarray
     b: np.ndarray
@@ -41,9 +42,11 @@ class Basins:
 
         0 where a voxel joins no seed, and in a basin that holds two seeds or more (in 3D a
         maximum among its 18 neighbours may have a higher 26th, and climb to another
-        seed's peak) and the basins that join it: those need flooding."""
+        seed's peak): there each voxel needs the first seed its climb meets
+        (:func:`first_seed_uphill`). Such a basin is its highest seed's where others join it."""
         pos = markers > 0
-        basin, mark = self.of[pos], markers[pos]
+        order = np.argsort(self.height[pos], kind="stable")  # the highest seed last
+        basin, mark = self.of[pos][order], markers[pos][order]
         own = np.zeros(self.n + 1, np.int64)
         own[basin] = mark
         mixed = np.unique(basin[own[basin] != mark])
@@ -51,12 +54,28 @@ class Basins:
         root = _merge_unseeded(seed, self.a, self.b, self.s)
         joined = np.zeros(self.n + 1, markers.dtype)  # the floor's basin joins none
         joined[: self.n] = np.array(seed, np.int64)[root]
-        joined[: self.n][np.isin(root, root[mixed[mixed < self.n]])] = 0
+        joined[mixed] = 0
 
         def seeds_in(box: tuple[slice, ...], mask: np.ndarray) -> np.ndarray:
             return joined[self.of[box][mask]]
 
         return seeds_in
+
+
+def first_seed_uphill(height: np.ndarray, markers: np.ndarray) -> np.ndarray:
+    """Per voxel, the seed (a label of ``markers``) that its climb to the highest neighbour
+    meets first; 0 where it meets none, and where ``height`` is -inf."""
+    padded = np.pad(height, 1, constant_values=-np.inf)
+    step = _uphill_steps(padded)
+    seeds = np.pad(markers, 1).ravel()
+    stop = (seeds > 0) | (step == 0) | ~np.isfinite(padded.ravel())
+    to = np.arange(padded.size, dtype=step.dtype)
+    to[~stop] += step[~stop]  # a seed stops the climb
+    todo = np.flatnonzero(~stop)
+    while todo.size:  # pointer jumping, as in _ascent_basins
+        to[todo] = reached = to[to[todo]]
+        todo = todo[~stop[reached]]
+    return seeds[to].reshape(padded.shape)[(slice(1, -1),) * height.ndim]
 
 
 def _merge_unseeded(seed: list[int], a, b, s) -> np.ndarray:
@@ -121,7 +140,7 @@ def deep_maxima_and_basins(height: np.ndarray, depth: float) -> tuple[np.ndarray
         np.minimum(f[part], cut[basins[part]], out=rebuilt[part])
         np.copyto(rebuilt[part], f.dtype.type(low), where=~above[part])
         np.copyto(basins[part], len(peaks), where=~above[part])  # the floor's own basin
-    found = Basins(basins, len(peaks), a, b, s)
+    found = Basins(basins, f, len(peaks), a, b, s)
     return local_maxima(rebuilt, connectivity=2, allow_borders=True), found
 
 

@@ -11,7 +11,7 @@ from skimage.feature import peak_local_max
 from skimage.segmentation import expand_labels, watershed
 
 from . import parallel
-from .maxima import Climb, deep_maxima_and_basins
+from .maxima import Climb, deep_maxima_and_basins, first_seed_uphill
 
 
 def classes_from_probabilities(prob: np.ndarray) -> np.ndarray:
@@ -259,8 +259,8 @@ def _watershed_by_component(
     With ``climb`` (each voxel's seed through the basin it climbs into, see
     :meth:`~napari_tessera.maxima.Basins.seeds`), a component takes those seeds instead of
     flooding when they are all its own: the same objects, and the voxels on the rims of
-    basins where they climb. Where the basins leave voxels without a seed, those alone
-    flood from the seeds among them; a component where some are still left floods whole."""
+    basins where they climb. Where the basins leave voxels without a seed, those take the
+    first seed their climb meets; a component where some are still left floods whole."""
     pos = markers > 0
     comp, mark = components[pos].astype(np.int64), markers[pos].astype(np.int64)
     span = n_seeds + 1
@@ -281,7 +281,7 @@ def _watershed_by_component(
         mask = components[box] == c
         if climb is not None:
             part = climb(box, mask)
-            if _fill_by_flooding(part, box, mask, dist, markers) and np.all(owner[part] == c):
+            if _fill_by_climbing(part, box, mask, dist, markers) and np.all(owner[part] == c):
                 ws[box][mask] = part
                 return
         part = watershed(-dist[box], np.where(mask, markers[box], 0), mask=mask)
@@ -300,17 +300,19 @@ def _watershed_by_component(
     return ws
 
 
-def _fill_by_flooding(part: np.ndarray, box, mask: np.ndarray, dist, markers) -> bool:
-    """Fill the voxels of ``part`` (the ``mask`` voxels of ``box``) that are 0 by flooding
-    them from the seeds among them (those 0 voxels only: the rest is done); False where
-    some are left without a seed."""
+def _fill_by_climbing(part: np.ndarray, box, mask: np.ndarray, dist, markers) -> bool:
+    """Fill the voxels of ``part`` (the ``mask`` voxels of ``box``) that are 0 with the
+    first seed among them that each one's climb meets (:func:`first_seed_uphill`); False
+    where some are left without a seed."""
     todo = part == 0
     if not todo.any():
         return True
     region = np.zeros(mask.shape, bool)
     region[mask] = todo
-    flooded = watershed(-dist[box], np.where(region, markers[box], 0), mask=region)
-    part[todo] = flooded[region]
+    (inner,) = ndi.find_objects(region.view(np.uint8))  # the box of those voxels alone
+    region = region[inner]
+    height = np.where(region, dist[box][inner], -np.inf)
+    part[todo] = first_seed_uphill(height, np.where(region, markers[box][inner], 0))[region]
     return bool(part.all())
 
 
