@@ -29,12 +29,18 @@ from napari_tessera.models import default_model_path
 from napari_tessera.postprocess import split_instances
 
 
+def flooding(flood: bool = True):
+    """A context in which a split with a seed depth floods every component with
+    scikit-image's watershed from the same seeds (the basins give no seeds)."""
+    if not flood:
+        return nullcontext()
+    return mock.patch.object(maxima.Basins, "seeds", lambda self, markers: None)
+
+
 def _split(fg: np.ndarray, depth: float, flood: bool, repeat: int) -> tuple[np.ndarray, float]:
-    """The labels of ``split_instances`` and its least time; ``flood``: with every
-    component flooded by scikit-image (the basins give no seeds)."""
+    """The labels of ``split_instances`` and its least time; ``flood``: by the flooding."""
     best, labels = float("inf"), None
-    no_basins = mock.patch.object(maxima.Basins, "seeds", lambda self, markers: None)
-    with no_basins if flood else nullcontext():
+    with flooding(flood):
         for _ in range(repeat):
             t0 = time.perf_counter()
             labels, _ = split_instances(fg, seed_depth=depth)

@@ -19,8 +19,12 @@ from skimage.morphology import local_maxima, reconstruction
 from skimage.segmentation import watershed
 
 from napari_tessera import maxima, parallel, postprocess
-from napari_tessera.maxima import deep_maxima
 from napari_tessera.postprocess import distance_inside, split_instances
+
+
+def deep_maxima(height: np.ndarray, depth: float) -> np.ndarray:
+    """The fast seeds' mask."""
+    return maxima.deep_maxima(height, depth)[0]
 
 
 def reference_deep_maxima(height: np.ndarray, depth: float) -> np.ndarray:
@@ -112,7 +116,7 @@ def assert_a_watershed_by_climbing(labels, expected, height, fg, depth) -> int:
     step = maxima._uphill_steps(padded)
     components = ndi.label(fg)[0]
     climbed = np.unique(components[labels != expected])
-    peaks, basins = maxima.deep_maxima_and_basins(height, depth)
+    peaks, basins = maxima.deep_maxima(height, depth)
     markers = ndi.label(peaks & fg, np.ones((3,) * fg.ndim))[0]
     left = np.zeros(fg.shape, bool)  # the voxels the basins leave to a climb
     left[fg] = basins.seeds(markers)((slice(None),) * fg.ndim, fg) == 0
@@ -160,7 +164,7 @@ def test_basins_join_the_seed_over_the_highest_pass():
     # three peaks (5, 4, 6) seeded at 5 and 6: the middle basin joins the 5 over the
     # higher pass (3 against 2); the slope from the 6 climbs to it; the floor joins none
     height = np.array([0, 5, 3, 4, 2, 6, 0], np.float32)
-    seeds, basins = maxima.deep_maxima_and_basins(height, 1.5)
+    seeds, basins = maxima.deep_maxima(height, 1.5)
     assert seeds.tolist() == [False, True, False, False, False, True, False]
     markers = np.array([0, 1, 0, 0, 0, 2, 0])  # the 4 left without a seed of its own
     assert climb_all(basins, markers) == [0, 1, 1, 1, 2, 2, 0]

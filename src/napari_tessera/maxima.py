@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -71,10 +72,7 @@ def first_seed_uphill(height: np.ndarray, markers: np.ndarray) -> np.ndarray:
     stop = (seeds > 0) | (step == 0) | ~np.isfinite(padded.ravel())
     to = np.arange(padded.size, dtype=step.dtype)
     to[~stop] += step[~stop]  # a seed stops the climb
-    todo = np.flatnonzero(~stop)
-    while todo.size:  # pointer jumping, as in _ascent_basins
-        to[todo] = reached = to[to[todo]]
-        todo = todo[~stop[reached]]
+    _jump(np.flatnonzero(~stop), to, stop)
     return seeds[to].reshape(padded.shape)[(slice(1, -1),) * height.ndim]
 
 
@@ -83,12 +81,7 @@ def _merge_unseeded(seed: list[int], a, b, s) -> np.ndarray:
     down, joining two groups unless each holds a different seed (``seed``: per basin, 0 for
     none; updated for the groups' roots)."""
     up = list(range(len(seed)))
-    for k in np.argsort(-s, kind="stable").tolist():
-        x, y = int(a[k]), int(b[k])
-        while up[x] != x:
-            up[x] = x = up[up[x]]
-        while up[y] != y:
-            up[y] = y = up[up[y]]
+    for _, x, y in _from_the_highest_pass(a, b, s, up):
         if x != y and (seed[x] == 0 or seed[y] == 0 or seed[x] == seed[y]):
             up[y] = x
             seed[x] = seed[x] or seed[y]
@@ -100,12 +93,7 @@ def _merge_unseeded(seed: list[int], a, b, s) -> np.ndarray:
         root = nxt
 
 
-def deep_maxima(height: np.ndarray, depth: float) -> np.ndarray:
-    """:func:`deep_maxima_and_basins`'s mask alone."""
-    return deep_maxima_and_basins(height, depth)[0]
-
-
-def deep_maxima_and_basins(height: np.ndarray, depth: float) -> tuple[np.ndarray, Basins | None]:
+def deep_maxima(height: np.ndarray, depth: float) -> tuple[np.ndarray, Basins | None]:
     """Regional maxima that rise more than ``depth`` above the pass to any higher one (the
     h-maxima transform): a mask, one region per maximum.
 
@@ -209,6 +197,14 @@ def _uphill_codes(best: np.ndarray) -> np.ndarray:
     return code
 
 
+def _jump(todo: np.ndarray, to: np.ndarray, stop: np.ndarray) -> None:
+    """Pointer jumping: each of ``todo`` follows ``to`` until it reaches a ``stop``, each
+    round doubling the steps. Threads may share ``to``: every value in it is on the way."""
+    while todo.size:
+        to[todo] = reached = to[to[todo]]
+        todo = todo[~stop[reached]]
+
+
 def _ascent_basins(padded: np.ndarray, above: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each voxel's basin, from 0 (flat; meaningless where not ``above``), and each peak's
     height.
@@ -229,11 +225,7 @@ def _ascent_basins(padded: np.ndarray, above: np.ndarray) -> tuple[np.ndarray, n
     to += step
     todo = np.flatnonzero(~top & above)  # a voxel above the floor climbs to one above it
 
-    def climb(todo: np.ndarray) -> None:  # pointer jumping: each round doubles the steps
-        while todo.size:  # (threads may share ``to``: every value in it is on the way up)
-            to[todo] = reached = to[to[todo]]
-            todo = todo[~top[reached]]
-
+    climb = partial(_jump, to=to, stop=top)
     threads = parallel.threads_for(todo.size)
     if threads == 1:
         climb(todo)
@@ -286,6 +278,19 @@ def _passes(f: np.ndarray, basins: np.ndarray, offsets: np.ndarray, above: np.nd
     return keys // n, keys % n, passes
 
 
+def _from_the_highest_pass(a, b, s, up: list[int]) -> Iterator[tuple[int, int, int]]:
+    """The touching pairs of basins ``a``, ``b`` from the highest pass ``s`` between them
+    down, each as ``(k, x, y)``: its index and the roots of its two groups in the
+    union-find ``up`` (path halving), which the caller updates as it joins them."""
+    for k in np.argsort(-s, kind="stable").tolist():
+        x, y = int(a[k]), int(b[k])
+        while up[x] != x:
+            up[x] = x = up[up[x]]
+        while up[y] != y:
+            up[y] = y = up[up[y]]
+        yield k, x, y
+
+
 def _flood_levels(tops: np.ndarray, a, b, s, floor) -> np.ndarray:
     """Per basin, the level at which grayscale reconstruction cuts it: the most, over the
     merges of its basin with others from the highest pass ``s`` down, of the lower of the
@@ -294,12 +299,7 @@ def _flood_levels(tops: np.ndarray, a, b, s, floor) -> np.ndarray:
     n = len(tops)
     up = list(range(n))  # union-find; the merges make a tree of nodes n, n + 1, ...
     parent, top, level = [-1] * n, tops.tolist(), tops.tolist()
-    for k in np.argsort(-s, kind="stable").tolist():
-        x, y = int(a[k]), int(b[k])
-        while up[x] != x:
-            up[x] = x = up[up[x]]
-        while up[y] != y:
-            up[y] = y = up[up[y]]
+    for k, x, y in _from_the_highest_pass(a, b, s, up):
         if x != y:
             node = len(top)
             top.append(max(top[x], top[y]))

@@ -11,7 +11,7 @@ from skimage.feature import peak_local_max
 from skimage.segmentation import expand_labels, watershed
 
 from . import parallel
-from .maxima import Climb, deep_maxima_and_basins, first_seed_uphill
+from .maxima import Climb, deep_maxima, first_seed_uphill
 
 
 def classes_from_probabilities(prob: np.ndarray) -> np.ndarray:
@@ -232,7 +232,7 @@ def split_instances(
         # an object's seeds: its own passes, none outside; in place (the steps below read
         # only the objects' voxels), so a stack needs no second copy of the map
         inside = np.multiply(dist, fg, out=dist)
-        peaks, basins = deep_maxima_and_basins(inside, seed_depth)
+        peaks, basins = deep_maxima(inside, seed_depth)
         markers, n_seeds = ndi.label(peaks & fg, full)
         climb = basins.seeds(markers) if basins is not None else None
     else:
